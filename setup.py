@@ -1,0 +1,30 @@
+"""Builds the Cython extensions of lockgate.fastpath; all other metadata is in pyproject.toml."""
+
+import os
+
+import numpy
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+DEBUG = os.environ.get("LOCKGATE_CYTHON_DEBUG") == "1"
+
+directives = {
+    "language_level": "3",
+    "boundscheck": DEBUG,
+    "wraparound": DEBUG,
+    "initializedcheck": DEBUG,
+    "cdivision": True,
+    "embedsignature": True,
+}
+
+extensions = [
+    Extension(
+        "lockgate.fastpath._codec",
+        ["fastpath/_codec.pyx"],
+        include_dirs=[numpy.get_include()],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+        extra_compile_args=["-O0", "-g"] if DEBUG else ["-O3"],
+    ),
+]
+
+setup(ext_modules=cythonize(extensions, compiler_directives=directives, annotate=DEBUG))
