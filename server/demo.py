@@ -1,0 +1,131 @@
+"""Demo model repository: real models built from data that ships inside installed packages.
+
+- ``iris``: logistic regression on scikit-learn's iris data, converted with skl2onnx.
+- ``digits``: a multi-layer perceptron classifier on scikit-learn's 8x8 digits, converted with skl2onnx.
+- ``mlp``: a 64 -> 256 -> 256 -> 10 fp32 MLP built with onnx.helper (the latency benchmark's model).
+- ``identity``: one Identity per OIP datatype, for protocol round trips of every datatype.
+
+Nothing is downloaded: the data sets are files inside scikit-learn's package.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+__all__ = ["DEMO_MODELS", "IDENTITY_TYPES", "build_identity", "build_mlp", "write_demo_repository"]
+
+OPSET = 17
+
+# OIP datatype -> ONNX element type, for the identity model.
+IDENTITY_TYPES = {
+    "BOOL": TensorProto.BOOL,
+    "UINT8": TensorProto.UINT8,
+    "UINT16": TensorProto.UINT16,
+    "UINT32": TensorProto.UINT32,
+    "UINT64": TensorProto.UINT64,
+    "INT8": TensorProto.INT8,
+    "INT16": TensorProto.INT16,
+    "INT32": TensorProto.INT32,
+    "INT64": TensorProto.INT64,
+    "FP16": TensorProto.FLOAT16,
+    "FP32": TensorProto.FLOAT,
+    "FP64": TensorProto.DOUBLE,
+    "BYTES": TensorProto.STRING,
+}
+
+
+def _save(model: onnx.ModelProto, repo: Path, name: str, config: str, version: int = 1) -> Path:
+    onnx.checker.check_model(model)
+    target = repo / name / str(version)
+    target.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(target / "model.onnx"))
+    (repo / name / "config.yaml").write_text(config, encoding="utf-8")
+    return target / "model.onnx"
+
+
+def build_mlp(seed: int = 0, sizes: tuple[int, ...] = (64, 256, 256, 10)) -> onnx.ModelProto:
+    """A ReLU MLP with fixed random weights; input ``input`` [-1, 64] FP32, output ``logits`` [-1, 10]."""
+    rng = np.random.default_rng(seed)
+    nodes, inits = [], []
+    current = "input"
+    for i, (fan_in, fan_out) in enumerate(zip(sizes, sizes[1:])):
+        w = (rng.standard_normal((fan_in, fan_out)) / np.sqrt(fan_in)).astype(np.float32)
+        b = np.zeros(fan_out, dtype=np.float32)
+        inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(b, f"b{i}")]
+        last = i == len(sizes) - 2
+        out = "logits" if last else f"h{i}"
+        nodes.append(helper.make_node("Gemm", [current, f"w{i}", f"b{i}"], [out if last else f"z{i}"]))
+        if not last:
+            nodes.append(helper.make_node("Relu", [f"z{i}"], [out]))
+        current = out
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", sizes[0]])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", sizes[-1]])],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="lockgate")
+
+
+def build_identity() -> onnx.ModelProto:
+    """Inputs ``in_<TYPE>`` [-1, -1] to outputs ``out_<TYPE>`` unchanged, one pair per datatype."""
+    inputs, outputs, nodes = [], [], []
+    for name, elem in IDENTITY_TYPES.items():
+        inputs.append(helper.make_tensor_value_info(f"in_{name}", elem, ["batch", "n"]))
+        outputs.append(helper.make_tensor_value_info(f"out_{name}", elem, ["batch", "n"]))
+        nodes.append(helper.make_node("Identity", [f"in_{name}"], [f"out_{name}"]))
+    graph = helper.make_graph(nodes, "identity", inputs, outputs)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="lockgate")
+
+
+def _sklearn(estimator, data, name: str, n_features: int) -> onnx.ModelProto:
+    from skl2onnx import to_onnx
+    from skl2onnx.common.data_types import FloatTensorType
+
+    estimator.fit(data.data.astype(np.float32), data.target)
+    return to_onnx(
+        estimator,
+        initial_types=[("input", FloatTensorType([None, n_features]))],
+        target_opset={"": OPSET, "ai.onnx.ml": 3},
+        options={id(estimator): {"zipmap": False}},
+        naming=name,
+    )
+
+
+def build_iris() -> onnx.ModelProto:
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    return _sklearn(LogisticRegression(max_iter=500), load_iris(), "iris_", 4)
+
+
+def build_digits() -> onnx.ModelProto:
+    from sklearn.datasets import load_digits
+    from sklearn.neural_network import MLPClassifier
+
+    return _sklearn(MLPClassifier(hidden_layer_sizes=(64,), max_iter=300, random_state=0), load_digits(), "digits_", 64)
+
+
+_BATCHED = "max_batch_size: 32\nnum_cpus: 0.25\n"
+
+DEMO_MODELS = {
+    "iris": (build_iris, _BATCHED),
+    "digits": (build_digits, _BATCHED),
+    "mlp": (build_mlp, _BATCHED),
+    "identity": (build_identity, "max_batch_size: 8\nnum_cpus: 0.1\n"),
+}
+
+
+def write_demo_repository(repo: Path | str, names: list[str] | None = None) -> list[Path]:
+    """Write the demo models (all, or ``names``) into ``repo`` in Triton's layout."""
+    repo = Path(repo)
+    written = []
+    for name in names or list(DEMO_MODELS):
+        build, config = DEMO_MODELS[name]
+        written.append(_save(build(), repo, name, config))
+    return written

@@ -1,0 +1,119 @@
+"""One loaded model version: an onnxruntime session and the signature read from its graph."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from lockgate.fastpath import DATATYPES
+
+from ._errors import ModelLoadError
+from .config import OnnxRuntimeConfig
+
+__all__ = ["ModelVersion", "TensorSpec", "load_version", "session_options"]
+
+# onnxruntime type strings -> Open Inference Protocol datatypes.
+_ORT_TO_OIP = {
+    "tensor(bool)": "BOOL",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(float16)": "FP16",
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(string)": "BYTES",
+}
+
+_OPT_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """An input or output as the graph declares it; dynamic dimensions are -1."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+    def metadata(self) -> dict[str, object]:
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+
+
+def _spec(node: ort.NodeArg, model: str, version: int) -> TensorSpec:
+    datatype = _ORT_TO_OIP.get(node.type)
+    if datatype is None:
+        raise ModelLoadError(model, version, f"tensor {node.name!r} has type {node.type}, which lockgate cannot serve")
+    shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in (node.shape or ()))
+    return TensorSpec(node.name, datatype, shape)
+
+
+def session_options(config: OnnxRuntimeConfig) -> ort.SessionOptions:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = config.intra_op_num_threads
+    opts.inter_op_num_threads = config.inter_op_num_threads
+    opts.graph_optimization_level = _OPT_LEVELS[config.graph_optimization_level]
+    opts.execution_mode = (
+        ort.ExecutionMode.ORT_PARALLEL if config.execution_mode == "parallel" else ort.ExecutionMode.ORT_SEQUENTIAL
+    )
+    spin = "1" if config.allow_spinning else "0"
+    opts.add_session_config_entry("session.intra_op.allow_spinning", spin)
+    opts.add_session_config_entry("session.inter_op.allow_spinning", spin)
+    return opts
+
+
+class ModelVersion:
+    """A served model version. ``run`` is thread-safe (onnxruntime sessions are)."""
+
+    __slots__ = ("inputs", "name", "output_index", "outputs", "path", "session", "input_index", "version")
+
+    def __init__(self, name: str, version: int, path: Path, session: ort.InferenceSession) -> None:
+        self.name = name
+        self.version = version
+        self.path = path
+        self.session = session
+        self.inputs = tuple(_spec(n, name, version) for n in session.get_inputs())
+        self.outputs = tuple(_spec(n, name, version) for n in session.get_outputs())
+        self.input_index = {s.name: s for s in self.inputs}
+        self.output_index = {s.name: s for s in self.outputs}
+
+    def batchable(self) -> bool:
+        """True when every input and output has a dynamic first dimension."""
+        return all(s.shape and s.shape[0] == -1 for s in self.inputs + self.outputs)
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """All outputs, in graph order."""
+        return self.session.run(None, feeds)
+
+    def metadata(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "versions": [str(self.version)],
+            "platform": "onnxruntime_onnx",
+            "inputs": [s.metadata() for s in self.inputs],
+            "outputs": [s.metadata() for s in self.outputs],
+        }
+
+
+def load_version(name: str, version: int, path: Path, config: OnnxRuntimeConfig) -> ModelVersion:
+    """Load ``path`` with onnxruntime; any failure is a ModelLoadError naming the model."""
+    try:
+        session = ort.InferenceSession(str(path), sess_options=session_options(config), providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises several unrelated types for a bad file
+        raise ModelLoadError(name, version, f"{path}: {e}") from None
+    return ModelVersion(name, version, path, session)
+
+
+assert set(_ORT_TO_OIP.values()) == set(DATATYPES)

@@ -1,0 +1,69 @@
+"""The model repository: Triton's folder layout.
+
+::
+
+    <repository>/<model>/config.yaml          (or config.json; optional)
+    <repository>/<model>/<version>/model.onnx  (version: a positive integer)
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ._errors import ConfigError
+from .config import ModelConfig, load_model_config
+
+__all__ = ["MODEL_NAME", "ModelEntry", "scan_repository"]
+
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+MODEL_FILE = "model.onnx"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelEntry:
+    """One model of the repository: its config and the version files that serve."""
+
+    name: str
+    path: Path
+    config: ModelConfig
+    files: dict[int, Path]  # served versions only, by version number
+
+    @property
+    def versions(self) -> list[int]:
+        return sorted(self.files, reverse=True)
+
+
+def _entry(model_dir: Path) -> ModelEntry:
+    name = model_dir.name
+    if not MODEL_NAME.match(name):
+        raise ConfigError(
+            "a model name is letters, digits, '_', '.', '-' (starting with a letter or digit), up to 128 characters",
+            source=str(model_dir),
+        )
+    config = load_model_config(model_dir)
+    available: dict[int, Path] = {}
+    for child in model_dir.iterdir():
+        if child.is_dir() and child.name.isdigit() and int(child.name) > 0 and (child / MODEL_FILE).is_file():
+            available[int(child.name)] = child / MODEL_FILE
+    if not available:
+        raise ConfigError(f"model {name!r} has no version folder with a {MODEL_FILE} (expected {name}/1/{MODEL_FILE})", source=str(model_dir))
+    chosen = config.version_policy.select(list(available))
+    if not chosen:
+        raise ConfigError(
+            f"model {name!r}: version_policy selects none of the versions present ({sorted(available)})",
+            source=str(model_dir),
+        )
+    return ModelEntry(name, model_dir, config, {v: available[v] for v in chosen})
+
+
+def scan_repository(root: Path | str) -> list[ModelEntry]:
+    """Every model folder of ``root``, sorted by name; a bad folder is a ConfigError naming it."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ConfigError("model repository is not a directory", source=str(root))
+    entries = [_entry(d) for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")]
+    if not entries:
+        raise ConfigError("model repository holds no model folders", source=str(root))
+    return entries

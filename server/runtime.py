@@ -1,0 +1,175 @@
+"""Starting and stopping lockgate on Ray: the local cluster or a joined one, the ingress, the apps.
+
+The ingress is Serve's HAProxy with direct ingress to the replicas (see
+docs/ingress.md for the measurements behind the choice). Ray reads the switches
+from the environment when its processes start, so they are set before Ray starts.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ._errors import ModelLoadError, StartupError
+from .repository import ModelEntry
+
+__all__ = ["INGRESS_ENV", "Runtime", "check_port", "haproxy_pids", "orphaned_haproxy_pids", "stop_haproxy"]
+
+INGRESS_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+
+Progress = Callable[[str], None]
+
+
+def haproxy_pids() -> list[int]:
+    """Processes running Serve's HAProxy (its config lives under haproxy-serve)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if cmd and cmd[0].endswith(b"haproxy") and any(b"haproxy-serve" in part for part in cmd):
+            pids.append(int(entry.name))
+    return pids
+
+
+def orphaned_haproxy_pids() -> list[int]:
+    """Serve HAProxy processes whose Ray is gone (re-parented to init)."""
+    orphans = []
+    for pid in haproxy_pids():
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        if stat.rsplit(")", 1)[1].split()[1] == "1":
+            orphans.append(pid)
+    return orphans
+
+
+def check_port(host: str, port: int) -> None:
+    """StartupError when ``host:port`` cannot be bound, naming a leftover HAProxy if there is one."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            hint = ""
+            stale = orphaned_haproxy_pids()
+            if stale:
+                hint = (
+                    f"; an HAProxy left by an earlier run holds it (pid {', '.join(map(str, stale))}):"
+                    " `lockgate cleanup` stops it"
+                )
+            raise StartupError(f"cannot listen on {host}:{port}: {e.strerror}{hint}") from None
+
+
+def stop_haproxy(pids: list[int], grace: float = 5.0) -> list[int]:
+    """SIGTERM, then SIGKILL after ``grace`` seconds, the given HAProxy processes."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    end = time.monotonic() + grace
+    while time.monotonic() < end and any(Path(f"/proc/{p}").exists() for p in pids):
+        time.sleep(0.1)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return pids
+
+
+@dataclass
+class Runtime:
+    """A running lockgate: Ray (started here or joined), Serve, and one application per model."""
+
+    host: str
+    port: int
+    address: str | None = None
+    progress: Progress = print
+    verbose: bool = False
+    started_ray: bool = False
+    apps: tuple[str, ...] = ()
+    _haproxy_before: frozenset[int] = frozenset()
+
+    def start(self) -> None:
+        import ray
+        from ray import serve
+
+        if self.address is None:
+            check_port(self.host, self.port)
+        for key, value in INGRESS_ENV.items():
+            os.environ.setdefault(key, value)
+        self._haproxy_before = frozenset(haproxy_pids())
+        self.progress(f"starting Ray ({'local' if self.address is None else self.address}) ...")
+        t0 = time.monotonic()
+        try:
+            ray.init(
+                address=self.address,
+                include_dashboard=False,
+                log_to_driver=self.verbose,
+                configure_logging=self.verbose,
+            )
+        except Exception as e:
+            raise StartupError(f"cannot start or join Ray: {e}") from None
+        self.started_ray = self.address is None
+        serve.start(http_options={"host": self.host, "port": self.port})
+        self.progress(f"Ray and Serve up in {time.monotonic() - t0:.1f} s")
+
+    def deploy(self, entries: list[ModelEntry]) -> None:
+        from ray import serve
+
+        from .deployment import CONTROL_APP, build_control_app, build_model_app, route_prefix
+
+        names = [e.name for e in entries]
+        serve.run(build_control_app(names), name=CONTROL_APP, route_prefix="/v2")
+        self.apps = (CONTROL_APP,)
+        for entry in entries:
+            t0 = time.monotonic()
+            self.progress(f"loading model {entry.name} (versions {', '.join(map(str, entry.versions))}) ...")
+            try:
+                serve.run(build_model_app(entry), name=entry.name, route_prefix=route_prefix(entry.name))
+            except Exception as e:
+                reason = str(e).strip().splitlines()
+                raise ModelLoadError(entry.name, None, _root_cause(reason)) from None
+            self.apps += (entry.name,)
+            self.progress(f"  {entry.name} ready in {time.monotonic() - t0:.1f} s")
+
+    def shutdown(self) -> None:
+        import ray
+        from ray import serve
+
+        if ray.is_initialized():
+            try:
+                if self.started_ray:
+                    serve.shutdown()
+                else:
+                    for name in self.apps:
+                        serve.delete(name)
+            finally:
+                ray.shutdown()
+        if self.started_ray:
+            # Ours only: whatever HAProxy appeared after this runtime started Ray.
+            stopped = stop_haproxy(sorted(set(haproxy_pids()) - self._haproxy_before))
+            if stopped:
+                self.progress(f"stopped HAProxy (pid {', '.join(map(str, stopped))})")
+
+
+def _root_cause(lines: list[str]) -> str:
+    """The most telling line of a Serve deployment failure (the replica's exception)."""
+    for line in reversed(lines):
+        if "ModelLoadError" in line or "ConfigError" in line:
+            return line.split(":", 1)[-1].strip()
+    for line in reversed(lines):
+        if line.strip():
+            return line.strip()
+    return "unknown error"
