@@ -93,12 +93,17 @@ def serve(repository: Path, host: str, port: int, address: str | None, verbose: 
     except LockgateError as e:
         _fail(e)
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+
+    def trap() -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+
+    trap()
     runtime = Runtime(host=host, port=port, address=address, progress=click.echo, verbose=verbose)
     code = 0
     try:
         runtime.start()
+        trap()  # Ray's core worker installs its own SIGTERM handler in ray.init; ours must win
         if stop.is_set():
             return
         runtime.deploy(entries)

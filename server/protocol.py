@@ -35,7 +35,7 @@ class InferRequest:
     rows: int
 
 
-def _json(raw: bytes | memoryview) -> Any:
+def _json(raw: bytes) -> Any:
     try:
         return json.loads(raw)
     except (UnicodeDecodeError, ValueError) as e:
@@ -75,9 +75,8 @@ def parse_infer_request(
             raise BadRequest(
                 f"Inference-Header-Content-Length is {header_length} but the body has {len(body)} bytes"
             )
-        view = memoryview(body)
-        doc = _json(view[:header_length])
-        binary = view[header_length:]
+        doc = _json(body[:header_length])
+        binary = memoryview(body)[header_length:]
     else:
         doc = _json(body)
         binary = None
@@ -137,6 +136,8 @@ def parse_infer_request(
                 if "data" not in item:
                     raise BadRequest(f"input '{name}' has neither 'data' nor a binary_data_size parameter")
                 inputs[name] = decode_json_data(item["data"], datatype, shape)
+            if spec.datatype == "BYTES":
+                inputs[name] = _as_text(inputs[name], name)
         except CodecError as e:
             raise BadRequest(f"input '{name}': {e}") from None
     missing = [s.name for s in model.inputs if s.name not in inputs]
@@ -171,6 +172,18 @@ def parse_infer_request(
             flag = _parameters(item, f"output '{spec.name}'").get("binary_data", default_binary)
             outputs.append((spec, flag is True))
     return InferRequest(request_id, inputs, outputs, params or None, rows)
+
+
+def _as_text(array: np.ndarray, name: str) -> np.ndarray:
+    """onnxruntime's string tensors take Python str: BYTES elements must be UTF-8 text."""
+    out = np.empty(array.shape, dtype=object)
+    flat_in, flat_out = array.reshape(-1), out.reshape(-1)
+    for i, b in enumerate(flat_in):
+        try:
+            flat_out[i] = b.decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadRequest(f"input '{name}': BYTES element {i} is not UTF-8 text, which ONNX string tensors require") from None
+    return out
 
 
 def _names(specs: tuple[TensorSpec, ...]) -> str:

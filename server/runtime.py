@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,15 +19,48 @@ from pathlib import Path
 from ._errors import ModelLoadError, StartupError
 from .repository import ModelEntry
 
-__all__ = ["INGRESS_ENV", "Runtime", "check_port", "haproxy_pids", "orphaned_haproxy_pids", "stop_haproxy"]
+__all__ = [
+    "INGRESS_ENV",
+    "Runtime",
+    "check_port",
+    "haproxy_env",
+    "haproxy_pids",
+    "orphaned_haproxy_pids",
+    "stop_haproxy",
+]
 
-INGRESS_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+INGRESS_ENV = {
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+    # HAProxy drops a stopping replica from its backends at once; the 30 s default
+    # drain only delays shutdown and redeploys.
+    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
+}
 
 Progress = Callable[[str], None]
 
+# Serve's own default HAProxy folder, and ours (one per port, so two servers on one machine do not collide).
+_HAPROXY_MARKERS = (b"haproxy-serve", b"lockgate-haproxy-")
+
+
+def haproxy_dir(port: int) -> Path:
+    return Path(tempfile.gettempdir()) / f"lockgate-haproxy-{port}"
+
+
+def haproxy_env(port: int) -> dict[str, str]:
+    """Where Serve's HAProxy keeps its config, sockets and state for a server on ``port``."""
+    base = haproxy_dir(port)
+    return {
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(base / "haproxy.cfg"),
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": str(base / "admin.sock"),
+        "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(base / "metrics.sock"),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(base),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(base / "server-state"),
+    }
+
 
 def haproxy_pids() -> list[int]:
-    """Processes running Serve's HAProxy (its config lives under haproxy-serve)."""
+    """Processes running an HAProxy that Serve started (for lockgate or not)."""
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -35,7 +69,7 @@ def haproxy_pids() -> list[int]:
             cmd = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if cmd and cmd[0].endswith(b"haproxy") and any(b"haproxy-serve" in part for part in cmd):
+        if cmd and cmd[0].endswith(b"haproxy") and any(m in part for part in cmd for m in _HAPROXY_MARKERS):
             pids.append(int(entry.name))
     return pids
 
@@ -107,8 +141,10 @@ class Runtime:
 
         if self.address is None:
             check_port(self.host, self.port)
-        for key, value in INGRESS_ENV.items():
-            os.environ.setdefault(key, value)
+        if self.address is None:
+            haproxy_dir(self.port).mkdir(mode=0o700, exist_ok=True)
+            for key, value in {**INGRESS_ENV, **haproxy_env(self.port)}.items():
+                os.environ.setdefault(key, value)
         self._haproxy_before = frozenset(haproxy_pids())
         self.progress(f"starting Ray ({'local' if self.address is None else self.address}) ...")
         t0 = time.monotonic()

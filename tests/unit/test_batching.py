@@ -1,0 +1,176 @@
+"""The dynamic batcher: idle dispatch, batches formed while busy, shape keys, bounded queue, deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from lockgate.server._errors import DeadlineExceeded, Unavailable
+from lockgate.server.batching import Batcher
+from lockgate.server.config import DynamicBatchingConfig
+
+
+class Recorder:
+    """A model that doubles its input and records the batch sizes it was given."""
+
+    def __init__(self, hold: threading.Event | None = None) -> None:
+        self.sizes: list[int] = []
+        self.hold = hold
+
+    def __call__(self, feeds):
+        if self.hold is not None:
+            self.hold.wait(5)
+        x = feeds["x"]
+        self.sizes.append(x.shape[0])
+        return [x * 2]
+
+
+def make(model, max_batch_size=8, **config):
+    return Batcher(model, ["y"], max_batch_size, DynamicBatchingConfig(**config), ThreadPoolExecutor(1))
+
+
+def rows(n, width=3, start=0.0):
+    return {"x": np.arange(start, start + n * width, dtype=np.float32).reshape(n, width)}
+
+
+def test_lone_request_runs_at_once_even_with_a_large_batch():
+    model = Recorder()
+
+    async def go():
+        b = make(model)
+        t0 = time.monotonic()
+        out = await b.submit(rows(1), 1)
+        return out, time.monotonic() - t0
+
+    out, _elapsed = asyncio.run(go())
+    np.testing.assert_array_equal(out["y"], rows(1)["x"] * 2)
+    assert model.sizes == [1]
+
+
+def test_arrivals_during_a_run_form_the_next_batch_and_get_their_own_rows():
+    hold = threading.Event()
+    model = Recorder(hold)
+
+    async def go():
+        b = make(model)
+        first = asyncio.ensure_future(b.submit(rows(1, start=100), 1))
+        await asyncio.sleep(0.05)  # first is running (held)
+        rest = [asyncio.ensure_future(b.submit(rows(2, start=10 * i), 2)) for i in range(3)]
+        await asyncio.sleep(0.05)
+        hold.set()
+        return await first, await asyncio.gather(*rest)
+
+    first, rest = asyncio.run(go())
+    assert model.sizes == [1, 6]
+    np.testing.assert_array_equal(first["y"], rows(1, start=100)["x"] * 2)
+    for i, out in enumerate(rest):
+        np.testing.assert_array_equal(out["y"], rows(2, start=10 * i)["x"] * 2)
+
+
+def test_batches_never_exceed_max_and_shapes_do_not_mix():
+    hold = threading.Event()
+    model = Recorder(hold)
+
+    async def go():
+        b = make(model, max_batch_size=4)
+        blocker = asyncio.ensure_future(b.submit(rows(1), 1))
+        await asyncio.sleep(0.05)
+        wide = [asyncio.ensure_future(b.submit(rows(1, width=5), 1)) for _ in range(2)]
+        narrow = [asyncio.ensure_future(b.submit(rows(3), 3)) for _ in range(3)]
+        await asyncio.sleep(0.05)
+        hold.set()
+        await asyncio.gather(blocker, *wide, *narrow)
+
+    asyncio.run(go())
+    assert model.sizes[0] == 1
+    assert max(model.sizes) <= 4
+    assert sorted(model.sizes[1:]) == [2, 3, 3, 3]
+
+
+def test_full_queue_is_503_with_retry_after():
+    hold = threading.Event()
+    model = Recorder(hold)
+
+    async def go():
+        b = make(model, max_queue_size=2)
+        running = asyncio.ensure_future(b.submit(rows(1), 1))
+        await asyncio.sleep(0.05)
+        queued = [asyncio.ensure_future(b.submit(rows(1), 1)) for _ in range(2)]
+        await asyncio.sleep(0)
+        with pytest.raises(Unavailable) as info:
+            await b.submit(rows(1), 1)
+        hold.set()
+        await asyncio.gather(running, *queued)
+        return info.value
+
+    error = asyncio.run(go())
+    assert error.status == 503 and error.headers["retry-after"] == "1"
+    assert "queue is full" in error.message
+
+
+def test_expired_deadline_never_runs():
+    hold = threading.Event()
+    model = Recorder(hold)
+
+    async def go():
+        b = make(model)
+        running = asyncio.ensure_future(b.submit(rows(1), 1))
+        await asyncio.sleep(0.05)
+        late = asyncio.ensure_future(b.submit(rows(2), 2, timeout_us=1000))
+        await asyncio.sleep(0.05)
+        hold.set()
+        await running
+        with pytest.raises(DeadlineExceeded):
+            await late
+
+    asyncio.run(go())
+    assert model.sizes == [1]
+
+
+def test_preferred_batch_size_cuts_the_batch():
+    hold = threading.Event()
+    model = Recorder(hold)
+
+    async def go():
+        b = make(model, max_batch_size=8, preferred_batch_sizes=[4])
+        blocker = asyncio.ensure_future(b.submit(rows(1), 1))
+        await asyncio.sleep(0.05)
+        waiting = [asyncio.ensure_future(b.submit(rows(1), 1)) for _ in range(6)]
+        await asyncio.sleep(0.05)
+        hold.set()
+        await asyncio.gather(blocker, *waiting)
+
+    asyncio.run(go())
+    assert model.sizes == [1, 4, 2]
+
+
+def test_queue_delay_gathers_a_batch_when_idle():
+    model = Recorder()
+
+    async def go():
+        b = make(model, max_queue_delay_us=100_000)
+        futures = []
+        for _ in range(3):
+            futures.append(asyncio.ensure_future(b.submit(rows(1), 1)))
+            await asyncio.sleep(0.01)
+        await asyncio.gather(*futures)
+
+    asyncio.run(go())
+    assert model.sizes == [3]
+
+
+def test_model_error_reaches_every_waiter():
+    def broken(feeds):
+        raise RuntimeError("boom")
+
+    async def go():
+        b = make(broken)
+        with pytest.raises(RuntimeError, match="boom"):
+            await b.submit(rows(1), 1)
+
+    asyncio.run(go())

@@ -1,0 +1,231 @@
+"""Both codec implementations give identical results and identical errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import lockgate.fastpath as fastpath
+from lockgate.fastpath import _codec_py, codec
+from lockgate.fastpath._common import DATATYPES
+
+try:
+    from lockgate.fastpath import _codec as _codec_c
+except ImportError:  # pragma: no cover - the compiled module is required in CI (test below)
+    _codec_c = None
+
+IMPLS = [pytest.param(_codec_py, id="python")]
+if _codec_c is not None:
+    IMPLS.append(pytest.param(_codec_c, id="cython"))
+NUMERIC = [n for n in DATATYPES if n != "BYTES"]
+
+
+def both(fn_name: str, *args):
+    """Call ``fn_name`` on both implementations; return both outcomes (value or exception)."""
+    assert _codec_c is not None, "the compiled codec is not built"
+    out = []
+    for impl in (_codec_py, _codec_c):
+        try:
+            out.append(("ok", getattr(impl, fn_name)(*args)))
+        except Exception as e:  # noqa: BLE001 - compared below
+            out.append(("err", (type(e), str(e))))
+    return out
+
+
+def assert_same(outcomes):
+    (ka, a), (kb, b) = outcomes
+    assert ka == kb, outcomes
+    if ka == "err":
+        assert a == b
+        return
+    assert a.dtype == b.dtype and a.shape == b.shape
+    if a.dtype == object:
+        assert a.tolist() == b.tolist()
+    else:
+        np.testing.assert_array_equal(a, b)
+
+
+def test_compiled_codec_is_loaded_when_required():
+    """CI sets LOCKGATE_REQUIRE_COMPILED=1: the compiled codec must be what the package loaded."""
+    if os.environ.get("LOCKGATE_REQUIRE_COMPILED") == "1":
+        assert fastpath.IMPLEMENTATION == "cython"
+        assert _codec_c is not None and _codec_c.__file__.endswith(".so")
+        assert fastpath.decode_json_data is _codec_c.decode_json_data
+
+
+def test_environment_variable_selects_the_twin():
+    code = "import lockgate.fastpath as f; print(f.IMPLEMENTATION, f.decode_json_data.__module__)"
+    env = {**os.environ, "LOCKGATE_NO_EXTENSIONS": "1"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["python", "lockgate.fastpath._codec_py"]
+    if _codec_c is not None:
+        env["LOCKGATE_NO_EXTENSIONS"] = "0"
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        assert out.stdout.split()[0] == "cython"
+
+
+def _values(name: str):
+    dt = DATATYPES[name]
+    if dt.kind == "bool":
+        return st.booleans()
+    if dt.kind in ("int", "uint"):
+        return st.integers(dt.low, dt.high)
+    if dt.kind == "bytes":
+        return st.text(max_size=8)
+    width = {"FP16": 16, "FP32": 32, "FP64": 64}[name]
+    return st.floats(width=width, allow_nan=True, allow_infinity=True) | st.integers(-(2**40), 2**40)
+
+
+@st.composite
+def tensors(draw, names=tuple(DATATYPES)):
+    name = draw(st.sampled_from(names))
+    shape = tuple(draw(st.lists(st.integers(0, 4), min_size=1, max_size=3)))
+    n = math.prod(shape)
+    flat = draw(st.lists(_values(name), min_size=n, max_size=n))
+    nested = draw(st.booleans())
+    data = flat
+    if nested and len(shape) > 1 and n > 0:
+        data = np.array(flat, dtype=object).reshape(shape).tolist()
+    return name, shape, data
+
+
+@pytest.mark.skipif(_codec_c is None, reason="compiled codec not built")
+@settings(max_examples=400, deadline=None)
+@given(tensors())
+def test_decode_json_same_results(case):
+    name, shape, data = case
+    outcomes = both("decode_json_data", data, name, shape)
+    assert_same(outcomes)
+    assert outcomes[0][0] == "ok"
+    arr = outcomes[0][1]
+    assert arr.shape == shape
+
+
+@pytest.mark.skipif(_codec_c is None, reason="compiled codec not built")
+@settings(max_examples=400, deadline=None)
+@given(
+    st.sampled_from(list(DATATYPES)),
+    st.lists(st.integers(0, 3), min_size=1, max_size=3),
+    st.recursive(
+        st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=3),
+        lambda children: st.lists(children, max_size=4),
+        max_leaves=12,
+    ),
+)
+def test_decode_json_same_errors_on_arbitrary_input(name, shape, data):
+    """Any JSON-like value: both implementations succeed alike or fail with the same message."""
+    assert_same(both("decode_json_data", data, name, tuple(shape)))
+
+
+@pytest.mark.skipif(_codec_c is None, reason="compiled codec not built")
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(NUMERIC).flatmap(
+        lambda n: hnp.arrays(DATATYPES[n].dtype.newbyteorder("="), hnp.array_shapes(min_dims=1, max_dims=3, min_side=0, max_side=5))
+    )
+)
+def test_encode_json_same_text_and_exact_round_trip(arr):
+    a = _codec_py.encode_json_data(arr)
+    b = _codec_c.encode_json_data(arr)
+    assert a == b
+    back = json.loads(a)
+    assert len(back) == arr.size
+    if arr.dtype.kind == "f":
+        restored = np.array(back, dtype=np.float64).astype(arr.dtype)
+        np.testing.assert_array_equal(restored, arr.reshape(-1))  # NaN == NaN here
+    else:
+        assert back == arr.reshape(-1).tolist()
+
+
+@pytest.mark.skipif(_codec_c is None, reason="compiled codec not built")
+def test_encode_non_contiguous_and_big_endian():
+    base = np.arange(24, dtype=np.float32).reshape(4, 6)
+    view = base[:, ::2].T  # non-contiguous
+    assert _codec_c.encode_json_data(view) == _codec_py.encode_json_data(view)
+    assert json.loads(_codec_c.encode_json_data(view)) == view.reshape(-1).tolist()
+    be = np.arange(5, dtype=">i4")
+    assert _codec_c.encode_json_data(be) == _codec_py.encode_json_data(be) == b"[0,1,2,3,4]"
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_nan_inf_and_empty(impl):
+    arr = impl.decode_json_data([float("nan"), float("inf"), -float("inf")], "FP32", (3,))
+    assert np.isnan(arr[0]) and arr[1] == np.inf and arr[2] == -np.inf
+    assert impl.encode_json_data(arr) == b"[NaN,Infinity,-Infinity]"
+    empty = impl.decode_json_data([], "INT64", (0, 3))
+    assert empty.shape == (0, 3) and empty.dtype == np.int64
+    assert impl.encode_json_data(empty) == b"[]"
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize(
+    "data,name,shape,message",
+    [
+        ([1, 2, 3], "FP32", (2,), "data has 3 elements where shape [2] expects 2"),
+        ([[1, 2], [3]], "FP32", (2, 2), "data[1] has 1 elements where shape [2, 2] expects 2"),
+        ([[1, 2], 3], "FP32", (2, 2), "data[1] is a value where shape [2, 2] expects an array"),
+        ([[[1], 2]], "FP32", (1, 2), "data[0][0] is an array where shape [1, 2] expects a value"),
+        ([1, [2]], "FP32", (2,), "data[1] is an array in flat data for shape [2]"),
+        ([1, 256], "UINT8", (2,), "element 1: expected an integer in [0, 255] for UINT8, got 256"),
+        ([-1], "UINT64", (1,), "element 0: expected an integer in [0, 18446744073709551615] for UINT64, got -1"),
+        ([2**64], "UINT64", (1,), "element 0: expected an integer in [0, 18446744073709551615] for UINT64"),
+        ([1.5], "INT32", (1,), "element 0: expected an integer in [-2147483648, 2147483647] for INT32, got 1.5"),
+        ([True], "INT8", (1,), "element 0: expected an integer in [-128, 127] for INT8, got true"),
+        ([1], "BOOL", (1,), "element 0: expected true or false for BOOL, got 1"),
+        (["a"], "FP64", (1,), 'element 0: expected a number for FP64, got "a"'),
+        ([None], "FP16", (1,), "element 0: expected a number for FP16, got null"),
+        ([10**400], "FP64", (1,), "element 0: expected a number for FP64"),
+        ([1], "BYTES", (1,), "element 0: expected a string for BYTES, got 1"),
+        ({"a": 1}, "FP32", (1,), "'data' must be a JSON array"),
+        ([1], "FLOAT", (1,), "unknown datatype 'FLOAT'"),
+    ],
+)
+def test_decode_errors_name_what_is_wrong(impl, data, name, shape, message):
+    with pytest.raises(codec.CodecError) as info:
+        impl.decode_json_data(data, name, shape)
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("name", NUMERIC)
+def test_binary_round_trip_is_zero_copy(impl, name):
+    dt = DATATYPES[name]
+    src = (np.arange(12) % 2).astype(dt.dtype).reshape(3, 4)
+    blob = bytes(impl.encode_binary(src))
+    assert len(blob) == src.size * dt.itemsize
+    body = bytearray(b"xx" + blob)
+    view = impl.decode_binary(memoryview(body)[2:], name, (3, 4))
+    np.testing.assert_array_equal(view, src)
+    assert np.shares_memory(view, np.frombuffer(body, dtype=np.uint8))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_binary_bytes_and_framing_errors(impl):
+    src = np.array([b"a", b"", "\u00e9".encode(), b"\x00\xff"], dtype=object).reshape(2, 2)
+    blob = impl.encode_binary(src)
+    assert impl.decode_binary(blob, "BYTES", (2, 2)).tolist() == src.tolist()
+    with pytest.raises(codec.CodecError, match="ends at element"):
+        impl.decode_binary(blob[:3], "BYTES", (2, 2))
+    with pytest.raises(codec.CodecError, match="declares 1 bytes, only 0 remain"):
+        impl.decode_binary(b"\x01\x00\x00\x00", "BYTES", (1,))
+    with pytest.raises(codec.CodecError, match="bytes after its 4 elements"):
+        impl.decode_binary(bytes(blob) + b"!", "BYTES", (2, 2))
+    with pytest.raises(codec.CodecError, match=r"needs 16 bytes, got 15"):
+        impl.decode_binary(b"\0" * 15, "FP32", (4,))
+    with pytest.raises(codec.CodecError, match=r"needs 16 bytes, got 17"):
+        impl.decode_binary(b"\0" * 17, "FP32", (4,))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_non_utf8_bytes_output_asks_for_binary(impl):
+    with pytest.raises(codec.CodecError, match="binary_data"):
+        impl.encode_json_data(np.array([b"\xff"], dtype=object))

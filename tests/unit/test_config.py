@@ -1,0 +1,102 @@
+"""Model configuration and the repository layout: validation names the key and what is accepted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lockgate.server._errors import ConfigError
+from lockgate.server.config import ModelConfig, VersionPolicy, load_model_config, parse_model_config
+from lockgate.server.deployment import deployment_options
+from lockgate.server.repository import scan_repository
+
+
+def test_unknown_key_names_it_and_the_accepted_ones():
+    with pytest.raises(ConfigError) as info:
+        parse_model_config({"max_batch_sise": 4}, source="m/config.yaml")
+    msg = str(info.value)
+    assert "m/config.yaml" in msg and "unknown key 'max_batch_sise'" in msg and "max_batch_size" in msg
+
+
+def test_unknown_nested_key_lists_that_sections_keys():
+    with pytest.raises(ConfigError, match=r"unknown key 'onnxruntime.threads'; accepted keys: intra_op_num_threads"):
+        parse_model_config({"onnxruntime": {"threads": 2}}, source="x")
+
+
+@pytest.mark.parametrize(
+    "raw,fragment",
+    [
+        ({"max_batch_size": -1}, "max_batch_size"),
+        ({"num_cpus": 0}, "num_cpus"),
+        ({"autoscaling": {"min_replicas": 3, "max_replicas": 2}}, "max_replicas (2) must be at least min_replicas (3)"),
+        ({"version_policy": {"latest": {}, "all": {}}}, "give one of latest, all, specific"),
+        ({"dynamic_batching": {"preferred_batch_sizes": [0]}}, "preferred_batch_sizes"),
+        ({"onnxruntime": {"graph_optimization_level": "max"}}, "graph_optimization_level"),
+        ([1, 2], "expected a mapping"),
+    ],
+)
+def test_bad_values_are_refused(raw, fragment):
+    with pytest.raises(ConfigError, match=r".*") as info:
+        parse_model_config(raw, source="x")
+    assert fragment in str(info.value)
+
+
+def test_version_policy_follows_triton():
+    present = [1, 2, 3, 5]
+    assert VersionPolicy().select(present) == [5]
+    assert VersionPolicy.model_validate({"latest": {"num_versions": 2}}).select(present) == [5, 3]
+    assert VersionPolicy.model_validate({"all": {}}).select(present) == [5, 3, 2, 1]
+    assert VersionPolicy.model_validate({"specific": {"versions": [1, 4]}}).select(present) == [1]
+
+
+def _model(root: Path, name: str, versions: list[int], config: str | None = None) -> None:
+    for v in versions:
+        d = root / name / str(v)
+        d.mkdir(parents=True)
+        (d / "model.onnx").write_bytes(b"x")
+    if config is not None:
+        (root / name / "config.yaml").write_text(config)
+
+
+def test_repository_layout(tmp_path):
+    _model(tmp_path, "a", [1, 2, 3], "version_policy:\n  latest:\n    num_versions: 2\n")
+    _model(tmp_path, "b", [7])
+    (tmp_path / "a" / "notes").mkdir()
+    entries = scan_repository(tmp_path)
+    assert [(e.name, e.versions) for e in entries] == [("a", [3, 2]), ("b", [7])]
+
+
+@pytest.mark.parametrize(
+    "setup,fragment",
+    [
+        (lambda r: (r / "empty").mkdir(), "has no version folder"),
+        (lambda r: _model(r, "bad name", [1]), "a model name is"),
+        (lambda r: _model(r, "c", [1], "name: other\n"), "does not match the folder name"),
+        (lambda r: _model(r, "d", [1], "replicas: [\n"), "cannot parse"),
+        (lambda r: _model(r, "e", [1], "version_policy:\n  specific:\n    versions: [4]\n"), "selects none"),
+    ],
+)
+def test_repository_errors_name_the_model(tmp_path, setup, fragment):
+    setup(tmp_path)
+    with pytest.raises(ConfigError) as info:
+        scan_repository(tmp_path)
+    assert fragment in str(info.value)
+
+
+def test_empty_or_missing_repository(tmp_path):
+    with pytest.raises(ConfigError, match="holds no model folders"):
+        scan_repository(tmp_path)
+    with pytest.raises(ConfigError, match="not a directory"):
+        scan_repository(tmp_path / "missing")
+
+
+def test_default_config_when_file_absent(tmp_path):
+    assert load_model_config(tmp_path) == ModelConfig()
+
+
+def test_deployment_options_ask_for_fractional_cpus_and_map_autoscaling():
+    opts = deployment_options(ModelConfig())
+    assert opts["ray_actor_options"]["num_cpus"] < 1 and opts["num_replicas"] == 1
+    auto = deployment_options(ModelConfig.model_validate({"autoscaling": {"min_replicas": 0, "max_replicas": 3}}))
+    assert auto["autoscaling_config"]["min_replicas"] == 0 and "num_replicas" not in auto

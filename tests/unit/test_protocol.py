@@ -1,0 +1,199 @@
+"""The OIP request path of a model replica, driven in-process (no Ray): every client mistake is a 4xx."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import struct
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from lockgate.server.http import ControlApp, ModelApp, ModelService
+from lockgate.server.repository import scan_repository
+from tests.asgi import call
+
+PREFIX = "/v2/models/iris"
+
+
+@pytest.fixture(scope="module")
+def services(demo_repo):
+    entries = {e.name: e for e in scan_repository(demo_repo)}
+    made = {name: ModelService(entry) for name, entry in entries.items()}
+    yield made
+    for s in made.values():
+        s.close()
+
+
+def post(service, path, doc=None, raw=None, headers=None):
+    body = raw if raw is not None else json.dumps(doc).encode()
+    app = ModelApp(service)
+    return asyncio.run(call(app, "POST", f"/v2/models/{service.name}{path}", body, headers, root_path=f"/v2/models/{service.name}"))
+
+
+def get(service, path):
+    return asyncio.run(call(ModelApp(service), "GET", f"/v2/models/{service.name}{path}", root_path=f"/v2/models/{service.name}"))
+
+
+IRIS_ROW = [5.1, 3.5, 1.4, 0.2]
+
+
+def iris_request(**extra):
+    doc = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": IRIS_ROW}]}
+    doc.update(extra)
+    return doc
+
+
+def test_infer_matches_onnxruntime(services):
+    s = services["iris"]
+    r = post(s, "/infer", iris_request(id="abc", parameters={"trace": "x"}))
+    assert r.status == 200, r.body
+    doc = r.json()
+    assert doc["id"] == "abc" and doc["model_name"] == "iris" and doc["model_version"] == "1"
+    assert doc["parameters"] == {"trace": "x"}
+    sess = ort.InferenceSession(str(s.served[1].model.path))
+    label, probs = sess.run(None, {"input": np.array([IRIS_ROW], np.float32)})
+    outs = {o["name"]: o for o in doc["outputs"]}
+    assert outs["label"]["data"] == label.tolist()
+    assert np.array(outs["probabilities"]["data"], np.float32).tolist() == probs.reshape(-1).tolist()
+
+
+def test_nested_data_and_output_selection(services):
+    doc = iris_request(outputs=[{"name": "label"}])
+    doc["inputs"][0]["data"] = [IRIS_ROW]
+    r = post(services["iris"], "/versions/1/infer", doc)
+    assert r.status == 200
+    assert [o["name"] for o in r.json()["outputs"]] == ["label"]
+
+
+def test_binary_output_and_mixed_binary_input(services):
+    s = services["identity"]
+    blob = np.array([[1.5, -2.0]], np.float32).tobytes()
+    inputs = []
+    for spec in s.served[1].model.inputs:
+        if spec.datatype == "FP32":
+            inputs.append({"name": spec.name, "datatype": "FP32", "shape": [1, 2], "parameters": {"binary_data_size": len(blob)}})
+        else:
+            value = {"BOOL": True, "BYTES": "hi"}.get(spec.datatype, 1)
+            inputs.append({"name": spec.name, "datatype": spec.datatype, "shape": [1, 2], "data": [value, value]})
+    header = json.dumps({"inputs": inputs, "outputs": [{"name": "out_FP32", "parameters": {"binary_data": True}}, {"name": "out_BYTES"}]}).encode()
+    r = post(s, "/infer", raw=header + blob, headers={"Inference-Header-Content-Length": str(len(header))})
+    assert r.status == 200, r.body
+    n = int(r.headers["inference-header-content-length"])
+    doc = json.loads(r.body[:n])
+    first = doc["outputs"][0]
+    assert first["parameters"]["binary_data_size"] == 8
+    assert np.frombuffer(r.body[n:], np.float32).tolist() == [1.5, -2.0]
+    assert doc["outputs"][1]["data"] == ["hi", "hi"]
+
+
+def test_metadata_and_ready(services):
+    r = get(services["iris"], "")
+    assert r.status == 200
+    meta = r.json()
+    assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 4]}]
+    assert get(services["iris"], "/ready").json() == {"name": "iris", "ready": True}
+    assert get(services["iris"], "/versions/1").json()["versions"] == ["1"]
+    assert get(services["iris"], "/versions/9/ready").status == 404
+
+
+def _err(r, status, *fragments):
+    assert r.status == status, (r.status, r.body)
+    message = r.json()["error"]
+    for f in fragments:
+        assert f in message, message
+    return message
+
+
+@pytest.mark.parametrize(
+    "mutate,fragments",
+    [
+        (lambda d: d["inputs"][0].update(name="petals"), ["unknown input 'petals'", "'input' (FP32 [-1, 4])"]),
+        (lambda d: d.update(inputs=[]), ["'inputs' must be a non-empty array"]),
+        (lambda d: d["inputs"][0].update(datatype="FP64"), ["input 'input'", "FP64", "FP32"]),
+        (lambda d: d["inputs"][0].update(shape=[1, 5], data=[1] * 5), ["shape [1, 5] does not match the model's [-1, 4]"]),
+        (lambda d: d["inputs"][0].update(shape=[1, 4], data=[1, 2, 3]), ["input 'input'", "3 elements", "expects 4"]),
+        (lambda d: d["inputs"][0].update(shape=[33, 4], data=[1.0] * 132), ["batch of 33", "max_batch_size of 32"]),
+        (lambda d: d["inputs"][0].update(data=[1, 2, "x", 4]), ["input 'input'", "element 2", "a number"]),
+        (lambda d: d["inputs"][0].update(shape="1,4"), ["'shape' must be an array"]),
+        (lambda d: d["inputs"][0].pop("data"), ["neither 'data' nor a binary_data_size"]),
+        (lambda d: d.update(outputs=[{"name": "nope"}]), ["unknown output 'nope'", "'label'"]),
+        (lambda d: d["inputs"].append(dict(d["inputs"][0])), ["given twice"]),
+        (lambda d: d.update(id=5), ["'id' must be a string"]),
+        (lambda d: d.update(parameters={"timeout": -1}), ["timeout"]),
+    ],
+)
+def test_client_mistakes_are_400_naming_the_problem(services, mutate, fragments):
+    doc = iris_request()
+    mutate(doc)
+    _err(post(services["iris"], "/infer", doc), 400, *fragments)
+
+
+def test_missing_input_is_named(services):
+    s = services["identity"]
+    doc = {"inputs": [{"name": "in_FP32", "datatype": "FP32", "shape": [1, 1], "data": [1.0]}]}
+    msg = _err(post(s, "/infer", doc), 400, "missing inputs", "'in_BOOL'")
+    assert "in_FP32" not in msg
+
+
+@pytest.mark.parametrize(
+    "raw,headers,fragments",
+    [
+        (b"{not json", None, ["malformed JSON body"]),
+        (b"[1,2]", None, ["must be a JSON object"]),
+        (b"\xff\xfe", None, ["malformed JSON body"]),
+        (b'{"inputs":[]}', {"Inference-Header-Content-Length": "999"}, ["Inference-Header-Content-Length is 999"]),
+        (b'{"inputs":[]}', {"Inference-Header-Content-Length": "abc"}, ["must be an integer"]),
+    ],
+)
+def test_malformed_bodies_are_400(services, raw, headers, fragments):
+    _err(post(services["iris"], "/infer", raw=raw, headers=headers), 400, *fragments)
+
+
+def test_binary_framing_errors_are_400(services):
+    s = services["iris"]
+    header = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "parameters": {"binary_data_size": 16}}]}).encode()
+    h = {"Inference-Header-Content-Length": str(len(header))}
+    _err(post(s, "/infer", raw=header + b"\0" * 12, headers=h), 400, "binary_data_size 16 runs past the end", "12 bytes remain")
+    _err(post(s, "/infer", raw=header + b"\0" * 20, headers=h), 400, "4 bytes of binary data")
+    bad = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "parameters": {"binary_data_size": 12}}]}).encode()
+    _err(post(s, "/infer", raw=bad + b"\0" * 12, headers={"Inference-Header-Content-Length": str(len(bad))}), 400, "needs 16 bytes, got 12")
+    _err(post(s, "/infer", raw=header), 400, "no Inference-Header-Content-Length")
+    msg = _err(post(s, "/infer", raw=struct.pack("<4f", 1, 2, 3, 4), headers=h), 400)
+    assert "Inference-Header-Content-Length" in msg
+
+
+def test_unknown_version_and_route_are_404_and_wrong_method_405(services):
+    s = services["iris"]
+    _err(post(s, "/versions/2/infer", iris_request()), 404, "no version '2'", "served: 1")
+    _err(post(s, "/versions/x/infer", iris_request()), 404, "no version 'x'")
+    _err(get(s, "/explode"), 404, "no route")
+    _err(get(s, "/infer"), 405, "use POST")
+    _err(post(s, "/ready", {}), 405)
+
+
+def test_control_app_routes():
+    app = ControlApp(["iris"])
+    r = asyncio.run(call(app, "GET", "/v2/models/nope/infer"))
+    assert r.status == 404 and "unknown model 'nope'" in r.json()["error"]
+    r = asyncio.run(call(app, "GET", "/v2/models/iris"))
+    assert r.status == 503 and "not ready" in r.json()["error"]
+    assert asyncio.run(call(app, "GET", "/v2/health/live")).status == 200
+    meta = asyncio.run(call(app, "GET", "/v2")).json()
+    assert meta["name"] == "lockgate" and "binary_tensor_data" in meta["extensions"]
+
+    async def waiting():
+        return ["iris"]
+
+    r = asyncio.run(call(ControlApp(["iris"], waiting), "GET", "/v2/health/ready"))
+    assert r.status == 503 and "iris" in r.json()["error"]
+
+
+def test_body_limit_is_413(demo_repo):
+    entry = next(e for e in scan_repository(demo_repo) if e.name == "iris")
+    s = ModelService(entry, max_body_bytes=100)
+    try:
+        _err(post(s, "/infer", raw=b" " * 5000), 413, "larger than the limit of 100 bytes")
+    finally:
+        s.close()
