@@ -140,3 +140,7 @@ def cleanup() -> None:
         return
     stop_haproxy(pids)
     click.echo(f"stopped HAProxy (pid {', '.join(map(str, pids))})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+# lockgate: `make serve` and `make test` work on a fresh clone; each target creates .venv when missing.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+MODELS ?= models
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+PYTEST_ARGS ?=
+
+.PHONY: install serve test bench bench-full lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# The Cython build needs its build requirements in the venv (editable, no isolation).
+$(STAMP): $(BIN)/python pyproject.toml setup.py $(wildcard fastpath/*.pyx fastpath/*.pxd)
+	$(BIN)/python -m pip install --quiet "setuptools>=77" wheel "Cython>=3.0" "numpy>=1.26"
+	$(BIN)/python -m pip install --quiet --no-build-isolation -e ".[dev,bench]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+$(MODELS)/.built: $(STAMP) server/demo.py
+	$(BIN)/lockgate demo-repo $(MODELS)
+	touch $@
+
+serve: install $(MODELS)/.built
+	$(BIN)/lockgate serve --model-repository $(MODELS) --host $(HOST) --port $(PORT)
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: install
+	$(BIN)/python bench/run.py --quick
+
+bench-full: install
+	$(BIN)/python bench/run.py
+
+lint: install
+	$(BIN)/python -m ruff check server fastpath plugins tests bench
+
+clean:
+	rm -rf build dist *.egg-info fastpath/*.c fastpath/*.so fastpath/*.html $(MODELS)

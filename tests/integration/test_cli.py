@@ -1,0 +1,134 @@
+"""`lockgate serve` as a user runs it: the printed curl works, SIGTERM leaves nothing behind, failures say why."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lockgate.server.runtime import haproxy_dir, haproxy_pids
+
+from .conftest import free_port, isolated_haproxy_env
+
+LOCKGATE = [sys.executable, "-m", "lockgate.server.cli"]
+
+
+def start(repo: Path, port: int) -> subprocess.Popen:
+    env = {**os.environ, **isolated_haproxy_env(), "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [*LOCKGATE, "serve", "--model-repository", str(repo), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+
+
+def read_until(proc: subprocess.Popen, marker: str, timeout: float = 120) -> list[str]:
+    lines: list[str] = []
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line.rstrip("\n"))
+        if marker in line:
+            return lines
+    raise AssertionError(f"{marker!r} not seen; output:\n" + "\n".join(lines))
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def ours(port: int) -> list[int]:
+    marker = str(haproxy_dir(port)).encode()
+    found = []
+    for pid in haproxy_pids():
+        try:
+            if marker in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
+        except OSError:
+            pass
+    return found
+
+
+@pytest.fixture(scope="module")
+def iris_repo(tmp_path_factory):
+    from lockgate.server.demo import write_demo_repository
+
+    root = tmp_path_factory.mktemp("iris-only")
+    write_demo_repository(root, ["iris"])
+    return root
+
+
+@pytest.mark.slow
+def test_serve_prints_a_working_curl_and_stops_cleanly_on_sigterm(iris_repo):
+    port = free_port()
+    proc = start(iris_repo, port)
+    try:
+        lines = read_until(proc, "Ctrl-C stops the server")
+        assert any("loading model iris" in line for line in lines)
+        curl = next(line.strip() for line in lines if "curl" in line and "/infer" in line)
+        out = subprocess.run(shlex.split(curl) + ["-w", "\n%{http_code}"], capture_output=True, text=True, timeout=30)
+        body, status = out.stdout.rsplit("\n", 1)
+        assert status == "200", out
+        assert '"model_name":"iris"' in body and '"label"' in body
+        assert ours(port), "HAProxy should be running while serving"
+        assert re.search(rf"http://127\.0\.0\.1:{port}", "\n".join(lines))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, rest
+    assert "stopped." in rest
+    assert port_is_free(port)
+    assert ours(port) == []
+
+
+@pytest.mark.slow
+def test_port_in_use_is_refused_with_the_reason(iris_repo):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        proc = start(iris_repo, port)
+        out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in out
+
+
+@pytest.mark.slow
+def test_a_model_that_fails_to_load_is_named(tmp_path):
+    from lockgate.server.demo import write_demo_repository
+
+    write_demo_repository(tmp_path, ["iris"])
+    broken = tmp_path / "broken" / "1"
+    broken.mkdir(parents=True)
+    (broken / "model.onnx").write_bytes(b"this is not an ONNX model")
+    port = free_port()
+    proc = start(tmp_path, port)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 2, out
+    assert "model broken failed to load" in out
+    assert port_is_free(port) and ours(port) == []
+
+
+def test_bad_repository_fails_before_ray_starts(tmp_path):
+    (tmp_path / "m").mkdir()
+    out = subprocess.run([*LOCKGATE, "serve", "--model-repository", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert "model 'm' has no version folder" in out.stderr
+    assert "starting Ray" not in out.stdout
