@@ -100,3 +100,13 @@ def test_deployment_options_ask_for_fractional_cpus_and_map_autoscaling():
     assert opts["ray_actor_options"]["num_cpus"] < 1 and opts["num_replicas"] == 1
     auto = deployment_options(ModelConfig.model_validate({"autoscaling": {"min_replicas": 0, "max_replicas": 3}}))
     assert auto["autoscaling_config"]["min_replicas"] == 0 and "num_replicas" not in auto
+
+
+def test_the_example_config_is_valid_and_complete():
+    import yaml
+
+    path = Path(__file__).resolve().parents[2] / "examples" / "model-repository" / "config.yaml"
+    raw = yaml.safe_load(path.read_text())
+    config = parse_model_config(raw, source=str(path))
+    assert set(raw) == set(ModelConfig.model_fields) - {"name", "autoscaling"}
+    assert config.max_batch_size == 32

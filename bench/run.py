@@ -1,0 +1,289 @@
+"""Side-by-side load runs: lockgate and its peers, one machine, one run, wrk as the load generator.
+
+Each system serves the same model (the demo MLP, 64 -> 256 -> 256 -> 10 fp32) on the same
+route with the same OIP JSON request body, one at a time. Results: a table on stdout, a CSV
+and a PNG plot under bench/results/ (or --out). Only the ratios between systems measured in
+the same run mean anything; see ../shared BENCH.md for the method.
+
+    python bench/run.py --quick           # about 3 minutes: concurrency 1 and 32, one repetition
+    python bench/run.py                   # full: concurrency 1, 8, 32, 64, three repetitions each
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+PY = sys.executable
+MODEL = "mlp"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class System:
+    name: str
+    label: str
+    command: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def systems(repo: Path, model_path: Path, port_of) -> list[System]:
+    lockgate = [PY, "-m", "lockgate.server.cli", "serve", "--model-repository", str(repo)]
+    peer = HERE / "peers"
+    return [
+        System("lockgate", "lockgate (Serve + HAProxy, direct ingress)", [*lockgate, "--port", port_of("lockgate")]),
+        System("naive", "naive: uvicorn + starlette + onnxruntime", [PY, str(peer / "naive.py"), "--model", str(model_path), "--port", port_of("naive")]),
+        System("serve-stock", "Ray Serve stock (@serve.batch, default proxy)", [PY, str(peer / "serve_batch.py"), "--model", str(model_path), "--port", port_of("serve-stock")]),
+        System("serve-tuned", "Ray Serve tuned (@serve.batch, HAProxy)", [PY, str(peer / "serve_batch.py"), "--tuned", "--model", str(model_path), "--port", port_of("serve-tuned")]),
+        System("http-floor", "limit: minimal asyncio HTTP responder", [PY, str(peer / "floor.py"), "--port", port_of("http-floor")]),
+    ]
+
+
+def wrk(url: str, body: Path, connections: int, seconds: float) -> dict:
+    threads = 1 if connections < 4 else 2
+    out = subprocess.run(
+        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{int(seconds)}s", "--latency", "-s", str(HERE / "wrk_report.lua"), url],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "BENCH_BODY": str(body)},
+        timeout=seconds + 60,
+    )
+    line = [l for l in out.stdout.splitlines() if l.startswith("{")]
+    if out.returncode != 0 or not line:
+        raise RuntimeError(f"wrk failed: {out.stdout}\n{out.stderr}")
+    r = json.loads(line[-1])
+    r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
+    return r
+
+
+def wait_ready(url: str, body: bytes, proc: subprocess.Popen, timeout: float = 180) -> None:
+    import urllib.request
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"{url} not ready after {timeout} s")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(90)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+def raw_onnxruntime(model_path: Path, batch: int, seconds: float = 3.0) -> dict:
+    """Limit: onnxruntime in-process on one thread, rows per second at ``batch``."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    s = ort.InferenceSession(str(model_path), sess_options=opts, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((batch, 64)).astype(np.float32)
+    for _ in range(200):
+        s.run(None, {"input": x})
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        s.run(None, {"input": x})
+        n += 1
+    per = (time.perf_counter() - t0) / n
+    return {"batch": batch, "us_per_batch": per * 1e6, "rows_per_s": batch / per}
+
+
+def machine() -> dict:
+    import onnxruntime
+    import ray
+
+    return {
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "ray": ray.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "platform": platform.platform(),
+        "loadavg": os.getloadavg(),
+    }
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Median and spread per (system, concurrency)."""
+    out: dict = {}
+    for key in sorted({(r["system"], r["concurrency"]) for r in rows}, key=lambda k: (k[0], k[1])):
+        rs = [r for r in rows if (r["system"], r["concurrency"]) == key]
+        rps = [r["rps"] for r in rs]
+        out[key] = {
+            "rps": statistics.median(rps),
+            "rps_min": min(rps),
+            "rps_max": max(rps),
+            "p50_ms": statistics.median(r["p50_us"] for r in rs) / 1e3,
+            "p99_ms": statistics.median(r["p99_us"] for r in rs) / 1e3,
+            "mean_ms": statistics.median(r["mean_us"] for r in rs) / 1e3,
+            "errors": sum(r["status_errors"] + r["socket_errors"] for r in rs),
+        }
+    return out
+
+
+def plot(summary: dict, order: list[str], levels: list[int], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for name in order:
+        xs = [c for c in levels if (name, c) in summary]
+        if not xs:
+            continue
+        a.plot(xs, [summary[(name, c)]["rps"] for c in xs], marker="o", label=name)
+        b.plot(xs, [summary[(name, c)]["p99_ms"] for c in xs], marker="o", label=name)
+    a.set(xlabel="concurrent connections", ylabel="requests/s", title="Throughput", xscale="log", yscale="log", xticks=levels)
+    b.set(xlabel="concurrent connections", ylabel="p99 latency (ms)", title="p99 latency", xscale="log", yscale="log", xticks=levels)
+    for ax in (a, b):
+        ax.set_xticklabels([str(c) for c in levels])
+        ax.grid(True, alpha=0.3)
+    a.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="concurrency 1 and 32, one repetition, 5 s each")
+    p.add_argument("--systems", default="", help="comma-separated subset of: lockgate, naive, serve-stock, serve-tuned, http-floor")
+    p.add_argument("--seconds", type=float, default=None, help="duration of one measurement")
+    p.add_argument("--out", type=Path, default=HERE / "results", help="folder for the CSV, JSON and PNG")
+    a = p.parse_args()
+    if shutil.which("wrk") is None:
+        print("wrk is not installed: apt-get install -y wrk", file=sys.stderr)
+        return 2
+    levels = [1, 32] if a.quick else [1, 8, 32, 64]
+    reps = 1 if a.quick else 3
+    seconds = a.seconds or (5.0 if a.quick else 10.0)
+    a.out.mkdir(parents=True, exist_ok=True)
+
+    from lockgate.server.demo import write_demo_repository
+
+    work = Path(tempfile.mkdtemp(prefix="lockgate-bench-"))
+    repo = work / "repo"
+    (model_path,) = write_demo_repository(repo, [MODEL])
+    row = np.random.default_rng(0).standard_normal(64).astype(np.float32)
+    body = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": [round(float(v), 6) for v in row]}]})
+    body_path = work / "body.json"
+    body_path.write_text(body)
+
+    ports: dict[str, str] = {}
+    chosen = systems(repo, model_path, lambda n: ports.setdefault(n, str(free_port())))
+    if a.systems:
+        wanted = a.systems.split(",")
+        chosen = [s for s in chosen if s.name in wanted]
+
+    info = machine()
+    print(f"machine: {info['cores']} cores, Python {info['python']}, Ray {info['ray']}, onnxruntime {info['onnxruntime']}, load {info['loadavg']}")
+    rows: list[dict] = []
+    for system in chosen:
+        url = f"http://127.0.0.1:{ports[system.name]}/v2/models/{MODEL}/infer"
+        print(f"== {system.name}: starting", flush=True)
+        log = open(work / f"{system.name}.log", "w")
+        proc = subprocess.Popen(system.command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **system.env})
+        try:
+            t0 = time.monotonic()
+            wait_ready(url, body.encode(), proc)
+            print(f"   ready in {time.monotonic() - t0:.1f} s; warming up", flush=True)
+            wrk(url, body_path, 8, 3)
+            for c in levels:
+                for rep in range(reps):
+                    r = wrk(url, body_path, c, seconds)
+                    r.update(system=system.name, concurrency=c, rep=rep)
+                    rows.append(r)
+                    print(
+                        f"   c={c:<3} rep {rep}: {r['rps']:8.0f} req/s  p50 {r['p50_us'] / 1e3:6.2f} ms  p99 {r['p99_us'] / 1e3:7.2f} ms"
+                        f"  errors {r['status_errors'] + r['socket_errors']}",
+                        flush=True,
+                    )
+        except Exception as e:  # one system failing must not lose the others' figures
+            print(f"   {system.name} failed: {e}; log: {work / (system.name + '.log')}", flush=True)
+        finally:
+            stop(proc)
+            log.close()
+
+    raw = [raw_onnxruntime(model_path, b) for b in (1, 32)]
+    info["loadavg_after"] = os.getloadavg()
+    summary = summarize(rows)
+    order = [s.name for s in chosen]
+
+    print()
+    print(f"{'system':<14} {'conc':>4} {'req/s':>9} {'(min-max)':>15} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
+    for name in order:
+        for c in levels:
+            s = summary.get((name, c))
+            if s:
+                print(f"{name:<14} {c:>4} {s['rps']:>9.0f} {s['rps_min']:>7.0f}-{s['rps_max']:<7.0f} {s['p50_ms']:>8.2f} {s['p99_ms']:>8.2f} {s['errors']:>6}")
+    for r in raw:
+        print(f"raw onnxruntime, 1 thread, batch {r['batch']}: {r['us_per_batch']:.1f} us/batch, {r['rows_per_s']:.0f} rows/s")
+
+    ratios = {}
+    top = max(levels)
+    for peer in order:
+        if peer == "lockgate" or ("lockgate", top) not in summary or (peer, top) not in summary:
+            continue
+        ratios[f"throughput c={top} lockgate/{peer}"] = summary[("lockgate", top)]["rps"] / summary[(peer, top)]["rps"]
+        if ("lockgate", 1) in summary and (peer, 1) in summary:
+            ratios[f"p50 c=1 lockgate/{peer}"] = summary[("lockgate", 1)]["p50_ms"] / summary[(peer, 1)]["p50_ms"]
+    if ratios:
+        print()
+        for k, v in ratios.items():
+            print(f"{k}: {v:.2f}x")
+    print(f"load average before {info['loadavg']}, after {info['loadavg_after']}")
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    mode = "quick" if a.quick else "full"
+    csv_path = a.out / f"bench-{mode}-{stamp}.csv"
+    with open(csv_path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["system", "concurrency", "rep", "rps", "p50_us", "p90_us", "p99_us", "mean_us", "max_us", "requests", "status_errors", "socket_errors", "duration_us"])
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: r[k] for k in w.fieldnames})
+    (a.out / f"bench-{mode}-{stamp}.json").write_text(
+        json.dumps({"machine": info, "raw_onnxruntime": raw, "ratios": ratios, "summary": {f"{k[0]}@{k[1]}": v for k, v in summary.items()}}, indent=2)
+    )
+    png = a.out / f"bench-{mode}-{stamp}.png"
+    plot(summary, order, levels, png)
+    print(f"wrote {csv_path}, {png}")
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
