@@ -1,7 +1,9 @@
 """lockgate.plugins: the plugin interface (pluggy) and the built-in plugins.
 
-``hookimpl`` marks a plugin's hook implementations; the hook specifications and
-the plugin manager build on the project name below.
+Plugin authors write ``from lockgate.plugins import hookimpl``, declare
+``LOCKGATE_PLUGIN_API = "1.0"`` on their plugin module or object, and expose it under the
+entry-point group ``lockgate.plugins``. The hooks are in ``lockgate.plugins.hookspecs``
+and docs/plugins.md.
 """
 
 import pluggy
@@ -11,4 +13,37 @@ PROJECT_NAME = "lockgate"
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 
-__all__ = ["PROJECT_NAME", "hookimpl", "hookspec"]
+from ._manager import ENTRY_POINT_GROUP, PLUGIN_API_VERSION, PluginManager, PluginStatus, build_manager  # noqa: E402
+from ._types import (  # noqa: E402
+    MODEL_NAME,
+    AuditEvent,
+    Decision,
+    InferenceEvent,
+    ModelRegistry,
+    ModelVersionRecord,
+    Principal,
+    RegistrationCandidate,
+    RequestInfo,
+    Settings,
+)
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "MODEL_NAME",
+    "PLUGIN_API_VERSION",
+    "PROJECT_NAME",
+    "AuditEvent",
+    "Decision",
+    "InferenceEvent",
+    "ModelRegistry",
+    "ModelVersionRecord",
+    "PluginManager",
+    "PluginStatus",
+    "Principal",
+    "RegistrationCandidate",
+    "RequestInfo",
+    "Settings",
+    "build_manager",
+    "hookimpl",
+    "hookspec",
+]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -17,8 +18,10 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.slow
 def test_wheel_installs_into_a_fresh_venv_and_loads_the_extension(tmp_path):
     dist = tmp_path / "dist"
+    source = tmp_path / "source"  # build from a copy: a build writes egg-info and build/ into its tree
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".venv", ".git", "build", "dist", "*.egg-info", "*.so", "models", "results"))
     subprocess.run(
-        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist), str(ROOT)],
+        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist), str(source)],
         check=True,
         capture_output=True,
         timeout=600,
@@ -28,6 +31,7 @@ def test_wheel_installs_into_a_fresh_venv_and_loads_the_extension(tmp_path):
     assert any(n.startswith("lockgate/fastpath/_codec.") and n.endswith(".so") for n in names), names
     assert not [n for n in names if n.endswith((".pyx", ".c"))]
     assert "lockgate/fastpath/_codec_py.py" in names
+    assert "lockgate/plugins/registry/_store.py" in names
     top = {n.split("/")[0] for n in names}
     assert top <= {"lockgate", wheel.name.split("-")[0] + "-" + wheel.name.split("-")[1] + ".dist-info"}, top
 

@@ -1,0 +1,221 @@
+"""The plugin manager: discovery from entry points, and the calling rules of each hook kind.
+
+One manager per process (CLI command, model replica, control replica), built by a factory,
+never at import time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from importlib.metadata import EntryPoint, entry_points
+from typing import Any
+
+import pluggy
+
+from . import PROJECT_NAME, hookspecs
+from ._types import AuditEvent, Decision, Principal, Settings
+
+__all__ = ["ENTRY_POINT_GROUP", "PLUGIN_API_VERSION", "PluginManager", "PluginStatus"]
+
+log = logging.getLogger("lockgate.plugins")
+
+ENTRY_POINT_GROUP = "lockgate.plugins"
+PLUGIN_API_VERSION = "1.0"
+ANONYMOUS = Principal("anonymous")
+
+
+@dataclass(frozen=True, slots=True)
+class PluginStatus:
+    """How one entry point fared: 'loaded', 'failed' (with the error) or 'blocked'."""
+
+    name: str
+    state: str
+    source: str
+    api_version: str | None = None
+    error: str | None = None
+
+
+class PluginManager:
+    """lockgate's pluggy manager with its discovery and calling rules.
+
+    ``allow``: when given, only these plugin names load. ``block``: these never load.
+    ``gate_timeout_s``: a gatekeeper taking longer counts as a deny.
+    """
+
+    def __init__(
+        self,
+        *,
+        allow: Iterable[str] | None = None,
+        block: Iterable[str] = (),
+        gate_timeout_s: float = 1.0,
+    ) -> None:
+        self._pm = pluggy.PluginManager(PROJECT_NAME)
+        self._pm.add_hookspecs(hookspecs)
+        self.allow = None if allow is None else frozenset(allow)
+        self.block = frozenset(block)
+        self.gate_timeout_s = gate_timeout_s
+        self.statuses: list[PluginStatus] = []
+        self.errors: Counter[str] = Counter()  # by plugin name: gatekeeper and observer failures
+        self.denials: Counter[str] = Counter()  # by plugin name
+        self._settings: Settings | None = None
+
+    # -- discovery ---------------------------------------------------------------------------
+
+    def load_entry_points(self, group: str = ENTRY_POINT_GROUP) -> list[PluginStatus]:
+        """Load every plugin of ``group``, one at a time; a failure is recorded, never raised."""
+        seen = set()
+        for ep in sorted(entry_points(group=group), key=lambda e: e.name):
+            if ep.name in seen:
+                continue
+            seen.add(ep.name)
+            self.statuses.append(self._load(ep))
+        return self.statuses
+
+    def _load(self, ep: EntryPoint) -> PluginStatus:
+        source = ep.value
+        if ep.name in self.block or (self.allow is not None and ep.name not in self.allow):
+            return PluginStatus(ep.name, "blocked", source)
+        try:
+            plugin = ep.load()
+        except Exception as e:  # noqa: BLE001 - any import failure is reported, not fatal
+            log.warning("plugin %s failed to import: %s", ep.name, e)
+            return PluginStatus(ep.name, "failed", source, error=f"import failed: {type(e).__name__}: {e}")
+        return self.register(plugin, ep.name, source)
+
+    def register(self, plugin: Any, name: str, source: str = "") -> PluginStatus:
+        """Register ``plugin`` (a module or object with hookimpls) after checking its API version."""
+        declared = getattr(plugin, "LOCKGATE_PLUGIN_API", None)
+        if not isinstance(declared, str):
+            status = PluginStatus(name, "failed", source, error=f"does not declare LOCKGATE_PLUGIN_API (this server speaks {PLUGIN_API_VERSION})")
+        elif declared.split(".")[0] != PLUGIN_API_VERSION.split(".")[0]:
+            status = PluginStatus(name, "failed", source, declared, f"speaks plugin API {declared}; this server speaks {PLUGIN_API_VERSION}")
+        else:
+            try:
+                self._pm.register(plugin, name=name)
+                status = PluginStatus(name, "loaded", source, declared)
+            except Exception as e:  # noqa: BLE001 - pluggy validation errors and name clashes
+                status = PluginStatus(name, "failed", source, declared, f"{type(e).__name__}: {e}")
+        if status.state == "failed":
+            log.warning("plugin %s skipped: %s", name, status.error)
+        return status
+
+    def configure(self, settings: Settings) -> None:
+        """Call ``lockgate_configure`` on each plugin; one that raises is unregistered and marked failed."""
+        self._settings = settings
+        for impl in list(self._pm.hook.lockgate_configure.get_hookimpls()):
+            try:
+                impl.function(**{k: {"settings": settings, "manager": self}[k] for k in impl.argnames})
+            except Exception as e:  # noqa: BLE001
+                log.warning("plugin %s failed to configure: %s", impl.plugin_name, e)
+                self._pm.unregister(name=impl.plugin_name)
+                self.statuses = [
+                    PluginStatus(s.name, "failed", s.source, s.api_version, f"configure failed: {type(e).__name__}: {e}")
+                    if s.name == impl.plugin_name
+                    else s
+                    for s in self.statuses
+                ]
+
+    @property
+    def hook(self) -> Any:
+        return self._pm.hook
+
+    def has(self, hook_name: str) -> bool:
+        return bool(getattr(self._pm.hook, hook_name).get_hookimpls())
+
+    def failed(self) -> list[PluginStatus]:
+        return [s for s in self.statuses if s.state == "failed"]
+
+    # -- calling rules -----------------------------------------------------------------------
+
+    async def _call_gate(self, impl: Any, kwargs: dict[str, Any]) -> Any:
+        start = time.monotonic()
+        result = impl.function(**{k: kwargs[k] for k in impl.argnames})
+        if inspect.isawaitable(result):
+            result = await asyncio.wait_for(result, self.gate_timeout_s)
+        elapsed = time.monotonic() - start
+        if elapsed > self.gate_timeout_s:
+            raise TimeoutError(f"took {elapsed:.2f} s, over the {self.gate_timeout_s} s limit")
+        return result
+
+    async def authenticate(self, request: Any) -> Principal | Decision:
+        """The caller's Principal, or the first deny. Every abstention: the anonymous principal."""
+        for impl in reversed(self._pm.hook.lockgate_authenticate.get_hookimpls()):
+            try:
+                result = await self._call_gate(impl, {"request": request})
+            except Exception as e:  # noqa: BLE001 - fail closed
+                return self._gate_failed(impl.plugin_name, "authentication", e, status=401)
+            if isinstance(result, Decision):
+                if not result.allow:
+                    self.denials[impl.plugin_name] += 1
+                    return Decision(False, result.reason, impl.plugin_name, 401)
+            elif isinstance(result, Principal):
+                return result
+        return ANONYMOUS
+
+    async def authorize(self, principal: Principal, action: str, model: str | None, version: str | None) -> Decision:
+        """Allow unless some gatekeeper denies; every implementation is asked."""
+        kwargs = {"principal": principal, "action": action, "model": model, "version": version}
+        for impl in reversed(self._pm.hook.lockgate_authorize.get_hookimpls()):
+            try:
+                result = await self._call_gate(impl, kwargs)
+            except Exception as e:  # noqa: BLE001 - fail closed
+                return self._gate_failed(impl.plugin_name, "authorization", e, status=403)
+            if isinstance(result, Decision) and not result.allow:
+                self.denials[impl.plugin_name] += 1
+                return Decision(False, result.reason, impl.plugin_name, result.status or 403)
+        return Decision(True)
+
+    def check_registration(self, candidate: Any) -> list[Decision]:
+        """Every deny of every registration gatekeeper (empty: allowed). Runs synchronously."""
+        denials = []
+        for impl in reversed(self._pm.hook.lockgate_check_registration.get_hookimpls()):
+            try:
+                result = asyncio.run(self._call_gate(impl, {"candidate": candidate})) if inspect.iscoroutinefunction(impl.function) else impl.function(candidate=candidate)
+            except Exception as e:  # noqa: BLE001 - fail closed
+                denials.append(self._gate_failed(impl.plugin_name, "registration check", e))
+                continue
+            if isinstance(result, Decision) and not result.allow:
+                self.denials[impl.plugin_name] += 1
+                denials.append(Decision(False, result.reason, impl.plugin_name, result.status))
+        return denials
+
+    def _gate_failed(self, plugin: str, what: str, error: BaseException, *, status: int = 403) -> Decision:
+        self.errors[plugin] += 1
+        kind = "timed out" if isinstance(error, (TimeoutError, asyncio.TimeoutError)) else f"failed ({type(error).__name__})"
+        log.warning("gatekeeper %s %s: %s", plugin, kind, error)
+        return Decision(False, f"{what} by plugin '{plugin}' {kind}; denied", plugin, status)
+
+    def observe(self, hook_name: str, **kwargs: Any) -> None:
+        """Call every implementation of observer ``hook_name``; failures are logged and counted."""
+        for impl in getattr(self._pm.hook, hook_name).get_hookimpls():
+            try:
+                impl.function(**{k: kwargs[k] for k in impl.argnames})
+            except Exception as e:  # noqa: BLE001 - fail open
+                self.errors[impl.plugin_name] += 1
+                log.warning("observer %s.%s failed: %s", impl.plugin_name, hook_name, e)
+
+    def audit(self, kind: str, actor: str, **fields: Any) -> None:
+        self.observe("lockgate_audit_event", event=AuditEvent(kind, actor, **fields))
+
+    def registry(self) -> Any:
+        """The model registry that a plugin provides; LookupError when none does."""
+        found = self._pm.hook.lockgate_model_registry()
+        if found is None:
+            raise LookupError("no plugin provides a model registry (is the built-in 'registry' plugin blocked?)")
+        return found
+
+
+def build_manager(settings: Settings, *, allow: Iterable[str] | None = None, block: Iterable[str] = ()) -> PluginManager:
+    """A configured manager with every entry-point plugin loaded: the per-process factory."""
+    manager = PluginManager(allow=allow, block=block)
+    manager.load_entry_points()
+    manager.configure(settings)
+    for status in manager.failed():
+        manager.audit("plugin_failed", "lockgate", detail={"plugin": status.name, "error": status.error})
+    return manager

@@ -1,0 +1,150 @@
+"""Values handed to and returned from hooks: frozen, slotted, and free of server internals."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+__all__ = [
+    "MODEL_NAME",
+    "AuditEvent",
+    "Decision",
+    "InferenceEvent",
+    "ModelRegistry",
+    "ModelVersionRecord",
+    "Principal",
+    "RegistrationCandidate",
+    "RequestInfo",
+    "Settings",
+]
+
+
+# A model name: it is a URL path segment and a Serve application name.
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """What plugins are told at start (``lockgate_configure``).
+
+    ``registry_url`` is a SQLAlchemy URL; ``artifact_dir`` where artifacts live by sha256;
+    ``default_alias`` the alias that ``/v2/models/<m>/infer`` serves; ``options`` the
+    per-plugin sections of the server configuration, by plugin name.
+    """
+
+    registry_url: str
+    artifact_dir: str
+    default_alias: str = "production"
+    options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestInfo:
+    """One HTTP request as gatekeepers see it. ``headers`` keys are lower-case."""
+
+    method: str
+    path: str
+    headers: Mapping[str, str]
+    client: str | None
+    model: str | None
+    version: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling. ``name`` is 'anonymous' when no authenticator claimed the request."""
+
+    name: str
+    roles: frozenset[str] = frozenset()
+    attributes: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """A gatekeeper's answer: allow or deny, why, and who said so (the plugin's name)."""
+
+    allow: bool
+    reason: str = ""
+    plugin: str = ""
+    status: int = 403
+
+    @classmethod
+    def deny(cls, reason: str, *, status: int = 403) -> Decision:
+        return cls(False, reason, status=status)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelVersionRecord:
+    """An immutable registered model version."""
+
+    name: str
+    version: int
+    sha256: str
+    size: int
+    signature: Mapping[str, Any]
+    created_by: str
+    created_at: float
+    lineage: Mapping[str, Any]
+    card: str
+    artifact_path: str
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrationCandidate:
+    """A model about to be registered, for registration-policy gatekeepers."""
+
+    name: str
+    path: str
+    sha256: str
+    size: int
+    signature: Mapping[str, Any]
+    created_by: str
+    lineage: Mapping[str, Any]
+    opsets: Mapping[str, int]
+    operators: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class InferenceEvent:
+    """One answered inference request (observers; never per row)."""
+
+    request_id: str | None
+    model: str
+    version: int | None
+    principal: str
+    status: int
+    latency_s: float
+    batch_rows: int
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """A control action or a refusal worth a record (register, alias move, load refused, ...)."""
+
+    kind: str
+    actor: str
+    model: str | None = None
+    version: int | None = None
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class ModelRegistry(Protocol):
+    """What the server needs of a registry; the built-in one is ``lockgate.plugins.registry``."""
+
+    def list_models(self) -> list[str]: ...
+
+    def model_config(self, name: str) -> Mapping[str, Any]: ...
+
+    def versions(self, name: str) -> list[ModelVersionRecord]: ...
+
+    def get_version(self, name: str, version: int) -> ModelVersionRecord: ...
+
+    def aliases(self, name: str) -> dict[str, int]: ...
+
+    def resolve(self, name: str, reference: str | None = None) -> ModelVersionRecord: ...
+
+    def read_verified(self, record: ModelVersionRecord) -> bytes: ...

@@ -1,0 +1,144 @@
+"""The hook specifications of lockgate's plugin API (``PLUGIN_API_VERSION``).
+
+Four concerns, each with its calling rule:
+
+- Lifecycle: ``lockgate_configure`` runs once when a process builds its plugin manager.
+- Model resolution (registry): first non-None result wins.
+- Gatekeepers (authenticate, authorize, registration policy): each implementation is called
+  on its own, in turn; any deny wins; an exception or a timeout counts as a deny, and is
+  counted. Gatekeepers may be ``async def``.
+- Observers (audit, monitoring): each implementation is called on its own; an exception is
+  logged and counted and the request goes on.
+
+No hook runs per row of a batch: per request at most, and per batch for batch observers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import hookspec
+from ._types import (
+    AuditEvent,
+    Decision,
+    InferenceEvent,
+    ModelRegistry,
+    ModelVersionRecord,
+    Principal,
+    RegistrationCandidate,
+    RequestInfo,
+    Settings,
+)
+
+__all__ = [
+    "GATEKEEPERS",
+    "OBSERVERS",
+    "lockgate_audit_event",
+    "lockgate_authenticate",
+    "lockgate_authorize",
+    "lockgate_check_registration",
+    "lockgate_configure",
+    "lockgate_model_registry",
+    "lockgate_observe_batch",
+    "lockgate_observe_inference",
+    "lockgate_resolve_model",
+]
+
+GATEKEEPERS = ("lockgate_authenticate", "lockgate_authorize", "lockgate_check_registration")
+OBSERVERS = ("lockgate_audit_event", "lockgate_observe_inference", "lockgate_observe_batch")
+
+
+# -- lifecycle -------------------------------------------------------------------------------
+
+
+@hookspec
+def lockgate_configure(settings: Settings, manager: Any) -> None:
+    """Called once per process when its plugin manager is built, before any other hook.
+
+    ``settings`` carries the registry URL, the artifact folder, the default alias and each
+    plugin's own options (``settings.options[<plugin name>]``). ``manager`` is the process's
+    ``lockgate.plugins.PluginManager``: a plugin that acts (a registry registering a model)
+    asks it to run the gatekeepers (``manager.check_registration``) and to record the action
+    (``manager.audit``). An exception here marks the plugin as failed and unregisters it;
+    the server goes on without it.
+    """
+
+
+# -- model resolution (registry) ---------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def lockgate_model_registry() -> ModelRegistry | None:
+    """Return the model registry this process uses, or None to let another plugin answer.
+
+    Called when a process first needs the registry (CLI, replica constructor, control app).
+    The first non-None answer wins; block the built-in ``registry`` plugin to replace it.
+    An exception propagates: without a registry nothing can be served.
+    """
+
+
+@hookspec(firstresult=True)
+def lockgate_resolve_model(name: str, reference: str | None) -> ModelVersionRecord | None:
+    """Resolve ``name`` and ``reference`` to a registered version, or None to pass.
+
+    ``reference`` is None (the default alias), an alias name (``"staging"``), or a version
+    number as text (``"3"``). Called off the hot path: at load and when aliases change.
+    Raise ``LookupError`` with a readable message when the model or reference is unknown.
+    """
+
+
+# -- gatekeepers ---------------------------------------------------------------------------------
+
+
+@hookspec
+def lockgate_authenticate(request: RequestInfo) -> Principal | Decision | None:
+    """Say who sends ``request``: a Principal, a deny Decision, or None to abstain.
+
+    Runs once per request before the body is decoded. The first Principal returned is the
+    caller; a deny Decision (or an exception, or a timeout) refuses the request with 401.
+    When every implementation abstains the caller is the anonymous principal.
+    """
+
+
+@hookspec
+def lockgate_authorize(principal: Principal, action: str, model: str | None, version: str | None) -> Decision | None:
+    """Allow or deny ``principal`` doing ``action`` ('infer', 'metadata', 'register', ...)
+    on ``model`` (None for server-wide actions) at ``version`` (None: the default).
+
+    Runs once per request. Return a Decision, or None to abstain. Any deny wins; an
+    exception or a timeout counts as a deny (403).
+    """
+
+
+@hookspec
+def lockgate_check_registration(candidate: RegistrationCandidate) -> Decision | None:
+    """Allow or deny registering ``candidate`` (a validated ONNX file with its sha256,
+    signature, opsets and operators). Runs once per registration, before anything is
+    written. Every deny is collected into the refusal; an exception counts as a deny.
+    """
+
+
+# -- observers -----------------------------------------------------------------------------------
+
+
+@hookspec
+def lockgate_audit_event(event: AuditEvent) -> None:
+    """Record a control action or refusal (registration, alias move, load refused, plugin
+    failure). Called after the action took effect (or was refused). An exception is logged
+    and counted; the action stands.
+    """
+
+
+@hookspec
+def lockgate_observe_inference(event: InferenceEvent) -> None:
+    """Observe one answered inference request, success or error. Called after the response
+    was sent, once per request (never per row). An exception is logged and counted.
+    """
+
+
+@hookspec
+def lockgate_observe_batch(model: str, version: int, rows: int, requests: int, queue_s: float, compute_s: float) -> None:
+    """Observe one batch run by the model: ``rows`` rows from ``requests`` requests, the
+    oldest request's wait in the queue and the model's compute time, in seconds. An
+    exception is logged and counted.
+    """

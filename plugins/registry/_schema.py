@@ -1,0 +1,66 @@
+"""Registry tables (SQLAlchemy Core). Rows of model versions are never updated or deleted."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+__all__ = ["alias_history", "aliases", "events", "metadata", "model_versions", "models"]
+
+metadata = sa.MetaData()
+
+models = sa.Table(
+    "lockgate_models",
+    metadata,
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("config", sa.JSON, nullable=False, default=dict),
+    sa.Column("created_at", sa.Float(precision=53), nullable=False),
+    sa.Column("created_by", sa.String(256), nullable=False),
+)
+
+model_versions = sa.Table(
+    "lockgate_model_versions",
+    metadata,
+    sa.Column("name", sa.String(128), sa.ForeignKey("lockgate_models.name"), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("sha256", sa.String(64), nullable=False, index=True),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("signature", sa.JSON, nullable=False),
+    sa.Column("created_by", sa.String(256), nullable=False),
+    sa.Column("created_at", sa.Float(precision=53), nullable=False),
+    sa.Column("lineage", sa.JSON, nullable=False),
+    sa.Column("card", sa.Text, nullable=False, default=""),
+)
+
+aliases = sa.Table(
+    "lockgate_aliases",
+    metadata,
+    sa.Column("name", sa.String(128), sa.ForeignKey("lockgate_models.name"), primary_key=True),
+    sa.Column("alias", sa.String(64), primary_key=True),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("set_by", sa.String(256), nullable=False),
+    sa.Column("set_at", sa.Float(precision=53), nullable=False),
+)
+
+alias_history = sa.Table(
+    "lockgate_alias_history",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(128), nullable=False, index=True),
+    sa.Column("alias", sa.String(64), nullable=False),
+    sa.Column("version", sa.Integer, nullable=True),  # None: the alias was removed
+    sa.Column("previous", sa.Integer, nullable=True),
+    sa.Column("set_by", sa.String(256), nullable=False),
+    sa.Column("set_at", sa.Float(precision=53), nullable=False),
+)
+
+events = sa.Table(
+    "lockgate_registry_events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", sa.Float(precision=53), nullable=False),
+    sa.Column("kind", sa.String(64), nullable=False),
+    sa.Column("actor", sa.String(256), nullable=False),
+    sa.Column("name", sa.String(128), nullable=True),
+    sa.Column("version", sa.Integer, nullable=True),
+    sa.Column("detail", sa.JSON, nullable=False),
+)

@@ -1,0 +1,350 @@
+"""The model registry: immutable versions stored by sha256, aliases with history, lineage."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import onnx
+import sqlalchemy as sa
+
+from .._storage import ArtifactMismatch, ArtifactStore, make_engine, writing
+from .._types import MODEL_NAME, Decision, ModelVersionRecord, RegistrationCandidate
+from . import _schema as t
+
+__all__ = ["RegistrationError", "Registry", "UnknownModel", "onnx_signature"]
+
+ALIAS_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
+
+# ONNX tensor element types -> Open Inference Protocol datatypes.
+_ELEM_TO_OIP = {
+    onnx.TensorProto.BOOL: "BOOL",
+    onnx.TensorProto.INT8: "INT8",
+    onnx.TensorProto.INT16: "INT16",
+    onnx.TensorProto.INT32: "INT32",
+    onnx.TensorProto.INT64: "INT64",
+    onnx.TensorProto.UINT8: "UINT8",
+    onnx.TensorProto.UINT16: "UINT16",
+    onnx.TensorProto.UINT32: "UINT32",
+    onnx.TensorProto.UINT64: "UINT64",
+    onnx.TensorProto.FLOAT16: "FP16",
+    onnx.TensorProto.FLOAT: "FP32",
+    onnx.TensorProto.DOUBLE: "FP64",
+    onnx.TensorProto.STRING: "BYTES",
+}
+
+
+class RegistrationError(ValueError):
+    """A registration refused; ``reasons`` lists every reason, and nothing was written."""
+
+    def __init__(self, name: str, reasons: list[str]) -> None:
+        super().__init__(f"cannot register model '{name}': " + "; ".join(reasons))
+        self.name = name
+        self.reasons = reasons
+
+
+class UnknownModel(LookupError):
+    """No such model, version or alias."""
+
+
+def _tensors(values: Any, skip: set[str]) -> list[dict[str, Any]]:
+    out = []
+    for v in values:
+        if v.name in skip:
+            continue
+        tt = v.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tt.shape.dim]
+        out.append({"name": v.name, "datatype": _ELEM_TO_OIP.get(tt.elem_type, f"ONNX:{tt.elem_type}"), "shape": dims})
+    return out
+
+
+def onnx_signature(model: onnx.ModelProto) -> dict[str, Any]:
+    """Inputs and outputs of the graph (initializers excluded), with -1 for dynamic dimensions."""
+    inits = {i.name for i in model.graph.initializer}
+    return {"inputs": _tensors(model.graph.input, inits), "outputs": _tensors(model.graph.output, set())}
+
+
+def _record(row: Any, store: ArtifactStore) -> ModelVersionRecord:
+    return ModelVersionRecord(
+        name=row.name,
+        version=row.version,
+        sha256=row.sha256,
+        size=row.size,
+        signature=row.signature,
+        created_by=row.created_by,
+        created_at=row.created_at,
+        lineage=row.lineage,
+        card=row.card,
+        artifact_path=str(store.path_for(row.sha256)),
+    )
+
+
+class Registry:
+    """The built-in registry on SQLAlchemy Core.
+
+    ``check_registration`` returns the denials of the registration gatekeepers for a
+    candidate; ``audit`` records control actions. Both come from the plugin manager; the
+    defaults allow everything and record nothing.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        artifact_dir: str | Path,
+        *,
+        default_alias: str = "production",
+        check_registration: Callable[[RegistrationCandidate], list[Decision]] | None = None,
+        audit: Callable[..., None] | None = None,
+    ) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        self.store = ArtifactStore(artifact_dir)
+        self.default_alias = default_alias
+        self._check = check_registration or (lambda candidate: [])
+        self._audit = audit or (lambda *a, **k: None)
+        t.metadata.create_all(self.engine)
+
+    # -- registration ------------------------------------------------------------------------
+
+    def _validate(self, path: Path, name: str) -> tuple[onnx.ModelProto, list[str]]:
+        reasons: list[str] = []
+        if not MODEL_NAME.match(name):
+            reasons.append(f"name {name!r}: use letters, digits, '_', '.', '-' (up to 128, starting with a letter or digit)")
+        if not path.is_file():
+            return onnx.ModelProto(), [*reasons, f"{path} is not a file"]
+        if path.stat().st_size == 0:
+            return onnx.ModelProto(), [*reasons, f"{path} is empty"]
+        try:
+            model = onnx.load(str(path))
+        except Exception as e:  # noqa: BLE001 - protobuf raises several types
+            return onnx.ModelProto(), [*reasons, f"{path.name} is not an ONNX model (or is truncated): {type(e).__name__}: {e}"]
+        try:
+            onnx.checker.check_model(model, full_check=True)
+        except Exception as e:  # noqa: BLE001
+            reasons.append(f"{path.name} fails onnx.checker: {str(e).splitlines()[0]}")
+        if not model.graph.output:
+            reasons.append(f"{path.name} has no graph outputs")
+        return model, reasons
+
+    def register(
+        self,
+        path: str | Path,
+        name: str,
+        *,
+        created_by: str,
+        lineage: Mapping[str, Any] | None = None,
+        card: str = "",
+        version: int | None = None,
+        config: Mapping[str, Any] | None = None,
+    ) -> ModelVersionRecord:
+        """Register ``path`` as a new immutable version of ``name``: the artifact and the rows, or neither.
+
+        ``version`` asks for a specific number (import of a Triton repository); by default the
+        next free number. Registering a file whose sha256 equals an existing version of the
+        same model with ``version`` given returns that version unchanged.
+        """
+        path = Path(path)
+        lineage = dict(lineage or {})
+        model, reasons = self._validate(path, name)
+        if reasons:
+            self._refused(name, created_by, reasons)
+        staged, sha, size = self.store.stage(path)
+        committed_new = False
+        try:
+            candidate = RegistrationCandidate(
+                name=name,
+                path=str(path),
+                sha256=sha,
+                size=size,
+                signature=onnx_signature(model),
+                created_by=created_by,
+                lineage=lineage,
+                opsets={(o.domain or "ai.onnx"): o.version for o in model.opset_import},
+                operators=frozenset(f"{n.domain}::{n.op_type}" if n.domain else n.op_type for n in model.graph.node),
+            )
+            denials = self._check(candidate)
+            if denials:
+                self._refused(name, created_by, [f"{d.reason} (plugin {d.plugin})" for d in denials])
+            for attempt in range(20):
+                try:
+                    with writing(self.engine) as c, c.begin():
+                        existing = self._same_file(c, name, sha, version)
+                        if existing is not None:
+                            staged.unlink(missing_ok=True)
+                            return _record(existing, self.store)
+                        now = time.time()
+                        if c.execute(sa.select(t.models.c.name).where(t.models.c.name == name)).first() is None:
+                            c.execute(t.models.insert().values(name=name, config=dict(config or {}), created_at=now, created_by=created_by))
+                        elif config is not None:
+                            c.execute(t.models.update().where(t.models.c.name == name).values(config=dict(config)))
+                        number = version
+                        if number is None:
+                            top = c.execute(sa.select(sa.func.max(t.model_versions.c.version)).where(t.model_versions.c.name == name)).scalar()
+                            number = (top or 0) + 1
+                        row = dict(
+                            name=name, version=number, sha256=sha, size=size, signature=candidate.signature,
+                            created_by=created_by, created_at=now, lineage=lineage, card=card,
+                        )
+                        c.execute(t.model_versions.insert().values(**row))
+                        committed_new = self.store.commit(staged, sha)
+                        self._event(c, "register", created_by, name, number, {"sha256": sha, "size": size})
+                    break
+                except sa.exc.IntegrityError:
+                    if version is not None:
+                        raise RegistrationError(name, [f"version {version} of model '{name}' is already registered with another artifact"]) from None
+                    if committed_new:  # rolled back after the file landed: it belongs to no row
+                        self.store.path_for(sha).unlink(missing_ok=True)
+                        committed_new = False
+                        staged, _, _ = self.store.stage(path)
+                    time.sleep(0.005 * (attempt + 1))
+            else:
+                raise RegistrationError(name, ["too many concurrent registrations; try again"])
+        except BaseException:
+            staged.unlink(missing_ok=True)
+            if committed_new and not self._referenced(sha):
+                self.store.path_for(sha).unlink(missing_ok=True)
+            raise
+        record = ModelVersionRecord(artifact_path=str(self.store.path_for(sha)), **row)
+        self._audit("register", created_by, model=name, version=record.version, detail={"sha256": sha, "lineage": lineage})
+        return record
+
+    def _same_file(self, c: sa.Connection, name: str, sha: str, version: int | None) -> Any:
+        if version is None:
+            return None
+        row = c.execute(sa.select(t.model_versions).where(t.model_versions.c.name == name, t.model_versions.c.version == version)).first()
+        return row if row is not None and row.sha256 == sha else None
+
+    def _referenced(self, sha: str) -> bool:
+        with self.engine.connect() as c:
+            return c.execute(sa.select(t.model_versions.c.name).where(t.model_versions.c.sha256 == sha).limit(1)).first() is not None
+
+    def _refused(self, name: str, actor: str, reasons: list[str]) -> None:
+        with writing(self.engine) as c, c.begin():
+            self._event(c, "register_refused", actor, name, None, {"reasons": reasons})
+        self._audit("register_refused", actor, model=name, detail={"reasons": reasons})
+        raise RegistrationError(name, reasons)
+
+    @staticmethod
+    def _event(c: sa.Connection, kind: str, actor: str, name: str | None, version: int | None, detail: Mapping[str, Any]) -> None:
+        c.execute(t.events.insert().values(at=time.time(), kind=kind, actor=actor, name=name, version=version, detail=dict(detail)))
+
+    def record_event(self, kind: str, actor: str, name: str | None = None, version: int | None = None, detail: Mapping[str, Any] | None = None) -> None:
+        with writing(self.engine) as c, c.begin():
+            self._event(c, kind, actor, name, version, detail or {})
+
+    # -- aliases -----------------------------------------------------------------------------
+
+    def set_alias(self, name: str, alias: str, version: int, *, actor: str) -> int | None:
+        """Point ``alias`` of ``name`` at ``version``; returns the version it pointed to before."""
+        if not alias or not set(alias) <= ALIAS_NAME_CHARS or alias.isdigit() or len(alias) > 64:
+            raise ValueError(f"alias {alias!r}: use letters, digits, '_', '-', '.', not only digits, up to 64 characters")
+        with writing(self.engine) as c, c.begin():
+            self._version_row(c, name, version)
+            previous = c.execute(sa.select(t.aliases.c.version).where(t.aliases.c.name == name, t.aliases.c.alias == alias)).scalar()
+            now = time.time()
+            if previous is None:
+                c.execute(t.aliases.insert().values(name=name, alias=alias, version=version, set_by=actor, set_at=now))
+            else:
+                c.execute(t.aliases.update().where(t.aliases.c.name == name, t.aliases.c.alias == alias).values(version=version, set_by=actor, set_at=now))
+            c.execute(t.alias_history.insert().values(name=name, alias=alias, version=version, previous=previous, set_by=actor, set_at=now))
+            self._event(c, "alias_set", actor, name, version, {"alias": alias, "previous": previous})
+        self._audit("alias_set", actor, model=name, version=version, detail={"alias": alias, "previous": previous})
+        return previous
+
+    def aliases(self, name: str) -> dict[str, int]:
+        with self.engine.connect() as c:
+            return {r.alias: r.version for r in c.execute(sa.select(t.aliases).where(t.aliases.c.name == name))}
+
+    def alias_history(self, name: str, alias: str | None = None) -> list[dict[str, Any]]:
+        q = sa.select(t.alias_history).where(t.alias_history.c.name == name)
+        if alias is not None:
+            q = q.where(t.alias_history.c.alias == alias)
+        with self.engine.connect() as c:
+            return [dict(r._mapping) for r in c.execute(q.order_by(t.alias_history.c.id))]
+
+    def alias_at(self, name: str, alias: str, when: float) -> int | None:
+        """The version ``alias`` pointed to at time ``when`` (epoch seconds), or None."""
+        q = (
+            sa.select(t.alias_history.c.version)
+            .where(t.alias_history.c.name == name, t.alias_history.c.alias == alias, t.alias_history.c.set_at <= when)
+            .order_by(t.alias_history.c.set_at.desc(), t.alias_history.c.id.desc())
+            .limit(1)
+        )
+        with self.engine.connect() as c:
+            return c.execute(q).scalar()
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def list_models(self) -> list[str]:
+        with self.engine.connect() as c:
+            return [r.name for r in c.execute(sa.select(t.models.c.name).order_by(t.models.c.name))]
+
+    def model_config(self, name: str) -> dict[str, Any]:
+        with self.engine.connect() as c:
+            row = c.execute(sa.select(t.models.c.config).where(t.models.c.name == name)).first()
+        if row is None:
+            raise UnknownModel(self._unknown(name))
+        return dict(row.config or {})
+
+    def versions(self, name: str) -> list[ModelVersionRecord]:
+        with self.engine.connect() as c:
+            rows = c.execute(sa.select(t.model_versions).where(t.model_versions.c.name == name).order_by(t.model_versions.c.version)).all()
+        return [_record(r, self.store) for r in rows]
+
+    def _version_row(self, c: sa.Connection, name: str, version: int) -> Any:
+        row = c.execute(sa.select(t.model_versions).where(t.model_versions.c.name == name, t.model_versions.c.version == version)).first()
+        if row is None:
+            known = [r.version for r in c.execute(sa.select(t.model_versions.c.version).where(t.model_versions.c.name == name))]
+            if not known:
+                raise UnknownModel(self._unknown(name))
+            raise UnknownModel(f"model '{name}' has no version {version}; registered: {', '.join(map(str, sorted(known)))}")
+        return row
+
+    def get_version(self, name: str, version: int) -> ModelVersionRecord:
+        with self.engine.connect() as c:
+            return _record(self._version_row(c, name, version), self.store)
+
+    def _unknown(self, name: str) -> str:
+        known = self.list_models()
+        return f"unknown model '{name}'; registered: {', '.join(known) or 'none'}"
+
+    def resolve(self, name: str, reference: str | None = None) -> ModelVersionRecord:
+        """``reference``: None (the default alias), an alias, or a version number as text."""
+        ref = self.default_alias if reference is None else reference
+        if ref.isdigit():
+            return self.get_version(name, int(ref))
+        version = self.aliases(name).get(ref)
+        if version is None:
+            self.model_config(name)  # unknown model -> UnknownModel
+            raise UnknownModel(f"model '{name}' has no alias '{ref}'")
+        return self.get_version(name, version)
+
+    def read_verified(self, record: ModelVersionRecord, *, actor: str = "lockgate") -> bytes:
+        """The artifact's bytes after the sha256 check; a changed artifact is refused and recorded."""
+        try:
+            return self.store.read_verified(record.sha256)
+        except (ArtifactMismatch, FileNotFoundError) as e:
+            detail = {"sha256": record.sha256, "error": str(e)}
+            self.record_event("load_refused", actor, record.name, record.version, detail)
+            self._audit("load_refused", actor, model=record.name, version=record.version, detail=detail)
+            raise
+
+    def events(self, name: str | None = None, kind: str | None = None) -> list[dict[str, Any]]:
+        q = sa.select(t.events)
+        if name is not None:
+            q = q.where(t.events.c.name == name)
+        if kind is not None:
+            q = q.where(t.events.c.kind == kind)
+        with self.engine.connect() as c:
+            return [dict(r._mapping) for r in c.execute(q.order_by(t.events.c.id))]
+
+    def describe(self, record: ModelVersionRecord) -> dict[str, Any]:
+        out = {k: getattr(record, k) for k in ModelVersionRecord.__slots__}
+        out["aliases"] = sorted(a for a, v in self.aliases(record.name).items() if v == record.version)
+        return json.loads(json.dumps(out, default=str))
+
+    def close(self) -> None:
+        self.engine.dispose()
