@@ -8,6 +8,8 @@
     ├── StartupError              the server cannot start (port in use, Ray unreachable)
     └── RequestError              a request answered with an error status (OIP error body)
         ├── BadRequest            400: the client's request is wrong
+        ├── Unauthorized          401: no valid credentials
+        ├── Forbidden             403: credentials valid, action not allowed
         ├── NotFound              404: unknown model, version or route
         ├── MethodNotAllowed      405
         ├── PayloadTooLarge       413: body over the configured limit
@@ -27,6 +29,7 @@ __all__ = [
     "BadRequest",
     "ConfigError",
     "DeadlineExceeded",
+    "Forbidden",
     "LockgateError",
     "MethodNotAllowed",
     "ModelFailed",
@@ -35,6 +38,7 @@ __all__ = [
     "PayloadTooLarge",
     "RequestError",
     "StartupError",
+    "Unauthorized",
     "Unavailable",
 ]
 
@@ -84,6 +88,18 @@ class BadRequest(RequestError):
     """400: malformed body or framing, unknown or missing input, wrong datatype or shape."""
 
     status = 400
+
+
+class Unauthorized(RequestError):
+    """401: the request carries no valid credentials (an authentication gatekeeper said so)."""
+
+    status = 401
+
+
+class Forbidden(RequestError):
+    """403: the caller may not do this (an authorization gatekeeper said so)."""
+
+    status = 403
 
 
 class NotFound(RequestError):

@@ -46,6 +46,7 @@ class Batcher:
         max_batch_size: int,
         config: DynamicBatchingConfig,
         executor: Executor,
+        on_batch: Callable[[int, int, float, float], None] | None = None,
     ) -> None:
         self._run = run
         self._output_names = output_names
@@ -54,6 +55,7 @@ class Batcher:
         self._config = config
         self._preferred = sorted(s for s in config.preferred_batch_sizes if s <= self._max_rows)
         self._executor = executor
+        self._on_batch = on_batch  # (rows, requests, oldest queue wait s, compute s), after each batch
         self._queue: deque[_Pending] = deque()
         self._busy = False
         self._arrived = asyncio.Event()
@@ -154,6 +156,7 @@ class Batcher:
             feeds = batch[0].inputs
         else:
             feeds = {n: np.concatenate([p.inputs[n] for p in batch]) for n in batch[0].inputs}
+        started = time.monotonic()
         try:
             results = await loop.run_in_executor(self._executor, self._run, feeds)
         except Exception as e:  # a model that fails on valid input: every waiter learns why
@@ -163,6 +166,9 @@ class Batcher:
             return
         self.batches += 1
         self.requests += len(batch)
+        if self._on_batch is not None:
+            rows = sum(p.rows for p in batch)
+            self._on_batch(rows, len(batch), started - batch[0].enqueued, time.monotonic() - started)
         start = 0
         for p in batch:
             if len(batch) == 1:

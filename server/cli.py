@@ -9,14 +9,10 @@ from pathlib import Path
 
 import click
 
+from ._cli_common import _fail, actor, settings_from, with_registry_options
 from ._errors import LockgateError
 
 __all__ = ["main"]
-
-
-def _fail(error: Exception) -> None:
-    click.secho(f"error: {error}", fg="red", err=True)
-    sys.exit(2)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -43,54 +39,64 @@ def demo_repo(directory: Path, models: tuple[str, ...]) -> None:
         click.echo(f"wrote {path}")
 
 
-def _example(entry) -> str:
-    """A curl command that works as printed against the first model."""
+def _example(record) -> str:
+    """A request body that works as printed against a registered version, from its signature."""
     import json
+    import math
 
-    import numpy as np
-
-    from .model import load_version
-
-    version = load_version(entry.name, entry.versions[0], entry.files[entry.versions[0]], entry.config.onnxruntime)
     inputs = []
-    for spec in version.inputs:
-        shape = [1 if d == -1 else d for d in spec.shape]
-        n = int(np.prod(shape)) if shape else 1
-        sample = {"BOOL": True, "BYTES": "text"}.get(spec.datatype, 1.0 if spec.datatype.startswith("FP") else 1)
-        if entry.name == "iris" and spec.datatype == "FP32" and n == 4:
-            data = [5.1, 3.5, 1.4, 0.2]
-        else:
-            data = [sample] * n
-        inputs.append({"name": spec.name, "datatype": spec.datatype, "shape": shape, "data": data})
-    body = json.dumps({"inputs": inputs}, separators=(",", ":"))
-    return body
+    for spec in record.signature["inputs"]:
+        shape = [1 if d == -1 else d for d in spec["shape"]]
+        n = math.prod(shape)
+        datatype = spec["datatype"]
+        sample = {"BOOL": True, "BYTES": "text"}.get(datatype, 1.0 if datatype.startswith("FP") else 1)
+        data = [5.1, 3.5, 1.4, 0.2] if record.name == "iris" and n == 4 else [sample] * n
+        inputs.append({"name": spec["name"], "datatype": datatype, "shape": shape, "data": data})
+    return json.dumps({"inputs": inputs}, separators=(",", ":"))
 
 
 @main.command()
 @click.option(
     "--model-repository",
     "repository",
-    required=True,
+    default=None,
     type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="Triton-style model repository: <dir>/<model>/<version>/model.onnx and an optional config.yaml.",
+    help="Triton-style model repository to register and serve: <dir>/<model>/<version>/model.onnx and an "
+    "optional config.yaml. Without it, every model of the registry is served.",
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535), help="HTTP port.")
 @click.option("--address", default=None, help="Join this running Ray cluster instead of starting a local one.")
+@with_registry_options
 @click.option("--verbose", is_flag=True, help="Show Ray's and the replicas' logs.")
-def serve(repository: Path, host: str, port: int, address: str | None, verbose: bool) -> None:
-    """Serve every model of a model repository over HTTP (Open Inference Protocol v2).
+def serve(repository: Path | None, host: str, port: int, address: str | None, registry_url: str | None, artifact_dir: str | None, verbose: bool) -> None:
+    """Serve models over HTTP (Open Inference Protocol v2).
 
-    Starts a local Ray (or joins --address), deploys one Serve application per
-    model at /v2/models/<name> and the control routes at /v2. Ctrl-C or SIGTERM
-    stops everything it started.
+    Registers the --model-repository into the registry (idempotently; a model without a
+    'production' alias gets it on its highest version), starts a local Ray (or joins
+    --address), deploys one Serve application per model at /v2/models/<name> and the
+    control routes at /v2. Ctrl-C or SIGTERM stops everything it started.
     """
-    from .repository import scan_repository
+    from .config import ModelConfig
+    from .repository import import_repository
     from .runtime import Runtime
 
+    settings = settings_from(registry_url, artifact_dir)
     try:
-        entries = scan_repository(repository)
-    except LockgateError as e:
+        registry = settings.manager().registry()
+        if repository is not None:
+            imported = import_repository(repository, registry, actor=actor(), default_alias=settings.default_alias)
+            for name, version, new in imported:
+                click.echo(f"{'registered' if new else 'already registered'}: {name} version {version}")
+            names = sorted({name for name, _, _ in imported})
+        else:
+            names = [n for n in registry.list_models() if registry.versions(n)]
+        if not names:
+            raise LockgateError("the registry holds no models; give --model-repository or `lockgate models register`")
+        models = {n: ModelConfig.model_validate(registry.model_config(n)) for n in names}
+        shown_name = "iris" if "iris" in names else names[0]
+        shown = registry.resolve(shown_name)
+    except (LockgateError, LookupError, ValueError) as e:
         _fail(e)
     stop = threading.Event()
 
@@ -106,16 +112,15 @@ def serve(repository: Path, host: str, port: int, address: str | None, verbose: 
         trap()  # Ray's core worker installs its own SIGTERM handler in ray.init; ours must win
         if stop.is_set():
             return
-        runtime.deploy(entries)
-        shown = next((e for e in entries if e.name == "iris"), entries[0])
+        runtime.deploy(models, settings)
         url_host = f"[{host}]" if ":" in host else ("127.0.0.1" if host in ("0.0.0.0", "") else host)
         base = f"http://{url_host}:{port}"
-        click.secho(f"lockgate is serving {len(entries)} model(s) on {base}", fg="green")
-        click.echo(f"  models: {', '.join(e.name for e in entries)}")
+        click.secho(f"lockgate is serving {len(models)} model(s) on {base}", fg="green")
+        click.echo(f"  models: {', '.join(models)}; registry: {settings.registry_url}")
         click.echo("try:")
         click.echo(f"  curl -s {base}/v2/health/ready")
-        click.echo(f"  curl -s {base}/v2/models/{shown.name}")
-        click.echo(f"  curl -s -X POST {base}/v2/models/{shown.name}/infer -H 'Content-Type: application/json' -d '{_example(shown)}'")
+        click.echo(f"  curl -s {base}/v2/models/{shown_name}")
+        click.echo(f"  curl -s -X POST {base}/v2/models/{shown_name}/infer -H 'Content-Type: application/json' -d '{_example(shown)}'")
         click.echo("Ctrl-C stops the server.")
         while not stop.wait(0.5):
             pass
@@ -141,6 +146,12 @@ def cleanup() -> None:
     stop_haproxy(pids)
     click.echo(f"stopped HAProxy (pid {', '.join(map(str, pids))})")
 
+
+from ._cli_models import models as _models_group  # noqa: E402
+from ._cli_models import plugins as _plugins_group  # noqa: E402
+
+main.add_command(_models_group)
+main.add_command(_plugins_group)
 
 if __name__ == "__main__":
     main()

@@ -1,9 +1,9 @@
 """Ray Serve deployments: one application per model, and the control application.
 
-A model application is mounted at ``/v2/models/<name>``; the control application
-at ``/v2`` answers everything else under it (Serve routes by longest prefix). Each
-replica builds its ASGI app in the constructor and Serve's direct ingress hands it
-the requests, so no Serve proxy and no Ray call sits on the request path.
+A model application is mounted at ``/v2/models/<name>``; the control application at
+``/v2`` answers everything else under it (Serve routes by longest prefix). Each replica
+builds its plugin manager and ASGI app in its constructor, and Serve's direct ingress
+hands it the requests, so no Serve proxy and no Ray call sits on the request path.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from ray.serve import Application
 
 from .config import ModelConfig
 from .http import ControlApp, ModelApp, ModelService
-from .repository import ModelEntry
+from .settings import LockgateSettings
 
 __all__ = [
     "CONTROL_APP",
@@ -38,11 +38,14 @@ def route_prefix(model: str) -> str:
 
 @serve.ingress()
 class ModelDeployment:
-    """A replica of one model: every served version, loaded once, with its batcher."""
+    """A replica of one model: its plugin manager, its versions from the registry, its batchers."""
 
-    def __init__(self, entry: ModelEntry) -> None:
-        self._service = ModelService(entry)
+    async def __init__(self, name: str, config: ModelConfig, settings: LockgateSettings) -> None:
+        manager = settings.manager()
+        registry = manager.registry()
+        self._service = ModelService(name, config, registry, manager=manager, default_alias=settings.default_alias)
         self._app = ModelApp(self._service)
+        self._refresher = asyncio.get_running_loop().create_task(self._service.refresh_forever(settings.alias_poll_s))
 
     def __serve_build_asgi_app__(self) -> ModelApp:
         return self._app
@@ -50,24 +53,64 @@ class ModelDeployment:
 
 @serve.ingress()
 class ControlDeployment:
-    """The ``/v2`` routes: health, server metadata and OIP 404s for unknown models."""
+    """The ``/v2`` routes: health, server metadata, the repository API, OIP 404s for unknown models."""
 
-    def __init__(self, models: list[str]) -> None:
-        self._models = list(models)
+    def __init__(self, models: list[str], settings: LockgateSettings) -> None:
+        self._settings = settings
+        self._manager = settings.manager()
+        self._registry = self._manager.registry()
         self._checked = 0.0
-        self._waiting: list[str] = list(models)
-        self._app = ControlApp(self._models, self._not_ready)
+        self._apps: dict[str, str] = {}
+        self._app = ControlApp(list(models), self._status, repository=self)
 
     def __serve_build_asgi_app__(self) -> ControlApp:
         return self._app
 
-    async def _not_ready(self) -> list[str]:
+    async def _status(self) -> dict[str, str]:
+        """Serve's status of each application, refreshed at most once a second."""
         if time.monotonic() - self._checked > 1.0:
             status = await asyncio.to_thread(serve.status)
-            apps = status.applications
-            self._waiting = [m for m in self._models if m not in apps or apps[m].status != "RUNNING"]
+            self._apps = {name: getattr(app.status, "value", str(app.status)) for name, app in status.applications.items()}
             self._checked = time.monotonic()
-        return self._waiting
+        return self._apps
+
+    # -- the repository extension, called by ControlApp ------------------------------------------
+
+    async def index(self) -> list[dict[str, Any]]:
+        apps = await self._status()
+        out = []
+        for name in await asyncio.to_thread(self._registry.list_models):
+            aliases = await asyncio.to_thread(self._registry.aliases, name)
+            state = apps.get(name)
+            entry: dict[str, Any] = {"name": name, "state": "READY" if state == "RUNNING" else "UNAVAILABLE"}
+            version = aliases.get(self._settings.default_alias)
+            if version is not None:
+                entry["version"] = str(version)
+            if state not in (None, "RUNNING"):
+                entry["reason"] = state
+            elif state is None:
+                entry["reason"] = "not loaded"
+            out.append(entry)
+        return out
+
+    async def load(self, name: str) -> None:
+        config = ModelConfig.model_validate(await asyncio.to_thread(self._registry.model_config, name))
+        if not await asyncio.to_thread(self._registry.versions, name):
+            raise LookupError(f"model '{name}' has no registered versions")
+        app = build_model_app(name, config, self._settings)
+        await asyncio.to_thread(serve.run, app, name=name, route_prefix=route_prefix(name))
+        self._app.models.add(name)
+        self._checked = 0.0
+        self._manager.audit("model_load", "lockgate", model=name)
+
+    async def unload(self, name: str) -> None:
+        await asyncio.to_thread(serve.delete, name)
+        self._app.models.discard(name)
+        self._checked = 0.0
+        self._manager.audit("model_unload", "lockgate", model=name)
+
+    def known(self, name: str) -> bool:
+        return name in self._registry.list_models()
 
 
 def deployment_options(config: ModelConfig) -> dict[str, Any]:
@@ -92,13 +135,13 @@ def deployment_options(config: ModelConfig) -> dict[str, Any]:
     return options
 
 
-def build_model_app(entry: ModelEntry) -> Application:
-    deployment = serve.deployment(ModelDeployment, name=f"model-{entry.name}", **deployment_options(entry.config))
-    return deployment.bind(entry)
+def build_model_app(name: str, config: ModelConfig, settings: LockgateSettings) -> Application:
+    deployment = serve.deployment(ModelDeployment, name=f"model-{name}", **deployment_options(config))
+    return deployment.bind(name, config, settings)
 
 
-def build_control_app(models: list[str], num_cpus: float = 0.05) -> Application:
+def build_control_app(models: list[str], settings: LockgateSettings, num_cpus: float = 0.05) -> Application:
     deployment = serve.deployment(
         ControlDeployment, name="control", ray_actor_options={"num_cpus": num_cpus}, max_ongoing_requests=256
     )
-    return deployment.bind(models)
+    return deployment.bind(models, settings)

@@ -8,27 +8,34 @@ metadata, and OIP 404s for models that do not exist.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from lockgate.plugins import Decision, InferenceEvent, PluginManager, RequestInfo
+
 from ._errors import (
     BadRequest,
     ConfigError,
+    Forbidden,
     MethodNotAllowed,
     ModelFailed,
+    ModelLoadError,
     NotFound,
     PayloadTooLarge,
     RequestError,
+    Unauthorized,
     Unavailable,
 )
 from .batching import Batcher
+from .config import ModelConfig
 from .model import ModelVersion, load_version
-from .protocol import HEADER_LENGTH, encode_infer_response, parse_infer_request
-from .repository import ModelEntry
+from .protocol import HEADER_LENGTH, InferRequest, encode_infer_response, parse_infer_request
 
 __all__ = ["ControlApp", "ModelApp", "ModelService", "SERVER_NAME", "server_version"]
 
@@ -108,20 +115,64 @@ class _Served:
 
 
 class ModelService:
-    """Every version of one model that this replica serves, each with its batcher."""
+    """One model as a replica serves it: versions from the registry, each with its batcher.
 
-    def __init__(self, entry: ModelEntry, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
-        self.name = entry.name
-        self.config = entry.config
+    Loaded at start: every version an alias points to, and those the version policy selects.
+    Any other registered version loads on its first request. Every load reads the artifact
+    through the registry, which checks its sha256. ``refresh_forever`` follows alias moves:
+    a newly aliased version is loaded first, then the alias table is swapped in one
+    assignment, so requests never see a half-done move.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        config: ModelConfig,
+        registry: Any,
+        *,
+        manager: PluginManager | None = None,
+        default_alias: str = "production",
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    ) -> None:
+        self.name = name
+        self.config = config
+        self.registry = registry
+        self.manager = manager
+        self.default_alias = default_alias
         self.max_body_bytes = max_body_bytes
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"onnxruntime-{entry.name}")
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"onnxruntime-{name}")
         self.served: dict[int, _Served] = {}
-        for number, path in entry.files.items():
-            model = load_version(entry.name, number, path, entry.config.onnxruntime)
-            size = self._max_batch_size(model)
-            batcher = Batcher(model.run, [s.name for s in model.outputs], size, self.config.dynamic_batching, self.executor)
-            self.served[number] = _Served(model, size, batcher)
-        self.default_version = max(self.served)
+        self._loading: dict[int, asyncio.Future] = {}
+        records = registry.versions(name)
+        if not records:
+            raise ModelLoadError(name, None, "no registered versions")
+        self.registered = {r.version for r in records}
+        self.aliases: dict[str, int] = registry.aliases(name)
+        wanted = set(config.version_policy.select(sorted(self.registered))) | set(self.aliases.values())
+        for version in sorted(wanted):
+            self.served[version] = self._load(version)
+        self._batch_observed = manager is not None and manager.has("lockgate_observe_batch")
+
+    def _load(self, version: int) -> _Served:
+        """Read (hash-checked) and load one version; runs off the event loop after start."""
+        record = self.registry.get_version(self.name, version)
+        try:
+            data = self.registry.read_verified(record)
+        except Exception as e:  # noqa: BLE001 - a changed or missing artifact: refused, already recorded
+            raise ModelLoadError(self.name, version, str(e)) from None
+        model = load_version(self.name, version, data, self.config.onnxruntime, record.sha256)
+        size = self._max_batch_size(model)
+        on_batch = self._on_batch(version) if self.manager is not None and self.manager.has("lockgate_observe_batch") else None
+        batcher = Batcher(model.run, [s.name for s in model.outputs], size, self.config.dynamic_batching, self.executor, on_batch)
+        return _Served(model, size, batcher)
+
+    def _on_batch(self, version: int):
+        manager = self.manager
+
+        def observe(rows: int, requests: int, queue_s: float, compute_s: float) -> None:
+            manager.observe("lockgate_observe_batch", model=self.name, version=version, rows=rows, requests=requests, queue_s=queue_s, compute_s=compute_s)
+
+        return observe
 
     def _max_batch_size(self, model: ModelVersion) -> int:
         configured = self.config.max_batch_size
@@ -135,23 +186,69 @@ class ModelService:
             )
         return configured
 
-    def version(self, text: str | None) -> _Served:
+    @property
+    def default_version(self) -> int:
+        return self.aliases.get(self.default_alias) or max(self.served)
+
+    async def version(self, text: str | None) -> _Served:
+        """The served version for a route's version text (None: the default alias)."""
         if text is None:
             return self.served[self.default_version]
-        if not text.isdigit() or int(text) not in self.served:
-            served = ", ".join(str(v) for v in sorted(self.served))
-            raise NotFound(f"model '{self.name}' has no version '{text}' being served; served: {served}")
-        return self.served[int(text)]
+        number = int(text) if text.isdigit() else None
+        if number is not None and number in self.served:
+            return self.served[number]
+        if number is None or number not in self.registered:
+            known = ", ".join(str(v) for v in sorted(self.registered))
+            raise NotFound(f"model '{self.name}' has no version '{text}'; registered: {known}")
+        return await self._load_later(number)
 
-    def metadata(self, version: str | None) -> dict[str, object]:
-        served = self.version(version)
+    async def _load_later(self, number: int) -> _Served:
+        pending = self._loading.get(number)
+        if pending is None:
+            pending = asyncio.ensure_future(asyncio.to_thread(self._load, number))
+            self._loading[number] = pending
+        try:
+            served = await asyncio.shield(pending)
+        except ModelLoadError as e:
+            raise Unavailable(str(e)) from None
+        finally:
+            self._loading.pop(number, None)
+        self.served.setdefault(number, served)
+        return self.served[number]
+
+    async def refresh(self) -> bool:
+        """Follow the registry: load newly aliased versions, then swap the alias table. True on change."""
+        aliases = await asyncio.to_thread(self.registry.aliases, self.name)
+        if aliases == self.aliases:
+            return False
+        for number in sorted(set(aliases.values()) - set(self.served)):
+            self.registered.add(number)
+            try:
+                await self._load_later(number)
+            except Unavailable as e:
+                log.error("alias move of %s to version %s not applied: %s", self.name, number, e)
+                return False
+        self.aliases = aliases
+        log.info("model %s aliases now %s", self.name, aliases)
+        return True
+
+    async def refresh_forever(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.refresh()
+                self.registered = await asyncio.to_thread(lambda: {r.version for r in self.registry.versions(self.name)})
+            except Exception as e:  # noqa: BLE001 - keep serving what is loaded
+                log.warning("registry refresh for %s failed: %s", self.name, e)
+
+    async def metadata(self, version: str | None) -> dict[str, object]:
+        served = await self.version(version)
         meta = served.model.metadata()
-        meta["versions"] = [str(v) for v in sorted(self.served)] if version is None else [version]
+        meta["versions"] = [str(v) for v in sorted(self.served)] if version is None else [str(served.model.version)]
         meta["max_batch_size"] = served.max_batch_size
         return meta
 
-    async def infer(self, version: str | None, body: bytes, header_length: bytes | None) -> tuple[bytes, list]:
-        served = self.version(version)
+    async def infer(self, served: _Served, body: bytes, header_length: bytes | None) -> tuple[bytes, list, InferRequest]:
         length = None
         if header_length is not None:
             try:
@@ -174,17 +271,26 @@ class ModelService:
                 raise BadRequest(f"model '{self.name}' rejected the input: {e}") from None
             log.exception("model %s version %s failed", self.name, served.model.version)
             raise ModelFailed(f"model '{self.name}' version {served.model.version} failed: {kind}: {e}") from None
-        return encode_infer_response(request, self.name, served.model.version, results)
+        body, headers = encode_infer_response(request, self.name, served.model.version, results)
+        return body, headers, request
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
 
 
 class ModelApp:
-    """ASGI app for one model, mounted at ``/v2/models/<name>``."""
+    """ASGI app for one model, mounted at ``/v2/models/<name>``.
+
+    Gatekeepers (authenticate, authorize) run once per request before the body is read;
+    observers run after the response is sent. With no such plugins, neither costs anything.
+    """
 
     def __init__(self, service: ModelService) -> None:
         self.service = service
+        manager = service.manager
+        self.manager = manager
+        self.gated = manager is not None and (manager.has("lockgate_authenticate") or manager.has("lockgate_authorize"))
+        self.observed = manager is not None and manager.has("lockgate_observe_inference")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -192,17 +298,41 @@ class ModelApp:
             return
         if scope["type"] != "http":
             return
+        start = time.perf_counter()
+        outcome = _Outcome()
         try:
-            await self._route(scope, receive, send)
+            await self._route(scope, receive, send, outcome)
         except RequestError as e:
+            outcome.status, outcome.error = e.status, e.message
             await respond_error(send, e)
         except ConnectionAbortedError:
             return
         except Exception as e:  # a bug of ours: say so, keep the replica up
             log.exception("unhandled error on %s", scope.get("path"))
+            outcome.status, outcome.error = 500, type(e).__name__
             await respond_error(send, RequestError(f"internal error: {type(e).__name__}"))
+        if self.observed and outcome.action == "infer":
+            self.manager.observe(
+                "lockgate_observe_inference",
+                event=InferenceEvent(
+                    outcome.request_id, self.service.name, outcome.version, outcome.principal,
+                    outcome.status, time.perf_counter() - start, outcome.rows, outcome.error,
+                ),
+            )
 
-    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _gate(self, scope: Scope, action: str, version: str | None, outcome: _Outcome) -> None:
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())}
+        client = scope.get("client")
+        info = RequestInfo(scope["method"], scope["path"], headers, client[0] if client else None, self.service.name, version)
+        who = await self.manager.authenticate(info)
+        if isinstance(who, Decision):
+            raise Unauthorized(who.reason or "authentication failed")
+        outcome.principal = who.name
+        decision = await self.manager.authorize(who, action, self.service.name, version)
+        if not decision.allow:
+            raise Forbidden(decision.reason or f"'{who.name}' may not {action} model '{self.service.name}'")
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send, outcome: _Outcome) -> None:
         path: str = scope["path"]
         root = scope.get("root_path", "")
         rest = path[len(root) :] if root and path.startswith(root) else path
@@ -218,18 +348,27 @@ class ModelApp:
         if match:
             version, action = match.group(1), (match.group(2) or "")
         if action == "/infer":
+            outcome.action = "infer"
             if method != "POST":
                 raise MethodNotAllowed(f"{method} is not allowed on /infer; use POST")
+            if self.gated:
+                await self._gate(scope, "infer", version, outcome)
+            served = await self.service.version(version)
+            outcome.version = served.model.version
             body = await read_body(receive, self.service.max_body_bytes)
-            out, headers = await self.service.infer(version, body, _header(scope, HEADER_LENGTH.encode()))
+            out, headers, request = await self.service.infer(served, body, _header(scope, HEADER_LENGTH.encode()))
+            outcome.rows, outcome.request_id = request.rows, request.id
             await respond(send, 200, out, headers)
-        elif action == "":
+        elif action in ("", "/ready"):
             self._get_only(method)
-            await respond(send, 200, _json_body(self.service.metadata(version)), _JSON)
-        elif action == "/ready":
-            self._get_only(method)
-            self.service.version(version)
-            await respond(send, 200, _json_body({"name": self.service.name, "ready": True}), _JSON)
+            if self.gated:
+                await self._gate(scope, "metadata", version, outcome)
+            if action:
+                await self.service.version(version)
+                answer: object = {"name": self.service.name, "ready": True}
+            else:
+                answer = await self.service.metadata(version)
+            await respond(send, 200, _json_body(answer), _JSON)
         else:
             raise NotFound(f"no route {path}; model routes are '', /ready, /infer, optionally after /versions/<v>")
 
@@ -237,6 +376,21 @@ class ModelApp:
     def _get_only(method: str) -> None:
         if method not in ("GET", "HEAD"):
             raise MethodNotAllowed(f"{method} is not allowed here; use GET")
+
+
+class _Outcome:
+    """What the request came to, for the inference observers."""
+
+    __slots__ = ("action", "error", "principal", "request_id", "rows", "status", "version")
+
+    def __init__(self) -> None:
+        self.action = ""
+        self.status = 200
+        self.error: str | None = None
+        self.principal = "anonymous"
+        self.request_id: str | None = None
+        self.version: int | None = None
+        self.rows = 0
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:
@@ -250,19 +404,30 @@ async def _lifespan(receive: Receive, send: Send) -> None:
 
 
 class ControlApp:
-    """ASGI app for ``/v2``: health, server metadata, and answers for unknown models.
+    """ASGI app for ``/v2``: health, server metadata, Triton's repository extension, and
+    answers for models that are unknown or not ready.
 
-    ``readiness`` returns the names of models that are not ready yet; it is called
-    at most once a second.
+    ``status`` returns Serve's status of each application by name (called at most once a
+    second by the caller's cache). ``repository`` provides ``index()``, ``load(name)``,
+    ``unload(name)`` and ``known(name)``; without it the repository routes answer 404.
     """
 
-    def __init__(self, models: list[str], readiness: Callable[[], Awaitable[list[str]]] | None = None) -> None:
-        self.models = sorted(models)
-        self.readiness = readiness
+    def __init__(
+        self,
+        models: list[str],
+        status: Callable[[], Awaitable[dict[str, str]]] | None = None,
+        repository: Any = None,
+    ) -> None:
+        self.models = set(models)
+        self.status = status
+        self.repository = repository
         self.version = server_version()
 
     async def _not_ready(self) -> list[str]:
-        return await self.readiness() if self.readiness is not None else []
+        if self.status is None:
+            return []
+        apps = await self.status()
+        return sorted(m for m in self.models if apps.get(m) != "RUNNING")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -284,10 +449,15 @@ class ControlApp:
     async def _route(self, scope: Scope) -> tuple[int, object]:
         path = scope["path"].rstrip("/") or "/"
         method = scope["method"]
+        if path.startswith("/v2/repository/"):
+            if method != "POST":
+                raise MethodNotAllowed(f"{method} is not allowed on {path}; use POST")
+            return await self._repository(path[len("/v2/repository/") :])
         if path in ("/v2", "/v2/health/live", "/v2/health/ready") and method not in ("GET", "HEAD"):
             raise MethodNotAllowed(f"{method} is not allowed on {path}; use GET")
         if path == "/v2":
-            return 200, {"name": SERVER_NAME, "version": self.version, "extensions": ["binary_tensor_data"]}
+            extensions = ["binary_tensor_data"] + (["model_repository"] if self.repository is not None else [])
+            return 200, {"name": SERVER_NAME, "version": self.version, "extensions": extensions}
         if path == "/v2/health/live":
             return 200, {"live": True}
         if path == "/v2/health/ready":
@@ -299,6 +469,32 @@ class ControlApp:
             name = path[len("/v2/models/") :].split("/")[0]
             if name in self.models:
                 raise Unavailable(f"model '{name}' is not ready yet")
-            known = ", ".join(self.models) or "none"
+            known = ", ".join(sorted(self.models)) or "none"
             raise NotFound(f"unknown model '{name}'; served models: {known}")
         raise NotFound(f"no route {scope['path']}")
+
+    async def _repository(self, rest: str) -> tuple[int, object]:
+        if self.repository is None:
+            raise NotFound("this server has no model repository API")
+        if rest == "index":
+            return 200, await self.repository.index()
+        parts = rest.split("/")
+        if len(parts) == 3 and parts[0] == "models" and parts[2] in ("load", "unload"):
+            name, action = parts[1], parts[2]
+            if not await asyncio.to_thread(self.repository.known, name):
+                raise NotFound(f"unknown model '{name}' in the registry")
+            try:
+                await (self.repository.load(name) if action == "load" else self.repository.unload(name))
+            except Exception as e:  # noqa: BLE001 - a model that cannot load is reported, not fatal
+                log.warning("repository %s of %s failed: %s", action, name, e)
+                raise Unavailable(f"failed to {action} model '{name}': {_first_line(e)}") from None
+            return 200, {}
+        raise NotFound(f"no route /v2/repository/{rest}; routes: index, models/<m>/load, models/<m>/unload")
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for line in reversed(lines):
+        if "ModelLoadError" in line or "failed to load" in line:
+            return line
+    return lines[-1] if lines else type(error).__name__

@@ -77,12 +77,12 @@ def session_options(config: OnnxRuntimeConfig) -> ort.SessionOptions:
 class ModelVersion:
     """A served model version. ``run`` is thread-safe (onnxruntime sessions are)."""
 
-    __slots__ = ("inputs", "name", "output_index", "outputs", "path", "session", "input_index", "version")
+    __slots__ = ("input_index", "inputs", "name", "output_index", "outputs", "session", "sha256", "version")
 
-    def __init__(self, name: str, version: int, path: Path, session: ort.InferenceSession) -> None:
+    def __init__(self, name: str, version: int, session: ort.InferenceSession, sha256: str = "") -> None:
         self.name = name
         self.version = version
-        self.path = path
+        self.sha256 = sha256
         self.session = session
         self.inputs = tuple(_spec(n, name, version) for n in session.get_inputs())
         self.outputs = tuple(_spec(n, name, version) for n in session.get_outputs())
@@ -107,13 +107,14 @@ class ModelVersion:
         }
 
 
-def load_version(name: str, version: int, path: Path, config: OnnxRuntimeConfig) -> ModelVersion:
-    """Load ``path`` with onnxruntime; any failure is a ModelLoadError naming the model."""
+def load_version(name: str, version: int, source: bytes | Path, config: OnnxRuntimeConfig, sha256: str = "") -> ModelVersion:
+    """Load a model (verified bytes, or a file) with onnxruntime; a failure is a ModelLoadError naming it."""
     try:
-        session = ort.InferenceSession(str(path), sess_options=session_options(config), providers=["CPUExecutionProvider"])
+        model = source if isinstance(source, bytes) else str(source)
+        session = ort.InferenceSession(model, sess_options=session_options(config), providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises several unrelated types for a bad file
-        raise ModelLoadError(name, version, f"{path}: {e}") from None
-    return ModelVersion(name, version, path, session)
+        raise ModelLoadError(name, version, str(e)) from None
+    return ModelVersion(name, version, session, sha256)
 
 
 assert set(_ORT_TO_OIP.values()) == set(DATATYPES)

@@ -8,16 +8,17 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from lockgate.plugins import MODEL_NAME
 
 from ._errors import ConfigError
 from .config import ModelConfig, load_model_config
 
-__all__ = ["MODEL_NAME", "ModelEntry", "scan_repository"]
+__all__ = ["MODEL_NAME", "ModelEntry", "import_repository", "scan_repository"]
 
-MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 MODEL_FILE = "model.onnx"
 
 
@@ -67,3 +68,25 @@ def scan_repository(root: Path | str) -> list[ModelEntry]:
     if not entries:
         raise ConfigError("model repository holds no model folders", source=str(root))
     return entries
+
+
+def import_repository(root: Path | str, registry: Any, *, actor: str, default_alias: str = "production") -> list[tuple[str, int, bool]]:
+    """Register every served version of a Triton-style repository, keeping its version numbers.
+
+    Idempotent: a version already registered with the same file is left as it is. A model
+    whose ``default_alias`` is unset gets it on its highest imported version. Returns
+    ``(model, version, newly registered)`` for each version.
+    """
+    done = []
+    for entry in scan_repository(root):
+        config = entry.config.model_dump(mode="json", exclude_none=True)
+        for version in sorted(entry.files):
+            before = {v.version: v.sha256 for v in registry.versions(entry.name)} if entry.name in registry.list_models() else {}
+            record = registry.register(
+                entry.files[version], entry.name, created_by=actor, version=version, config=config,
+                lineage={"source": str(entry.files[version].resolve())},
+            )
+            done.append((entry.name, record.version, before.get(version) != record.sha256))
+        if default_alias not in registry.aliases(entry.name):
+            registry.set_alias(entry.name, default_alias, max(entry.files), actor=actor)
+    return done

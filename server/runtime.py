@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ._errors import ModelLoadError, StartupError
-from .repository import ModelEntry
+from .config import ModelConfig
+from .settings import LockgateSettings
 
 __all__ = [
     "INGRESS_ENV",
@@ -161,24 +162,23 @@ class Runtime:
         serve.start(http_options={"host": self.host, "port": self.port})
         self.progress(f"Ray and Serve up in {time.monotonic() - t0:.1f} s")
 
-    def deploy(self, entries: list[ModelEntry]) -> None:
+    def deploy(self, models: dict[str, ModelConfig], settings: LockgateSettings) -> None:
+        """Deploy the control application, then one application per model, each waited for."""
         from ray import serve
 
         from .deployment import CONTROL_APP, build_control_app, build_model_app, route_prefix
 
-        names = [e.name for e in entries]
-        serve.run(build_control_app(names), name=CONTROL_APP, route_prefix="/v2")
+        serve.run(build_control_app(sorted(models), settings), name=CONTROL_APP, route_prefix="/v2")
         self.apps = (CONTROL_APP,)
-        for entry in entries:
+        for name, config in models.items():
             t0 = time.monotonic()
-            self.progress(f"loading model {entry.name} (versions {', '.join(map(str, entry.versions))}) ...")
+            self.progress(f"loading model {name} ...")
             try:
-                serve.run(build_model_app(entry), name=entry.name, route_prefix=route_prefix(entry.name))
+                serve.run(build_model_app(name, config, settings), name=name, route_prefix=route_prefix(name))
             except Exception as e:
-                reason = str(e).strip().splitlines()
-                raise ModelLoadError(entry.name, None, _root_cause(reason)) from None
-            self.apps += (entry.name,)
-            self.progress(f"  {entry.name} ready in {time.monotonic() - t0:.1f} s")
+                raise ModelLoadError(name, None, _root_cause(_failure_text(name) or str(e))) from None
+            self.apps += (name,)
+            self.progress(f"  {name} ready in {time.monotonic() - t0:.1f} s")
 
     def shutdown(self) -> None:
         import ray
@@ -200,11 +200,27 @@ class Runtime:
                 self.progress(f"stopped HAProxy (pid {', '.join(map(str, stopped))})")
 
 
-def _root_cause(lines: list[str]) -> str:
+def _failure_text(app: str) -> str:
+    """What Serve knows of why ``app`` failed: its deployments' messages (replica tracebacks)."""
+    from ray import serve
+
+    try:
+        status = serve.status().applications.get(app)
+    except Exception:  # noqa: BLE001 - best effort, for the message only
+        return ""
+    if status is None:
+        return ""
+    parts = [status.message or ""] + [d.message or "" for d in status.deployments.values()]
+    return "\n".join(p for p in parts if p)
+
+
+def _root_cause(text: str) -> str:
     """The most telling line of a Serve deployment failure (the replica's exception)."""
+    lines = text.strip().splitlines()
     for line in reversed(lines):
         if "ModelLoadError" in line or "ConfigError" in line:
-            return line.split(":", 1)[-1].strip()
+            reason = line.split(":", 1)[-1].strip()
+            return reason.split(" failed to load: ", 1)[-1]
     for line in reversed(lines):
         if line.strip():
             return line.strip()

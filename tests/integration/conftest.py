@@ -32,17 +32,35 @@ def demo_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def server(demo_repo: Path):
+def settings(tmp_path_factory: pytest.TempPathFactory):
+    """Settings of the session's server: a registry of its own (SQLite), polled every 0.2 s."""
+    from dataclasses import replace
+
+    from lockgate.server.settings import LockgateSettings
+
+    home = tmp_path_factory.mktemp("lockgate-home")
+    return replace(LockgateSettings.from_env(home=str(home)), alias_poll_s=0.2)
+
+
+@pytest.fixture(scope="session")
+def registry(settings):
+    return settings.manager().registry()
+
+
+@pytest.fixture(scope="session")
+def server(demo_repo: Path, settings, registry):
     """Base URL of a lockgate serving the demo repository; shut down after the session."""
-    from lockgate.server.repository import scan_repository
+    from lockgate.server.config import ModelConfig
+    from lockgate.server.repository import import_repository
     from lockgate.server.runtime import Runtime
 
     os.environ.update(isolated_haproxy_env())
+    names = sorted({name for name, _, _ in import_repository(demo_repo, registry, actor="tester")})
     port = free_port()
     runtime = Runtime(host="127.0.0.1", port=port, progress=lambda line: None)
     try:
         runtime.start()
-        runtime.deploy(scan_repository(demo_repo))
+        runtime.deploy({n: ModelConfig.model_validate(registry.model_config(n)) for n in names}, settings)
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

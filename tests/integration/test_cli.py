@@ -21,8 +21,9 @@ from .conftest import free_port, isolated_haproxy_env
 LOCKGATE = [sys.executable, "-m", "lockgate.server.cli"]
 
 
-def start(repo: Path, port: int) -> subprocess.Popen:
-    env = {**os.environ, **isolated_haproxy_env(), "PYTHONUNBUFFERED": "1"}
+def start(repo: Path, port: int, home: Path | None = None, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+    env = {**os.environ, **isolated_haproxy_env(), "PYTHONUNBUFFERED": "1", **(extra_env or {})}
+    env["LOCKGATE_HOME"] = str(home or repo.parent / f"home-{port}")
     return subprocess.Popen(
         [*LOCKGATE, "serve", "--model-repository", str(repo), "--port", str(port)],
         stdout=subprocess.PIPE,
@@ -110,19 +111,46 @@ def test_port_in_use_is_refused_with_the_reason(iris_repo):
     assert f"cannot listen on 127.0.0.1:{port}" in out
 
 
-@pytest.mark.slow
-def test_a_model_that_fails_to_load_is_named(tmp_path):
+def test_a_file_that_is_not_onnx_is_refused_before_ray_starts(tmp_path):
     from lockgate.server.demo import write_demo_repository
 
-    write_demo_repository(tmp_path, ["iris"])
-    broken = tmp_path / "broken" / "1"
+    write_demo_repository(tmp_path / "repo", ["iris"])
+    broken = tmp_path / "repo" / "broken" / "1"
     broken.mkdir(parents=True)
     (broken / "model.onnx").write_bytes(b"this is not an ONNX model")
+    proc = start(tmp_path / "repo", free_port(), home=tmp_path / "home")
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 2, out
+    assert "cannot register model 'broken'" in out and "not an ONNX model" in out
+    assert "starting Ray" not in out
+
+
+@pytest.mark.slow
+def test_a_changed_artifact_refuses_to_load_names_the_model_and_is_recorded(tmp_path):
+    from lockgate.plugins.registry import Registry
+    from lockgate.server.demo import write_demo_repository
+    from lockgate.server.repository import import_repository
+
+    home = tmp_path / "home"
+    write_demo_repository(tmp_path / "repo", ["iris"])
+    registry = Registry(f"sqlite:///{home}/registry.db", home / "artifacts")
+    import_repository(tmp_path / "repo", registry, actor="tester")
+    artifact = Path(registry.get_version("iris", 1).artifact_path)
+    artifact.chmod(0o644)
+    with open(artifact, "ab") as f:
+        f.write(b"\0")  # still loads as ONNX, no longer the registered bytes
     port = free_port()
-    proc = start(tmp_path, port)
+    env = {"LOCKGATE_HOME": str(home)}
+    proc = subprocess.Popen(
+        [*LOCKGATE, "serve", "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, **isolated_haproxy_env(), **env},
+    )
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 2, out
-    assert "model broken failed to load" in out
+    assert "model iris failed to load" in out and "changed" in out, out
+    refused = registry.events(name="iris", kind="load_refused")
+    assert refused and refused[-1]["detail"]["sha256"] == registry.get_version("iris", 1).sha256
     assert port_is_free(port) and ours(port) == []
 
 

@@ -23,3 +23,16 @@ def demo_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("repo")
     write_demo_repository(root)
     return root
+
+
+@pytest.fixture(scope="session")
+def demo_registry(demo_repo: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A SQLite registry holding the demo repository, with 'production' on version 1."""
+    from lockgate.plugins.registry import Registry
+    from lockgate.server.repository import import_repository
+
+    home = tmp_path_factory.mktemp("home")
+    registry = Registry(f"sqlite:///{home}/registry.db", home / "artifacts")
+    import_repository(demo_repo, registry, actor="tester")
+    yield registry
+    registry.close()

@@ -10,17 +10,20 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from lockgate.server.config import ModelConfig
 from lockgate.server.http import ControlApp, ModelApp, ModelService
-from lockgate.server.repository import scan_repository
 from tests.asgi import call
 
 PREFIX = "/v2/models/iris"
 
 
+def service(registry, name, **kwargs):
+    return ModelService(name, ModelConfig.model_validate(registry.model_config(name)), registry, **kwargs)
+
+
 @pytest.fixture(scope="module")
-def services(demo_repo):
-    entries = {e.name: e for e in scan_repository(demo_repo)}
-    made = {name: ModelService(entry) for name, entry in entries.items()}
+def services(demo_registry):
+    made = {name: service(demo_registry, name) for name in demo_registry.list_models()}
     yield made
     for s in made.values():
         s.close()
@@ -52,7 +55,7 @@ def test_infer_matches_onnxruntime(services):
     doc = r.json()
     assert doc["id"] == "abc" and doc["model_name"] == "iris" and doc["model_version"] == "1"
     assert doc["parameters"] == {"trace": "x"}
-    sess = ort.InferenceSession(str(s.served[1].model.path))
+    sess = ort.InferenceSession(s.registry.get_version("iris", 1).artifact_path)
     label, probs = sess.run(None, {"input": np.array([IRIS_ROW], np.float32)})
     outs = {o["name"]: o for o in doc["outputs"]}
     assert outs["label"]["data"] == label.tolist()
@@ -166,7 +169,7 @@ def test_binary_framing_errors_are_400(services):
 
 def test_unknown_version_and_route_are_404_and_wrong_method_405(services):
     s = services["iris"]
-    _err(post(s, "/versions/2/infer", iris_request()), 404, "no version '2'", "served: 1")
+    _err(post(s, "/versions/2/infer", iris_request()), 404, "no version '2'", "registered: 1")
     _err(post(s, "/versions/x/infer", iris_request()), 404, "no version 'x'")
     _err(get(s, "/explode"), 404, "no route")
     _err(get(s, "/infer"), 405, "use POST")
@@ -183,16 +186,22 @@ def test_control_app_routes():
     meta = asyncio.run(call(app, "GET", "/v2")).json()
     assert meta["name"] == "lockgate" and "binary_tensor_data" in meta["extensions"]
 
-    async def waiting():
-        return ["iris"]
+    async def deploying():
+        return {"iris": "DEPLOYING", "lockgate-control": "RUNNING"}
 
-    r = asyncio.run(call(ControlApp(["iris"], waiting), "GET", "/v2/health/ready"))
+    r = asyncio.run(call(ControlApp(["iris"], deploying), "GET", "/v2/health/ready"))
     assert r.status == 503 and "iris" in r.json()["error"]
 
+    async def running():
+        return {"iris": "RUNNING"}
 
-def test_body_limit_is_413(demo_repo):
-    entry = next(e for e in scan_repository(demo_repo) if e.name == "iris")
-    s = ModelService(entry, max_body_bytes=100)
+    assert asyncio.run(call(ControlApp(["iris"], running), "GET", "/v2/health/ready")).status == 200
+    r = asyncio.run(call(app, "POST", "/v2/repository/index"))
+    assert r.status == 404 and "no model repository API" in r.json()["error"]
+
+
+def test_body_limit_is_413(demo_registry):
+    s = service(demo_registry, "iris", max_body_bytes=100)
     try:
         _err(post(s, "/infer", raw=b" " * 5000), 413, "larger than the limit of 100 bytes")
     finally:

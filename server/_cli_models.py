@@ -1,0 +1,208 @@
+"""``lockgate models ...`` and ``lockgate plugins ...``: the registry and plugins from the command line."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import click
+
+from ._cli_common import _fail, actor, settings_from, with_registry_options
+
+__all__ = ["models", "plugins"]
+
+
+def _when(epoch: float | None) -> str:
+    if epoch is None:
+        return "-"
+    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="seconds")
+
+
+def _registry(ctx: click.Context):
+    settings = settings_from(ctx.obj["registry_url"], ctx.obj["artifact_dir"])
+    return settings.manager().registry()
+
+
+def _pairs(values: tuple[str, ...], option: str) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint=option)
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+@click.group()
+@with_registry_options
+@click.pass_context
+def models(ctx: click.Context, registry_url: str | None, artifact_dir: str | None) -> None:
+    """The model registry: register, list, show, aliases and their history."""
+    ctx.obj = {"registry_url": registry_url, "artifact_dir": artifact_dir}
+
+
+@models.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--name", required=True, help="Model name.")
+@click.option("--training-data", default=None, help="Reference to the training data (URI, table, data-set id).")
+@click.option("--training-data-sha256", default=None, help="sha256 of the training data.")
+@click.option("--code-version", default=None, help="Version of the training code (a git commit, a tag).")
+@click.option("--param", "params", multiple=True, help="Training parameter KEY=VALUE (repeatable).")
+@click.option("--metric", "metrics", multiple=True, help="Evaluation metric KEY=VALUE (repeatable).")
+@click.option("--parent-version", type=int, default=None, help="The version this one was derived from.")
+@click.option("--card", "card_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, help="Model card (Markdown or text file).")
+@click.pass_context
+def register(ctx, file, name, training_data, training_data_sha256, code_version, params, metrics, parent_version, card_file) -> None:
+    """Register FILE (an ONNX model) as a new immutable version of --name."""
+    from lockgate.plugins.registry import RegistrationError
+
+    lineage = {
+        k: v
+        for k, v in {
+            "training_data": training_data,
+            "training_data_sha256": training_data_sha256,
+            "code_version": code_version,
+            "parameters": _pairs(params, "--param") or None,
+            "metrics": _pairs(metrics, "--metric") or None,
+            "parent_version": parent_version,
+        }.items()
+        if v is not None
+    }
+    card = card_file.read_text(encoding="utf-8") if card_file else ""
+    try:
+        record = _registry(ctx).register(file, name, created_by=actor(), lineage=lineage, card=card)
+    except (RegistrationError, LookupError) as e:
+        _fail(e)
+    click.echo(f"registered {record.name} version {record.version} (sha256 {record.sha256})")
+
+
+@models.command("list")
+@click.pass_context
+def list_(ctx) -> None:
+    """Every model with its versions and aliases."""
+    registry = _registry(ctx)
+    names = registry.list_models()
+    if not names:
+        click.echo("no models registered")
+    for name in names:
+        versions = [v.version for v in registry.versions(name)]
+        aliases = ", ".join(f"{a}={v}" for a, v in sorted(registry.aliases(name).items())) or "-"
+        click.echo(f"{name:<24} versions {','.join(map(str, versions)) or '-':<16} aliases {aliases}")
+
+
+@models.command()
+@click.argument("reference")
+@click.pass_context
+def show(ctx, reference: str) -> None:
+    """Show a version: NAME (the default alias), NAME@ALIAS or NAME:VERSION."""
+    registry = _registry(ctx)
+    if "@" in reference:
+        name, ref = reference.split("@", 1)
+    elif ":" in reference:
+        name, ref = reference.split(":", 1)
+        if not ref.isdigit():
+            _fail(click.BadParameter(f"version must be a number, got {ref!r}"))
+    else:
+        name, ref = reference, None
+    try:
+        record = registry.resolve(name, ref)
+    except LookupError as e:
+        _fail(e)
+    described = registry.describe(record)
+    described["created_at"] = _when(record.created_at)
+    click.echo(json.dumps(described, indent=2))
+
+
+@models.group()
+def alias() -> None:
+    """Aliases: names (production, staging, ...) that point to versions."""
+
+
+@alias.command("set")
+@click.argument("name")
+@click.argument("alias_name", metavar="ALIAS")
+@click.argument("version", type=int)
+@click.pass_context
+def alias_set(ctx, name: str, alias_name: str, version: int) -> None:
+    """Point ALIAS of model NAME at VERSION (serving replicas follow within a second)."""
+    try:
+        previous = _registry(ctx).set_alias(name, alias_name, version, actor=actor())
+    except (LookupError, ValueError) as e:
+        _fail(e)
+    was = f" (was {previous})" if previous is not None else ""
+    click.echo(f"{name}@{alias_name} -> version {version}{was}")
+
+
+@models.command()
+@click.argument("name")
+@click.option("--alias", "alias_name", default=None, help="Only this alias.")
+@click.option("--at", "at", default=None, help="Which version each alias pointed to at this time (ISO 8601, UTC if no zone).")
+@click.pass_context
+def history(ctx, name: str, alias_name: str | None, at: str | None) -> None:
+    """Alias history of NAME: every move with who made it and when."""
+    registry = _registry(ctx)
+    try:
+        registry.model_config(name)
+    except LookupError as e:
+        _fail(e)
+    if at is not None:
+        try:
+            when = datetime.fromisoformat(at)
+        except ValueError:
+            _fail(click.BadParameter(f"--at must be ISO 8601, got {at!r}"))
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        aliases = [alias_name] if alias_name else sorted({h["alias"] for h in registry.alias_history(name)})
+        for a in aliases:
+            version = registry.alias_at(name, a, when.timestamp())
+            click.echo(f"{name}@{a} at {when.isoformat()}: {version if version is not None else 'not set'}")
+        return
+    for h in registry.alias_history(name, alias_name):
+        was = f" (was {h['previous']})" if h["previous"] is not None else ""
+        click.echo(f"{_when(h['set_at'])}  {h['alias']:<12} -> {h['version']}{was}  by {h['set_by']}")
+
+
+@models.command("import-repo")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.pass_context
+def import_repo(ctx, directory: Path) -> None:
+    """Register every version of a Triton-style model repository DIRECTORY (idempotent)."""
+    from lockgate.plugins.registry import RegistrationError
+
+    from ._errors import ConfigError
+    from .repository import import_repository
+
+    settings = settings_from(ctx.obj["registry_url"], ctx.obj["artifact_dir"])
+    try:
+        done = import_repository(directory, settings.manager().registry(), actor=actor(), default_alias=settings.default_alias)
+    except (ConfigError, RegistrationError) as e:
+        _fail(e)
+    for name, version, new in done:
+        click.echo(f"{'registered' if new else 'already registered'}: {name} version {version}")
+
+
+@click.group()
+def plugins() -> None:
+    """Installed plugins."""
+
+
+@plugins.command("list")
+def plugins_list() -> None:
+    """Each plugin of the entry-point group 'lockgate.plugins': loaded, failed (why) or blocked."""
+    settings = settings_from(None, None)
+    manager = settings.manager()
+    if not manager.statuses:
+        click.echo("no plugins installed")
+    for s in manager.statuses:
+        line = f"{s.name:<20} {s.state:<8} {s.source}"
+        if s.api_version:
+            line += f"  (plugin API {s.api_version})"
+        if s.error:
+            line += f"\n{'':<21}{s.error}"
+        click.echo(line)
+
+

@@ -1,0 +1,62 @@
+"""Server-wide settings: where the registry and artifacts live, the default alias, plugins.
+
+Read from ``LOCKGATE_*`` environment variables, overridable by CLI options; a frozen,
+picklable value handed to every replica.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from lockgate.plugins import PluginManager, Settings, build_manager
+
+__all__ = ["LockgateSettings"]
+
+
+def _names(value: str | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    return tuple(n.strip() for n in value.split(",") if n.strip())
+
+
+@dataclass(frozen=True, slots=True)
+class LockgateSettings:
+    """``home``: folder for the default SQLite registry and the artifacts (LOCKGATE_HOME,
+    default ~/.lockgate). ``registry_url``: SQLAlchemy URL (LOCKGATE_REGISTRY_URL; SQLite in
+    home by default, ``postgresql+psycopg://...`` for clusters). ``artifact_dir``
+    (LOCKGATE_ARTIFACTS). ``default_alias``: what ``/v2/models/<m>/infer`` serves
+    (LOCKGATE_DEFAULT_ALIAS, ``production``). ``plugins_allow`` / ``plugins_block``: plugin
+    names (LOCKGATE_PLUGINS_ALLOW / LOCKGATE_PLUGINS_BLOCK, comma-separated)."""
+
+    home: str
+    registry_url: str
+    artifact_dir: str
+    default_alias: str = "production"
+    plugins_allow: tuple[str, ...] | None = None
+    plugins_block: tuple[str, ...] = ()
+    alias_poll_s: float = 1.0
+    options: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> LockgateSettings:
+        env = os.environ
+        home = str(overrides.pop("home", None) or env.get("LOCKGATE_HOME") or Path.home() / ".lockgate")
+        home = str(Path(home).expanduser().resolve())
+        base = cls(
+            home=home,
+            registry_url=env.get("LOCKGATE_REGISTRY_URL") or f"sqlite:///{home}/registry.db",
+            artifact_dir=env.get("LOCKGATE_ARTIFACTS") or f"{home}/artifacts",
+            default_alias=env.get("LOCKGATE_DEFAULT_ALIAS") or "production",
+            plugins_allow=_names(env.get("LOCKGATE_PLUGINS_ALLOW")),
+            plugins_block=_names(env.get("LOCKGATE_PLUGINS_BLOCK")) or (),
+        )
+        return replace(base, **{k: v for k, v in overrides.items() if v is not None})
+
+    def plugin_settings(self) -> Settings:
+        return Settings(self.registry_url, self.artifact_dir, self.default_alias, self.options)
+
+    def manager(self) -> PluginManager:
+        """This process's plugin manager: entry points loaded, plugins configured."""
+        return build_manager(self.plugin_settings(), allow=self.plugins_allow, block=self.plugins_block)
