@@ -19,9 +19,12 @@ def _when(epoch: float | None) -> str:
     return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="seconds")
 
 
+def _manager(ctx: click.Context):
+    return settings_from(ctx.obj["registry_url"], ctx.obj["artifact_dir"]).manager()
+
+
 def _registry(ctx: click.Context):
-    settings = settings_from(ctx.obj["registry_url"], ctx.obj["artifact_dir"])
-    return settings.manager().registry()
+    return _manager(ctx).registry()
 
 
 def _pairs(values: tuple[str, ...], option: str) -> dict[str, object]:
@@ -99,7 +102,8 @@ def list_(ctx) -> None:
 @click.pass_context
 def show(ctx, reference: str) -> None:
     """Show a version: NAME (the default alias), NAME@ALIAS or NAME:VERSION."""
-    registry = _registry(ctx)
+    manager = _manager(ctx)
+    registry = manager.registry()
     if "@" in reference:
         name, ref = reference.split("@", 1)
     elif ":" in reference:
@@ -109,9 +113,11 @@ def show(ctx, reference: str) -> None:
     else:
         name, ref = reference, None
     try:
-        record = registry.resolve(name, ref)
+        record = manager.hook.lockgate_resolve_model(name=name, reference=ref)
     except LookupError as e:
         _fail(e)
+    if record is None:
+        _fail(LookupError(f"no plugin resolves model '{name}'"))
     described = registry.describe(record)
     described["created_at"] = _when(record.created_at)
     click.echo(json.dumps(described, indent=2))

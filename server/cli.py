@@ -83,7 +83,8 @@ def serve(repository: Path | None, host: str, port: int, address: str | None, re
 
     settings = settings_from(registry_url, artifact_dir)
     try:
-        registry = settings.manager().registry()
+        manager = settings.manager()
+        registry = manager.registry()
         if repository is not None:
             imported = import_repository(repository, registry, actor=actor(), default_alias=settings.default_alias)
             for name, version, new in imported:
@@ -95,7 +96,7 @@ def serve(repository: Path | None, host: str, port: int, address: str | None, re
             raise LockgateError("the registry holds no models; give --model-repository or `lockgate models register`")
         models = {n: ModelConfig.model_validate(registry.model_config(n)) for n in names}
         shown_name = "iris" if "iris" in names else names[0]
-        shown = registry.resolve(shown_name)
+        shown = manager.hook.lockgate_resolve_model(name=shown_name, reference=None)
     except (LockgateError, LookupError, ValueError) as e:
         _fail(e)
     stop = threading.Event()

@@ -1,0 +1,87 @@
+"""`lockgate models ...` and `lockgate plugins list` against a SQLite registry in a temporary home."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from lockgate.server.cli import main
+from lockgate.server.demo import build_mlp
+
+
+@pytest.fixture
+def cli(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOCKGATE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("LOCKGATE_ACTOR", "alice")
+    runner = CliRunner()
+
+    def run(*args, ok=True):
+        result = runner.invoke(main, list(args), catch_exceptions=False)
+        if ok:
+            assert result.exit_code == 0, result.output
+        return result
+
+    return run
+
+
+@pytest.fixture
+def model_files(tmp_path):
+    paths = []
+    for seed in (0, 1):
+        p = tmp_path / f"mlp{seed}.onnx"
+        onnx.save(build_mlp(seed=seed), str(p))
+        paths.append(p)
+    (tmp_path / "card.md").write_text("# MLP\nFor tests.")
+    return paths
+
+
+def test_register_list_show_alias_history(cli, model_files, tmp_path):
+    out = cli("models", "register", str(model_files[0]), "--name", "mlp", "--training-data", "s3://data/train.csv",
+              "--training-data-sha256", "cd" * 32, "--code-version", "v1.2", "--param", "lr=0.01", "--param", "opt=adam",
+              "--metric", "acc=0.93", "--card", str(tmp_path / "card.md")).output
+    assert "registered mlp version 1" in out
+    assert "registered mlp version 2" in cli("models", "register", str(model_files[1]), "--name", "mlp", "--parent-version", "1").output
+    assert "mlp@production -> version 1" in cli("models", "alias", "set", "mlp", "production", "1").output
+    before = datetime.now(timezone.utc).isoformat()
+    assert "(was 1)" in cli("models", "alias", "set", "mlp", "production", "2").output
+    listed = cli("models", "list").output
+    assert "mlp" in listed and "1,2" in listed and "production=2" in listed
+    shown = json.loads(cli("models", "show", "mlp:1").output)
+    assert shown["lineage"] == {"training_data": "s3://data/train.csv", "training_data_sha256": "cd" * 32, "code_version": "v1.2",
+                                "parameters": {"lr": 0.01, "opt": "adam"}, "metrics": {"acc": 0.93}}
+    assert shown["card"].startswith("# MLP") and shown["created_by"] == "alice" and shown["aliases"] == []
+    assert json.loads(cli("models", "show", "mlp@production").output)["version"] == 2
+    assert json.loads(cli("models", "show", "mlp").output)["lineage"] == {"parent_version": 1}
+    history = cli("models", "history", "mlp").output.strip().splitlines()
+    assert len(history) == 2 and "-> 2 (was 1)  by alice" in history[1]
+    assert "mlp@production at" in cli("models", "history", "mlp", "--at", before).output
+    assert cli("models", "history", "mlp", "--at", before).output.strip().endswith(": 1")
+
+
+def test_errors_are_clear(cli, model_files, tmp_path):
+    (tmp_path / "junk.onnx").write_bytes(b"nope")
+    bad = cli("models", "register", str(tmp_path / "junk.onnx"), "--name", "x", ok=False)
+    assert bad.exit_code == 2 and "not an ONNX model" in bad.output
+    assert "unknown model 'ghost'" in cli("models", "show", "ghost", ok=False).output
+    cli("models", "register", str(model_files[0]), "--name", "mlp")
+    assert "has no version 9" in cli("models", "alias", "set", "mlp", "production", "9", ok=False).output
+    assert "expected KEY=VALUE" in cli("models", "register", str(model_files[0]), "--name", "mlp", "--param", "oops", ok=False).output
+
+
+def test_import_repo_is_idempotent(cli, tmp_path):
+    from lockgate.server.demo import write_demo_repository
+
+    write_demo_repository(tmp_path / "repo", ["mlp", "iris"])
+    first = cli("models", "import-repo", str(tmp_path / "repo")).output
+    assert "registered: iris version 1" in first and "registered: mlp version 1" in first
+    assert "already registered: mlp version 1" in cli("models", "import-repo", str(tmp_path / "repo")).output
+    assert "production=1" in cli("models", "list").output
+
+
+def test_plugins_list_shows_the_builtin_registry(cli):
+    out = cli("plugins", "list").output
+    assert "registry" in out and "loaded" in out and "lockgate.plugins.registry:plugin" in out

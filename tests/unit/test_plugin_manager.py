@@ -1,0 +1,189 @@
+"""Plugin discovery and calling rules: failures reported not fatal, gatekeepers fail closed, observers fail open."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import textwrap
+import time
+
+import pytest
+
+from lockgate.plugins import Decision, PluginManager, Principal, RequestInfo, Settings, hookimpl
+
+REQUEST = RequestInfo("POST", "/v2/models/m/infer", {}, "127.0.0.1", "m", None)
+
+
+def plugin(**hooks):
+    """A plugin object from keyword hook functions."""
+    ns = {"LOCKGATE_PLUGIN_API": "1.0"}
+    for name, fn in hooks.items():
+        ns[name] = staticmethod(hookimpl(fn))
+    return type("P", (), ns)()
+
+
+@pytest.fixture
+def fake_dist(tmp_path, monkeypatch):
+    """Installs fake distributions with entry points, found by importlib.metadata as any other."""
+
+    def install(name: str, entry_points: dict[str, str], modules: dict[str, str]) -> None:
+        dist = tmp_path / f"{name}-1.0.dist-info"
+        dist.mkdir()
+        (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+        lines = "\n".join(f"{k} = {v}" for k, v in entry_points.items())
+        (dist / "entry_points.txt").write_text(f"[lockgate.plugins]\n{lines}\n")
+        for module, source in modules.items():
+            (tmp_path / f"{module}.py").write_text(textwrap.dedent(source))
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield install
+    for mod in [m for m in sys.modules if m.startswith("lgtest_")]:
+        del sys.modules[mod]
+
+
+def test_discovery_reports_each_failure_and_keeps_the_rest(fake_dist):
+    fake_dist(
+        "lgtest-dist",
+        {"good": "lgtest_good", "broken": "lgtest_broken", "old": "lgtest_old", "silent": "lgtest_silent", "unwanted": "lgtest_good:Other"},
+        {
+            "lgtest_good": """
+                from lockgate.plugins import hookimpl
+                LOCKGATE_PLUGIN_API = "1.2"
+                @hookimpl
+                def lockgate_observe_inference(event):
+                    pass
+                class Other:
+                    LOCKGATE_PLUGIN_API = "1.0"
+            """,
+            "lgtest_broken": "raise ImportError('missing dependency: foo')\n",
+            "lgtest_old": "LOCKGATE_PLUGIN_API = '0.9'\n",
+            "lgtest_silent": "x = 1\n",
+        },
+    )
+    m = PluginManager(block=["unwanted"])
+    statuses = {s.name: s for s in m.load_entry_points()}
+    assert statuses["good"].state == "loaded" and statuses["good"].api_version == "1.2"
+    assert statuses["broken"].state == "failed" and "missing dependency: foo" in statuses["broken"].error
+    assert statuses["old"].state == "failed" and "speaks plugin API 0.9; this server speaks 1.0" in statuses["old"].error
+    assert statuses["silent"].state == "failed" and "does not declare LOCKGATE_PLUGIN_API" in statuses["silent"].error
+    assert statuses["unwanted"].state == "blocked"
+    assert m.has("lockgate_observe_inference")
+
+
+def test_allow_list_loads_only_named_plugins(fake_dist):
+    fake_dist("lgtest-allow", {"a": "lgtest_a", "b": "lgtest_a"}, {"lgtest_a": "LOCKGATE_PLUGIN_API = '1.0'\n"})
+    statuses = {s.name: s.state for s in PluginManager(allow=["a"]).load_entry_points()}
+    assert statuses["a"] == "loaded" and statuses["b"] == "blocked"
+
+
+def test_builtin_registry_loads_through_entry_points():
+    statuses = {s.name: s for s in PluginManager().load_entry_points()}
+    assert statuses["registry"].state == "loaded"
+    assert statuses["registry"].source == "lockgate.plugins.registry:plugin"
+
+
+def test_bad_hook_signature_is_a_failed_plugin():
+    def lockgate_observe_inference(event, extra):
+        pass
+
+    status = PluginManager().register(plugin(lockgate_observe_inference=lockgate_observe_inference), "typo")
+    assert status.state == "failed" and "extra" in status.error
+
+
+def test_configure_failure_unregisters_the_plugin(tmp_path):
+    def lockgate_configure(settings):
+        raise RuntimeError("cannot reach my service")
+
+    m = PluginManager()
+    m.statuses.append(m.register(plugin(lockgate_configure=lockgate_configure, lockgate_observe_inference=lambda event: None), "flaky"))
+    m.configure(Settings(f"sqlite:///{tmp_path}/r.db", str(tmp_path)))
+    assert m.statuses[0].state == "failed" and "cannot reach my service" in m.statuses[0].error
+    assert not m.has("lockgate_observe_inference")
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_authentication_first_principal_wins_and_abstention_is_anonymous():
+    m = PluginManager()
+    assert run(m.authenticate(REQUEST)).name == "anonymous"
+    m.register(plugin(lockgate_authenticate=lambda request: None), "abstains")
+    m.register(plugin(lockgate_authenticate=lambda request: Principal("alice", frozenset({"invoker"}))), "keys")
+    assert run(m.authenticate(REQUEST)).name == "alice"
+
+
+@pytest.mark.parametrize(
+    "impl,fragment",
+    [
+        (lambda request: Decision.deny("bad key"), "bad key"),
+        (lambda request: 1 / 0, "failed (ZeroDivisionError)"),
+    ],
+)
+def test_authentication_denies_and_failures_are_401(impl, fragment):
+    m = PluginManager()
+    m.register(plugin(lockgate_authenticate=impl), "auth")
+    result = run(m.authenticate(REQUEST))
+    assert isinstance(result, Decision) and not result.allow and result.status == 401
+    assert fragment in result.reason and result.plugin == "auth"
+
+
+def test_any_deny_wins_and_every_gatekeeper_is_asked_in_turn():
+    asked = []
+
+    def allow(principal, action, model, version):
+        asked.append("allow")
+        return Decision(True)
+
+    def deny(principal, action, model, version):
+        asked.append("deny")
+        return Decision.deny(f"{principal.name} may not {action} {model}") if model == "secret" else None
+
+    m = PluginManager()
+    m.register(plugin(lockgate_authorize=deny), "deny")
+    m.register(plugin(lockgate_authorize=allow), "allow")
+    p = Principal("bob")
+    assert run(m.authorize(p, "infer", "public", None)).allow
+    d = run(m.authorize(p, "infer", "secret", None))
+    assert not d.allow and d.plugin == "deny" and d.reason == "bob may not infer secret"
+    assert asked == ["allow", "deny", "allow", "deny"]
+    assert m.denials["deny"] == 1
+
+
+def test_gatekeeper_exception_and_timeout_deny_and_are_counted():
+    async def slow(principal, action, model, version):
+        await asyncio.sleep(5)
+
+    def sleepy(principal, action, model, version):
+        time.sleep(0.05)
+
+    def broken(principal, action, model, version):
+        raise KeyError("boom")
+
+    for name, impl, fragment in (("slow", slow, "timed out"), ("sleepy", sleepy, "timed out"), ("broken", broken, "failed (KeyError)")):
+        m = PluginManager(gate_timeout_s=0.02)
+        m.register(plugin(lockgate_authorize=impl), name)
+        d = run(m.authorize(Principal("x"), "infer", "m", None))
+        assert not d.allow and fragment in d.reason, (name, d)
+        assert m.errors[name] == 1
+
+
+def test_observers_fail_open_and_are_counted(caplog):
+    seen = []
+    m = PluginManager()
+    m.register(plugin(lockgate_audit_event=lambda event: 1 / 0), "broken")
+    m.register(plugin(lockgate_audit_event=lambda event: seen.append(event.kind)), "good")
+    m.audit("register", "alice", model="m", version=1)
+    m.audit("alias_set", "alice", model="m", version=1)
+    assert seen == ["register", "alias_set"]
+    assert m.errors["broken"] == 2
+    assert "observer broken.lockgate_audit_event failed" in caplog.text
+
+
+def test_registration_gatekeepers_collect_every_deny():
+    m = PluginManager()
+    m.register(plugin(lockgate_check_registration=lambda candidate: Decision.deny("too large")), "size")
+    m.register(plugin(lockgate_check_registration=lambda candidate: None), "fine")
+    m.register(plugin(lockgate_check_registration=lambda candidate: [][1]), "buggy")
+    reasons = sorted(d.reason for d in m.check_registration(object()))
+    assert reasons[1] == "too large" and "registration check by plugin 'buggy' failed (IndexError)" in reasons[0]

@@ -1,0 +1,214 @@
+"""The registry on both back ends: SQLite (always) and PostgreSQL (LOCKGATE_TEST_POSTGRES_URL; required in CI)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import onnx
+import pytest
+import sqlalchemy as sa
+
+from lockgate.plugins import Decision
+from lockgate.plugins._storage import ArtifactMismatch
+from lockgate.plugins.registry import RegistrationError, Registry, UnknownModel
+from lockgate.plugins.registry import _schema as schema
+from lockgate.server.demo import build_iris, build_mlp
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def registry_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/registry.db"
+    url = os.environ.get("LOCKGATE_TEST_POSTGRES_URL")
+    if not url:
+        if os.environ.get("LOCKGATE_REQUIRE_POSTGRES") == "1":
+            pytest.fail("LOCKGATE_REQUIRE_POSTGRES=1 but LOCKGATE_TEST_POSTGRES_URL is not set")
+        pytest.skip("no PostgreSQL: set LOCKGATE_TEST_POSTGRES_URL (CI starts one with .ci/postgres.sh)")
+    engine = sa.create_engine(url)
+    schema.metadata.drop_all(engine)
+    engine.dispose()
+    return url
+
+
+@pytest.fixture
+def make_registry(registry_url, tmp_path):
+    made = []
+
+    def make(**kwargs):
+        r = Registry(registry_url, tmp_path / "artifacts", **kwargs)
+        made.append(r)
+        return r
+
+    yield make
+    for r in made:
+        r.close()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("files")
+    onnx.save(build_mlp(seed=0), str(root / "mlp0.onnx"))
+    onnx.save(build_mlp(seed=1), str(root / "mlp1.onnx"))
+    onnx.save(build_iris(), str(root / "iris.onnx"))
+    data = (root / "mlp0.onnx").read_bytes()
+    (root / "truncated.onnx").write_bytes(data[: len(data) // 2])
+    (root / "text.onnx").write_text("not a model")
+    bad = build_mlp(seed=0)
+    bad.graph.node[0].op_type = "NoSuchOperator"
+    (root / "checker.onnx").write_bytes(bad.SerializeToString())
+    return root
+
+
+def artifacts(tmp_path):
+    root = tmp_path / "artifacts"
+    return sorted(p.name for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+def test_register_records_everything(make_registry, files):
+    r = make_registry()
+    lineage = {"training_data": "s3://bucket/iris.csv", "training_data_sha256": "ab" * 32, "code_version": "abc123", "parameters": {"C": 1.0}, "metrics": {"accuracy": 0.97}}
+    rec = r.register(files / "iris.onnx", "iris", created_by="alice", lineage=lineage, card="# Iris\nA classifier.")
+    assert (rec.name, rec.version, rec.created_by) == ("iris", 1, "alice")
+    assert len(rec.sha256) == 64 and rec.size == (files / "iris.onnx").stat().st_size
+    assert rec.signature["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 4]}]
+    assert [o["name"] for o in rec.signature["outputs"]] == ["label", "probabilities"]
+    again = r.get_version("iris", 1)
+    assert again.lineage == lineage and again.card.startswith("# Iris") and again.sha256 == rec.sha256
+    assert r.read_verified(again) == (files / "iris.onnx").read_bytes()
+    assert r.events(name="iris", kind="register")[0]["actor"] == "alice"
+
+
+def test_versions_are_immutable_rows_and_numbers_grow(make_registry, files):
+    r = make_registry()
+    assert [r.register(files / f, "m", created_by="a").version for f in ("mlp0.onnx", "mlp1.onnx", "mlp0.onnx")] == [1, 2, 3]
+    assert [v.version for v in r.versions("m")] == [1, 2, 3]
+    assert r.versions("m")[0].sha256 == r.versions("m")[2].sha256
+
+
+def test_concurrent_registrations_get_distinct_versions(make_registry, files):
+    r = make_registry()
+    with ThreadPoolExecutor(8) as pool:
+        versions = list(pool.map(lambda i: r.register(files / "mlp0.onnx", "m", created_by=f"u{i}").version, range(16)))
+    assert sorted(versions) == list(range(1, 17))
+
+
+def test_concurrent_registrations_from_separate_registries(make_registry, files):
+    """Two processes' worth of engines on the same store."""
+    a, b = make_registry(), make_registry()
+    results: list[int] = []
+    lock = threading.Lock()
+
+    def go(reg, n):
+        for _ in range(n):
+            v = reg.register(files / "mlp1.onnx", "shared", created_by="x").version
+            with lock:
+                results.append(v)
+
+    threads = [threading.Thread(target=go, args=(reg, 6)) for reg in (a, b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == list(range(1, 13))
+
+
+@pytest.mark.parametrize(
+    "name,fragment",
+    [("text.onnx", "is not an ONNX model"), ("truncated.onnx", "not an ONNX model (or is truncated)"), ("checker.onnx", "fails onnx.checker")],
+)
+def test_bad_files_are_refused_and_leave_nothing(make_registry, files, tmp_path, name, fragment):
+    r = make_registry()
+    with pytest.raises(RegistrationError) as info:
+        r.register(files / name, "m", created_by="a")
+    assert fragment in str(info.value)
+    assert r.list_models() == [] and artifacts(tmp_path) == []
+    assert r.events(kind="register_refused")[0]["detail"]["reasons"]
+
+
+def test_failed_transaction_leaves_neither_artifact_nor_rows(make_registry, files, tmp_path, monkeypatch):
+    r = make_registry()
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk full while recording")
+
+    monkeypatch.setattr(r, "_event", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        r.register(files / "mlp0.onnx", "m", created_by="a")
+    monkeypatch.undo()
+    assert r.list_models() == [] and artifacts(tmp_path) == []
+    assert r.register(files / "mlp0.onnx", "m", created_by="a").version == 1
+
+
+def test_registration_gatekeepers_deny_with_every_reason(make_registry, files, tmp_path):
+    def check(candidate):
+        assert "Gemm" in candidate.operators and candidate.opsets["ai.onnx"] == 17
+        return [Decision(False, "no Gemm allowed", "policy-a"), Decision(False, "too big", "policy-b")]
+
+    r = make_registry(check_registration=check)
+    with pytest.raises(RegistrationError) as info:
+        r.register(files / "mlp0.onnx", "m", created_by="a")
+    assert info.value.reasons == ["no Gemm allowed (plugin policy-a)", "too big (plugin policy-b)"]
+    assert artifacts(tmp_path) == []
+
+
+def test_aliases_and_their_history(make_registry, files):
+    r = make_registry()
+    for f in ("mlp0.onnx", "mlp1.onnx", "mlp0.onnx"):
+        r.register(files / f, "m", created_by="a")
+    assert r.set_alias("m", "production", 1, actor="bob") is None
+    t1 = time.time()
+    time.sleep(0.02)
+    assert r.set_alias("m", "production", 2, actor="carol") == 1
+    r.set_alias("m", "staging", 3, actor="bob")
+    assert r.aliases("m") == {"production": 2, "staging": 3}
+    assert r.resolve("m").version == 2 and r.resolve("m", "staging").version == 3 and r.resolve("m", "1").version == 1
+    assert r.alias_at("m", "production", t1) == 1
+    assert r.alias_at("m", "production", time.time()) == 2
+    assert r.alias_at("m", "production", t1 - 3600) is None
+    hist = r.alias_history("m", "production")
+    assert [(h["version"], h["previous"], h["set_by"]) for h in hist] == [(1, None, "bob"), (2, 1, "carol")]
+
+
+@pytest.mark.parametrize("alias,fragment", [("", "alias"), ("123", "not only digits"), ("a b", "alias")])
+def test_bad_alias_names(make_registry, files, alias, fragment):
+    r = make_registry()
+    r.register(files / "mlp0.onnx", "m", created_by="a")
+    with pytest.raises(ValueError, match=fragment):
+        r.set_alias("m", alias, 1, actor="a")
+
+
+def test_unknowns_are_named(make_registry, files):
+    r = make_registry()
+    r.register(files / "mlp0.onnx", "m", created_by="a")
+    with pytest.raises(UnknownModel, match="unknown model 'x'; registered: m"):
+        r.resolve("x", "1")
+    with pytest.raises(UnknownModel, match="has no version 7; registered: 1"):
+        r.get_version("m", 7)
+    with pytest.raises(UnknownModel, match="has no alias 'production'"):
+        r.resolve("m")
+    with pytest.raises(UnknownModel):
+        r.set_alias("m", "production", 9, actor="a")
+
+
+def test_explicit_version_import_is_idempotent(make_registry, files):
+    r = make_registry()
+    a = r.register(files / "mlp0.onnx", "m", created_by="a", version=3)
+    b = r.register(files / "mlp0.onnx", "m", created_by="b", version=3)
+    assert a.version == b.version == 3 and b.created_by == "a"
+    with pytest.raises(RegistrationError, match="version 3 of model 'm' is already registered with another artifact"):
+        r.register(files / "mlp1.onnx", "m", created_by="a", version=3)
+
+
+def test_a_changed_artifact_is_refused_and_recorded(make_registry, files):
+    r = make_registry()
+    rec = r.register(files / "mlp0.onnx", "m", created_by="a")
+    path = r.store.path_for(rec.sha256)
+    path.chmod(0o644)
+    path.write_bytes(path.read_bytes()[:-1] + b"X")
+    with pytest.raises(ArtifactMismatch, match="it was changed; refusing to load it"):
+        r.read_verified(rec)
+    refused = r.events(name="m", kind="load_refused")
+    assert len(refused) == 1 and refused[0]["detail"]["sha256"] == rec.sha256
