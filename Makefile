@@ -7,6 +7,8 @@ MODELS ?= models
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 PYTEST_ARGS ?=
+# `make serve` keeps its registry and artifacts in the checkout, not in ~/.lockgate.
+export LOCKGATE_HOME ?= $(CURDIR)/.lockgate
 
 .PHONY: install serve test bench bench-full lint clean
 

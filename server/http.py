@@ -197,6 +197,9 @@ class ModelService:
         number = int(text) if text.isdigit() else None
         if number is not None and number in self.served:
             return self.served[number]
+        if number is not None and number not in self.registered:
+            # Registered since the last refresh? Ask the registry (off the event loop).
+            self.registered = await asyncio.to_thread(lambda: {r.version for r in self.registry.versions(self.name)})
         if number is None or number not in self.registered:
             known = ", ".join(str(v) for v in sorted(self.registered))
             raise NotFound(f"model '{self.name}' has no version '{text}'; registered: {known}")

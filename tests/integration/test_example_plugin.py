@@ -1,0 +1,87 @@
+"""The example plugin package, pip-installed as a plugin author would, running in a live server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from .conftest import free_port, isolated_haproxy_env
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "lockgate-plugin-example"
+
+
+@pytest.fixture(scope="module")
+def plugin_site(tmp_path_factory):
+    """The example installed with pip into a folder of its own (the test venv stays as it is)."""
+    site = tmp_path_factory.mktemp("site")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--target", str(site), str(EXAMPLE)],
+        check=True,
+        timeout=300,
+    )
+    assert list(site.glob("lockgate_plugin_example-*.dist-info"))
+    return site
+
+
+@pytest.mark.slow
+def test_example_plugin_hooks_run_in_a_live_server(plugin_site, tmp_path):
+    from lockgate.server.demo import write_demo_repository
+
+    write_demo_repository(tmp_path / "repo", ["iris"])
+    log = tmp_path / "requests.jsonl"
+    env = {
+        **os.environ,
+        **isolated_haproxy_env(),
+        "PYTHONPATH": os.pathsep.join([str(plugin_site), os.environ.get("PYTHONPATH", "")]),
+        "LOCKGATE_EXAMPLE_LOG": str(log),
+        "LOCKGATE_HOME": str(tmp_path / "home"),
+        "PYTHONUNBUFFERED": "1",
+    }
+    listed = subprocess.run([sys.executable, "-m", "lockgate.server.cli", "plugins", "list"], env=env, capture_output=True, text=True, timeout=60)
+    assert "request-log" in listed.stdout and "loaded" in listed.stdout, listed.stdout
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lockgate.server.cli", "serve", "--model-repository", str(tmp_path / "repo"), "--port", str(port)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        base = f"http://127.0.0.1:{port}"
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"{base}/v2/health/ready", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert proc.poll() is None, proc.stdout.read()
+            time.sleep(0.5)
+        body = {"id": "ex-1", "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [5.1, 3.5, 1.4, 0.2]}]}
+        assert requests.post(f"{base}/v2/models/iris/infer", json=body, timeout=10).status_code == 200
+        bad = {"id": "ex-2", "inputs": [{"name": "nope", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}
+        assert requests.post(f"{base}/v2/models/iris/infer", json=bad, timeout=10).status_code == 400
+        records = []
+        for _ in range(50):
+            if log.exists():
+                records = [json.loads(line) for line in log.read_text().splitlines()]
+                if sum(r["record"] == "inference" for r in records) >= 2:
+                    break
+            time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=120)
+    inference = [r for r in records if r["record"] == "inference"]
+    assert [(r["request_id"], r["status"], r["model"], r["version"]) for r in inference] == [("ex-1", 200, "iris", 1), (None, 400, "iris", 1)]
+    assert "unknown input 'nope'" in inference[1]["error"]
+    assert any(r["record"] == "batch" and r["model"] == "iris" and r["rows"] == 1 for r in records)
+    audits = [(r["kind"], r["model"], r["version"]) for r in records if r["record"] == "audit"]
+    assert ("register", "iris", 1) in audits and ("alias_set", "iris", 1) in audits
