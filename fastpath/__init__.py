@@ -15,6 +15,7 @@ from .codec import (
     element_count,
     encode_binary,
     encode_json_data,
+    parse_json,
 )
 
 __all__ = [
@@ -28,4 +29,5 @@ __all__ = [
     "element_count",
     "encode_binary",
     "encode_json_data",
+    "parse_json",
 ]

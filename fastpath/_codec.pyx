@@ -8,6 +8,7 @@ Python float or str object per element. ``_codec_py.py`` is the twin: same names
 same results, same errors.
 """
 
+import json
 import struct
 
 import numpy as np
@@ -16,11 +17,14 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.float cimport PyFloat_AS_DOUBLE
 from cpython.long cimport PyLong_AsDouble, PyLong_AsLongLong, PyLong_AsUnsignedLongLong
 from cpython.mem cimport PyMem_Free
-from libc.math cimport isinf, isnan
+from libc.math cimport HUGE_VAL, NAN, isinf, isnan
 from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdio cimport snprintf
-from libc.stdlib cimport free, malloc
+cimport libc.errno
+from libc.errno cimport ERANGE
+from libc.stdlib cimport free, malloc, realloc, strtoll, strtoull
 from libc.string cimport memcpy
+from cpython.unicode cimport PyUnicode_DecodeUTF8
 
 from ._common import CodecError, datatype, element_count, element_error, encode_bytes_json, shape_error
 
@@ -28,9 +32,11 @@ cnp.import_array()
 
 cdef extern from "Python.h":
     char* PyOS_double_to_string(double val, char format_code, int precision, int flags, int* ptype) except NULL
+    ctypedef struct PyObject
+    double PyOS_string_to_double(const char* s, char** endptr, PyObject* overflow_exception) except? -1.0
     int Py_DTSF_ADD_DOT_0
 
-__all__ = ["decode_binary", "decode_json_data", "encode_binary", "encode_json_data"]
+__all__ = ["NumberArray", "decode_binary", "decode_json_data", "encode_binary", "encode_json_data", "parse_json"]
 
 cdef enum:
     C_BOOL = 0
@@ -127,7 +133,388 @@ cdef int _store(_Sink s, Py_ssize_t i, object x) except -1:
     return 0
 
 
-cdef Py_ssize_t _walk(_Sink s, list node, tuple shape, Py_ssize_t depth, str path, Py_ssize_t pos) except -1:
+# ------------------------------------------------------------------------------------------
+# JSON request parser. Arrays of numbers or booleans under a "data" key are kept as token
+# spans of the body (NumberArray) and decoded later straight into the tensor's buffer with
+# the datatype then known; everything else becomes the usual Python objects.
+# ------------------------------------------------------------------------------------------
+
+cdef enum TokenKind:
+    T_INT = 0
+    T_FLOAT = 1
+    T_TRUE = 2
+    T_FALSE = 3
+    T_NAN = 4
+    T_INF = 5
+    T_NINF = 6
+
+ctypedef struct Token:
+    Py_ssize_t start
+    int length
+    int kind
+
+DEF MAX_DEPTH = 256
+
+
+cdef class NumberArray:
+    """A JSON array of numbers or booleans, as spans of the request body."""
+    cdef Token* tokens
+    cdef Py_ssize_t n
+    cdef Py_ssize_t cap
+    cdef bytes body
+
+    def __dealloc__(self):
+        free(self.tokens)
+
+    def __len__(self):
+        return self.n
+
+    cdef int push(self, Py_ssize_t start, int length, int kind) except -1:
+        cdef Token* grown
+        if self.n == self.cap:
+            self.cap = 16 if self.cap == 0 else self.cap * 2
+            grown = <Token*>realloc(self.tokens, self.cap * sizeof(Token))
+            if grown == NULL:
+                raise MemoryError()
+            self.tokens = grown
+        self.tokens[self.n].start = start
+        self.tokens[self.n].length = length
+        self.tokens[self.n].kind = kind
+        self.n += 1
+        return 0
+
+    cdef object value(self, Py_ssize_t i):
+        """The Python value json.loads would give for token ``i`` (error messages, tolist)."""
+        cdef Token t = self.tokens[i]
+        text = self.body[t.start:t.start + t.length].decode("ascii")
+        if t.kind == T_INT:
+            return int(text)
+        if t.kind == T_TRUE:
+            return True
+        if t.kind == T_FALSE:
+            return False
+        return float(text)
+
+    def tolist(self):
+        return [self.value(i) for i in range(self.n)]
+
+
+cdef class _Parser:
+    cdef const unsigned char* s
+    cdef Py_ssize_t n
+    cdef Py_ssize_t i
+    cdef bytes body
+
+    cdef object fail(self, str what):
+        return CodecError(f"{what} at byte {self.i}", where="body")
+
+    cdef inline void ws(self) noexcept:
+        cdef unsigned char c
+        while self.i < self.n:
+            c = self.s[self.i]
+            if c == 32 or c == 10 or c == 13 or c == 9:
+                self.i += 1
+            else:
+                break
+
+    cdef int literal(self, const char* word, int size) except -1:
+        cdef int k
+        if self.i + size > self.n:
+            raise self.fail("invalid literal")
+        for k in range(size):
+            if self.s[self.i + k] != <unsigned char>word[k]:
+                raise self.fail("invalid literal")
+        self.i += size
+        return 0
+
+    cdef int number(self, int* kind) except -1:
+        """Scan a JSON number (or NaN, Infinity, -Infinity) at i; set its kind; return its start."""
+        cdef Py_ssize_t start = self.i
+        cdef unsigned char c
+        kind[0] = T_INT
+        if self.s[self.i] == 78:  # N
+            self.literal(b"NaN", 3)
+            kind[0] = T_NAN
+            return start
+        if self.s[self.i] == 73:  # I
+            self.literal(b"Infinity", 8)
+            kind[0] = T_INF
+            return start
+        if self.s[self.i] == 45:  # -
+            self.i += 1
+            if self.i < self.n and self.s[self.i] == 73:
+                self.literal(b"Infinity", 8)
+                kind[0] = T_NINF
+                return start
+        if self.i >= self.n:
+            raise self.fail("invalid number")
+        c = self.s[self.i]
+        if c == 48:  # 0
+            self.i += 1
+        elif 49 <= c <= 57:
+            while self.i < self.n and 48 <= self.s[self.i] <= 57:
+                self.i += 1
+        else:
+            raise self.fail("invalid number")
+        if self.i < self.n and self.s[self.i] == 46:  # .
+            self.i += 1
+            kind[0] = T_FLOAT
+            if self.i >= self.n or not (48 <= self.s[self.i] <= 57):
+                raise self.fail("invalid number")
+            while self.i < self.n and 48 <= self.s[self.i] <= 57:
+                self.i += 1
+        if self.i < self.n and (self.s[self.i] == 101 or self.s[self.i] == 69):  # e E
+            self.i += 1
+            kind[0] = T_FLOAT
+            if self.i < self.n and (self.s[self.i] == 43 or self.s[self.i] == 45):
+                self.i += 1
+            if self.i >= self.n or not (48 <= self.s[self.i] <= 57):
+                raise self.fail("invalid number")
+            while self.i < self.n and 48 <= self.s[self.i] <= 57:
+                self.i += 1
+        return start
+
+    cdef object string(self):
+        cdef Py_ssize_t start = self.i + 1
+        cdef Py_ssize_t j = start
+        cdef bint escaped = False
+        cdef unsigned char c
+        while True:
+            if j >= self.n:
+                self.i = j
+                raise self.fail("unterminated string")
+            c = self.s[j]
+            if c == 34:  # "
+                break
+            if c == 92:  # backslash
+                escaped = True
+                j += 2
+                continue
+            if c < 32:
+                self.i = j
+                raise self.fail("control character in string")
+            j += 1
+        self.i = j + 1
+        if escaped:
+            try:
+                return json.loads(self.body[start - 1:j + 1])
+            except ValueError as e:
+                self.i = start
+                raise self.fail(f"invalid string ({e})") from None
+        try:
+            return PyUnicode_DecodeUTF8(<const char*>self.s + start, j - start, "strict")
+        except UnicodeDecodeError:
+            self.i = start
+            raise self.fail("invalid UTF-8 in string") from None
+
+    cdef object scalar_token(self, int* kind, Py_ssize_t* start):
+        """A number/true/false at i as a token: returns True and fills kind/start, or None."""
+        cdef unsigned char c = self.s[self.i]
+        if c == 116:  # t
+            start[0] = self.i
+            self.literal(b"true", 4)
+            kind[0] = T_TRUE
+            return True
+        if c == 102:  # f
+            start[0] = self.i
+            self.literal(b"false", 5)
+            kind[0] = T_FALSE
+            return True
+        if c == 45 or (48 <= c <= 57) or c == 78 or c == 73:
+            start[0] = self.number(kind)
+            return True
+        return None
+
+    cdef object array(self, bint numeric, int depth):
+        cdef NumberArray nums = None
+        cdef list items = None
+        cdef int kind = 0
+        cdef Py_ssize_t start = 0
+        cdef Py_ssize_t k
+        self.i += 1
+        self.ws()
+        if self.i < self.n and self.s[self.i] == 93:  # ]
+            self.i += 1
+            return []
+        while True:
+            self.ws()
+            if self.i >= self.n:
+                raise self.fail("unterminated array")
+            if numeric and items is None and self.scalar_token(&kind, &start) is not None:
+                if nums is None:
+                    nums = NumberArray()
+                    nums.body = self.body
+                nums.push(start, <int>(self.i - start), kind)
+            else:
+                if items is None:
+                    items = [] if nums is None else [nums.value(k) for k in range(nums.n)]
+                items.append(self.value(numeric, depth + 1))
+            self.ws()
+            if self.i >= self.n:
+                raise self.fail("unterminated array")
+            if self.s[self.i] == 44:  # ,
+                self.i += 1
+                continue
+            if self.s[self.i] == 93:
+                self.i += 1
+                return items if items is not None else nums
+            raise self.fail("expected ',' or ']'")
+
+    cdef object obj(self, int depth):
+        cdef dict out = {}
+        self.i += 1
+        self.ws()
+        if self.i < self.n and self.s[self.i] == 125:  # }
+            self.i += 1
+            return out
+        while True:
+            self.ws()
+            if self.i >= self.n or self.s[self.i] != 34:
+                raise self.fail("expected a string key")
+            key = self.string()
+            self.ws()
+            if self.i >= self.n or self.s[self.i] != 58:  # :
+                raise self.fail("expected ':'")
+            self.i += 1
+            out[key] = self.value(key == "data", depth + 1)
+            self.ws()
+            if self.i >= self.n:
+                raise self.fail("unterminated object")
+            if self.s[self.i] == 44:
+                self.i += 1
+                continue
+            if self.s[self.i] == 125:
+                self.i += 1
+                return out
+            raise self.fail("expected ',' or '}'")
+
+    cdef object value(self, bint numeric, int depth):
+        cdef int kind = 0
+        cdef Py_ssize_t start
+        cdef unsigned char c
+        if depth > MAX_DEPTH:
+            raise self.fail(f"nesting deeper than {MAX_DEPTH}")
+        self.ws()
+        if self.i >= self.n:
+            raise self.fail("unexpected end")
+        c = self.s[self.i]
+        if c == 123:
+            return self.obj(depth)
+        if c == 91:
+            return self.array(numeric, depth)
+        if c == 34:
+            return self.string()
+        if c == 110:  # n
+            self.literal(b"null", 4)
+            return None
+        if self.scalar_token(&kind, &start) is None:
+            raise self.fail("unexpected character")
+        if kind == T_TRUE:
+            return True
+        if kind == T_FALSE:
+            return False
+        text = self.body[start:self.i].decode("ascii")
+        return int(text) if kind == T_INT else float(text)
+
+
+def parse_json(object raw):
+    """Parse a JSON request body; numeric arrays under "data" stay as NumberArray token spans."""
+    cdef _Parser p = _Parser()
+    p.body = raw if type(raw) is bytes else bytes(raw)
+    p.s = <const unsigned char*>(<const char*>p.body)
+    p.n = len(p.body)
+    p.i = 0
+    out = p.value(False, 0)
+    p.ws()
+    if p.i != p.n:
+        raise p.fail("extra data after the JSON value")
+    return out
+
+
+cdef int _store_token(_Sink s, Py_ssize_t i, NumberArray a, Py_ssize_t k) except -1:
+    """Decode token ``k`` of ``a`` into element ``i`` of the sink, with _store's checks and errors."""
+    cdef Token t = a.tokens[k]
+    cdef const char* text = (<const char*>a.body) + t.start
+    cdef char* end
+    cdef int code = s.code
+    cdef long long v
+    cdef unsigned long long u
+    cdef double d
+    if code == C_BOOL:
+        if t.kind == T_TRUE:
+            (<uint8_t*>s.buf)[i] = 1
+            return 0
+        if t.kind == T_FALSE:
+            (<uint8_t*>s.buf)[i] = 0
+            return 0
+        raise element_error(s.dt, i, a.value(k))
+    if code >= C_FP16 and code <= C_FP64:
+        if t.kind == T_INT or t.kind == T_FLOAT:
+            d = PyOS_string_to_double(text, &end, NULL)  # NULL: overflow gives +-HUGE_VAL
+            if t.kind == T_INT:
+                if d == HUGE_VAL or d == -HUGE_VAL:
+                    raise element_error(s.dt, i, a.value(k))  # float(int) overflows in the twin too
+                if d == 0.0:
+                    d = 0.0  # "-0" is the integer 0: no negative zero
+        elif t.kind == T_NAN:
+            d = NAN
+        elif t.kind == T_INF:
+            d = HUGE_VAL
+        elif t.kind == T_NINF:
+            d = -HUGE_VAL
+        else:
+            raise element_error(s.dt, i, a.value(k))
+        if code == C_FP32:
+            (<float*>s.buf)[i] = <float>d
+        else:
+            (<double*>s.buf)[i] = d
+        return 0
+    if t.kind != T_INT:
+        raise element_error(s.dt, i, a.value(k))
+    libc.errno.errno = 0
+    if code == C_UINT64:
+        if text[0] == 45:  # '-': only -0 is in range
+            if t.length == 2 and text[1] == 48:
+                (<uint64_t*>s.buf)[i] = 0
+                return 0
+            raise element_error(s.dt, i, a.value(k))
+        u = strtoull(text, &end, 10)
+        if libc.errno.errno == ERANGE:
+            raise element_error(s.dt, i, a.value(k))
+        (<uint64_t*>s.buf)[i] = u
+        return 0
+    v = strtoll(text, &end, 10)
+    if libc.errno.errno == ERANGE or v < s.low or v > s.high:
+        raise element_error(s.dt, i, a.value(k))
+    if code == C_INT8:
+        (<int8_t*>s.buf)[i] = <int8_t>v
+    elif code == C_INT16:
+        (<int16_t*>s.buf)[i] = <int16_t>v
+    elif code == C_INT32:
+        (<int32_t*>s.buf)[i] = <int32_t>v
+    elif code == C_INT64:
+        (<int64_t*>s.buf)[i] = <int64_t>v
+    elif code == C_UINT8:
+        (<uint8_t*>s.buf)[i] = <uint8_t>v
+    elif code == C_UINT16:
+        (<uint16_t*>s.buf)[i] = <uint16_t>v
+    else:
+        (<uint32_t*>s.buf)[i] = <uint32_t>v
+    return 0
+
+
+cdef Py_ssize_t _store_tokens(_Sink s, NumberArray a, Py_ssize_t pos) except -1:
+    cdef Py_ssize_t k
+    if s.code == C_BYTES:
+        if a.n:
+            raise element_error(s.dt, pos, a.value(0))
+        return pos
+    for k in range(a.n):
+        _store_token(s, pos + k, a, k)
+    return pos + a.n
+
+
+cdef Py_ssize_t _walk(_Sink s, object node, tuple shape, Py_ssize_t depth, str path, Py_ssize_t pos) except -1:
     cdef Py_ssize_t want = shape[depth]
     cdef Py_ssize_t count = len(node)
     cdef Py_ssize_t i
@@ -135,10 +522,19 @@ cdef Py_ssize_t _walk(_Sink s, list node, tuple shape, Py_ssize_t depth, str pat
     cdef object child
     if count != want:
         raise shape_error(path, count, shape, want)
+    if type(node) is NumberArray:
+        if last:
+            return _store_tokens(s, <NumberArray>node, pos)
+        if count:
+            raise CodecError(
+                f"{path}[0] is a value where shape {list(shape)} expects an array",
+                where=f"{path}[0]",
+            )
+        return pos
     for i in range(count):
         child = node[i]
         if last:
-            if type(child) is list:
+            if type(child) is list or type(child) is NumberArray:
                 raise CodecError(
                     f"{path}[{i}] is an array where shape {list(shape)} expects a value",
                     where=f"{path}[{i}]",
@@ -146,24 +542,24 @@ cdef Py_ssize_t _walk(_Sink s, list node, tuple shape, Py_ssize_t depth, str pat
             _store(s, pos, child)
             pos += 1
         else:
-            if type(child) is not list:
+            if type(child) is not list and type(child) is not NumberArray:
                 raise CodecError(
                     f"{path}[{i}] is a value where shape {list(shape)} expects an array",
                     where=f"{path}[{i}]",
                 )
-            pos = _walk(s, <list>child, shape, depth + 1, f"{path}[{i}]", pos)
+            pos = _walk(s, child, shape, depth + 1, f"{path}[{i}]", pos)
     return pos
 
 
 def decode_json_data(object data, str name, tuple shape):
     """Decode an OIP JSON ``data`` array (flat, or nested as ``shape``) into a typed array."""
     dt = datatype(name)
-    if type(data) is not list:
+    if type(data) is not list and type(data) is not NumberArray:
         raise CodecError("'data' must be a JSON array", where="data")
-    cdef list items = <list>data
     cdef Py_ssize_t n = element_count(shape)
     cdef Py_ssize_t i
-    cdef Py_ssize_t count = len(items)
+    cdef Py_ssize_t count = len(data)
+    cdef list items
     cdef _Sink s = _Sink()
     cdef cnp.ndarray out
     s.code = dt.code
@@ -178,7 +574,16 @@ def decode_json_data(object data, str name, tuple shape):
     else:
         out = np.empty(n, dtype=np.float64 if s.code == C_FP16 else dt.dtype)
         s.buf = <char*>cnp.PyArray_DATA(out)
-    nested = len(shape) > 1 and count > 0 and type(items[0]) is list
+    if type(data) is NumberArray:
+        if count != n:
+            raise shape_error("data", count, shape, n)
+        _store_tokens(s, <NumberArray>data, 0)
+        if s.code == C_FP16:
+            with np.errstate(over="ignore"):
+                out = out.astype(dt.dtype)
+        return out.reshape(shape)
+    items = <list>data
+    nested = len(shape) > 1 and count > 0 and (type(items[0]) is list or type(items[0]) is NumberArray)
     if nested:
         _walk(s, items, shape, 0, "data", 0)
     else:
@@ -186,7 +591,7 @@ def decode_json_data(object data, str name, tuple shape):
             raise shape_error("data", count, shape, n)
         for i in range(count):
             x = items[i]
-            if type(x) is list:
+            if type(x) is list or type(x) is NumberArray:
                 raise CodecError(
                     f"data[{i}] is an array in flat data for shape {list(shape)}",
                     where=f"data[{i}]",

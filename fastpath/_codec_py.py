@@ -21,9 +21,25 @@ from ._common import (
     shape_error,
 )
 
-__all__ = ["decode_binary", "decode_json_data", "encode_binary", "encode_json_data"]
+__all__ = ["decode_binary", "decode_json_data", "encode_binary", "encode_json_data", "parse_json"]
 
 _U32 = struct.Struct("<I")
+
+
+def parse_json(raw: bytes | bytearray | memoryview) -> object:
+    """Parse a JSON request body (UTF-8). Malformed input is a CodecError naming the byte."""
+    data = bytes(raw)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CodecError(f"invalid UTF-8 at byte {e.start}", where="body") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        at = len(text[: e.pos].encode("utf-8"))
+        raise CodecError(f"{e.msg} at byte {at}", where="body") from None
+    except RecursionError:
+        raise CodecError("nesting too deep", where="body") from None
 
 
 def _check(dt: Datatype, index: int, x: object) -> object:

@@ -11,16 +11,16 @@ import os
 from ._common import DATATYPES, CodecError, Datatype, datatype, element_count
 
 if os.environ.get("LOCKGATE_NO_EXTENSIONS", "") not in ("", "0"):
-    from ._codec_py import decode_binary, decode_json_data, encode_binary, encode_json_data
+    from ._codec_py import decode_binary, decode_json_data, encode_binary, encode_json_data, parse_json
 
     IMPLEMENTATION = "python"
 else:
     try:
-        from ._codec import decode_binary, decode_json_data, encode_binary, encode_json_data
+        from ._codec import decode_binary, decode_json_data, encode_binary, encode_json_data, parse_json
 
         IMPLEMENTATION = "cython"
     except ImportError:  # source checkout without a build
-        from ._codec_py import decode_binary, decode_json_data, encode_binary, encode_json_data
+        from ._codec_py import decode_binary, decode_json_data, encode_binary, encode_json_data, parse_json
 
         IMPLEMENTATION = "python"
 
@@ -35,4 +35,5 @@ __all__ = [
     "element_count",
     "encode_binary",
     "encode_json_data",
+    "parse_json",
 ]

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from lockgate.fastpath import CodecError, decode_binary, decode_json_data, encode_binary, encode_json_data
+from lockgate.fastpath import CodecError, decode_binary, decode_json_data, encode_binary, encode_json_data, parse_json
 
 from ._errors import BadRequest
 from .model import ModelVersion, TensorSpec
@@ -37,8 +37,8 @@ class InferRequest:
 
 def _json(raw: bytes) -> Any:
     try:
-        return json.loads(raw)
-    except (UnicodeDecodeError, ValueError) as e:
+        return parse_json(raw)
+    except CodecError as e:
         raise BadRequest(f"malformed JSON body: {e}") from None
 
 

@@ -229,3 +229,122 @@ def test_binary_bytes_and_framing_errors(impl):
 def test_non_utf8_bytes_output_asks_for_binary(impl):
     with pytest.raises(codec.CodecError, match="binary_data"):
         impl.encode_json_data(np.array([b"\xff"], dtype=object))
+
+
+# -- the request parser: compiled (numeric "data" arrays kept as token spans) against json.loads --
+
+
+def plain(value):
+    """The parsed value with NumberArrays turned into lists, for comparing with json.loads."""
+    if hasattr(value, "tolist") and not isinstance(value, (list, dict, np.ndarray)):
+        return value.tolist()
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    return value
+
+
+def same_json(a, b):
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=True) | st.text(max_size=6),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.sampled_from(["data", "name", "x", "\u00e9\\\"k"]), children, max_size=3),
+    max_leaves=16,
+)
+
+
+@pytest.mark.skipif(_codec_c is None, reason="compiled codec not built")
+@settings(max_examples=400, deadline=None)
+@given(json_values, st.sampled_from([None, 0, 2]))
+def test_parse_json_gives_what_json_loads_gives(value, indent):
+    body = json.dumps(value, indent=indent).encode()
+    assert same_json(plain(_codec_c.parse_json(body)), _codec_py.parse_json(body))
+
+
+@pytest.mark.skipif(_codec_c is None, reason="compiled codec not built")
+@settings(max_examples=400, deadline=None)
+@given(json_values, st.data())
+def test_parse_json_rejects_what_json_loads_rejects(value, draw):
+    body = bytearray(json.dumps(value).encode())
+    if body:
+        at = draw.draw(st.integers(0, len(body) - 1))
+        body[at] = draw.draw(st.sampled_from(list(b'{}[],:"\\ 0-eE.xtn')))
+    outcomes = []
+    for impl in (_codec_py, _codec_c):
+        try:
+            outcomes.append(("ok", plain(impl.parse_json(bytes(body)))))
+        except codec.CodecError:
+            outcomes.append(("err", None))
+    assert outcomes[0][0] == outcomes[1][0], (bytes(body), outcomes)
+    if outcomes[0][0] == "ok":
+        assert same_json(outcomes[0][1], outcomes[1][1])
+
+
+def _request(name, shape, data):
+    return json.dumps({"inputs": [{"name": "x", "datatype": name, "shape": list(shape), "data": data}]}).encode()
+
+
+@pytest.mark.skipif(_codec_c is None, reason="compiled codec not built")
+@settings(max_examples=400, deadline=None)
+@given(tensors())
+def test_bytes_to_tensor_same_results(case):
+    """The whole path, request bytes to typed array, on both implementations."""
+    name, shape, data = case
+    body = _request(name, shape, data)
+    outcomes = []
+    for impl in (_codec_py, _codec_c):
+        doc = impl.parse_json(body)
+        try:
+            outcomes.append(("ok", impl.decode_json_data(doc["inputs"][0]["data"], name, shape)))
+        except codec.CodecError as e:
+            outcomes.append(("err", str(e)))
+    assert_same([(k, v if k == "ok" else (codec.CodecError, v)) for k, v in outcomes])
+    if outcomes[0][0] == "ok" and outcomes[0][1].dtype.kind == "f":
+        assert outcomes[0][1].tobytes() == outcomes[1][1].tobytes()  # bit for bit, signs of zero included
+
+
+@pytest.mark.skipif(_codec_c is None, reason="compiled codec not built")
+@settings(max_examples=400, deadline=None)
+@given(
+    st.sampled_from(list(DATATYPES)),
+    st.lists(st.integers(0, 3), min_size=1, max_size=3),
+    st.recursive(
+        st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=3),
+        lambda children: st.lists(children, max_size=4),
+        max_leaves=12,
+    ),
+)
+def test_bytes_to_tensor_same_errors(name, shape, data):
+    body = _request(name, tuple(shape), data)
+    outcomes = []
+    for impl in (_codec_py, _codec_c):
+        doc = impl.parse_json(body)
+        try:
+            outcomes.append(("ok", impl.decode_json_data(doc["inputs"][0]["data"], name, tuple(shape))))
+        except codec.CodecError as e:
+            outcomes.append(("err", (codec.CodecError, str(e))))
+    assert_same(outcomes)
+
+
+@pytest.mark.skipif(_codec_c is None, reason="compiled codec not built")
+def test_number_edge_cases_decode_alike():
+    cases = [
+        ("FP64", b"[1e400, -1e400, 1e-400, -0.0, -0, 0.1, 123456789012345678901234567890]"),
+        ("FP32", b"[3.4028235e38, 3.5e38, 1.4e-45, 0.1]"),
+        ("FP16", b"[65504, 65520, 1e-8, 0.333]"),
+        ("INT64", b"[9223372036854775807, -9223372036854775808]"),
+        ("UINT64", b"[18446744073709551615, -0, 0]"),
+    ]
+    for name, data in cases:
+        body = b'{"data": ' + data + b"}"
+        n = len(json.loads(data))
+        a = _codec_c.decode_json_data(_codec_c.parse_json(body)["data"], name, (n,))
+        b = _codec_py.decode_json_data(_codec_py.parse_json(body)["data"], name, (n,))
+        assert a.tobytes() == b.tobytes(), name
+    for name, data in (("INT64", b"[9223372036854775808]"), ("UINT64", b"[18446744073709551616]"), ("UINT64", b"[-1]"), ("INT8", b"[1.0]"), ("FP32", b"[" + b"9" * 400 + b"]")):
+        for impl in (_codec_c, _codec_py):
+            with pytest.raises(codec.CodecError, match="element 0"):
+                impl.decode_json_data(impl.parse_json(b'{"data": ' + data + b"}")["data"], name, (1,))
