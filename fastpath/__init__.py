@@ -1,12 +1,15 @@
 """lockgate.fastpath: the latency-critical kernels, each compiled with a pure-Python twin.
 
-``IMPLEMENTATION`` is ``"cython"`` when the compiled modules are loaded and
-``"python"`` when the twins are (``LOCKGATE_NO_EXTENSIONS=1``, or no build).
+``IMPLEMENTATION`` is ``"cython"`` when every compiled module is loaded and ``"python"``
+when the twins are (``LOCKGATE_NO_EXTENSIONS=1``, or no build).
 """
 
+from . import assemble as _assemble_choice
+
+from .assemble import assemble_into, check_preprocess
+from .codec import IMPLEMENTATION as _CODEC_IMPLEMENTATION
 from .codec import (
     DATATYPES,
-    IMPLEMENTATION,
     CodecError,
     Datatype,
     datatype,
@@ -18,11 +21,15 @@ from .codec import (
     parse_json,
 )
 
+IMPLEMENTATION = "cython" if _CODEC_IMPLEMENTATION == _assemble_choice.IMPLEMENTATION == "cython" else "python"
+
 __all__ = [
     "DATATYPES",
     "IMPLEMENTATION",
     "CodecError",
     "Datatype",
+    "assemble_into",
+    "check_preprocess",
     "datatype",
     "decode_binary",
     "decode_json_data",

@@ -18,10 +18,68 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from lockgate.fastpath import DATATYPES, assemble_into
+
 from ._errors import DeadlineExceeded, Unavailable
 from .config import DynamicBatchingConfig
 
-__all__ = ["Batcher"]
+__all__ = ["Assembler", "Batcher"]
+
+
+class Assembler:
+    """Copies the requests of a batch into preallocated, reused batch buffers, one per input.
+
+    Declared preprocessing (cast, per-channel scale and shift, HWC to CHW) is fused into
+    that copy (``lockgate.fastpath.assemble_into``). A lone request whose input needs no
+    preprocessing is passed through as it is: no copy. Buffers are allocated once per input
+    and row shape, up to ``max_rows`` rows, and reused while batches keep that shape.
+    """
+
+    MAX_SHAPES = 8  # row shapes kept per input (dynamic dimensions); older ones are dropped
+
+    def __init__(self, inputs: list[str], preprocess: dict, max_rows: int, batching: bool) -> None:
+        self.inputs = inputs
+        self.preprocess = preprocess
+        self.max_rows = max(max_rows, 1)
+        self.batching = batching
+        self._buffers: dict[tuple, np.ndarray] = {}
+        self.allocations = 0
+
+    def _buffer(self, name: str, inner: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        key = (name, inner, dtype.str)
+        buf = self._buffers.get(key)
+        if buf is None:
+            if sum(1 for k in self._buffers if k[0] == name) >= self.MAX_SHAPES:
+                del self._buffers[next(k for k in self._buffers if k[0] == name)]
+            buf = self._buffers[key] = np.empty((self.max_rows, *inner), dtype=dtype)
+            self.allocations += 1
+        return buf
+
+    def assemble(self, requests: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        feeds: dict[str, np.ndarray] = {}
+        for name in self.inputs:
+            pre = self.preprocess.get(name)
+            arrays = [r[name] for r in requests]
+            if pre is None and len(arrays) == 1:
+                feeds[name] = arrays[0]
+                continue
+            if not self.batching:  # one request, no batch dimension: give it one for the kernel
+                arrays = [arrays[0][np.newaxis]]
+            first = arrays[0]
+            inner = first.shape[1:]
+            if pre is not None and pre.hwc_to_chw:
+                inner = (inner[-1], *inner[:-1])
+            dtype = DATATYPES[pre.model_datatype].dtype if pre is not None else first.dtype
+            buf = self._buffer(name, tuple(inner), dtype)
+            offset = 0
+            for a in arrays:
+                if pre is None:
+                    buf[offset : offset + a.shape[0]] = a
+                else:
+                    assemble_into(buf, offset, a, pre.scale, pre.shift, pre.hwc_to_chw)
+                offset += a.shape[0]
+            feeds[name] = buf[:offset] if self.batching else buf[0]
+        return feeds
 
 @dataclass(slots=True)
 class _Pending:
@@ -47,6 +105,7 @@ class Batcher:
         config: DynamicBatchingConfig,
         executor: Executor,
         on_batch: Callable[[int, int, float, float], None] | None = None,
+        assembler: Assembler | None = None,
     ) -> None:
         self._run = run
         self._output_names = output_names
@@ -56,6 +115,7 @@ class Batcher:
         self._preferred = sorted(s for s in config.preferred_batch_sizes if s <= self._max_rows)
         self._executor = executor
         self._on_batch = on_batch  # (rows, requests, oldest queue wait s, compute s), after each batch
+        self._assembler = assembler
         self._queue: deque[_Pending] = deque()
         self._busy = False
         self._arrived = asyncio.Event()
@@ -151,14 +211,20 @@ class Batcher:
     def _queued_rows(self) -> int:
         return sum(p.rows for p in self._queue)
 
-    async def _execute(self, batch: list[_Pending], loop: asyncio.AbstractEventLoop) -> None:
-        if len(batch) == 1:
+    def _run_batch(self, batch: list[_Pending]) -> list[np.ndarray]:
+        """On the executor's thread: assemble the batch, then run the model."""
+        if self._assembler is not None:
+            feeds = self._assembler.assemble([p.inputs for p in batch])
+        elif len(batch) == 1:
             feeds = batch[0].inputs
         else:
             feeds = {n: np.concatenate([p.inputs[n] for p in batch]) for n in batch[0].inputs}
+        return self._run(feeds)
+
+    async def _execute(self, batch: list[_Pending], loop: asyncio.AbstractEventLoop) -> None:
         started = time.monotonic()
         try:
-            results = await loop.run_in_executor(self._executor, self._run, feeds)
+            results = await loop.run_in_executor(self._executor, self._run_batch, batch)
         except Exception as e:  # a model that fails on valid input: every waiter learns why
             for p in batch:
                 if not p.future.done():

@@ -22,6 +22,7 @@ __all__ = [
     "DynamicBatchingConfig",
     "ModelConfig",
     "OnnxRuntimeConfig",
+    "PreprocessConfig",
     "VersionPolicy",
     "load_model_config",
 ]
@@ -136,6 +137,19 @@ class VersionPolicy(_Strict):
         return ordered[: self.latest.num_versions]
 
 
+class PreprocessConfig(_Strict):
+    """Preprocessing of one input, fused into batch assembly: ``model_input = cast(sent) * scale + shift``."""
+
+    datatype: str | None = Field(
+        None, description="The datatype clients send (e.g. UINT8 for images); unset: the model input's own."
+    )
+    layout: Literal["same", "HWC"] = Field(
+        "same", description="HWC: clients send [N, H, W, C] and the model takes [N, C, H, W]."
+    )
+    scale: list[float] | None = Field(None, description="Per-channel multiplier (channel: the model input's dimension 1).")
+    shift: list[float] | None = Field(None, description="Per-channel addend, after the scale (e.g. -mean/std).")
+
+
 class ModelConfig(_Strict):
     """One model's serving configuration."""
 
@@ -156,6 +170,9 @@ class ModelConfig(_Strict):
     )
     onnxruntime: OnnxRuntimeConfig = Field(default_factory=OnnxRuntimeConfig, description="Session options.")
     version_policy: VersionPolicy = Field(default_factory=VersionPolicy, description="Which versions serve.")
+    preprocess: dict[str, PreprocessConfig] = Field(
+        default_factory=dict, description="Per model input: what clients send and how it becomes the model's input."
+    )
 
 
 def _accepted_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:

@@ -4,6 +4,7 @@
 - ``digits``: a multi-layer perceptron classifier on scikit-learn's 8x8 digits, converted with skl2onnx.
 - ``mlp``: a 64 -> 256 -> 256 -> 10 fp32 MLP built with onnx.helper (the latency benchmark's model).
 - ``identity``: one Identity per OIP datatype, for protocol round trips of every datatype.
+- ``cnn``: a small image classifier taking uint8 HWC images, normalised in the fast path.
 
 Nothing is downloaded: the data sets are files inside scikit-learn's package.
 """
@@ -16,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-__all__ = ["DEMO_MODELS", "IDENTITY_TYPES", "build_identity", "build_mlp", "write_demo_repository"]
+__all__ = ["DEMO_MODELS", "IDENTITY_TYPES", "IMAGE_SCALE", "IMAGE_SHIFT", "build_cnn", "build_identity", "build_mlp", "write_demo_repository"]
 
 OPSET = 17
 
@@ -72,6 +73,50 @@ def build_mlp(seed: int = 0, sizes: tuple[int, ...] = (64, 256, 256, 10)) -> onn
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="lockgate")
 
 
+def build_cnn(seed: int = 0, size: int = 32) -> onnx.ModelProto:
+    """A small image classifier: ``image`` [-1, 3, size, size] FP32 -> ``logits`` [-1, 10].
+
+    Conv 3->16 (3x3) + ReLU, Conv 16->32 (3x3, stride 2) + ReLU, global average pool, Gemm 32->10,
+    with fixed random weights. Served with uint8 HWC input normalised in the fast path.
+    """
+    rng = np.random.default_rng(seed)
+
+    def weights(*shape: int) -> np.ndarray:
+        fan_in = int(np.prod(shape[1:]))
+        return (rng.standard_normal(shape) / np.sqrt(fan_in)).astype(np.float32)
+
+    inits = [
+        numpy_helper.from_array(weights(16, 3, 3, 3), "c1w"),
+        numpy_helper.from_array(np.zeros(16, np.float32), "c1b"),
+        numpy_helper.from_array(weights(32, 16, 3, 3), "c2w"),
+        numpy_helper.from_array(np.zeros(32, np.float32), "c2b"),
+        numpy_helper.from_array(weights(32, 10).reshape(32, 10), "fw"),
+        numpy_helper.from_array(np.zeros(10, np.float32), "fb"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["image", "c1w", "c1b"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "c2w", "c2b"], ["c2"], pads=[1, 1, 1, 1], strides=[2, 2]),
+        helper.make_node("Relu", ["c2"], ["r2"]),
+        helper.make_node("GlobalAveragePool", ["r2"], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["flat"]),
+        helper.make_node("Gemm", ["flat", "fw", "fb"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "cnn",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, size, size])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="lockgate")
+
+
+# ImageNet's mean and std, as the per-channel shift and scale of uint8 pixels.
+IMAGE_SCALE = [1 / (255 * 0.229), 1 / (255 * 0.224), 1 / (255 * 0.225)]
+IMAGE_SHIFT = [-0.485 / 0.229, -0.456 / 0.224, -0.406 / 0.225]
+
+
 def build_identity() -> onnx.ModelProto:
     """Inputs ``in_<TYPE>`` [-1, -1] to outputs ``out_<TYPE>`` unchanged, one pair per datatype."""
     inputs, outputs, nodes = [], [], []
@@ -118,6 +163,11 @@ DEMO_MODELS = {
     "digits": (build_digits, _BATCHED),
     "mlp": (build_mlp, _BATCHED),
     "identity": (build_identity, "max_batch_size: 8\nnum_cpus: 0.1\n"),
+    "cnn": (
+        build_cnn,
+        "max_batch_size: 32\nnum_cpus: 0.25\npreprocess:\n  image:\n    datatype: UINT8\n    layout: HWC\n"
+        f"    scale: {IMAGE_SCALE}\n    shift: {IMAGE_SHIFT}\n",
+    ),
 }
 
 

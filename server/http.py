@@ -32,7 +32,7 @@ from ._errors import (
     Unauthorized,
     Unavailable,
 )
-from .batching import Batcher
+from .batching import Assembler, Batcher
 from .config import ModelConfig
 from .model import ModelVersion, load_version
 from .protocol import HEADER_LENGTH, InferRequest, encode_infer_response, parse_infer_request
@@ -161,9 +161,11 @@ class ModelService:
         except Exception as e:  # noqa: BLE001 - a changed or missing artifact: refused, already recorded
             raise ModelLoadError(self.name, version, str(e)) from None
         model = load_version(self.name, version, data, self.config.onnxruntime, record.sha256)
+        preprocess = model.preprocess(self.config.preprocess)
         size = self._max_batch_size(model)
         on_batch = self._on_batch(version) if self.manager is not None and self.manager.has("lockgate_observe_batch") else None
-        batcher = Batcher(model.run, [s.name for s in model.outputs], size, self.config.dynamic_batching, self.executor, on_batch)
+        assembler = Assembler([s.name for s in model.graph_inputs], preprocess, size, size > 0)
+        batcher = Batcher(model.run, [s.name for s in model.outputs], size, self.config.dynamic_batching, self.executor, on_batch, assembler)
         return _Served(model, size, batcher)
 
     def _on_batch(self, version: int):

@@ -10,10 +10,10 @@ import onnxruntime as ort
 
 from lockgate.fastpath import DATATYPES
 
-from ._errors import ModelLoadError
-from .config import OnnxRuntimeConfig
+from ._errors import ConfigError, ModelLoadError
+from .config import OnnxRuntimeConfig, PreprocessConfig
 
-__all__ = ["ModelVersion", "TensorSpec", "load_version", "session_options"]
+__all__ = ["ModelVersion", "Preprocess", "TensorSpec", "load_version", "session_options"]
 
 # onnxruntime type strings -> Open Inference Protocol datatypes.
 _ORT_TO_OIP = {
@@ -38,6 +38,16 @@ _OPT_LEVELS = {
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
+
+
+@dataclass(frozen=True, slots=True)
+class Preprocess:
+    """Prepared preprocessing of one input: the model's datatype, per-channel arrays, layout change."""
+
+    model_datatype: str
+    scale: np.ndarray | None
+    shift: np.ndarray | None
+    hwc_to_chw: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,21 +87,56 @@ def session_options(config: OnnxRuntimeConfig) -> ort.SessionOptions:
 class ModelVersion:
     """A served model version. ``run`` is thread-safe (onnxruntime sessions are)."""
 
-    __slots__ = ("input_index", "inputs", "name", "output_index", "outputs", "session", "sha256", "version")
+    __slots__ = ("graph_inputs", "input_index", "inputs", "name", "output_index", "outputs", "session", "sha256", "version")
 
     def __init__(self, name: str, version: int, session: ort.InferenceSession, sha256: str = "") -> None:
         self.name = name
         self.version = version
         self.sha256 = sha256
         self.session = session
-        self.inputs = tuple(_spec(n, name, version) for n in session.get_inputs())
+        self.graph_inputs = tuple(_spec(n, name, version) for n in session.get_inputs())
+        self.inputs = self.graph_inputs  # what clients send; differs where preprocessing is declared
         self.outputs = tuple(_spec(n, name, version) for n in session.get_outputs())
         self.input_index = {s.name: s for s in self.inputs}
         self.output_index = {s.name: s for s in self.outputs}
 
     def batchable(self) -> bool:
         """True when every input and output has a dynamic first dimension."""
-        return all(s.shape and s.shape[0] == -1 for s in self.inputs + self.outputs)
+        return all(s.shape and s.shape[0] == -1 for s in self.graph_inputs + self.outputs)
+
+    def preprocess(self, config: dict[str, PreprocessConfig]) -> dict[str, Preprocess]:
+        """Apply the config's preprocessing to the client-facing signature; return it per input.
+
+        A ConfigError names what does not fit the graph."""
+        prepared: dict[str, Preprocess] = {}
+        graph = {s.name: s for s in self.graph_inputs}
+        for name, pre in config.items():
+            where = f"model {self.name} version {self.version}: preprocess.{name}"
+            spec = graph.get(name)
+            if spec is None:
+                raise ConfigError(f"no such input; the model's inputs are {', '.join(graph)}", source=where)
+            datatype = pre.datatype or spec.datatype
+            if datatype not in DATATYPES or datatype == "BYTES":
+                raise ConfigError(f"datatype {datatype!r} cannot be preprocessed", source=where)
+            shape = spec.shape
+            if pre.layout == "HWC":
+                if len(shape) != 4:
+                    raise ConfigError(f"layout HWC needs a rank-4 [N, C, H, W] input, the model's is {list(shape)}", source=where)
+                shape = (shape[0], shape[2], shape[3], shape[1])
+            channels = spec.shape[1] if len(spec.shape) > 1 else 1
+            scale = shift = None
+            if pre.scale is not None or pre.shift is not None:
+                if spec.datatype != "FP32":
+                    raise ConfigError(f"scale and shift need an FP32 model input, this one is {spec.datatype}", source=where)
+                for label, values in (("scale", pre.scale), ("shift", pre.shift)):
+                    if values is not None and (channels < 1 or len(values) != channels):
+                        raise ConfigError(f"{label} has {len(values)} values; the input has {channels} channels (dimension 1)", source=where)
+                scale = None if pre.scale is None else np.asarray(pre.scale, np.float32)
+                shift = None if pre.shift is None else np.asarray(pre.shift, np.float32)
+            prepared[name] = Preprocess(spec.datatype, scale, shift, pre.layout == "HWC")
+            self.inputs = tuple(TensorSpec(s.name, datatype, shape) if s.name == name else s for s in self.inputs)
+        self.input_index = {s.name: s for s in self.inputs}
+        return prepared
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         """All outputs, in graph order."""

@@ -129,3 +129,16 @@ def test_errors_surface_in_tritonclient(client):
     with pytest.raises(httpclient.InferenceServerException) as info:
         client.get_model_metadata("nope")
     assert "unknown model 'nope'" in str(info.value)
+
+
+def test_uint8_images_as_binary_tensors_normalised_in_the_fast_path(client, demo_repo):
+    from lockgate.server.demo import IMAGE_SCALE, IMAGE_SHIFT
+
+    pixels = np.random.default_rng(11).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    t = httpclient.InferInput("image", list(pixels.shape), "UINT8")
+    t.set_data_from_numpy(pixels, binary_data=True)
+    got = client.infer("cnn", [t], outputs=[httpclient.InferRequestedOutput("logits", binary_data=True)]).as_numpy("logits")
+    x = pixels.astype(np.float32).transpose(0, 3, 1, 2) * np.array(IMAGE_SCALE, np.float32).reshape(1, 3, 1, 1)
+    x = x + np.array(IMAGE_SHIFT, np.float32).reshape(1, 3, 1, 1)
+    want = ort.InferenceSession(str(demo_repo / "cnn" / "1" / "model.onnx")).run(None, {"image": x})[0]
+    np.testing.assert_array_equal(got, want)
