@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # `make serve` keeps its registry and artifacts in the checkout, not in ~/.lockgate.
 export LOCKGATE_HOME ?= $(CURDIR)/.lockgate
 
-.PHONY: install serve test bench bench-full lint clean
+.PHONY: install serve test bench bench-full bench-micro lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,9 @@ bench: install
 
 bench-full: install
 	$(BIN)/python bench/run.py
+
+bench-micro: install
+	$(BIN)/python bench/micro/run.py
 
 lint: install
 	$(BIN)/python -m ruff check server fastpath plugins tests bench

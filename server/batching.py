@@ -14,7 +14,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -81,14 +80,18 @@ class Assembler:
             feeds[name] = buf[:offset] if self.batching else buf[0]
         return feeds
 
-@dataclass(slots=True)
 class _Pending:
-    inputs: dict[str, np.ndarray]
-    rows: int
-    key: tuple
-    future: asyncio.Future
-    deadline: float  # time.monotonic(); 0 for none
-    enqueued: float = field(default_factory=time.monotonic)
+    """One queued request. A plain slotted class: it is made once per request."""
+
+    __slots__ = ("deadline", "enqueued", "future", "inputs", "key", "rows")
+
+    def __init__(self, inputs: dict[str, np.ndarray], rows: int, key: tuple, future: asyncio.Future, deadline: float, now: float) -> None:
+        self.inputs = inputs
+        self.rows = rows
+        self.key = key
+        self.future = future
+        self.deadline = deadline  # time.monotonic(); 0 for none
+        self.enqueued = now
 
 
 class Batcher:
@@ -119,6 +122,9 @@ class Batcher:
         self._queue: deque[_Pending] = deque()
         self._busy = False
         self._arrived = asyncio.Event()
+        self._delay = config.max_queue_delay_us > 0 and max_batch_size > 0
+        self._inline_s = config.inline_compute_us / 1e6
+        self._compute_s = float("inf")  # moving average of a batch's compute time; unknown at first
         self.batches = 0
         self.requests = 0
 
@@ -133,13 +139,15 @@ class Batcher:
                 f"the model's queue is full ({self._config.max_queue_size} requests waiting); retry shortly",
                 headers={"retry-after": "1"},
             )
+        now = time.monotonic()
         timeout = self._config.default_timeout_us if timeout_us is None else timeout_us
-        deadline = time.monotonic() + timeout / 1e6 if timeout > 0 else 0.0
-        key = tuple((n, a.dtype.str, a.shape[1:]) for n, a in inputs.items()) if self._batching else ()
+        deadline = now + timeout / 1e6 if timeout > 0 else 0.0
+        key = tuple([(n, a.dtype.char, a.shape[1:]) for n, a in inputs.items()]) if self._batching else ()
         loop = asyncio.get_running_loop()
-        pending = _Pending(inputs, rows, key, loop.create_future(), deadline)
+        pending = _Pending(inputs, rows, key, loop.create_future(), deadline, now)
         self._queue.append(pending)
-        self._arrived.set()
+        if self._delay:  # only a waiting drain loop listens for arrivals
+            self._arrived.set()
         if not self._busy:
             self._busy = True
             loop.create_task(self._drain())
@@ -224,23 +232,34 @@ class Batcher:
     async def _execute(self, batch: list[_Pending], loop: asyncio.AbstractEventLoop) -> None:
         started = time.monotonic()
         try:
-            results = await loop.run_in_executor(self._executor, self._run_batch, batch)
+            if self._compute_s < self._inline_s:
+                # Cheaper than waking the worker thread (about 100 us here): run it right here,
+                # then let the loop take new requests before the next batch.
+                results = self._run_batch(batch)
+                await asyncio.sleep(0)
+            else:
+                results = await loop.run_in_executor(self._executor, self._run_batch, batch)
         except Exception as e:  # a model that fails on valid input: every waiter learns why
             for p in batch:
                 if not p.future.done():
                     p.future.set_exception(e)
             return
+        compute = time.monotonic() - started
+        self._compute_s = compute if self._compute_s == float("inf") else 0.8 * self._compute_s + 0.2 * compute
         self.batches += 1
         self.requests += len(batch)
         if self._on_batch is not None:
             rows = sum(p.rows for p in batch)
-            self._on_batch(rows, len(batch), started - batch[0].enqueued, time.monotonic() - started)
+            self._on_batch(rows, len(batch), started - batch[0].enqueued, compute)
+        if len(batch) == 1:
+            p = batch[0]
+            if not p.future.done():
+                p.future.set_result(dict(zip(self._output_names, results)))
+            return
+        names = self._output_names
         start = 0
         for p in batch:
-            if len(batch) == 1:
-                out = dict(zip(self._output_names, results))
-            else:
-                out = {n: r[start : start + p.rows] for n, r in zip(self._output_names, results)}
-            start += p.rows
+            end = start + p.rows
             if not p.future.done():
-                p.future.set_result(out)
+                p.future.set_result({n: r[start:end] for n, r in zip(names, results)})
+            start = end

@@ -55,6 +55,13 @@ class DynamicBatchingConfig(_Strict):
         ge=0,
         description="Deadline for a request that names none (Triton's 'timeout' parameter); 0 for none.",
     )
+    inline_compute_us: int = Field(
+        200,
+        ge=0,
+        description="Batches whose measured compute time (moving average) is below this run on the event loop "
+        "thread, saving the hand-off to the worker thread; longer ones run on the worker so the loop keeps "
+        "accepting requests. 0 always uses the worker.",
+    )
 
     @model_validator(mode="after")
     def _positive_sizes(self) -> DynamicBatchingConfig:
