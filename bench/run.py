@@ -1,11 +1,15 @@
 """Side-by-side load runs: lockgate and its peers, one machine, one run, wrk as the load generator.
 
-Each system serves the same model (the demo MLP, 64 -> 256 -> 256 -> 10 fp32) on the same
-route with the same OIP JSON request body, one at a time. Results: a table on stdout, a CSV
-and a PNG plot under bench/results/ (or --out). Only the ratios between systems measured in
-the same run mean anything; see ../shared BENCH.md for the method.
+Workloads:
+  W1  the demo MLP (64 -> 256 -> 256 -> 10 fp32), OIP JSON bodies: overhead-bound. Every system
+      serves it on the same route with the same body, one system at a time.
+  W2  a small CNN (3x32x32 -> 10), uint8 HWC images sent as Triton binary tensors and normalised
+      in lockgate's fast path: compute-bound. Compared with raw onnxruntime in-process at the
+      same batch size (the limit).
+Results: a table on stdout, a CSV, a JSON and a PNG plot under bench/results/ (or --out).
+Only ratios between systems measured in the same run mean anything.
 
-    python bench/run.py --quick           # about 3 minutes: concurrency 1 and 32, one repetition
+    python bench/run.py --quick           # about 4 minutes: concurrency 1, 32, 64, one repetition
     python bench/run.py                   # full: concurrency 1, 8, 32, 64, three repetitions each
 """
 
@@ -53,6 +57,7 @@ def systems(repo: Path, model_path: Path, port_of) -> list[System]:
     peer = HERE / "peers"
     return [
         System("lockgate", "lockgate (Serve + HAProxy, direct ingress)", [*lockgate, "--port", port_of("lockgate")]),
+        System("litserve", "LitServe 0.2 (batching: max 32, 2 ms)", [PY, str(peer / "litserve_peer.py"), "--model", str(model_path), "--port", port_of("litserve")]),
         System("naive", "naive: uvicorn + starlette + onnxruntime", [PY, str(peer / "naive.py"), "--model", str(model_path), "--port", port_of("naive")]),
         System("serve-stock", "Ray Serve stock (@serve.batch, default proxy)", [PY, str(peer / "serve_batch.py"), "--model", str(model_path), "--port", port_of("serve-stock")]),
         System("serve-tuned", "Ray Serve tuned (@serve.batch, HAProxy)", [PY, str(peer / "serve_batch.py"), "--tuned", "--model", str(model_path), "--port", port_of("serve-tuned")]),
@@ -60,13 +65,16 @@ def systems(repo: Path, model_path: Path, port_of) -> list[System]:
     ]
 
 
-def wrk(url: str, body: Path, connections: int, seconds: float) -> dict:
+def wrk(url: str, body: Path, connections: int, seconds: float, header_length: int | None = None) -> dict:
     threads = 1 if connections < 4 else 2
+    env = {**os.environ, "BENCH_BODY": str(body)}
+    if header_length is not None:
+        env["BENCH_HEADER_LENGTH"] = str(header_length)
     out = subprocess.run(
         ["wrk", f"-t{threads}", f"-c{connections}", f"-d{int(seconds)}s", "--latency", "-s", str(HERE / "wrk_report.lua"), url],
         capture_output=True,
         text=True,
-        env={**os.environ, "BENCH_BODY": str(body)},
+        env=env,
         timeout=seconds + 60,
     )
     line = [l for l in out.stdout.splitlines() if l.startswith("{")]
@@ -77,7 +85,7 @@ def wrk(url: str, body: Path, connections: int, seconds: float) -> dict:
     return r
 
 
-def wait_ready(url: str, body: bytes, proc: subprocess.Popen, timeout: float = 180) -> None:
+def wait_ready(url: str, body: bytes, proc: subprocess.Popen, timeout: float = 180, headers: dict | None = None) -> None:
     import urllib.request
 
     end = time.monotonic() + timeout
@@ -85,7 +93,7 @@ def wait_ready(url: str, body: bytes, proc: subprocess.Popen, timeout: float = 1
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}")
         try:
-            req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+            req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json", **(headers or {})})
             with urllib.request.urlopen(req, timeout=2) as r:
                 if r.status == 200:
                     return
@@ -111,16 +119,19 @@ def raw_onnxruntime(model_path: Path, batch: int, seconds: float = 3.0) -> dict:
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     s = ort.InferenceSession(str(model_path), sess_options=opts, providers=["CPUExecutionProvider"])
-    x = np.random.default_rng(0).standard_normal((batch, 64)).astype(np.float32)
-    for _ in range(200):
-        s.run(None, {"input": x})
+    spec = s.get_inputs()[0]
+    shape = [batch, *[d if isinstance(d, int) else 1 for d in spec.shape[1:]]]
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    for _ in range(50):
+        s.run(None, {spec.name: x})
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
-        s.run(None, {"input": x})
+        s.run(None, {spec.name: x})
         n += 1
     per = (time.perf_counter() - t0) / n
-    return {"batch": batch, "us_per_batch": per * 1e6, "rows_per_s": batch / per}
+    return {"model": model_path.parent.parent.name, "batch": batch, "us_per_batch": per * 1e6, "rows_per_s": batch / per}
 
 
 def machine() -> dict:
@@ -178,17 +189,33 @@ def plot(summary: dict, order: list[str], levels: list[int], path: Path) -> None
     fig.savefig(path, dpi=110)
 
 
+def measure(system: str, url: str, body_path: Path, levels: list[int], reps: int, seconds: float, header_length: int | None = None) -> list[dict]:
+    rows = []
+    wrk(url, body_path, 8, 3, header_length)  # warm-up: models loaded, first batches run
+    for c in levels:
+        for rep in range(reps):
+            r = wrk(url, body_path, c, seconds, header_length)
+            r.update(system=system, concurrency=c, rep=rep)
+            rows.append(r)
+            print(
+                f"   {system} c={c:<3} rep {rep}: {r['rps']:8.0f} req/s  p50 {r['p50_us'] / 1e3:6.2f} ms  p99 {r['p99_us'] / 1e3:7.2f} ms"
+                f"  errors {r['status_errors'] + r['socket_errors']}",
+                flush=True,
+            )
+    return rows
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="concurrency 1 and 32, one repetition, 5 s each")
-    p.add_argument("--systems", default="", help="comma-separated subset of: lockgate, naive, serve-stock, serve-tuned, http-floor")
+    p.add_argument("--quick", action="store_true", help="concurrency 1, 32 and 64, one repetition, 5 s each")
+    p.add_argument("--systems", default="", help="comma-separated subset of: lockgate, litserve, naive, serve-stock, serve-tuned, http-floor")
     p.add_argument("--seconds", type=float, default=None, help="duration of one measurement")
     p.add_argument("--out", type=Path, default=HERE / "results", help="folder for the CSV, JSON and PNG")
     a = p.parse_args()
     if shutil.which("wrk") is None:
         print("wrk is not installed: apt-get install -y wrk", file=sys.stderr)
         return 2
-    levels = [1, 32] if a.quick else [1, 8, 32, 64]
+    levels = [1, 32, 64] if a.quick else [1, 8, 32, 64]
     reps = 1 if a.quick else 3
     seconds = a.seconds or (5.0 if a.quick else 10.0)
     a.out.mkdir(parents=True, exist_ok=True)
@@ -197,11 +224,18 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="lockgate-bench-"))
     repo = work / "repo"
-    (model_path,) = write_demo_repository(repo, [MODEL])
+    model_path, cnn_path = write_demo_repository(repo, [MODEL, "cnn"])
     row = np.random.default_rng(0).standard_normal(64).astype(np.float32)
     body = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": [round(float(v), 6) for v in row]}]})
     body_path = work / "body.json"
     body_path.write_text(body)
+    from lockgate.server.demo import IMAGE_SIZE
+
+    pixels = np.random.default_rng(0).integers(0, 256, (1, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+    w2_header = json.dumps({"inputs": [{"name": "image", "datatype": "UINT8", "shape": list(pixels.shape), "parameters": {"binary_data_size": pixels.nbytes}}],
+                            "outputs": [{"name": "logits", "parameters": {"binary_data": True}}]}).encode()
+    w2_path = work / "w2.bin"
+    w2_path.write_bytes(w2_header + pixels.tobytes())
 
     ports: dict[str, str] = {}
     chosen = systems(repo, model_path, lambda n: ports.setdefault(n, str(free_port())))
@@ -212,36 +246,29 @@ def main() -> int:
     info = machine()
     print(f"machine: {info['cores']} cores, Python {info['python']}, Ray {info['ray']}, onnxruntime {info['onnxruntime']}, load {info['loadavg']}")
     rows: list[dict] = []
+    env = {**os.environ, "LOCKGATE_HOME": str(work / "home")}
     for system in chosen:
-        url = f"http://127.0.0.1:{ports[system.name]}/v2/models/{MODEL}/infer"
+        base = f"http://127.0.0.1:{ports[system.name]}/v2/models"
         print(f"== {system.name}: starting", flush=True)
         log = open(work / f"{system.name}.log", "w")
-        proc = subprocess.Popen(system.command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **system.env})
+        proc = subprocess.Popen(system.command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env={**env, **system.env})
         try:
             t0 = time.monotonic()
-            wait_ready(url, body.encode(), proc)
-            print(f"   ready in {time.monotonic() - t0:.1f} s; warming up", flush=True)
-            wrk(url, body_path, 8, 3)
-            for c in levels:
-                for rep in range(reps):
-                    r = wrk(url, body_path, c, seconds)
-                    r.update(system=system.name, concurrency=c, rep=rep)
-                    rows.append(r)
-                    print(
-                        f"   c={c:<3} rep {rep}: {r['rps']:8.0f} req/s  p50 {r['p50_us'] / 1e3:6.2f} ms  p99 {r['p99_us'] / 1e3:7.2f} ms"
-                        f"  errors {r['status_errors'] + r['socket_errors']}",
-                        flush=True,
-                    )
+            wait_ready(f"{base}/{MODEL}/infer", body.encode(), proc)
+            print(f"   ready in {time.monotonic() - t0:.1f} s", flush=True)
+            rows += measure(system.name, f"{base}/{MODEL}/infer", body_path, levels, reps, seconds)
+            if system.name == "lockgate":
+                rows += measure("lockgate-W2", f"{base}/cnn/infer", w2_path, levels, reps, seconds, len(w2_header))
         except Exception as e:  # one system failing must not lose the others' figures
             print(f"   {system.name} failed: {e}; log: {work / (system.name + '.log')}", flush=True)
         finally:
             stop(proc)
             log.close()
 
-    raw = [raw_onnxruntime(model_path, b) for b in (1, 32)]
+    raw = [raw_onnxruntime(path, b) for path, sizes in ((model_path, (1, 32)), (cnn_path, (1, 16))) for b in sizes]
     info["loadavg_after"] = os.getloadavg()
     summary = summarize(rows)
-    order = [s.name for s in chosen]
+    order = [s.name for s in chosen] + (["lockgate-W2"] if any(s.name == "lockgate" for s in chosen) else [])
 
     print()
     print(f"{'system':<14} {'conc':>4} {'req/s':>9} {'(min-max)':>15} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
@@ -251,16 +278,19 @@ def main() -> int:
             if s:
                 print(f"{name:<14} {c:>4} {s['rps']:>9.0f} {s['rps_min']:>7.0f}-{s['rps_max']:<7.0f} {s['p50_ms']:>8.2f} {s['p99_ms']:>8.2f} {s['errors']:>6}")
     for r in raw:
-        print(f"raw onnxruntime, 1 thread, batch {r['batch']}: {r['us_per_batch']:.1f} us/batch, {r['rows_per_s']:.0f} rows/s")
+        print(f"raw onnxruntime {r['model']}, 1 thread, batch {r['batch']}: {r['us_per_batch']:.1f} us/batch, {r['rows_per_s']:.0f} rows/s")
 
     ratios = {}
     top = max(levels)
     for peer in order:
-        if peer == "lockgate" or ("lockgate", top) not in summary or (peer, top) not in summary:
+        if peer.startswith("lockgate") or ("lockgate", top) not in summary or (peer, top) not in summary:
             continue
-        ratios[f"throughput c={top} lockgate/{peer}"] = summary[("lockgate", top)]["rps"] / summary[(peer, top)]["rps"]
+        ratios[f"W1 throughput c={top} lockgate/{peer}"] = summary[("lockgate", top)]["rps"] / summary[(peer, top)]["rps"]
         if ("lockgate", 1) in summary and (peer, 1) in summary:
-            ratios[f"p50 c=1 lockgate/{peer}"] = summary[("lockgate", 1)]["p50_ms"] / summary[(peer, 1)]["p50_ms"]
+            ratios[f"W1 p50 c=1 lockgate/{peer}"] = summary[("lockgate", 1)]["p50_ms"] / summary[(peer, 1)]["p50_ms"]
+    raw_cnn = next(r for r in raw if r["model"] == "cnn" and r["batch"] == 16)
+    if ("lockgate-W2", top) in summary:
+        ratios[f"W2 throughput c={top} lockgate/raw onnxruntime batch 16"] = summary[("lockgate-W2", top)]["rps"] / raw_cnn["rows_per_s"]
     if ratios:
         print()
         for k, v in ratios.items():

@@ -1,9 +1,16 @@
--- POSTs the body file named by BENCH_BODY and prints one JSON line of results when done.
+-- POSTs the body file named by BENCH_BODY (binary OIP when BENCH_HEADER_LENGTH is set) and prints
+-- one JSON line of results when done.
 local f = assert(io.open(os.getenv("BENCH_BODY"), "rb"))
 wrk.method = "POST"
 wrk.body = f:read("*a")
 f:close()
-wrk.headers["Content-Type"] = "application/json"
+local header_length = os.getenv("BENCH_HEADER_LENGTH")
+if header_length then
+  wrk.headers["Content-Type"] = "application/octet-stream"
+  wrk.headers["Inference-Header-Content-Length"] = header_length
+else
+  wrk.headers["Content-Type"] = "application/json"
+end
 
 done = function(summary, latency, requests)
   local e = summary.errors

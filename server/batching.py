@@ -36,9 +36,10 @@ class Assembler:
 
     MAX_SHAPES = 8  # row shapes kept per input (dynamic dimensions); older ones are dropped
 
-    def __init__(self, inputs: list[str], preprocess: dict, max_rows: int, batching: bool) -> None:
+    def __init__(self, inputs: list[str], preprocess: dict, max_rows: int, batching: bool, padding: dict[str, float] | None = None) -> None:
         self.inputs = inputs
         self.preprocess = preprocess
+        self.padding = padding or {}
         self.max_rows = max(max_rows, 1)
         self.batching = batching
         self._buffers: dict[tuple, np.ndarray] = {}
@@ -65,6 +66,10 @@ class Assembler:
             if not self.batching:  # one request, no batch dimension: give it one for the kernel
                 arrays = [arrays[0][np.newaxis]]
             first = arrays[0]
+            pad = self.padding.get(name)
+            if pad is not None and len(arrays) > 1:
+                feeds[name] = self._padded(name, arrays, pad)
+                continue
             inner = first.shape[1:]
             if pre is not None and pre.hwc_to_chw:
                 inner = (inner[-1], *inner[:-1])
@@ -79,6 +84,19 @@ class Assembler:
                 offset += a.shape[0]
             feeds[name] = buf[:offset] if self.batching else buf[0]
         return feeds
+
+    def _padded(self, name: str, arrays: list[np.ndarray], pad: float) -> np.ndarray:
+        """Requests padded with ``pad`` up to the batch's largest size in every non-batch dimension."""
+        inner = tuple(max(a.shape[d] for a in arrays) for d in range(1, arrays[0].ndim))
+        rows = sum(a.shape[0] for a in arrays)
+        buf = self._buffer(name, inner, arrays[0].dtype)[:rows]
+        buf.fill(pad)
+        offset = 0
+        for a in arrays:
+            buf[(slice(offset, offset + a.shape[0]), *(slice(0, d) for d in a.shape[1:]))] = a
+            offset += a.shape[0]
+        return buf
+
 
 class _Pending:
     """One queued request. A plain slotted class: it is made once per request."""
@@ -109,6 +127,7 @@ class Batcher:
         executor: Executor,
         on_batch: Callable[[int, int, float, float], None] | None = None,
         assembler: Assembler | None = None,
+        dynamic_dims: dict[str, tuple[bool, ...]] | None = None,
     ) -> None:
         self._run = run
         self._output_names = output_names
@@ -119,6 +138,10 @@ class Batcher:
         self._executor = executor
         self._on_batch = on_batch  # (rows, requests, oldest queue wait s, compute s), after each batch
         self._assembler = assembler
+        # Padded inputs: which non-batch dimensions may differ inside one batch.
+        self._padded = {n: m for n, m in (dynamic_dims or {}).items() if n in config.padding}
+        self._first_padded = next((n for n in (dynamic_dims or {}) if n in config.padding), None)
+        self._cut = set(config.padded_outputs)
         self._queue: deque[_Pending] = deque()
         self._busy = False
         self._arrived = asyncio.Event()
@@ -142,7 +165,12 @@ class Batcher:
         now = time.monotonic()
         timeout = self._config.default_timeout_us if timeout_us is None else timeout_us
         deadline = now + timeout / 1e6 if timeout > 0 else 0.0
-        key = tuple([(n, a.dtype.char, a.shape[1:]) for n, a in inputs.items()]) if self._batching else ()
+        if not self._batching:
+            key: tuple = ()
+        elif self._padded:
+            key = tuple([(n, a.dtype.char, self._shape_key(n, a)) for n, a in inputs.items()])
+        else:
+            key = tuple([(n, a.dtype.char, a.shape[1:]) for n, a in inputs.items()])
         loop = asyncio.get_running_loop()
         pending = _Pending(inputs, rows, key, loop.create_future(), deadline, now)
         self._queue.append(pending)
@@ -152,6 +180,12 @@ class Batcher:
             self._busy = True
             loop.create_task(self._drain())
         return await pending.future
+
+    def _shape_key(self, name: str, array: np.ndarray) -> tuple:
+        mask = self._padded.get(name)
+        if mask is None or len(mask) != array.ndim - 1:
+            return array.shape[1:]
+        return tuple(-1 if dyn else d for dyn, d in zip(mask, array.shape[1:]))
 
     def _take(self) -> list[_Pending]:
         """The next batch: the oldest request and those behind it that fit and share its shapes."""
@@ -257,9 +291,16 @@ class Batcher:
                 p.future.set_result(dict(zip(self._output_names, results)))
             return
         names = self._output_names
+        cut = self._cut if self._first_padded is not None else ()
         start = 0
         for p in batch:
             end = start + p.rows
             if not p.future.done():
-                p.future.set_result({n: r[start:end] for n, r in zip(names, results)})
+                out = {n: r[start:end] for n, r in zip(names, results)}
+                if cut:  # back to this request's own sizes
+                    own = p.inputs[self._first_padded].shape[1:]
+                    for n in cut:
+                        r = out[n]
+                        out[n] = r[(slice(None), *(slice(0, d) for d in own[: r.ndim - 1]))]
+                p.future.set_result(out)
             start = end

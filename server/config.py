@@ -55,6 +55,16 @@ class DynamicBatchingConfig(_Strict):
         ge=0,
         description="Deadline for a request that names none (Triton's 'timeout' parameter); 0 for none.",
     )
+    padding: dict[str, float] = Field(
+        default_factory=dict,
+        description="Inputs whose dynamic non-batch dimensions may differ within a batch, with the value to pad "
+        "them with up to the batch's largest; requests are padded into one batch.",
+    )
+    padded_outputs: list[str] = Field(
+        default_factory=list,
+        description="Outputs cut back to each request's own sizes after a padded batch: their dimensions 1.. "
+        "follow the first padded input's dimensions 1.. (sequence models: [N, L] in, [N, L, ...] out).",
+    )
     inline_compute_us: int = Field(
         200,
         ge=0,

@@ -164,9 +164,28 @@ class ModelService:
         preprocess = model.preprocess(self.config.preprocess)
         size = self._max_batch_size(model)
         on_batch = self._on_batch(version) if self.manager is not None and self.manager.has("lockgate_observe_batch") else None
-        assembler = Assembler([s.name for s in model.graph_inputs], preprocess, size, size > 0)
-        batcher = Batcher(model.run, [s.name for s in model.outputs], size, self.config.dynamic_batching, self.executor, on_batch, assembler)
+        batching = self.config.dynamic_batching
+        self._check_padding(model, batching)
+        assembler = Assembler([s.name for s in model.graph_inputs], preprocess, size, size > 0, batching.padding)
+        dynamic = {s.name: tuple(d == -1 for d in s.shape[1:]) for s in model.graph_inputs}
+        batcher = Batcher(model.run, [s.name for s in model.outputs], size, batching, self.executor, on_batch, assembler, dynamic)
         return _Served(model, size, batcher)
+
+    def _check_padding(self, model: ModelVersion, batching: Any) -> None:
+        graph = {s.name: s for s in model.graph_inputs}
+        outputs = {s.name for s in model.outputs}
+        where = f"model {self.name} version {model.version}: dynamic_batching"
+        for name in batching.padding:
+            spec = graph.get(name)
+            if spec is None:
+                raise ConfigError(f"padding names input '{name}'; the model's inputs are {', '.join(graph)}", source=where)
+            if name in self.config.preprocess:
+                raise ConfigError(f"input '{name}' cannot be both padded and preprocessed", source=where)
+            if -1 not in spec.shape[1:]:
+                raise ConfigError(f"padding input '{name}' has no dynamic non-batch dimension ({list(spec.shape)})", source=where)
+        unknown = [o for o in batching.padded_outputs if o not in outputs]
+        if unknown:
+            raise ConfigError(f"padded_outputs names {', '.join(unknown)}; the model's outputs are {', '.join(sorted(outputs))}", source=where)
 
     def _on_batch(self, version: int):
         manager = self.manager

@@ -174,3 +174,36 @@ def test_model_error_reaches_every_waiter():
             await b.submit(rows(1), 1)
 
     asyncio.run(go())
+
+
+def test_padding_batches_different_lengths_and_cuts_outputs_back():
+    """A sequence model: input [N, L] summed over a padded L; output [N, L] cut back per request."""
+    hold = threading.Event()
+    seen = []
+
+    def model(feeds):
+        hold.wait(5)
+        x = feeds["x"]
+        seen.append(x.shape)
+        return [x * 10, x.sum(axis=1)]
+
+    config = DynamicBatchingConfig(padding={"x": 0.0}, padded_outputs=["y"])
+    from lockgate.server.batching import Assembler
+
+    async def go():
+        b = Batcher(model, ["y", "total"], 8, config, ThreadPoolExecutor(1),
+                    assembler=Assembler(["x"], {}, 8, True, config.padding), dynamic_dims={"x": (True,)})
+        first = asyncio.ensure_future(b.submit({"x": np.ones((1, 2), np.float32)}, 1))
+        await asyncio.sleep(0.05)
+        short = asyncio.ensure_future(b.submit({"x": np.array([[1, 2]], np.float32)}, 1))
+        long = asyncio.ensure_future(b.submit({"x": np.array([[1, 2, 3, 4], [5, 6, 7, 8]], np.float32)}, 2))
+        await asyncio.sleep(0.05)
+        hold.set()
+        return await first, await short, await long
+
+    _, short, long = asyncio.run(go())
+    assert seen == [(1, 2), (3, 4)]  # the two lengths shared one padded batch
+    np.testing.assert_array_equal(short["y"], [[10, 20]])
+    np.testing.assert_array_equal(short["total"], [3])  # padding with 0 leaves the sum alone
+    np.testing.assert_array_equal(long["y"], [[10, 20, 30, 40], [50, 60, 70, 80]])
+    np.testing.assert_array_equal(long["total"], [10, 26])

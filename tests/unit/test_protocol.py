@@ -209,18 +209,18 @@ def test_body_limit_is_413(demo_registry):
 
 
 def test_preprocessing_uint8_hwc_is_normalised_in_the_fast_path(services):
-    from lockgate.server.demo import IMAGE_SCALE, IMAGE_SHIFT
+    from lockgate.server.demo import IMAGE_SCALE, IMAGE_SHIFT, IMAGE_SIZE as S
 
     s = services["cnn"]
     meta = get(s, "").json()
-    assert meta["inputs"] == [{"name": "image", "datatype": "UINT8", "shape": [-1, 32, 32, 3]}]
-    pixels = np.random.default_rng(5).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
-    header = json.dumps({"inputs": [{"name": "image", "datatype": "UINT8", "shape": [2, 32, 32, 3], "parameters": {"binary_data_size": pixels.nbytes}}]}).encode()
+    assert meta["inputs"] == [{"name": "image", "datatype": "UINT8", "shape": [-1, S, S, 3]}]
+    pixels = np.random.default_rng(5).integers(0, 256, (2, S, S, 3), dtype=np.uint8)
+    header = json.dumps({"inputs": [{"name": "image", "datatype": "UINT8", "shape": [2, S, S, 3], "parameters": {"binary_data_size": pixels.nbytes}}]}).encode()
     r = post(s, "/infer", raw=header + pixels.tobytes(), headers={"Inference-Header-Content-Length": str(len(header))})
     assert r.status == 200, r.body
     x = pixels.astype(np.float32).transpose(0, 3, 1, 2) * np.array(IMAGE_SCALE, np.float32).reshape(1, 3, 1, 1)
     x = x + np.array(IMAGE_SHIFT, np.float32).reshape(1, 3, 1, 1)
     want = ort.InferenceSession(s.registry.get_version("cnn", 1).artifact_path).run(None, {"image": x})[0]
     np.testing.assert_array_equal(np.array(r.json()["outputs"][0]["data"], np.float32).reshape(2, 10), want)
-    wrong = {"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 3, 32, 32], "data": [0.0] * 3072}]}
+    wrong = {"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 3, S, S], "data": [0.0] * (3 * S * S)}]}
     _err(post(s, "/infer", wrong), 400, "datatype FP32 does not match the model's UINT8")
