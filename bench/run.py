@@ -265,7 +265,7 @@ def main() -> int:
             stop(proc)
             log.close()
 
-    raw = [raw_onnxruntime(path, b) for path, sizes in ((model_path, (1, 32)), (cnn_path, (1, 16))) for b in sizes]
+    raw = [raw_onnxruntime(path, b) for path, sizes in ((model_path, (1, 32)), (cnn_path, (1, 4))) for b in sizes]
     info["loadavg_after"] = os.getloadavg()
     summary = summarize(rows)
     order = [s.name for s in chosen] + (["lockgate-W2"] if any(s.name == "lockgate" for s in chosen) else [])
@@ -288,9 +288,9 @@ def main() -> int:
         ratios[f"W1 throughput c={top} lockgate/{peer}"] = summary[("lockgate", top)]["rps"] / summary[(peer, top)]["rps"]
         if ("lockgate", 1) in summary and (peer, 1) in summary:
             ratios[f"W1 p50 c=1 lockgate/{peer}"] = summary[("lockgate", 1)]["p50_ms"] / summary[(peer, 1)]["p50_ms"]
-    raw_cnn = next(r for r in raw if r["model"] == "cnn" and r["batch"] == 16)
+    raw_cnn = next(r for r in raw if r["model"] == "cnn" and r["batch"] == 4)
     if ("lockgate-W2", top) in summary:
-        ratios[f"W2 throughput c={top} lockgate/raw onnxruntime batch 16"] = summary[("lockgate-W2", top)]["rps"] / raw_cnn["rows_per_s"]
+        ratios[f"W2 throughput c={top} lockgate/raw onnxruntime batch 4"] = summary[("lockgate-W2", top)]["rps"] / raw_cnn["rows_per_s"]
     if ratios:
         print()
         for k, v in ratios.items():

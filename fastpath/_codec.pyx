@@ -67,6 +67,24 @@ cdef class _Sink:
     cdef Py_ssize_t n
 
 
+cdef inline void _put_int(char* buf, int code, Py_ssize_t i, long long v) noexcept:
+    """Store an in-range integer as the datatype ``code`` (every integer type but UINT64)."""
+    if code == C_INT8:
+        (<int8_t*>buf)[i] = <int8_t>v
+    elif code == C_INT16:
+        (<int16_t*>buf)[i] = <int16_t>v
+    elif code == C_INT32:
+        (<int32_t*>buf)[i] = <int32_t>v
+    elif code == C_INT64:
+        (<int64_t*>buf)[i] = <int64_t>v
+    elif code == C_UINT8:
+        (<uint8_t*>buf)[i] = <uint8_t>v
+    elif code == C_UINT16:
+        (<uint16_t*>buf)[i] = <uint16_t>v
+    else:
+        (<uint32_t*>buf)[i] = <uint32_t>v
+
+
 cdef int _store(_Sink s, Py_ssize_t i, object x) except -1:
     cdef int code = s.code
     cdef long long v
@@ -116,20 +134,7 @@ cdef int _store(_Sink s, Py_ssize_t i, object x) except -1:
         raise element_error(s.dt, i, x) from None
     if v < s.low or v > s.high:
         raise element_error(s.dt, i, x)
-    if code == C_INT8:
-        (<int8_t*>s.buf)[i] = <int8_t>v
-    elif code == C_INT16:
-        (<int16_t*>s.buf)[i] = <int16_t>v
-    elif code == C_INT32:
-        (<int32_t*>s.buf)[i] = <int32_t>v
-    elif code == C_INT64:
-        (<int64_t*>s.buf)[i] = <int64_t>v
-    elif code == C_UINT8:
-        (<uint8_t*>s.buf)[i] = <uint8_t>v
-    elif code == C_UINT16:
-        (<uint16_t*>s.buf)[i] = <uint16_t>v
-    else:
-        (<uint32_t*>s.buf)[i] = <uint32_t>v
+    _put_int(s.buf, code, i, v)
     return 0
 
 
@@ -486,20 +491,7 @@ cdef int _store_token(_Sink s, Py_ssize_t i, NumberArray a, Py_ssize_t k) except
     v = strtoll(text, &end, 10)
     if libc.errno.errno == ERANGE or v < s.low or v > s.high:
         raise element_error(s.dt, i, a.value(k))
-    if code == C_INT8:
-        (<int8_t*>s.buf)[i] = <int8_t>v
-    elif code == C_INT16:
-        (<int16_t*>s.buf)[i] = <int16_t>v
-    elif code == C_INT32:
-        (<int32_t*>s.buf)[i] = <int32_t>v
-    elif code == C_INT64:
-        (<int64_t*>s.buf)[i] = <int64_t>v
-    elif code == C_UINT8:
-        (<uint8_t*>s.buf)[i] = <uint8_t>v
-    elif code == C_UINT16:
-        (<uint16_t*>s.buf)[i] = <uint16_t>v
-    else:
-        (<uint32_t*>s.buf)[i] = <uint32_t>v
+    _put_int(s.buf, code, i, v)
     return 0
 
 
@@ -730,15 +722,5 @@ def decode_binary(object buffer, str name, tuple shape):
     return out.reshape(shape)
 
 
-def encode_binary(object array):
-    """Triton binary tensor data for an output: raw little-endian bytes, or length-prefixed BYTES."""
-    arr = np.asarray(array)
-    if arr.dtype == object:
-        parts = []
-        for x in arr.reshape(-1):
-            b = x.encode("utf-8") if isinstance(x, str) else bytes(x)
-            parts.append(_U32.pack(len(b)))
-            parts.append(b)
-        return b"".join(parts)
-    arr = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<") if arr.dtype.itemsize > 1 else arr.dtype)
-    return memoryview(arr).cast("B")
+# Nothing to compile here: a numpy view (or a join for BYTES) either way.
+from ._codec_py import encode_binary  # noqa: E402

@@ -15,6 +15,7 @@ from typing import Any
 from ray import serve
 from ray.serve import Application
 
+from . import listener
 from .config import ModelConfig
 from .http import ControlApp, ModelApp, ModelService
 from .settings import LockgateSettings
@@ -45,6 +46,9 @@ class ModelDeployment:
         registry = manager.registry()
         self._service = ModelService(name, config, registry, manager=manager, default_alias=settings.default_alias)
         self._app = ModelApp(self._service)
+        if settings.replica_listener:
+            # Serve starts the replica's HTTP server after this constructor: it will be ours.
+            listener.install(self._app, route_prefix(name), self._service.max_body_bytes)
         self._refresher = asyncio.get_running_loop().create_task(self._service.refresh_forever(settings.alias_poll_s))
 
     def __serve_build_asgi_app__(self) -> ModelApp:

@@ -28,7 +28,9 @@ class LockgateSettings:
     home by default, ``postgresql+psycopg://...`` for clusters). ``artifact_dir``
     (LOCKGATE_ARTIFACTS). ``default_alias``: what ``/v2/models/<m>/infer`` serves
     (LOCKGATE_DEFAULT_ALIAS, ``production``). ``plugins_allow`` / ``plugins_block``: plugin
-    names (LOCKGATE_PLUGINS_ALLOW / LOCKGATE_PLUGINS_BLOCK, comma-separated)."""
+    names (LOCKGATE_PLUGINS_ALLOW / LOCKGATE_PLUGINS_BLOCK, comma-separated).
+    ``replica_listener``: model replicas answer on their own HTTP listener instead of Serve's
+    ASGI wrapper (LOCKGATE_REPLICA_LISTENER=0 turns it off; see lockgate.server.listener)."""
 
     home: str
     registry_url: str
@@ -37,6 +39,7 @@ class LockgateSettings:
     plugins_allow: tuple[str, ...] | None = None
     plugins_block: tuple[str, ...] = ()
     alias_poll_s: float = 1.0
+    replica_listener: bool = True
     options: dict = field(default_factory=dict)
 
     @classmethod
@@ -51,6 +54,7 @@ class LockgateSettings:
             default_alias=env.get("LOCKGATE_DEFAULT_ALIAS") or "production",
             plugins_allow=_names(env.get("LOCKGATE_PLUGINS_ALLOW")),
             plugins_block=_names(env.get("LOCKGATE_PLUGINS_BLOCK")) or (),
+            replica_listener=env.get("LOCKGATE_REPLICA_LISTENER", "1") != "0",
         )
         return replace(base, **{k: v for k, v in overrides.items() if v is not None})
 

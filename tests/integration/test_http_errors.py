@@ -33,6 +33,7 @@ def with_input(**changes):
 def test_ok_baseline(server):
     r = infer(server, IRIS)
     assert r.status_code == 200 and r.json()["model_version"] == "1"
+    assert r.headers["server"] == "lockgate"  # answered by the replica-owned listener, not Serve's uvicorn
 
 
 def test_malformed_json(server):

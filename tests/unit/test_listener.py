@@ -1,0 +1,123 @@
+"""The replica-owned listener, driven over real sockets (no Ray): keep-alive, pipelining, limits, fallback, stop."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+
+import pytest
+
+from lockgate.server.config import ModelConfig
+from lockgate.server.http import ModelApp, ModelService
+from lockgate.server.listener import FastServer
+
+IRIS = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [5.1, 3.5, 1.4, 0.2]}]}).encode()
+
+
+async def fallback(scope, receive, send):
+    body = json.dumps({"fallback": scope["path"]}).encode()
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def post(path: str, body: bytes, extra: str = "") -> bytes:
+    return f"POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n{extra}\r\n".encode() + body
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict, bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = dict(line.split(": ", 1) for line in lines[1:] if line)
+    body = await reader.readexactly(int(headers.get("content-length", 0)))
+    return status, headers, body
+
+
+@pytest.fixture
+def serve(demo_registry):
+    """Runs ``scenario(reader, writer, server)`` against a FastServer serving iris."""
+    service = ModelService("iris", ModelConfig.model_validate(demo_registry.model_config("iris")), demo_registry, max_body_bytes=10_000)
+
+    def run(scenario):
+        async def main():
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+            server = FastServer(ModelApp(service), fallback, "/v2/models/iris", 10_000)
+            task = asyncio.get_running_loop().create_task(server.serve(sock))
+            await asyncio.sleep(0.05)
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            try:
+                return await scenario(reader, writer, server)
+            finally:
+                writer.close()
+                server.should_exit = True
+                await asyncio.wait_for(task, 5)
+
+        return asyncio.run(main())
+
+    yield run
+    service.close()
+
+
+def test_keep_alive_and_pipelined_requests_answer_in_order(serve):
+    async def scenario(reader, writer, server):
+        writer.write(post("/v2/models/iris/infer", IRIS) + post("/v2/models/iris/versions/9/infer", IRIS) + b"GET /v2/models/iris/ready HTTP/1.1\r\nhost: x\r\n\r\n")
+        return [await read_response(reader) for _ in range(3)]
+
+    (s1, h1, b1), (s2, _, b2), (s3, _, b3) = serve(scenario)
+    assert s1 == 200 and h1["server"] == "lockgate" and json.loads(b1)["model_name"] == "iris"
+    assert s2 == 404 and "no version '9'" in json.loads(b2)["error"]
+    assert s3 == 200 and json.loads(b3) == {"name": "iris", "ready": True}
+
+
+def test_other_paths_go_to_serves_app(serve):
+    async def scenario(reader, writer, server):
+        writer.write(b"GET /-/healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        return await read_response(reader)
+
+    status, _, body = serve(scenario)
+    assert status == 200 and json.loads(body) == {"fallback": "/-/healthz"}
+
+
+def test_expect_continue_is_answered(serve):
+    async def scenario(reader, writer, server):
+        head = post("/v2/models/iris/infer", IRIS, "expect: 100-continue\r\n")
+        split = head.index(b"\r\n\r\n") + 4
+        writer.write(head[:split])
+        interim = await reader.readuntil(b"\r\n\r\n")
+        writer.write(head[split:])
+        return interim, await read_response(reader)
+
+    interim, (status, _, _) = serve(scenario)
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n" and status == 200
+
+
+def test_oversized_body_is_413_and_closes(serve):
+    async def scenario(reader, writer, server):
+        writer.write(post("/v2/models/iris/infer", b" " * 20_000))
+        response = await read_response(reader)
+        return response, await reader.read()
+
+    (status, headers, body), rest = serve(scenario)
+    assert status == 413 and headers["connection"] == "close" and b"limit of 10000 bytes" in body and rest == b""
+
+
+def test_malformed_http_is_400_and_closes(serve):
+    async def scenario(reader, writer, server):
+        writer.write(b"POST /v2/models/iris/infer HTTP/1.1\r\ncontent-length: abc\r\n\r\n")
+        return await read_response(reader), await reader.read()
+
+    (status, _, body), rest = serve(scenario)
+    assert status == 400 and b"malformed HTTP request" in body and rest == b""
+
+
+def test_connection_close_is_honoured_and_client_errors_stay_4xx(serve):
+    async def scenario(reader, writer, server):
+        writer.write(post("/v2/models/iris/infer", b"{broken", "connection: close\r\n"))
+        return await read_response(reader), await reader.read()
+
+    (status, headers, body), rest = serve(scenario)
+    assert status == 400 and headers["connection"] == "close" and "malformed JSON body" in json.loads(body)["error"]
+    assert rest == b""
