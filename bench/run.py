@@ -77,7 +77,7 @@ def wrk(url: str, body: Path, connections: int, seconds: float, header_length: i
         env=env,
         timeout=seconds + 60,
     )
-    line = [l for l in out.stdout.splitlines() if l.startswith("{")]
+    line = [text for text in out.stdout.splitlines() if text.startswith("{")]
     if out.returncode != 0 or not line:
         raise RuntimeError(f"wrk failed: {out.stdout}\n{out.stderr}")
     r = json.loads(line[-1])

@@ -5,9 +5,7 @@ when the twins are (``LOCKGATE_NO_EXTENSIONS=1``, or no build).
 """
 
 from . import assemble as _assemble_choice
-
 from .assemble import assemble_into, check_preprocess
-from .codec import IMPLEMENTATION as _CODEC_IMPLEMENTATION
 from .codec import (
     DATATYPES,
     CodecError,
@@ -20,6 +18,7 @@ from .codec import (
     encode_json_data,
     parse_json,
 )
+from .codec import IMPLEMENTATION as _CODEC_IMPLEMENTATION
 
 IMPLEMENTATION = "cython" if _CODEC_IMPLEMENTATION == _assemble_choice.IMPLEMENTATION == "cython" else "python"
 

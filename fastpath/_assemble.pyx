@@ -19,10 +19,15 @@ cnp.import_array()
 __all__ = ["assemble_into", "check_preprocess"]
 
 
-cdef void _u8_chw(const uint8_t* src, float* dst, Py_ssize_t n, Py_ssize_t h, Py_ssize_t w, Py_ssize_t c,
-                  const float* scale, const float* shift) noexcept nogil:
+ctypedef fused src_t:
+    uint8_t
+    float
+
+
+cdef void _chw(const src_t* src, float* dst, Py_ssize_t n, Py_ssize_t h, Py_ssize_t w, Py_ssize_t c,
+               const float* scale, const float* shift) noexcept nogil:
     cdef Py_ssize_t i, y, x, k, plane = h * w
-    cdef const uint8_t* row
+    cdef const src_t* row
     cdef float* out
     for i in range(n):
         out = dst + i * c * plane
@@ -33,37 +38,14 @@ cdef void _u8_chw(const uint8_t* src, float* dst, Py_ssize_t n, Py_ssize_t h, Py
                     out[k * plane + y * w + x] = (<float>row[k]) * scale[k] + shift[k]
 
 
-cdef void _f32_chw(const float* src, float* dst, Py_ssize_t n, Py_ssize_t h, Py_ssize_t w, Py_ssize_t c,
-                   const float* scale, const float* shift) noexcept nogil:
-    cdef Py_ssize_t i, y, x, k, plane = h * w
-    cdef const float* row
-    cdef float* out
-    for i in range(n):
-        out = dst + i * c * plane
-        for y in range(h):
-            for x in range(w):
-                row = src + ((i * h + y) * w + x) * c
-                for k in range(c):
-                    out[k * plane + y * w + x] = row[k] * scale[k] + shift[k]
-
-
-cdef void _u8_same(const uint8_t* src, float* dst, Py_ssize_t rows, Py_ssize_t c, Py_ssize_t inner,
-                   const float* scale, const float* shift) noexcept nogil:
+cdef void _same(const src_t* src, float* dst, Py_ssize_t rows, Py_ssize_t c, Py_ssize_t inner,
+                const float* scale, const float* shift) noexcept nogil:
     # layout kept: element j of a row belongs to channel (j // inner)
     cdef Py_ssize_t r, k, j
     for r in range(rows):
         for k in range(c):
             for j in range(inner):
                 dst[(r * c + k) * inner + j] = (<float>src[(r * c + k) * inner + j]) * scale[k] + shift[k]
-
-
-cdef void _f32_same(const float* src, float* dst, Py_ssize_t rows, Py_ssize_t c, Py_ssize_t inner,
-                    const float* scale, const float* shift) noexcept nogil:
-    cdef Py_ssize_t r, k, j
-    for r in range(rows):
-        for k in range(c):
-            for j in range(inner):
-                dst[(r * c + k) * inner + j] = src[(r * c + k) * inner + j] * scale[k] + shift[k]
 
 
 def assemble_into(object out, Py_ssize_t offset, object src, object scale=None, object shift=None, bint hwc_to_chw=False):
@@ -92,13 +74,13 @@ def assemble_into(object out, Py_ssize_t offset, object src, object scale=None, 
         h, w = s.shape[1], s.shape[2]
         with nogil:
             if is_u8:
-                _u8_chw(<const uint8_t*>psrc, dst, n, h, w, channels, psc, psh)
+                _chw(<const uint8_t*>psrc, dst, n, h, w, channels, psc, psh)
             else:
-                _f32_chw(<const float*>psrc, dst, n, h, w, channels, psc, psh)
+                _chw(<const float*>psrc, dst, n, h, w, channels, psc, psh)
     else:
         inner = (s.size // n // channels) if n and channels else 0
         with nogil:
             if is_u8:
-                _u8_same(<const uint8_t*>psrc, dst, n, channels, inner, psc, psh)
+                _same(<const uint8_t*>psrc, dst, n, channels, inner, psc, psh)
             else:
-                _f32_same(<const float*>psrc, dst, n, channels, inner, psc, psh)
+                _same(<const float*>psrc, dst, n, channels, inner, psc, psh)

@@ -22,6 +22,21 @@ def isolated_haproxy_env() -> dict[str, str]:
     return {"RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()), "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port())}
 
 
+def wait_ready(base: str, proc=None, timeout: float = 180) -> None:
+    """Until ``base``/v2/health/ready answers 200; fails early when ``proc`` (a server process) exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"{base}/v2/health/ready", timeout=2).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"the server exited with {proc.returncode}: {proc.stdout.read() if proc.stdout else ''}")
+        time.sleep(0.2)
+    pytest.fail(f"lockgate did not become ready in {timeout:.0f} s")
+
+
 @pytest.fixture(scope="session")
 def demo_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from lockgate.server.demo import write_demo_repository
@@ -62,16 +77,7 @@ def server(demo_repo: Path, settings, registry):
         runtime.start()
         runtime.deploy({n: ModelConfig.model_validate(registry.model_config(n)) for n in names}, settings)
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"{base}/v2/health/ready", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.2)
-        else:
-            pytest.fail("lockgate did not become ready in 60 s")
+        wait_ready(base, timeout=60)
         yield base
     finally:
         runtime.shutdown()

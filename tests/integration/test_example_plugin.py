@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from .conftest import free_port, isolated_haproxy_env
+from .conftest import free_port, isolated_haproxy_env, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "lockgate-plugin-example"
@@ -55,16 +55,8 @@ def test_example_plugin_hooks_run_in_a_live_server(plugin_site, tmp_path):
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
-        deadline = time.monotonic() + 180
         base = f"http://127.0.0.1:{port}"
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"{base}/v2/health/ready", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert proc.poll() is None, proc.stdout.read()
-            time.sleep(0.5)
+        wait_ready(base, proc)
         body = {"id": "ex-1", "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [5.1, 3.5, 1.4, 0.2]}]}
         assert requests.post(f"{base}/v2/models/iris/infer", json=body, timeout=10).status_code == 200
         bad = {"id": "ex-2", "inputs": [{"name": "nope", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}

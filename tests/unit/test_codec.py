@@ -98,6 +98,14 @@ def tensors(draw, names=tuple(DATATYPES)):
     return name, shape, data
 
 
+# Any JSON-like value nested in lists: ragged, mixed, out of range, wrong types.
+RAGGED = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=3),
+    lambda children: st.lists(children, max_size=4),
+    max_leaves=12,
+)
+
+
 @pytest.mark.skipif(_codec_c is None, reason="compiled codec not built")
 @settings(max_examples=400, deadline=None)
 @given(tensors())
@@ -115,11 +123,7 @@ def test_decode_json_same_results(case):
 @given(
     st.sampled_from(list(DATATYPES)),
     st.lists(st.integers(0, 3), min_size=1, max_size=3),
-    st.recursive(
-        st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=3),
-        lambda children: st.lists(children, max_size=4),
-        max_leaves=12,
-    ),
+    RAGGED,
 )
 def test_decode_json_same_errors_on_arbitrary_input(name, shape, data):
     """Any JSON-like value: both implementations succeed alike or fail with the same message."""
@@ -311,11 +315,7 @@ def test_bytes_to_tensor_same_results(case):
 @given(
     st.sampled_from(list(DATATYPES)),
     st.lists(st.integers(0, 3), min_size=1, max_size=3),
-    st.recursive(
-        st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=3),
-        lambda children: st.lists(children, max_size=4),
-        max_leaves=12,
-    ),
+    RAGGED,
 )
 def test_bytes_to_tensor_same_errors(name, shape, data):
     body = _request(name, tuple(shape), data)

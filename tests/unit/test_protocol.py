@@ -209,7 +209,8 @@ def test_body_limit_is_413(demo_registry):
 
 
 def test_preprocessing_uint8_hwc_is_normalised_in_the_fast_path(services):
-    from lockgate.server.demo import IMAGE_SCALE, IMAGE_SHIFT, IMAGE_SIZE as S
+    from lockgate.server.demo import IMAGE_SCALE, IMAGE_SHIFT
+    from lockgate.server.demo import IMAGE_SIZE as S
 
     s = services["cnn"]
     meta = get(s, "").json()
