@@ -147,6 +147,7 @@ class ModelService:
         if not records:
             raise ModelLoadError(name, None, "no registered versions")
         self.registered = {r.version for r in records}
+        self._registered_at = time.monotonic()
         self.aliases: dict[str, int] = registry.aliases(name)
         wanted = set(config.version_policy.select(sorted(self.registered))) | set(self.aliases.values())
         for version in sorted(wanted):
@@ -218,8 +219,10 @@ class ModelService:
         number = int(text) if text.isdigit() else None
         if number is not None and number in self.served:
             return self.served[number]
-        if number is not None and number not in self.registered:
-            # Registered since the last refresh? Ask the registry (off the event loop).
+        if number is not None and number not in self.registered and time.monotonic() - self._registered_at > 1.0:
+            # Registered since the last refresh? Ask the registry (off the event loop), at most once a
+            # second, so requests for versions that do not exist cannot load the database.
+            self._registered_at = time.monotonic()
             self.registered = await asyncio.to_thread(lambda: {r.version for r in self.registry.versions(self.name)})
         if number is None or number not in self.registered:
             known = ", ".join(str(v) for v in sorted(self.registered))
