@@ -147,7 +147,7 @@ class ModelService:
         if not records:
             raise ModelLoadError(name, None, "no registered versions")
         self.registered = {r.version for r in records}
-        self._registered_at = time.monotonic()
+        self._registered_at = 0.0  # when a request for an unknown version last asked the registry
         self.aliases: dict[str, int] = registry.aliases(name)
         wanted = set(config.version_policy.select(sorted(self.registered))) | set(self.aliases.values())
         for version in sorted(wanted):

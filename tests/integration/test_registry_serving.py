@@ -40,9 +40,12 @@ def wait_for_version(server, version, timeout=10):
 
 
 def test_versions_by_route_and_default_alias(server, registry, mlp_v2):
-    v1 = requests.post(f"{server}/v2/models/mlp/versions/1/infer", json=BODY, timeout=10).json()
-    v2 = requests.post(f"{server}/v2/models/mlp/versions/2/infer", json=BODY, timeout=10).json()  # loaded on demand
-    default = requests.post(f"{server}/v2/models/mlp/infer", json=BODY, timeout=10).json()
+    answers = [
+        requests.post(f"{server}/v2/models/mlp{route}/infer", json=BODY, timeout=10)
+        for route in ("/versions/1", "/versions/2", "")  # version 2 loads on demand
+    ]
+    assert [r.status_code for r in answers] == [200, 200, 200], [r.text for r in answers]
+    v1, v2, default = (r.json() for r in answers)
     assert (v1["model_version"], v2["model_version"], default["model_version"]) == ("1", "2", "1")
     np.testing.assert_allclose(v1["outputs"][0]["data"], logits(registry.get_version("mlp", 1).artifact_path), rtol=1e-5)
     np.testing.assert_allclose(v2["outputs"][0]["data"], logits(mlp_v2.artifact_path), rtol=1e-5)
