@@ -181,8 +181,12 @@ class _Protocol(asyncio.Protocol):
                 body = b'{"error": "request body is larger than the limit of %d bytes"}' % server.max_body
                 self._write(413, [(b"content-type", b"application/json")], body, False, method)
                 return False
-            parsed = httptools.parse_url(url)
-            path = parsed.path.decode("latin-1")
+            try:
+                parsed = httptools.parse_url(url)
+            except httptools.HttpParserInvalidURLError:
+                self._write(400, [(b"content-type", b"application/json")], b'{"error": "malformed request URL"}', False, method)
+                return False
+            path = (parsed.path or b"/").decode("latin-1")
             scope = {
                 "type": "http",
                 "asgi": {"version": "3.0"},
@@ -190,7 +194,7 @@ class _Protocol(asyncio.Protocol):
                 "method": method,
                 "scheme": "http",
                 "path": path,
-                "raw_path": parsed.path,
+                "raw_path": parsed.path or b"/",
                 "root_path": "",
                 "query_string": parsed.query or b"",
                 "headers": headers,

@@ -121,3 +121,12 @@ def test_connection_close_is_honoured_and_client_errors_stay_4xx(serve):
     (status, headers, body), rest = serve(scenario)
     assert status == 400 and headers["connection"] == "close" and "malformed JSON body" in json.loads(body)["error"]
     assert rest == b""
+
+
+def test_malformed_url_is_400_and_closes(serve):
+    async def scenario(reader, writer, server):
+        writer.write(b"GET http://[bad HTTP/1.1\r\nhost: x\r\n\r\n")
+        return await read_response(reader), await reader.read()
+
+    (status, _, body), rest = serve(scenario)
+    assert status == 400 and rest == b""
