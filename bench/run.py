@@ -103,7 +103,10 @@ def wait_ready(url: str, body: bytes, proc: subprocess.Popen, timeout: float = 1
     raise RuntimeError(f"{url} not ready after {timeout} s")
 
 
-def stop(proc: subprocess.Popen) -> None:
+def stop(proc: subprocess.Popen, haproxy_before: set[int]) -> None:
+    """Stop a system and any Serve HAProxy it left behind (Serve's reloads can outlive the run)."""
+    from lockgate.server.runtime import haproxy_pids, stop_haproxy
+
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -111,6 +114,10 @@ def stop(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
+    left = sorted(set(haproxy_pids()) - haproxy_before)
+    if left:
+        stop_haproxy(left)
+        print(f"   stopped HAProxy left behind by {proc.args[1] if len(proc.args) > 1 else proc.args[0]}: pid {left}", flush=True)
 
 
 def raw_onnxruntime(model_path: Path, batch: int, seconds: float = 3.0) -> dict:
@@ -251,6 +258,9 @@ def main() -> int:
         base = f"http://127.0.0.1:{ports[system.name]}/v2/models"
         print(f"== {system.name}: starting", flush=True)
         log = open(work / f"{system.name}.log", "w")
+        from lockgate.server.runtime import haproxy_pids
+
+        before = set(haproxy_pids())
         proc = subprocess.Popen(system.command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env={**env, **system.env})
         try:
             t0 = time.monotonic()
@@ -262,7 +272,7 @@ def main() -> int:
         except Exception as e:  # one system failing must not lose the others' figures
             print(f"   {system.name} failed: {e}; log: {work / (system.name + '.log')}", flush=True)
         finally:
-            stop(proc)
+            stop(proc, before)
             log.close()
 
     raw = [raw_onnxruntime(path, b) for path, sizes in ((model_path, (1, 32)), (cnn_path, (1, 4))) for b in sizes]

@@ -88,7 +88,7 @@ def orphaned_haproxy_pids() -> list[int]:
     return orphans
 
 
-def check_port(host: str, port: int) -> None:
+def check_port(host: str, port: int, what: str = "") -> None:
     """StartupError when ``host:port`` cannot be bound, naming a leftover HAProxy if there is one."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -102,7 +102,8 @@ def check_port(host: str, port: int) -> None:
                     f"; an HAProxy left by an earlier run holds it (pid {', '.join(map(str, stale))}):"
                     " `lockgate cleanup` stops it"
                 )
-            raise StartupError(f"cannot listen on {host}:{port}: {e.strerror}{hint}") from None
+            label = f" for {what}" if what else ""
+            raise StartupError(f"cannot listen on {host}:{port}{label}: {e.strerror}{hint}") from None
 
 
 def stop_haproxy(pids: list[int], grace: float = 5.0) -> list[int]:
@@ -142,6 +143,9 @@ class Runtime:
 
         if self.address is None:
             check_port(self.host, self.port)
+            # HAProxy's own stats and metrics listeners (all interfaces; Ray has no address setting).
+            for var, default in (("RAY_SERVE_HAPROXY_STATS_PORT", 8404), ("RAY_SERVE_HAPROXY_METRICS_PORT", 9101)):
+                check_port("0.0.0.0", int(os.environ.get(var, default)), what=f"HAProxy's {var.split('_')[-2].lower()} port (set {var} to move it)")
         if self.address is None:
             haproxy_dir(self.port).mkdir(mode=0o700, exist_ok=True)
             for key, value in {**INGRESS_ENV, **haproxy_env(self.port)}.items():

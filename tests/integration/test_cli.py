@@ -111,6 +111,19 @@ def test_port_in_use_is_refused_with_the_reason(iris_repo):
     assert f"cannot listen on 127.0.0.1:{port}" in out
 
 
+@pytest.mark.slow
+def test_haproxy_stats_port_in_use_is_named(iris_repo):
+    with socket.socket() as s:
+        s.bind(("0.0.0.0", 0))
+        s.listen()
+        taken = s.getsockname()[1]
+        proc = start(iris_repo, free_port(), extra_env={"RAY_SERVE_HAPROXY_STATS_PORT": str(taken)})
+        out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 2
+    assert f"cannot listen on 0.0.0.0:{taken} for HAProxy's stats port (set RAY_SERVE_HAPROXY_STATS_PORT to move it)" in out
+    assert "starting Ray" not in out
+
+
 def test_a_file_that_is_not_onnx_is_refused_before_ray_starts(tmp_path):
     from lockgate.server.demo import write_demo_repository
 
