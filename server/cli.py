@@ -39,16 +39,23 @@ def demo_repo(directory: Path, models: tuple[str, ...]) -> None:
         click.echo(f"wrote {path}")
 
 
-def _example(record) -> str:
-    """A request body that works as printed against a registered version, from its signature."""
+def _example(record, config=None) -> str:
+    """A request body that works as printed: the version's signature as clients see it
+    (after the model's declared preprocessing), filled with sample values."""
     import json
     import math
 
+    preprocess = config.preprocess if config is not None else {}
     inputs = []
     for spec in record.signature["inputs"]:
-        shape = [1 if d == -1 else d for d in spec["shape"]]
+        shape, datatype = list(spec["shape"]), spec["datatype"]
+        pre = preprocess.get(spec["name"])
+        if pre is not None:
+            datatype = pre.datatype or datatype
+            if pre.layout == "HWC" and len(shape) == 4:
+                shape = [shape[0], shape[2], shape[3], shape[1]]
+        shape = [1 if d == -1 else d for d in shape]
         n = math.prod(shape)
-        datatype = spec["datatype"]
         sample = {"BOOL": True, "BYTES": "text"}.get(datatype, 1.0 if datatype.startswith("FP") else 1)
         data = [5.1, 3.5, 1.4, 0.2] if record.name == "iris" and n == 4 else [sample] * n
         inputs.append({"name": spec["name"], "datatype": datatype, "shape": shape, "data": data})
@@ -121,7 +128,7 @@ def serve(repository: Path | None, host: str, port: int, address: str | None, re
         click.echo("try:")
         click.echo(f"  curl -s {base}/v2/health/ready")
         click.echo(f"  curl -s {base}/v2/models/{shown_name}")
-        click.echo(f"  curl -s -X POST {base}/v2/models/{shown_name}/infer -H 'Content-Type: application/json' -d '{_example(shown)}'")
+        click.echo(f"  curl -s -X POST {base}/v2/models/{shown_name}/infer -H 'Content-Type: application/json' -d '{_example(shown, models[shown_name])}'")
         click.echo("Ctrl-C stops the server.")
         while not stop.wait(0.5):
             pass

@@ -225,3 +225,13 @@ def test_preprocessing_uint8_hwc_is_normalised_in_the_fast_path(services):
     np.testing.assert_array_equal(np.array(r.json()["outputs"][0]["data"], np.float32).reshape(2, 10), want)
     wrong = {"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 3, S, S], "data": [0.0] * (3 * S * S)}]}
     _err(post(s, "/infer", wrong), 400, "datatype FP32 does not match the model's UINT8")
+
+
+@pytest.mark.parametrize("name", ["iris", "cnn", "identity", "mlp"])
+def test_the_printed_example_request_is_accepted(services, demo_registry, name):
+    from lockgate.server.cli import _example
+
+    record = demo_registry.resolve(name)
+    body = _example(record, ModelConfig.model_validate(demo_registry.model_config(name))).encode()
+    r = post(services[name], "/infer", raw=body)
+    assert r.status == 200, r.body
