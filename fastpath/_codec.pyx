@@ -698,8 +698,8 @@ def decode_binary(object buffer, str name, tuple shape):
                 where="binary data",
             )
         return np.frombuffer(buffer, dtype=dt.dtype, count=n).reshape(shape)
-    view = memoryview(buffer).cast("B")
     mv = memoryview(buffer).cast("B")
+    view = mv
     out = np.empty(n, dtype=object)
     pos = 0
     end = view.shape[0]

@@ -57,7 +57,7 @@ def _parameters(item: dict[str, Any], where: str) -> dict[str, Any]:
     return params
 
 
-def _check_against(spec: TensorSpec, datatype: str, shape: tuple[int, ...], model: ModelVersion) -> None:
+def _check_against(spec: TensorSpec, datatype: str, shape: tuple[int, ...]) -> None:
     if datatype != spec.datatype:
         raise BadRequest(f"input '{spec.name}': datatype {datatype} does not match the model's {spec.datatype}")
     if len(shape) != len(spec.shape) or any(w != -1 and w != g for w, g in zip(spec.shape, shape)):
@@ -109,7 +109,7 @@ def parse_infer_request(
         if type(datatype) is not str:
             raise BadRequest(f"input '{name}': 'datatype' must be a string such as \"{spec.datatype}\"")
         shape = _shape(item.get("shape"), f"input '{name}'")
-        _check_against(spec, datatype, shape, model)
+        _check_against(spec, datatype, shape)
         if max_batch_size > 0:
             batch_dims.add(shape[0])
             if shape[0] > max_batch_size:

@@ -80,8 +80,8 @@ def import_repository(root: Path | str, registry: Any, *, actor: str, default_al
     done = []
     for entry in scan_repository(root):
         config = entry.config.model_dump(mode="json", exclude_none=True)
+        before = {v.version: v.sha256 for v in registry.versions(entry.name)}  # one query per model
         for version in sorted(entry.files):
-            before = {v.version: v.sha256 for v in registry.versions(entry.name)} if entry.name in registry.list_models() else {}
             record = registry.register(
                 entry.files[version], entry.name, created_by=actor, version=version, config=config,
                 lineage={"source": str(entry.files[version].resolve())},

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import argparse
 
 import litserve as ls
 import numpy as np
 import onnxruntime as ort
+from _oip import response  # noqa: E402
 
 
 class OnnxAPI(ls.LitAPI):
@@ -36,14 +41,7 @@ class OnnxAPI(ls.LitAPI):
         return [[r[i : i + 1] for r in results] for i in range(results[0].shape[0])]
 
     def encode_response(self, results):
-        return {
-            "model_name": self.name,
-            "model_version": "1",
-            "outputs": [
-                {"name": n, "datatype": "FP32", "shape": list(r.shape), "data": r.reshape(-1).tolist()}
-                for n, r in zip(self.outputs, results)
-            ],
-        }
+        return response(self.name, self.outputs, results)
 
 
 if __name__ == "__main__":

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import argparse
 import json
 
 import numpy as np
 import onnxruntime as ort
 import uvicorn
+from _oip import response  # noqa: E402
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -28,14 +33,7 @@ def build(model_path: str, name: str) -> Starlette:
         }
         results = session.run(None, feeds)
         return JSONResponse(
-            {
-                "model_name": name,
-                "model_version": "1",
-                "outputs": [
-                    {"name": n, "datatype": "FP32", "shape": list(r.shape), "data": r.reshape(-1).tolist()}
-                    for n, r in zip(out_names, results)
-                ],
-            }
+            response(name, out_names, results)
         )
 
     async def ready(request: Request) -> Response:
