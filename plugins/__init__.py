@@ -13,7 +13,7 @@ PROJECT_NAME = "lockgate"
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 
-from ._manager import ENTRY_POINT_GROUP, PLUGIN_API_VERSION, PluginManager, PluginStatus, build_manager  # noqa: E402
+from ._manager import ENTRY_POINT_GROUP, PLUGIN_API_VERSION, PluginManager, PluginStatus, RecordFailed, build_manager  # noqa: E402
 from ._types import (  # noqa: E402
     MODEL_NAME,
     AuditEvent,
@@ -40,6 +40,7 @@ __all__ = [
     "PluginManager",
     "PluginStatus",
     "Principal",
+    "RecordFailed",
     "RegistrationCandidate",
     "RequestInfo",
     "Settings",

@@ -21,13 +21,17 @@ import pluggy
 from . import PROJECT_NAME, hookspecs
 from ._types import AuditEvent, Decision, Principal, Settings
 
-__all__ = ["ENTRY_POINT_GROUP", "PLUGIN_API_VERSION", "PluginManager", "PluginStatus"]
+__all__ = ["ENTRY_POINT_GROUP", "PLUGIN_API_VERSION", "PluginManager", "PluginStatus", "RecordFailed"]
 
 log = logging.getLogger("lockgate.plugins")
 
 ENTRY_POINT_GROUP = "lockgate.plugins"
-PLUGIN_API_VERSION = "1.0"
+PLUGIN_API_VERSION = "1.1"
 ANONYMOUS = Principal("anonymous")
+
+
+class RecordFailed(Exception):
+    """A recorder could not record an inference request; its answer must not be sent."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,12 +58,14 @@ class PluginManager:
         allow: Iterable[str] | None = None,
         block: Iterable[str] = (),
         gate_timeout_s: float = 1.0,
+        record_timeout_s: float = 5.0,
     ) -> None:
         self._pm = pluggy.PluginManager(PROJECT_NAME)
         self._pm.add_hookspecs(hookspecs)
         self.allow = None if allow is None else frozenset(allow)
         self.block = frozenset(block)
         self.gate_timeout_s = gate_timeout_s
+        self.record_timeout_s = record_timeout_s
         self.statuses: list[PluginStatus] = []
         self.errors: Counter[str] = Counter()  # by plugin name: gatekeeper and observer failures
         self.denials: Counter[str] = Counter()  # by plugin name
@@ -128,6 +134,10 @@ class PluginManager:
     def has(self, hook_name: str) -> bool:
         return bool(getattr(self._pm.hook, hook_name).get_hookimpls())
 
+    def plugin(self, name: str) -> Any:
+        """The registered plugin object called ``name``, or None."""
+        return self._pm.get_plugin(name)
+
     def failed(self) -> list[PluginStatus]:
         return [s for s in self.statuses if s.state == "failed"]
 
@@ -153,7 +163,8 @@ class PluginManager:
             if isinstance(result, Decision):
                 if not result.allow:
                     self.denials[impl.plugin_name] += 1
-                    return Decision(False, result.reason, impl.plugin_name, 401)
+                    # 503: the authenticator cannot check credentials now; anything else is 401.
+                    return Decision(False, result.reason, impl.plugin_name, 503 if result.status == 503 else 401)
             elif isinstance(result, Principal):
                 return result
         return ANONYMOUS
@@ -171,19 +182,51 @@ class PluginManager:
                 return Decision(False, result.reason, impl.plugin_name, result.status or 403)
         return Decision(True)
 
+    def _denials(self, hook_name: str, what: str, kwargs: dict[str, Any], *, first: bool = False) -> list[Decision]:
+        """The denies of every implementation of a synchronous gatekeeper (``first``: stop at one)."""
+        denials = []
+        for impl in reversed(getattr(self._pm.hook, hook_name).get_hookimpls()):
+            try:
+                call = {k: kwargs[k] for k in impl.argnames}
+                result = asyncio.run(self._call_gate(impl, kwargs)) if inspect.iscoroutinefunction(impl.function) else impl.function(**call)
+            except Exception as e:  # noqa: BLE001 - fail closed
+                denials.append(self._gate_failed(impl.plugin_name, what, e))
+            else:
+                if isinstance(result, Decision) and not result.allow:
+                    self.denials[impl.plugin_name] += 1
+                    denials.append(Decision(False, result.reason, impl.plugin_name, result.status))
+            if denials and first:
+                break
+        return denials
+
     def check_registration(self, candidate: Any) -> list[Decision]:
         """Every deny of every registration gatekeeper (empty: allowed). Runs synchronously."""
-        denials = []
-        for impl in reversed(self._pm.hook.lockgate_check_registration.get_hookimpls()):
+        return self._denials("lockgate_check_registration", "registration check", {"candidate": candidate})
+
+    def check_alias(self, principal: Principal, model: str, alias: str, version: int) -> Decision:
+        """Allow an alias move unless a gatekeeper denies it."""
+        kwargs = {"principal": principal, "model": model, "alias": alias, "version": version}
+        denials = self._denials("lockgate_check_alias", "alias check", kwargs, first=True)
+        return denials[0] if denials else Decision(True)
+
+    def check_serving(self, record: Any, aliases: list[str]) -> Decision:
+        """Allow serving ``record`` unless a gatekeeper denies it."""
+        denials = self._denials("lockgate_check_serving", "serving check", {"record": record, "aliases": aliases}, first=True)
+        return denials[0] if denials else Decision(True)
+
+    async def record_inference(self, event: Any) -> None:
+        """Hand ``event`` to every recorder and wait for the records they say are pending.
+
+        Raises when a recorder fails or times out: the caller must withhold its answer."""
+        for impl in self._pm.hook.lockgate_record_inference.get_hookimpls():
             try:
-                result = asyncio.run(self._call_gate(impl, {"candidate": candidate})) if inspect.iscoroutinefunction(impl.function) else impl.function(candidate=candidate)
-            except Exception as e:  # noqa: BLE001 - fail closed
-                denials.append(self._gate_failed(impl.plugin_name, "registration check", e))
-                continue
-            if isinstance(result, Decision) and not result.allow:
-                self.denials[impl.plugin_name] += 1
-                denials.append(Decision(False, result.reason, impl.plugin_name, result.status))
-        return denials
+                pending = impl.function(event=event)
+                if pending is not None:
+                    await asyncio.wait_for(pending, self.record_timeout_s)
+            except Exception as e:
+                self.errors[impl.plugin_name] += 1
+                kind = "timed out" if isinstance(e, (TimeoutError, asyncio.TimeoutError)) else f"failed ({type(e).__name__}: {e})"
+                raise RecordFailed(f"recorder '{impl.plugin_name}' {kind}") from e
 
     def _gate_failed(self, plugin: str, what: str, error: BaseException, *, status: int = 403) -> Decision:
         self.errors[plugin] += 1

@@ -16,10 +16,12 @@ __all__ = ["ArtifactMismatch", "ArtifactStore", "make_engine", "sha256_file", "w
 CHUNK = 1 << 20
 
 
-def make_engine(url: str) -> sa.Engine:
+def make_engine(url: str, *, durable: bool = False) -> sa.Engine:
     """An engine for ``url``. SQLite: WAL, a busy timeout, and writers (connections with the
     execution option ``write=True``) serialised with BEGIN IMMEDIATE, so concurrent
-    registrations queue instead of failing."""
+    registrations queue instead of failing. ``durable``: SQLite syncs the WAL at every commit
+    (synchronous=FULL), so a committed transaction survives a power cut, not only a crash;
+    PostgreSQL commits are durable by default."""
     if url.startswith("sqlite"):
         path = sa.make_url(url).database
         if path and path != ":memory:":
@@ -31,7 +33,7 @@ def make_engine(url: str) -> sa.Engine:
             dbapi_connection.isolation_level = None  # we emit BEGIN ourselves
             cur = dbapi_connection.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA synchronous=FULL" if durable else "PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
 

@@ -31,13 +31,15 @@ class Settings:
 
     ``registry_url`` is a SQLAlchemy URL; ``artifact_dir`` where artifacts live by sha256;
     ``default_alias`` the alias that ``/v2/models/<m>/infer`` serves; ``options`` the
-    per-plugin sections of the server configuration, by plugin name.
+    per-plugin sections of the server configuration, by plugin name; ``home`` the folder
+    where plugins keep their local files (keys, checkpoints) unless configured otherwise.
     """
 
     registry_url: str
     artifact_dir: str
     default_alias: str = "production"
     options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    home: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +95,9 @@ class ModelVersionRecord:
 
 @dataclass(frozen=True, slots=True)
 class RegistrationCandidate:
-    """A model about to be registered, for registration-policy gatekeepers."""
+    """A model about to be registered, for registration-policy gatekeepers. ``operators`` are
+    ``Op`` for the default domain and ``domain::Op`` otherwise; ``custom_op_libraries`` the
+    libraries its configuration loads into onnxruntime, by path, with their sha256."""
 
     name: str
     path: str
@@ -104,11 +108,20 @@ class RegistrationCandidate:
     lineage: Mapping[str, Any]
     opsets: Mapping[str, int]
     operators: frozenset[str]
+    custom_op_libraries: Mapping[str, str] = field(default_factory=dict)  # path -> sha256
 
 
 @dataclass(frozen=True, slots=True)
 class InferenceEvent:
-    """One answered inference request (observers; never per row)."""
+    """One inference request and what it came to (recorders and observers; never per row).
+
+    ``request_id`` is the server's id of the request (the ``lockgate-request-id`` response
+    header); ``client_id`` the OIP request ``id`` the client sent, if any. ``sha256`` is the
+    served version's artifact hash. ``request_body`` and ``response_body`` are the bytes as
+    received and sent (None when there were none); a recorder digests them off the hot path.
+    ``decided_by`` names the gatekeeper plugin that refused the request, if one did.
+    ``started_at`` is the epoch time the request arrived.
+    """
 
     request_id: str | None
     model: str
@@ -118,6 +131,12 @@ class InferenceEvent:
     latency_s: float
     batch_rows: int
     error: str | None = None
+    client_id: str | None = None
+    sha256: str | None = None
+    request_body: bytes | None = None
+    response_body: bytes | None = None
+    decided_by: str | None = None
+    started_at: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,12 +1,14 @@
 """The hook specifications of lockgate's plugin API (``PLUGIN_API_VERSION``).
 
-Four concerns, each with its calling rule:
+Five concerns, each with its calling rule:
 
 - Lifecycle: ``lockgate_configure`` runs once when a process builds its plugin manager.
 - Model resolution (registry): first non-None result wins.
-- Gatekeepers (authenticate, authorize, registration policy): each implementation is called
-  on its own, in turn; any deny wins; an exception or a timeout counts as a deny, and is
-  counted. Gatekeepers may be ``async def``.
+- Gatekeepers (authenticate, authorize, registration policy, alias moves, serving): each
+  implementation is called on its own, in turn; any deny wins; an exception or a timeout
+  counts as a deny, and is counted. Request gatekeepers may be ``async def``.
+- Recorders (the audit log's inference records): called before a response leaves; the
+  response waits for an awaitable they return; an exception withholds the answer (503).
 - Observers (audit, monitoring): each implementation is called on its own; an exception is
   logged and counted and the request goes on.
 
@@ -33,18 +35,29 @@ from ._types import (
 __all__ = [
     "GATEKEEPERS",
     "OBSERVERS",
+    "RECORDERS",
     "lockgate_audit_event",
     "lockgate_authenticate",
     "lockgate_authorize",
+    "lockgate_check_alias",
     "lockgate_check_registration",
+    "lockgate_check_serving",
     "lockgate_configure",
     "lockgate_model_registry",
     "lockgate_observe_batch",
     "lockgate_observe_inference",
+    "lockgate_record_inference",
     "lockgate_resolve_model",
 ]
 
-GATEKEEPERS = ("lockgate_authenticate", "lockgate_authorize", "lockgate_check_registration")
+GATEKEEPERS = (
+    "lockgate_authenticate",
+    "lockgate_authorize",
+    "lockgate_check_registration",
+    "lockgate_check_alias",
+    "lockgate_check_serving",
+)
+RECORDERS = ("lockgate_record_inference",)
 OBSERVERS = ("lockgate_audit_event", "lockgate_observe_inference", "lockgate_observe_batch")
 
 
@@ -115,6 +128,39 @@ def lockgate_check_registration(candidate: RegistrationCandidate) -> Decision | 
     """Allow or deny registering ``candidate`` (a validated ONNX file with its sha256,
     signature, opsets and operators). Runs once per registration, before anything is
     written. Every deny is collected into the refusal; an exception counts as a deny.
+    """
+
+
+@hookspec
+def lockgate_check_alias(principal: Principal, model: str, alias: str, version: int) -> Decision | None:
+    """Allow or deny ``principal`` pointing ``alias`` of ``model`` at ``version``. Runs once
+    per alias move, before anything is written (CLI, repository import). Any deny refuses
+    the move with its reason; an exception counts as a deny.
+    """
+
+
+@hookspec
+def lockgate_check_serving(record: ModelVersionRecord, aliases: list[str]) -> Decision | None:
+    """May ``record`` be served now, while ``aliases`` (possibly empty) point to it?
+
+    Runs off the hot path in every model replica: when a version loads and at each registry
+    poll (``alias_poll_s``, 1 s by default). A deny stops the version serving: its requests
+    get 503 with the reason until a later poll allows it again. An exception counts as a deny.
+    """
+
+
+# -- recorders -------------------------------------------------------------------------------------
+
+
+@hookspec
+def lockgate_record_inference(event: InferenceEvent) -> Any:
+    """Record one inference request (answered, refused or failed) before its response leaves.
+
+    Runs once per inference request, on the replica's event loop, so it must only hand the
+    event over (to a buffer, a queue). Return None, or an awaitable that completes when the
+    record is durable: the response waits for it. An exception, or an awaitable that fails or
+    takes longer than the recorder timeout, withholds the answer: the client gets 503, and
+    the model's answer is never sent unrecorded.
     """
 
 

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-__all__ = ["_fail", "actor", "settings_from", "with_registry_options"]
+__all__ = ["_fail", "actor", "checked_actor", "settings_from", "with_registry_options"]
 
 
 def _fail(error: Exception) -> None:
@@ -38,3 +38,29 @@ def settings_from(registry_url: str | None, artifact_dir: str | None):
     from .settings import LockgateSettings
 
     return LockgateSettings.from_env(registry_url=registry_url, artifact_dir=artifact_dir)
+
+
+def checked_actor(manager, action: str, model: str | None = None, version: int | None = None) -> str:
+    """Who runs this command, after the gatekeepers agreed that they may do ``action``.
+
+    The caller's API key comes from LOCKGATE_API_KEY. Once keys exist, control commands need
+    one whose role allows the action, and the key's principal is the actor of the record.
+    While none exist (open mode) the actor is LOCKGATE_ACTOR or the OS user.
+    """
+    import asyncio
+    import os
+
+    from lockgate.plugins import Decision, RequestInfo
+
+    key = os.environ.get("LOCKGATE_API_KEY")
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    info = RequestInfo("CLI", f"lockgate {action}", headers, "cli", model, None if version is None else str(version))
+    who = asyncio.run(manager.authenticate(info))
+    if isinstance(who, Decision):
+        click.secho(f"error: not authenticated: {who.reason} (set LOCKGATE_API_KEY)", fg="red", err=True)
+        sys.exit(3)
+    decision = asyncio.run(manager.authorize(who, action, model, None if version is None else str(version)))
+    if not decision.allow:
+        click.secho(f"error: forbidden: {decision.reason}", fg="red", err=True)
+        sys.exit(4)
+    return actor() if who.name == "anonymous" else who.name

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
 import click
 
-from ._cli_common import _fail, actor, settings_from, with_registry_options
+from ._cli_common import _fail, checked_actor, settings_from, with_registry_options
 
 __all__ = ["models", "plugins"]
 
@@ -76,8 +77,10 @@ def register(ctx, file, name, training_data, training_data_sha256, code_version,
         if v is not None
     }
     card = card_file.read_text(encoding="utf-8") if card_file else ""
+    manager = _manager(ctx)
+    who = checked_actor(manager, "register", name)
     try:
-        record = _registry(ctx).register(file, name, created_by=actor(), lineage=lineage, card=card)
+        record = manager.registry().register(file, name, created_by=who, lineage=lineage, card=card)
     except (RegistrationError, LookupError) as e:
         _fail(e)
     click.echo(f"registered {record.name} version {record.version} (sha256 {record.sha256})")
@@ -135,8 +138,13 @@ def alias() -> None:
 @click.pass_context
 def alias_set(ctx, name: str, alias_name: str, version: int) -> None:
     """Point ALIAS of model NAME at VERSION (serving replicas follow within a second)."""
+    manager = _manager(ctx)
+    who = checked_actor(manager, "alias", name, version)
     try:
-        previous = _registry(ctx).set_alias(name, alias_name, version, actor=actor())
+        previous = manager.registry().set_alias(name, alias_name, version, actor=who)
+    except PermissionError as e:
+        click.secho(f"error: {e}", fg="red", err=True)
+        sys.exit(4)
     except (LookupError, ValueError) as e:
         _fail(e)
     was = f" (was {previous})" if previous is not None else ""
@@ -179,16 +187,25 @@ def import_repo(ctx, directory: Path) -> None:
     """Register every version of a Triton-style model repository DIRECTORY (idempotent)."""
     from lockgate.plugins.registry import RegistrationError
 
+    from ._cli_governance import open_mode_approver
     from ._errors import ConfigError
     from .repository import import_repository
 
     settings = settings_from(ctx.obj["registry_url"], ctx.obj["artifact_dir"])
+    manager = settings.manager()
+    who = checked_actor(manager, "register")
+    refused: list[str] = []
     try:
-        done = import_repository(directory, settings.manager().registry(), actor=actor(), default_alias=settings.default_alias)
+        done = import_repository(
+            directory, manager.registry(), actor=who, default_alias=settings.default_alias,
+            before_alias=open_mode_approver(manager), refused=refused,
+        )
     except (ConfigError, RegistrationError) as e:
         _fail(e)
     for name, version, new in done:
         click.echo(f"{'registered' if new else 'already registered'}: {name} version {version}")
+    for line in refused:
+        click.echo(f"not aliased: {line}")
 
 
 @click.group()

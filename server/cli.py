@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from ._cli_common import _fail, actor, settings_from, with_registry_options
+from ._cli_common import _fail, checked_actor, settings_from, with_registry_options
 from ._errors import LockgateError
 
 __all__ = ["main"]
@@ -76,7 +76,10 @@ def _example(record, config=None) -> str:
 @click.option("--address", default=None, help="Join this running Ray cluster instead of starting a local one.")
 @with_registry_options
 @click.option("--verbose", is_flag=True, help="Show Ray's and the replicas' logs.")
-def serve(repository: Path | None, host: str, port: int, address: str | None, registry_url: str | None, artifact_dir: str | None, verbose: bool) -> None:
+@click.option("--insecure", is_flag=True, help="Allow serving without API keys on an interface other than loopback.")
+def serve(
+    repository: Path | None, host: str, port: int, address: str | None, registry_url: str | None, artifact_dir: str | None, verbose: bool, insecure: bool
+) -> None:
     """Serve models over HTTP (Open Inference Protocol v2).
 
     Registers the --model-repository into the registry (idempotently; a model without a
@@ -84,18 +87,26 @@ def serve(repository: Path | None, host: str, port: int, address: str | None, re
     --address), deploys one Serve application per model at /v2/models/<name> and the
     control routes at /v2. Ctrl-C or SIGTERM stops everything it started.
     """
+    from ._cli_governance import open_mode_approver
     from .config import ModelConfig
     from .repository import import_repository
     from .runtime import Runtime
 
-    settings = settings_from(registry_url, artifact_dir)
     try:
+        settings = settings_from(registry_url, artifact_dir)
         manager = settings.manager()
+        open_mode = _check_governance(manager, host, insecure)
         registry = manager.registry()
         if repository is not None:
-            imported = import_repository(repository, registry, actor=actor(), default_alias=settings.default_alias)
+            refused: list[str] = []
+            imported = import_repository(
+                repository, registry, actor=checked_actor(manager, "register"), default_alias=settings.default_alias,
+                before_alias=open_mode_approver(manager), refused=refused,
+            )
             for name, version, new in imported:
                 click.echo(f"{'registered' if new else 'already registered'}: {name} version {version}")
+            for line in refused:
+                click.secho(f"not aliased: {line}", fg="yellow")
             names = sorted({name for name, _, _ in imported})
         else:
             names = [n for n in registry.list_models() if registry.versions(n)]
@@ -124,6 +135,12 @@ def serve(repository: Path | None, host: str, port: int, address: str | None, re
         url_host = f"[{host}]" if ":" in host else ("127.0.0.1" if host in ("0.0.0.0", "") else host)
         base = f"http://{url_host}:{port}"
         click.secho(f"lockgate is serving {len(models)} model(s) on {base}", fg="green")
+        if open_mode:
+            click.secho(
+                "  open mode: no API keys exist, so anyone who can reach this address may call every model; "
+                "create one with `lockgate keys create --principal NAME --role admin`",
+                fg="yellow",
+            )
         click.echo(f"  models: {', '.join(models)}; registry: {settings.registry_url}")
         click.echo("try:")
         click.echo(f"  curl -s {base}/v2/health/ready")
@@ -142,6 +159,29 @@ def serve(repository: Path | None, host: str, port: int, address: str | None, re
     sys.exit(code)
 
 
+def _check_governance(manager, host: str, insecure: bool) -> bool:
+    """Refuse what the governance plugin forbids at start; True in open mode (no keys yet)."""
+    for status in manager.failed():
+        click.secho(f"warning: plugin {status.name} failed: {status.error}", fg="yellow", err=True)
+    governance = manager.plugin("governance")
+    if governance is None:
+        click.secho("warning: the governance plugin is not loaded: no authentication, approval or policy", fg="yellow", err=True)
+        return False
+    if governance.error:
+        raise LockgateError(governance.error)
+    problem = governance.options.policy.runtime_problem()
+    if problem is not None:
+        raise LockgateError(f"refusing to start: {problem}")
+    open_mode = governance.open_mode()
+    loopback = host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
+    if open_mode and not loopback and not insecure:
+        raise LockgateError(
+            f"refusing to serve on {host} without API keys: anyone on the network could call every model. "
+            "Create a key (`lockgate keys create --principal NAME --role admin`), bind 127.0.0.1, or pass --insecure"
+        )
+    return open_mode
+
+
 @main.command()
 def cleanup() -> None:
     """Stop HAProxy processes left behind by a lockgate or Serve run that was killed."""
@@ -155,11 +195,18 @@ def cleanup() -> None:
     click.echo(f"stopped HAProxy (pid {', '.join(map(str, pids))})")
 
 
+from ._cli_audit import audit as _audit_group  # noqa: E402
+from ._cli_governance import approval_commands as _approval_commands  # noqa: E402
+from ._cli_governance import keys as _keys_group  # noqa: E402
+from ._cli_governance import policy as _policy_group  # noqa: E402
+from ._cli_governance import sbom as _sbom_command  # noqa: E402
 from ._cli_models import models as _models_group  # noqa: E402
 from ._cli_models import plugins as _plugins_group  # noqa: E402
 
-main.add_command(_models_group)
-main.add_command(_plugins_group)
+for _command in _approval_commands:
+    _models_group.add_command(_command)
+for _command in (_models_group, _plugins_group, _keys_group, _policy_group, _sbom_command, _audit_group):
+    main.add_command(_command)
 
 if __name__ == "__main__":
     main()

@@ -101,6 +101,13 @@ class AutoscalingConfig(_Strict):
         return self
 
 
+class CustomOpLibrary(_Strict):
+    """A shared library of custom operators that onnxruntime loads for this model."""
+
+    path: str = Field(..., description="Path of the library (.so) on every node that serves the model.")
+    sha256: str = Field(..., pattern=r"^[0-9a-f]{64}$", description="Its sha256; a library whose bytes differ is not loaded.")
+
+
 class OnnxRuntimeConfig(_Strict):
     """onnxruntime session options. Defaults suit shared CPUs: one thread, no spinning."""
 
@@ -113,6 +120,9 @@ class OnnxRuntimeConfig(_Strict):
         "all", description="onnxruntime graph optimisation level."
     )
     execution_mode: Literal["sequential", "parallel"] = Field("sequential", description="Operator scheduling.")
+    custom_op_libraries: list[CustomOpLibrary] = Field(
+        [], description="Custom-operator libraries to load; the governance policy must list their sha256."
+    )
 
 
 class _Latest(_Strict):

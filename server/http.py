@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import re
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from lockgate.plugins import Decision, InferenceEvent, PluginManager, RequestInfo
+from lockgate.plugins import Decision, InferenceEvent, PluginManager, RecordFailed, RequestInfo
 
 from ._errors import (
     BadRequest,
@@ -48,6 +49,8 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 SERVER_NAME = "lockgate"
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 _JSON = [(b"content-type", b"application/json")]
+_RETRY = {"Retry-After": "1"}
+_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="lockgate"'}
 _VERSION_ROUTE = re.compile(r"^/versions/([^/]+)(/ready|/infer)?/?$")
 
 
@@ -90,8 +93,7 @@ async def respond(send: Send, status: int, body: bytes, headers: list[tuple[byte
 
 
 async def respond_error(send: Send, error: RequestError) -> None:
-    headers = [*_JSON, *((k.encode(), v.encode()) for k, v in error.headers.items())]
-    await respond(send, error.status, error.body(), headers)
+    await respond(send, error.status, error.body(), _error_headers(error))
 
 
 def _json_body(obj: object) -> bytes:
@@ -153,6 +155,9 @@ class ModelService:
         for version in sorted(wanted):
             self.served[version] = self._load(version)
         self._batch_observed = manager is not None and manager.has("lockgate_observe_batch")
+        self._serving_checked = manager is not None and manager.has("lockgate_check_serving")
+        self.blocked: dict[int, str] = {}  # version -> why it may not serve now (serving gatekeepers)
+        self.update_blocked()
 
     def _load(self, version: int) -> _Served:
         """Read (hash-checked) and load one version; runs off the event loop after start."""
@@ -241,6 +246,7 @@ class ModelService:
         finally:
             self._loading.pop(number, None)
         self.served.setdefault(number, served)
+        await asyncio.to_thread(self.update_blocked)
         return self.served[number]
 
     async def refresh(self) -> bool:
@@ -259,12 +265,42 @@ class ModelService:
         log.info("model %s aliases now %s", self.name, aliases)
         return True
 
+    def update_blocked(self, records: list[Any] | None = None) -> None:
+        """Ask the serving gatekeepers about every loaded version; runs off the event loop."""
+        if not self._serving_checked:
+            return
+        if records is None:
+            records = [self.registry.get_version(self.name, v) for v in self.served]
+        blocked = {}
+        for record in records:
+            if record.version not in self.served:
+                continue
+            aliases = sorted(a for a, v in self.aliases.items() if v == record.version)
+            decision = self.manager.check_serving(record, aliases)
+            if not decision.allow:
+                blocked[record.version] = decision.reason or f"version {record.version} may not serve"
+        for version in blocked.keys() - self.blocked.keys():
+            log.warning("model %s version %s stops serving: %s", self.name, version, blocked[version])
+            self.manager.audit("serving_stopped", "lockgate", model=self.name, version=version, detail={"reason": blocked[version]})
+        for version in self.blocked.keys() - blocked.keys():
+            self.manager.audit("serving_resumed", "lockgate", model=self.name, version=version)
+        self.blocked = blocked
+
+    def check_serving(self, served: _Served) -> None:
+        """503 when a serving gatekeeper stopped this version (revoked, not approved, ...)."""
+        if self.blocked:
+            reason = self.blocked.get(served.model.version)
+            if reason is not None:
+                raise Unavailable(f"model '{self.name}' version {served.model.version} is not served: {reason}")
+
     async def refresh_forever(self, interval_s: float) -> None:
         while True:
             await asyncio.sleep(interval_s)
             try:
                 await self.refresh()
-                self.registered = await asyncio.to_thread(lambda: {r.version for r in self.registry.versions(self.name)})
+                records = await asyncio.to_thread(self.registry.versions, self.name)
+                self.registered = {r.version for r in records}
+                await asyncio.to_thread(self.update_blocked, records)
             except Exception as e:  # noqa: BLE001 - keep serving what is loaded
                 log.warning("registry refresh for %s failed: %s", self.name, e)
 
@@ -308,8 +344,10 @@ class ModelService:
 class ModelApp:
     """ASGI app for one model, mounted at ``/v2/models/<name>``.
 
-    Gatekeepers (authenticate, authorize) run once per request before the body is read;
-    observers run after the response is sent. With no such plugins, neither costs anything.
+    Gatekeepers (authenticate, authorize) run once per request before the body is read.
+    Recorders (the audit log) get every inference request before its response leaves, and
+    the response waits for a record they say is pending; observers run after it was sent.
+    With no such plugins, none of this costs anything.
     """
 
     def __init__(self, service: ModelService) -> None:
@@ -318,6 +356,7 @@ class ModelApp:
         self.manager = manager
         self.gated = manager is not None and (manager.has("lockgate_authenticate") or manager.has("lockgate_authorize"))
         self.observed = manager is not None and manager.has("lockgate_observe_inference")
+        self.recorded = manager is not None and manager.has("lockgate_record_inference")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -328,24 +367,45 @@ class ModelApp:
         start = time.perf_counter()
         outcome = _Outcome()
         try:
-            await self._route(scope, receive, send, outcome)
+            status, body, headers = await self._route(scope, receive, outcome)
         except RequestError as e:
             outcome.status, outcome.error = e.status, e.message
-            await respond_error(send, e)
+            status, body, headers = e.status, e.body(), _error_headers(e)
         except ConnectionAbortedError:
+            outcome.status, outcome.error = 499, "client disconnected before the request was read"
+            if self.recorded and outcome.action == "infer":
+                await self._record(outcome, start, None)
             return
         except Exception as e:  # a bug of ours: say so, keep the replica up
             log.exception("unhandled error on %s", scope.get("path"))
-            outcome.status, outcome.error = 500, type(e).__name__
-            await respond_error(send, RequestError(f"internal error: {type(e).__name__}"))
+            error = RequestError(f"internal error: {type(e).__name__}")
+            outcome.status, outcome.error = 500, error.message
+            status, body, headers = 500, error.body(), _error_headers(error)
+        if outcome.action == "infer":
+            headers = [*headers, (b"lockgate-request-id", outcome.request_id.encode())]
+            if self.recorded:
+                withheld = await self._record(outcome, start, body)
+                if withheld is not None:
+                    status, body, headers = withheld.status, withheld.body(), [*_error_headers(withheld), headers[-1]]
+        await respond(send, status, body, headers)
         if self.observed and outcome.action == "infer":
-            self.manager.observe(
-                "lockgate_observe_inference",
-                event=InferenceEvent(
-                    outcome.request_id, self.service.name, outcome.version, outcome.principal,
-                    outcome.status, time.perf_counter() - start, outcome.rows, outcome.error,
-                ),
-            )
+            self.manager.observe("lockgate_observe_inference", event=self._event(outcome, start, body))
+
+    def _event(self, outcome: _Outcome, start: float, response: bytes | None) -> InferenceEvent:
+        return InferenceEvent(
+            outcome.request_id, self.service.name, outcome.version, outcome.principal, outcome.status,
+            time.perf_counter() - start, outcome.rows, outcome.error, outcome.client_id, outcome.sha256,
+            outcome.body, response, outcome.decided_by, outcome.started_at,
+        )
+
+    async def _record(self, outcome: _Outcome, start: float, response: bytes | None) -> RequestError | None:
+        """Hand the request to the recorders; the error to send instead when they fail."""
+        try:
+            await self.manager.record_inference(self._event(outcome, start, response))
+        except RecordFailed as e:
+            log.error("answer to request %s withheld: %s", outcome.request_id, e)
+            return Unavailable(f"the request could not be recorded in the audit log, so its answer is withheld ({e})", headers=_RETRY)
+        return None
 
     async def _gate(self, scope: Scope, action: str, version: str | None, outcome: _Outcome) -> None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())}
@@ -353,13 +413,21 @@ class ModelApp:
         info = RequestInfo(scope["method"], scope["path"], headers, client[0] if client else None, self.service.name, version)
         who = await self.manager.authenticate(info)
         if isinstance(who, Decision):
-            raise Unauthorized(who.reason or "authentication failed")
+            outcome.decided_by = who.plugin
+            if who.status == 503:
+                raise Unavailable(who.reason or "authentication is unavailable", headers=_RETRY)
+            raise Unauthorized(who.reason or "authentication failed", headers=_CHALLENGE)
         outcome.principal = who.name
         decision = await self.manager.authorize(who, action, self.service.name, version)
         if not decision.allow:
+            outcome.decided_by = decision.plugin
+            if decision.status == 401:
+                raise Unauthorized(decision.reason, headers=_CHALLENGE)
+            if decision.status == 503:
+                raise Unavailable(decision.reason, headers=_RETRY)
             raise Forbidden(decision.reason or f"'{who.name}' may not {action} model '{self.service.name}'")
 
-    async def _route(self, scope: Scope, receive: Receive, send: Send, outcome: _Outcome) -> None:
+    async def _route(self, scope: Scope, receive: Receive, outcome: _Outcome) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         path: str = scope["path"]
         root = scope.get("root_path", "")
         rest = path[len(root) :] if root and path.startswith(root) else path
@@ -376,28 +444,32 @@ class ModelApp:
             version, action = match.group(1), (match.group(2) or "")
         if action == "/infer":
             outcome.action = "infer"
+            outcome.request_id = new_request_id()
+            if self.recorded:
+                outcome.started_at = time.time()
             if method != "POST":
                 raise MethodNotAllowed(f"{method} is not allowed on /infer; use POST")
             if self.gated:
                 await self._gate(scope, "infer", version, outcome)
             served = await self.service.version(version)
-            outcome.version = served.model.version
+            outcome.version, outcome.sha256 = served.model.version, served.model.sha256
+            self.service.check_serving(served)
             body = await read_body(receive, self.service.max_body_bytes)
+            outcome.body = body
             out, headers, request = await self.service.infer(served, body, _header(scope, HEADER_LENGTH.encode()))
-            outcome.rows, outcome.request_id = request.rows, request.id
-            await respond(send, 200, out, headers)
-        elif action in ("", "/ready"):
+            outcome.rows, outcome.client_id = request.rows, request.id
+            return 200, out, headers
+        if action in ("", "/ready"):
             self._get_only(method)
             if self.gated:
                 await self._gate(scope, "metadata", version, outcome)
             if action:
-                await self.service.version(version)
+                self.service.check_serving(await self.service.version(version))
                 answer: object = {"name": self.service.name, "ready": True}
             else:
                 answer = await self.service.metadata(version)
-            await respond(send, 200, _json_body(answer), _JSON)
-        else:
-            raise NotFound(f"no route {path}; model routes are '', /ready, /infer, optionally after /versions/<v>")
+            return 200, _json_body(answer), _JSON
+        raise NotFound(f"no route {path}; model routes are '', /ready, /infer, optionally after /versions/<v>")
 
     @staticmethod
     def _get_only(method: str) -> None:
@@ -405,18 +477,32 @@ class ModelApp:
             raise MethodNotAllowed(f"{method} is not allowed here; use GET")
 
 
-class _Outcome:
-    """What the request came to, for the inference observers."""
+def new_request_id() -> str:
+    """A request id unique across replicas and restarts (96 random bits)."""
+    return os.urandom(12).hex()
 
-    __slots__ = ("action", "error", "principal", "request_id", "rows", "status", "version")
+
+def _error_headers(error: RequestError) -> list[tuple[bytes, bytes]]:
+    return [*_JSON, *((k.encode(), v.encode()) for k, v in error.headers.items())]
+
+
+class _Outcome:
+    """What the request came to, for the recorders and observers."""
+
+    __slots__ = ("action", "body", "client_id", "decided_by", "error", "principal", "request_id", "rows", "sha256", "started_at", "status", "version")
 
     def __init__(self) -> None:
         self.action = ""
         self.status = 200
         self.error: str | None = None
         self.principal = "anonymous"
-        self.request_id: str | None = None
+        self.request_id = ""
+        self.client_id: str | None = None
         self.version: int | None = None
+        self.sha256: str | None = None
+        self.body: bytes | None = None
+        self.decided_by: str | None = None
+        self.started_at = 0.0
         self.rows = 0
 
 
@@ -436,7 +522,9 @@ class ControlApp:
 
     ``status`` returns Serve's status of each application by name (called at most once a
     second by the caller's cache). ``repository`` provides ``index()``, ``load(name)``,
-    ``unload(name)`` and ``known(name)``; without it the repository routes answer 404.
+    ``unload(name)``, ``known(name)`` and ``sbom()``; without it those routes answer 404.
+    Health and server metadata are open (probes); the repository routes and the SBOM pass
+    the gatekeepers of ``manager``.
     """
 
     def __init__(
@@ -444,10 +532,13 @@ class ControlApp:
         models: list[str],
         status: Callable[[], Awaitable[dict[str, str]]] | None = None,
         repository: Any = None,
+        manager: PluginManager | None = None,
     ) -> None:
         self.models = set(models)
         self.status = status
         self.repository = repository
+        self.manager = manager
+        self.gated = manager is not None and (manager.has("lockgate_authenticate") or manager.has("lockgate_authorize"))
         self.version = server_version()
 
     async def _not_ready(self) -> list[str]:
@@ -479,7 +570,14 @@ class ControlApp:
         if path.startswith("/v2/repository/"):
             if method != "POST":
                 raise MethodNotAllowed(f"{method} is not allowed on {path}; use POST")
-            return await self._repository(path[len("/v2/repository/") :])
+            return await self._repository(scope, path[len("/v2/repository/") :])
+        if path == "/v2/sbom":
+            if method not in ("GET", "HEAD"):
+                raise MethodNotAllowed(f"{method} is not allowed on {path}; use GET")
+            if self.repository is None:
+                raise NotFound("this server has no registry to describe")
+            await self._gate(scope, "sbom", None)
+            return 200, await self.repository.sbom()
         if path in ("/v2", "/v2/health/live", "/v2/health/ready") and method not in ("GET", "HEAD"):
             raise MethodNotAllowed(f"{method} is not allowed on {path}; use GET")
         if path == "/v2":
@@ -500,14 +598,33 @@ class ControlApp:
             raise NotFound(f"unknown model '{name}'; served models: {known}")
         raise NotFound(f"no route {scope['path']}")
 
-    async def _repository(self, rest: str) -> tuple[int, object]:
+    async def _gate(self, scope: Scope, action: str, model: str | None) -> None:
+        if not self.gated:
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())}
+        client = scope.get("client")
+        info = RequestInfo(scope["method"], scope["path"], headers, client[0] if client else None, model, None)
+        who = await self.manager.authenticate(info)
+        if isinstance(who, Decision):
+            if who.status == 503:
+                raise Unavailable(who.reason, headers=_RETRY)
+            raise Unauthorized(who.reason or "authentication failed", headers=_CHALLENGE)
+        decision = await self.manager.authorize(who, action, model, None)
+        if not decision.allow:
+            if decision.status == 401:
+                raise Unauthorized(decision.reason, headers=_CHALLENGE)
+            raise Forbidden(decision.reason or f"'{who.name}' may not {action}")
+
+    async def _repository(self, scope: Scope, rest: str) -> tuple[int, object]:
         if self.repository is None:
             raise NotFound("this server has no model repository API")
         if rest == "index":
+            await self._gate(scope, "metadata", None)
             return 200, await self.repository.index()
         parts = rest.split("/")
         if len(parts) == 3 and parts[0] == "models" and parts[2] in ("load", "unload"):
             name, action = parts[1], parts[2]
+            await self._gate(scope, action, name)
             if not await asyncio.to_thread(self.repository.known, name):
                 raise NotFound(f"unknown model '{name}' in the registry")
             try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,6 +82,11 @@ def session_options(config: OnnxRuntimeConfig) -> ort.SessionOptions:
     spin = "1" if config.allow_spinning else "0"
     opts.add_session_config_entry("session.intra_op.allow_spinning", spin)
     opts.add_session_config_entry("session.inter_op.allow_spinning", spin)
+    for library in config.custom_op_libraries:
+        got = hashlib.sha256(Path(library.path).read_bytes()).hexdigest()
+        if got != library.sha256:
+            raise ValueError(f"custom-op library {library.path} has sha256 {got}, not the configured {library.sha256}; not loading it")
+        opts.register_custom_ops_library(library.path)
     return opts
 
 

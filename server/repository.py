@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,11 +71,21 @@ def scan_repository(root: Path | str) -> list[ModelEntry]:
     return entries
 
 
-def import_repository(root: Path | str, registry: Any, *, actor: str, default_alias: str = "production") -> list[tuple[str, int, bool]]:
+def import_repository(
+    root: Path | str,
+    registry: Any,
+    *,
+    actor: str,
+    default_alias: str = "production",
+    before_alias: Callable[[str, int], None] | None = None,
+    refused: list[str] | None = None,
+) -> list[tuple[str, int, bool]]:
     """Register every served version of a Triton-style repository, keeping its version numbers.
 
     Idempotent: a version already registered with the same file is left as it is. A model
-    whose ``default_alias`` is unset gets it on its highest imported version. Returns
+    whose ``default_alias`` is unset gets it on its highest imported version:
+    ``before_alias(model, version)`` runs first (the open mode's approval), and an alias move
+    a gatekeeper refuses is appended to ``refused`` (raised when it is None). Returns
     ``(model, version, newly registered)`` for each version.
     """
     done = []
@@ -88,5 +99,12 @@ def import_repository(root: Path | str, registry: Any, *, actor: str, default_al
             )
             done.append((entry.name, record.version, before.get(version) != record.sha256))
         if default_alias not in registry.aliases(entry.name):
-            registry.set_alias(entry.name, default_alias, max(entry.files), actor=actor)
+            if before_alias is not None:
+                before_alias(entry.name, max(entry.files))
+            try:
+                registry.set_alias(entry.name, default_alias, max(entry.files), actor=actor)
+            except PermissionError as e:  # a protected alias and a version awaiting approval
+                if refused is None:
+                    raise
+                refused.append(str(e))
     return done

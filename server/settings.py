@@ -12,13 +12,36 @@ from pathlib import Path
 
 from lockgate.plugins import PluginManager, Settings, build_manager
 
-__all__ = ["LockgateSettings"]
+__all__ = ["LockgateSettings", "load_options"]
 
 
 def _names(value: str | None) -> tuple[str, ...] | None:
     if value is None:
         return None
     return tuple(n.strip() for n in value.split(",") if n.strip())
+
+
+def load_options(path: str, *, explicit: bool) -> dict:
+    """The plugin sections of a YAML configuration file: ``{plugin name: {option: value}}``.
+
+    A missing default file means no options; a missing file that was named explicitly, or a
+    file that is not a mapping of mappings, is a ConfigError naming the file."""
+    import yaml
+
+    from ._errors import ConfigError
+
+    file = Path(path).expanduser()
+    if not file.is_file():
+        if explicit:
+            raise ConfigError(f"configuration file {file} does not exist", source="LOCKGATE_CONFIG")
+        return {}
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"not valid YAML: {e}", source=str(file)) from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise ConfigError("expected a mapping of plugin name -> mapping of options (for example 'audit: {mode: sync}')", source=str(file))
+    return {str(k): dict(v) for k, v in data.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +53,9 @@ class LockgateSettings:
     (LOCKGATE_DEFAULT_ALIAS, ``production``). ``plugins_allow`` / ``plugins_block``: plugin
     names (LOCKGATE_PLUGINS_ALLOW / LOCKGATE_PLUGINS_BLOCK, comma-separated).
     ``replica_listener``: model replicas answer on their own HTTP listener instead of Serve's
-    ASGI wrapper (LOCKGATE_REPLICA_LISTENER=0 turns it off; see lockgate.server.listener)."""
+    ASGI wrapper (LOCKGATE_REPLICA_LISTENER=0 turns it off; see lockgate.server.listener).
+    ``options``: each plugin's section of the server configuration file (LOCKGATE_CONFIG,
+    default LOCKGATE_HOME/lockgate.yaml when it exists), by plugin name."""
 
     home: str
     registry_url: str
@@ -55,11 +80,12 @@ class LockgateSettings:
             plugins_allow=_names(env.get("LOCKGATE_PLUGINS_ALLOW")),
             plugins_block=_names(env.get("LOCKGATE_PLUGINS_BLOCK")) or (),
             replica_listener=env.get("LOCKGATE_REPLICA_LISTENER", "1") != "0",
+            options=load_options(env.get("LOCKGATE_CONFIG") or f"{home}/lockgate.yaml", explicit="LOCKGATE_CONFIG" in env),
         )
         return replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
     def plugin_settings(self) -> Settings:
-        return Settings(self.registry_url, self.artifact_dir, self.default_alias, self.options)
+        return Settings(self.registry_url, self.artifact_dir, self.default_alias, self.options, self.home)
 
     def manager(self) -> PluginManager:
         """This process's plugin manager: entry points loaded, plugins configured."""

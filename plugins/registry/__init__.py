@@ -9,12 +9,12 @@ from __future__ import annotations
 from typing import Any
 
 from .. import hookimpl
-from .._types import ModelVersionRecord, Settings
-from ._store import RegistrationError, Registry, UnknownModel, onnx_signature
+from .._types import ModelVersionRecord, Principal, Settings
+from ._store import AliasRefused, RegistrationError, Registry, UnknownModel, onnx_signature
 
-__all__ = ["LOCKGATE_PLUGIN_API", "RegistrationError", "Registry", "RegistryPlugin", "UnknownModel", "onnx_signature", "plugin"]
+__all__ = ["LOCKGATE_PLUGIN_API", "AliasRefused", "RegistrationError", "Registry", "RegistryPlugin", "UnknownModel", "onnx_signature", "plugin"]
 
-LOCKGATE_PLUGIN_API = "1.0"
+LOCKGATE_PLUGIN_API = "1.1"
 
 
 class RegistryPlugin:
@@ -46,6 +46,7 @@ class RegistryPlugin:
                 self._settings.artifact_dir,
                 default_alias=self._settings.default_alias,
                 check_registration=m.check_registration if m is not None else None,
+                check_alias=(lambda n, a, v, who: m.check_alias(Principal(who), n, a, v)) if m is not None else None,
                 audit=m.audit if m is not None else None,
             )
         return self._registry

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable, Mapping
@@ -15,7 +16,7 @@ from .._storage import ArtifactMismatch, ArtifactStore, make_engine, writing
 from .._types import MODEL_NAME, Decision, ModelVersionRecord, RegistrationCandidate
 from . import _schema as t
 
-__all__ = ["RegistrationError", "Registry", "UnknownModel", "onnx_signature"]
+__all__ = ["AliasRefused", "RegistrationError", "Registry", "UnknownModel", "onnx_signature"]
 
 ALIAS_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
 
@@ -48,6 +49,15 @@ class RegistrationError(ValueError):
 
 class UnknownModel(LookupError):
     """No such model, version or alias."""
+
+
+class AliasRefused(PermissionError):
+    """An alias move that a gatekeeper refused; ``reason`` says why and ``plugin`` who."""
+
+    def __init__(self, name: str, alias: str, version: int, reason: str, plugin: str) -> None:
+        super().__init__(f"cannot point alias '{alias}' of model '{name}' at version {version}: {reason}")
+        self.reason = reason
+        self.plugin = plugin
 
 
 def _tensors(values: Any, skip: set[str]) -> list[dict[str, Any]]:
@@ -86,8 +96,9 @@ class Registry:
     """The built-in registry on SQLAlchemy Core.
 
     ``check_registration`` returns the denials of the registration gatekeepers for a
-    candidate; ``audit`` records control actions. Both come from the plugin manager; the
-    defaults allow everything and record nothing.
+    candidate; ``check_alias(name, alias, version, actor)`` the decision on an alias move;
+    ``audit`` records control actions. They come from the plugin manager; the defaults
+    allow everything and record nothing.
     """
 
     def __init__(
@@ -97,6 +108,7 @@ class Registry:
         *,
         default_alias: str = "production",
         check_registration: Callable[[RegistrationCandidate], list[Decision]] | None = None,
+        check_alias: Callable[[str, str, int, str], Decision] | None = None,
         audit: Callable[..., None] | None = None,
     ) -> None:
         self.url = url
@@ -104,6 +116,7 @@ class Registry:
         self.store = ArtifactStore(artifact_dir)
         self.default_alias = default_alias
         self._check = check_registration or (lambda candidate: [])
+        self._check_alias = check_alias or (lambda name, alias, version, actor: Decision(True))
         self._audit = audit or (lambda *a, **k: None)
         t.metadata.create_all(self.engine)
 
@@ -152,7 +165,7 @@ class Registry:
         if reasons:
             self._refused(name, created_by, reasons)
         staged, sha, size = self.store.stage(path)
-        committed_new = False
+        committed_new = config_changed = False
         try:
             candidate = RegistrationCandidate(
                 name=name,
@@ -164,10 +177,11 @@ class Registry:
                 lineage=lineage,
                 opsets={(o.domain or "ai.onnx"): o.version for o in model.opset_import},
                 operators=frozenset(f"{n.domain}::{n.op_type}" if n.domain else n.op_type for n in model.graph.node),
+                custom_op_libraries=self._libraries(name, config, reasons),
             )
-            denials = self._check(candidate)
-            if denials:
-                self._refused(name, created_by, [f"{d.reason} (plugin {d.plugin})" for d in denials])
+            reasons += [f"{d.reason} (plugin {d.plugin})" for d in self._check(candidate)]
+            if reasons:
+                self._refused(name, created_by, reasons)
             for attempt in range(20):
                 try:
                     with writing(self.engine) as c, c.begin():
@@ -176,10 +190,12 @@ class Registry:
                             staged.unlink(missing_ok=True)
                             return _record(existing, self.store)
                         now = time.time()
-                        if c.execute(sa.select(t.models.c.name).where(t.models.c.name == name)).first() is None:
+                        current = c.execute(sa.select(t.models.c.config).where(t.models.c.name == name)).first()
+                        if current is None:
                             c.execute(t.models.insert().values(name=name, config=dict(config or {}), created_at=now, created_by=created_by))
-                        elif config is not None:
+                        elif config is not None and dict(current.config or {}) != dict(config):
                             c.execute(t.models.update().where(t.models.c.name == name).values(config=dict(config)))
+                            config_changed = True
                         number = version
                         if number is None:
                             top = c.execute(sa.select(sa.func.max(t.model_versions.c.version)).where(t.model_versions.c.name == name)).scalar()
@@ -208,8 +224,30 @@ class Registry:
                 self.store.path_for(sha).unlink(missing_ok=True)
             raise
         record = ModelVersionRecord(artifact_path=str(self.store.path_for(sha)), **row)
-        self._audit("register", created_by, model=name, version=record.version, detail={"sha256": sha, "lineage": lineage})
+        self._audit("register", created_by, model=name, version=record.version, detail={"sha256": sha, "size": size, "lineage": lineage})
+        if config_changed:
+            self._audit("config_set", created_by, model=name, version=record.version, detail={"config": dict(config or {})})
         return record
+
+    def _libraries(self, name: str, config: Mapping[str, Any] | None, reasons: list[str]) -> dict[str, str]:
+        """The custom-op libraries the model's configuration loads, by path, with their actual sha256."""
+        if config is None:
+            try:
+                config = self.model_config(name)
+            except UnknownModel:
+                config = {}
+        out = {}
+        for library in (config.get("onnxruntime") or {}).get("custom_op_libraries") or []:
+            path = Path(str(library.get("path", "")))
+            try:
+                got = hashlib.sha256(path.read_bytes()).hexdigest()
+            except OSError as e:
+                reasons.append(f"custom-op library {path}: {e.strerror or e}")
+                continue
+            if got != library.get("sha256"):
+                reasons.append(f"custom-op library {path} has sha256 {got}, not the configured {library.get('sha256')}")
+            out[str(path)] = got
+        return out
 
     def _same_file(self, c: sa.Connection, name: str, sha: str, version: int | None) -> Any:
         if version is None:
@@ -241,6 +279,12 @@ class Registry:
         """Point ``alias`` of ``name`` at ``version``; returns the version it pointed to before."""
         if not alias or not set(alias) <= ALIAS_NAME_CHARS or alias.isdigit() or len(alias) > 64:
             raise ValueError(f"alias {alias!r}: use letters, digits, '_', '-', '.', not only digits, up to 64 characters")
+        self.get_version(name, version)  # unknown model or version: UnknownModel, before any gatekeeper
+        decision = self._check_alias(name, alias, version, actor)
+        if not decision.allow:
+            detail = {"alias": alias, "reason": decision.reason, "plugin": decision.plugin}
+            self._audit("alias_refused", actor, model=name, version=version, detail=detail)
+            raise AliasRefused(name, alias, version, decision.reason, decision.plugin)
         with writing(self.engine) as c, c.begin():
             self._version_row(c, name, version)
             previous = c.execute(sa.select(t.aliases.c.version).where(t.aliases.c.name == name, t.aliases.c.alias == alias)).scalar()

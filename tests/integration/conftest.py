@@ -29,7 +29,7 @@ def wait_ready(base: str, proc=None, timeout: float = 180) -> None:
         try:
             if requests.get(f"{base}/v2/health/ready", timeout=2).status_code == 200:
                 return
-        except requests.ConnectionError:
+        except requests.RequestException:  # not listening yet, or busy starting
             pass
         if proc is not None and proc.poll() is not None:
             pytest.fail(f"the server exited with {proc.returncode}: {proc.stdout.read() if proc.stdout else ''}")
@@ -58,19 +58,32 @@ def settings(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="session")
-def registry(settings):
-    return settings.manager().registry()
+def manager(settings):
+    return settings.manager()
 
 
 @pytest.fixture(scope="session")
-def server(demo_repo: Path, settings, registry):
+def registry(manager):
+    return manager.registry()
+
+
+@pytest.fixture(scope="session")
+def governance(manager):
+    return manager.plugin("governance")
+
+
+@pytest.fixture(scope="session")
+def server(demo_repo: Path, settings, manager, registry):
     """Base URL of a lockgate serving the demo repository; shut down after the session."""
     from lockgate.server.config import ModelConfig
     from lockgate.server.repository import import_repository
     from lockgate.server.runtime import Runtime
 
     os.environ.update(isolated_haproxy_env())
-    names = sorted({name for name, _, _ in import_repository(demo_repo, registry, actor="tester")})
+    from lockgate.server._cli_governance import open_mode_approver
+
+    imported = import_repository(demo_repo, registry, actor="tester", before_alias=open_mode_approver(manager))
+    names = sorted({name for name, _, _ in imported})
     port = free_port()
     runtime = Runtime(host="127.0.0.1", port=port, progress=lambda line: None)
     try:

@@ -36,13 +36,14 @@ def plugin_site(tmp_path_factory):
 def test_example_plugin_hooks_run_in_a_live_server(plugin_site, tmp_path):
     from lockgate.server.demo import write_demo_repository
 
-    write_demo_repository(tmp_path / "repo", ["iris"])
+    write_demo_repository(tmp_path / "repo", ["iris", "digits"])
     log = tmp_path / "requests.jsonl"
     env = {
         **os.environ,
         **isolated_haproxy_env(),
         "PYTHONPATH": os.pathsep.join([str(plugin_site), os.environ.get("PYTHONPATH", "")]),
         "LOCKGATE_EXAMPLE_LOG": str(log),
+        "LOCKGATE_EXAMPLE_DENY_MODELS": "digits",
         "LOCKGATE_HOME": str(tmp_path / "home"),
         "PYTHONUNBUFFERED": "1",
     }
@@ -61,19 +62,28 @@ def test_example_plugin_hooks_run_in_a_live_server(plugin_site, tmp_path):
         assert requests.post(f"{base}/v2/models/iris/infer", json=body, timeout=10).status_code == 200
         bad = {"id": "ex-2", "inputs": [{"name": "nope", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}
         assert requests.post(f"{base}/v2/models/iris/infer", json=bad, timeout=10).status_code == 400
+        digits = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": [0.0] * 64}]}
+        denied = requests.post(f"{base}/v2/models/digits/infer", json=digits, timeout=10)
+        assert denied.status_code == 403, denied.text
+        assert denied.json() == {"error": "model 'digits' is closed by the request-log plugin's deny_models"}
+        assert requests.get(f"{base}/v2/models/digits", timeout=10).status_code == 200  # metadata stays open
         records = []
         for _ in range(50):
             if log.exists():
                 records = [json.loads(line) for line in log.read_text().splitlines()]
-                if sum(r["record"] == "inference" for r in records) >= 2:
+                if sum(r["record"] == "inference" for r in records) >= 3:
                     break
             time.sleep(0.1)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=120)
     inference = [r for r in records if r["record"] == "inference"]
-    assert [(r["request_id"], r["status"], r["model"], r["version"]) for r in inference] == [("ex-1", 200, "iris", 1), (None, 400, "iris", 1)]
+    assert [(r["client_id"], r["status"], r["model"], r["version"]) for r in inference] == [
+        ("ex-1", 200, "iris", 1), (None, 400, "iris", 1), (None, 403, "digits", None)
+    ]
+    assert all(len(r["request_id"]) == 24 for r in inference)
     assert "unknown input 'nope'" in inference[1]["error"]
+    assert inference[2]["decided_by"] == "request-log"
     assert any(r["record"] == "batch" and r["model"] == "iris" and r["rows"] == 1 for r in records)
     audits = [(r["kind"], r["model"], r["version"]) for r in records if r["record"] == "audit"]
     assert ("register", "iris", 1) in audits and ("alias_set", "iris", 1) in audits

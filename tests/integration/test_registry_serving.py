@@ -54,7 +54,7 @@ def test_versions_by_route_and_default_alias(server, registry, mlp_v2):
 
 
 @pytest.mark.slow
-def test_moving_an_alias_swaps_the_served_version_with_no_failed_request(server, registry, mlp_v2):
+def test_moving_an_alias_swaps_the_served_version_with_no_failed_request(server, registry, governance, mlp_v2):
     expected = {"1": logits(registry.get_version("mlp", 1).artifact_path), "2": logits(mlp_v2.artifact_path)}
     stop = threading.Event()
     results: list[tuple[int, str | None, bool]] = []
@@ -79,6 +79,7 @@ def test_moving_an_alias_swaps_the_served_version_with_no_failed_request(server,
         t.start()
     try:
         time.sleep(1.0)
+        governance.decide("approve", "mlp", 2, actor="reviewer")  # production is a protected alias
         registry.set_alias("mlp", "production", 2, actor="tester")
         time.sleep(2.0)
         registry.set_alias("mlp", "production", 1, actor="tester")

@@ -19,8 +19,8 @@ def cli(tmp_path, monkeypatch):
     monkeypatch.setenv("LOCKGATE_ACTOR", "alice")
     runner = CliRunner()
 
-    def run(*args, ok=True):
-        result = runner.invoke(main, list(args), catch_exceptions=False)
+    def run(*args, ok=True, actor=None):
+        result = runner.invoke(main, list(args), catch_exceptions=False, env={"LOCKGATE_ACTOR": actor} if actor else None)
         if ok:
             assert result.exit_code == 0, result.output
         return result
@@ -45,6 +45,10 @@ def test_register_list_show_alias_history(cli, model_files, tmp_path):
               "--metric", "acc=0.93", "--card", str(tmp_path / "card.md")).output
     assert "registered mlp version 1" in out
     assert "registered mlp version 2" in cli("models", "register", str(model_files[1]), "--name", "mlp", "--parent-version", "1").output
+    refused = cli("models", "alias", "set", "mlp", "production", "1", ok=False)
+    assert refused.exit_code == 4 and "protected alias and version 1 is pending" in refused.output
+    cli("models", "approve", "mlp", "1", actor="bob")
+    cli("models", "approve", "mlp", "2", actor="bob")
     assert "mlp@production -> version 1" in cli("models", "alias", "set", "mlp", "production", "1").output
     before = datetime.now(timezone.utc).isoformat()
     assert "(was 1)" in cli("models", "alias", "set", "mlp", "production", "2").output

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from lockgate.plugins import Decision, PluginManager, Principal, RequestInfo, Settings, hookimpl
+from lockgate.plugins import PLUGIN_API_VERSION, Decision, PluginManager, Principal, RequestInfo, Settings, hookimpl
 
 REQUEST = RequestInfo("POST", "/v2/models/m/infer", {}, "127.0.0.1", "m", None)
 
@@ -64,7 +64,7 @@ def test_discovery_reports_each_failure_and_keeps_the_rest(fake_dist):
     statuses = {s.name: s for s in m.load_entry_points()}
     assert statuses["good"].state == "loaded" and statuses["good"].api_version == "1.2"
     assert statuses["broken"].state == "failed" and "missing dependency: foo" in statuses["broken"].error
-    assert statuses["old"].state == "failed" and "speaks plugin API 0.9; this server speaks 1.0" in statuses["old"].error
+    assert statuses["old"].state == "failed" and f"speaks plugin API 0.9; this server speaks {PLUGIN_API_VERSION}" in statuses["old"].error
     assert statuses["silent"].state == "failed" and "does not declare LOCKGATE_PLUGIN_API" in statuses["silent"].error
     assert statuses["unwanted"].state == "blocked"
     assert m.has("lockgate_observe_inference")

@@ -2,35 +2,22 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import onnx
 import pytest
-import sqlalchemy as sa
 
 from lockgate.plugins import Decision
 from lockgate.plugins._storage import ArtifactMismatch
 from lockgate.plugins.registry import RegistrationError, Registry, UnknownModel
-from lockgate.plugins.registry import _schema as schema
 from lockgate.server.demo import build_iris, build_mlp
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def registry_url(request, tmp_path):
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/registry.db"
-    url = os.environ.get("LOCKGATE_TEST_POSTGRES_URL")
-    if not url:
-        if os.environ.get("LOCKGATE_REQUIRE_POSTGRES") == "1":
-            pytest.fail("LOCKGATE_REQUIRE_POSTGRES=1 but LOCKGATE_TEST_POSTGRES_URL is not set")
-        pytest.skip("no PostgreSQL: set LOCKGATE_TEST_POSTGRES_URL (CI starts one with .ci/postgres.sh)")
-    engine = sa.create_engine(url)
-    schema.metadata.drop_all(engine)
-    engine.dispose()
-    return url
+@pytest.fixture
+def registry_url(db_url):
+    return db_url
 
 
 @pytest.fixture

@@ -1,0 +1,340 @@
+"""The audit log's store: appending groups to the chain, checkpoints, verification, export,
+retention. The sequencer (``_sequencer``) is its only writer within a process; across
+processes the chain's head row is locked by each group's transaction, so the sequence stays
+one gapless chain however many processes append.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import sqlalchemy as sa
+
+from .._storage import make_engine, writing
+from . import _schema as t
+from ._chain import GENESIS, canonical, checkpoint_mac, record_hash
+
+__all__ = ["AuditLog", "CheckpointSink", "PruneRefused", "VerifyReport"]
+
+HEAD_ID = 1
+DAY_S = 86400.0
+
+
+class CheckpointSink:
+    """Signed checkpoints as JSON lines in a file outside the database (appended, fsynced)."""
+
+    def __init__(self, path: str | Path, key: bytes) -> None:
+        self.path = Path(path)
+        self.key = key
+
+    def append(self, seq: int, hash_: str, at: float) -> dict[str, Any]:
+        checkpoint = {"seq": seq, "hash": hash_, "at": at}
+        checkpoint["mac"] = checkpoint_mac(self.key, checkpoint)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, (canonical(checkpoint) + "\n").encode("utf-8"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return checkpoint
+
+    def read(self) -> tuple[dict[int, dict[str, Any]], list[str]]:
+        """Checkpoints by seq whose signature holds, and a problem for each line that does not."""
+        good: dict[int, dict[str, Any]] = {}
+        problems = []
+        if not self.path.exists():
+            return good, problems
+        for number, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                checkpoint = json.loads(line)
+                valid = checkpoint_mac(self.key, checkpoint) == checkpoint.get("mac")
+            except (ValueError, KeyError, TypeError):
+                valid = False
+            if not valid:
+                problems.append(f"checkpoint line {number} of {self.path} has a bad signature or format")
+                continue
+            seq = int(checkpoint["seq"])
+            if seq in good and good[seq]["hash"] != checkpoint["hash"]:
+                problems.append(f"two signed checkpoints for seq {seq} disagree")
+            good[seq] = checkpoint
+        return good, problems
+
+
+@dataclass
+class VerifyReport:
+    """What ``AuditLog.verify`` found: ``ok`` when ``problems`` is empty."""
+
+    records: int = 0
+    first: int | None = None
+    last: int | None = None
+    checkpoints: int = 0
+    anchored_at: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+class PruneRefused(ValueError):
+    """A prune that would break retention or leave the chain unanchored."""
+
+
+class AuditLog:
+    """The chain in a SQLAlchemy database (``url``) with its checkpoint ``sink``.
+
+    ``durable``: SQLite syncs every commit (the sync mode's promise); ``checkpoint_every``:
+    a checkpoint at least every N records (the time bound is the sequencer's).
+    """
+
+    def __init__(self, url: str, sink: CheckpointSink, *, durable: bool = True, checkpoint_every: int = 1000) -> None:
+        self.url = url
+        self.engine = make_engine(url, durable=durable)
+        self.sink = sink
+        self.checkpoint_every = checkpoint_every
+        t.metadata.create_all(self.engine)
+        with writing(self.engine) as c, c.begin():
+            if c.execute(sa.select(t.head.c.id).where(t.head.c.id == HEAD_ID)).first() is None:
+                try:
+                    with c.begin_nested():
+                        c.execute(t.head.insert().values(id=HEAD_ID, seq=0, hash=GENESIS, checkpoint_seq=0, checkpoint_at=time.time()))
+                except sa.exc.IntegrityError:  # another process created it
+                    pass
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def _lock_head(self, c: sa.Connection) -> Any:
+        q = sa.select(t.head).where(t.head.c.id == HEAD_ID)
+        if c.dialect.name != "sqlite":  # SQLite's BEGIN IMMEDIATE already holds the write lock
+            q = q.with_for_update()
+        return c.execute(q).one()
+
+    def append(self, entries: list[dict[str, Any]]) -> list[int]:
+        """Append ``entries`` (record fields without seq) as one transaction; their seqs.
+
+        Every entry has ``at``, ``kind``, ``actor`` and optional ``model``, ``version``,
+        ``request_id``, ``client_id``, ``detail``."""
+        with writing(self.engine) as c, c.begin():
+            head = self._lock_head(c)
+            seq, prev = head.seq, head.hash
+            rows = []
+            for entry in entries:
+                seq += 1
+                body = canonical({"seq": seq, **entry})
+                digest = record_hash(prev, body)
+                rows.append(
+                    {
+                        "seq": seq,
+                        "at": entry["at"],
+                        "kind": entry["kind"],
+                        "actor": entry["actor"],
+                        "model": entry.get("model"),
+                        "version": entry.get("version"),
+                        "request_id": entry.get("request_id"),
+                        "client_id": entry.get("client_id"),
+                        "body": body,
+                        "prev_hash": prev,
+                        "hash": digest,
+                    }
+                )
+                prev = digest
+            c.execute(t.records.insert(), rows)
+            values: dict[str, Any] = {"seq": seq, "hash": prev}
+            if seq - head.checkpoint_seq >= self.checkpoint_every:
+                # Signed before the commit: the records it names are in this transaction, and a
+                # checkpoint whose transaction failed is caught by verify as a cut tail.
+                now = time.time()
+                self.sink.append(seq, prev, now)
+                values.update(checkpoint_seq=seq, checkpoint_at=now)
+            c.execute(t.head.update().where(t.head.c.id == HEAD_ID).values(**values))
+        return [r["seq"] for r in rows]
+
+    def checkpoint(self, *, older_than_s: float = 0.0) -> dict[str, Any] | None:
+        """Sign the head now when records came since the last checkpoint (and it is older than
+        ``older_than_s``); the checkpoint, or None."""
+        with writing(self.engine) as c, c.begin():
+            head = self._lock_head(c)
+            now = time.time()
+            if head.seq <= head.checkpoint_seq or now - head.checkpoint_at < older_than_s:
+                return None
+            checkpoint = self.sink.append(head.seq, head.hash, now)
+            c.execute(t.head.update().where(t.head.c.id == HEAD_ID).values(checkpoint_seq=head.seq, checkpoint_at=now))
+        return checkpoint
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def head(self) -> tuple[int, str]:
+        with self.engine.connect() as c:
+            row = c.execute(sa.select(t.head).where(t.head.c.id == HEAD_ID)).one()
+        return row.seq, row.hash
+
+    def count(self, kind: str | None = None) -> int:
+        q = sa.select(sa.func.count()).select_from(t.records)
+        if kind is not None:
+            q = q.where(t.records.c.kind == kind)
+        with self.engine.connect() as c:
+            return int(c.execute(q).scalar() or 0)
+
+    def records(
+        self,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        model: str | None = None,
+        kind: str | None = None,
+        request_id: str | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """Records in seq order, as their hashed bodies plus ``hash``."""
+        q = sa.select(t.records.c.body, t.records.c.hash).order_by(t.records.c.seq)
+        if since is not None:
+            q = q.where(t.records.c.at >= since)
+        if until is not None:
+            q = q.where(t.records.c.at < until)
+        if model is not None:
+            q = q.where(t.records.c.model == model)
+        if kind is not None:
+            q = q.where(t.records.c.kind == kind)
+        if request_id is not None:
+            q = q.where(sa.or_(t.records.c.request_id == request_id, t.records.c.client_id == request_id))
+        with self.engine.connect() as c:
+            for row in c.execution_options(yield_per=1000).execute(q):
+                yield {**json.loads(row.body), "hash": row.hash}
+
+    # -- verification ------------------------------------------------------------------------
+
+    def verify(self) -> VerifyReport:
+        """Walk the chain: every hash, every link, no gap, the signed checkpoints, the tail."""
+        report = VerifyReport()
+        checkpoints, problems = self.sink.read()
+        report.problems.extend(problems)
+        report.checkpoints = len(checkpoints)
+        columns = ("at", "kind", "actor", "model", "version", "request_id", "client_id")
+        q = sa.select(t.records).order_by(t.records.c.seq)
+        prev = None
+        expected = None
+        with self.engine.connect() as c:
+            head = c.execute(sa.select(t.head).where(t.head.c.id == HEAD_ID)).one()
+            for row in c.execution_options(yield_per=2000).execute(q):
+                if expected is None:  # the first record left: genesis, or anchored by a checkpoint
+                    report.first = row.seq
+                    if row.seq == 1:
+                        prev = GENESIS
+                    elif row.seq - 1 in checkpoints:
+                        prev = checkpoints[row.seq - 1]["hash"]
+                        report.anchored_at = row.seq - 1
+                    else:
+                        report.problems.append(f"records before seq {row.seq} are missing and no signed checkpoint anchors seq {row.seq - 1}")
+                        prev = row.prev_hash
+                    expected = row.seq
+                if row.seq != expected:
+                    report.problems.append(f"records {expected}..{row.seq - 1} are missing (deleted or moved)")
+                try:
+                    body = json.loads(row.body)
+                except ValueError:
+                    body = {}
+                if body.get("seq") != row.seq:
+                    report.problems.append(f"record at seq {row.seq} carries seq {body.get('seq')} (records reordered or moved)")
+                if row.prev_hash != prev:
+                    report.problems.append(f"record {row.seq} does not link to the record before it (chain broken: reordered, inserted or deleted)")
+                digest = record_hash(row.prev_hash, row.body)
+                if digest != row.hash:
+                    report.problems.append(f"record {row.seq} was edited: its content no longer hashes to its stored hash")
+                changed = [k for k in columns if body.get(k) != getattr(row, k) and not (k == "at" and _close(body.get(k), row.at))]
+                if changed:
+                    report.problems.append(f"record {row.seq}: column(s) {', '.join(changed)} differ from the hashed record (edited)")
+                signed = checkpoints.get(row.seq)
+                if signed is not None and signed["hash"] != row.hash:
+                    report.problems.append(
+                        f"record {row.seq} differs from the signed checkpoint of seq {row.seq}: the chain was rewritten"
+                    )
+                prev = row.hash
+                expected = row.seq + 1
+                report.records += 1
+                report.last = row.seq
+        last = report.last or 0
+        beyond = [s for s in checkpoints if s > last]
+        if beyond:
+            report.problems.append(f"the log ends at seq {last} but a signed checkpoint names seq {max(beyond)}: its tail was cut")
+        if head.seq > last:
+            report.problems.append(f"the chain head names seq {head.seq} but the log ends at seq {last}: its tail was cut")
+        return report
+
+    # -- export and retention ----------------------------------------------------------------
+
+    def export(self, out: IO[str], fmt: str, **filters: Any) -> int:
+        """Write the records matching ``filters`` as JSON lines or CSV; the number written."""
+        n = 0
+        if fmt == "jsonl":
+            for record in self.records(**filters):
+                out.write(canonical(record) + "\n")
+                n += 1
+            return n
+        fields = ["seq", "time", "kind", "actor", "model", "version", "request_id", "client_id", "status", "detail", "hash"]
+        writer = csv.DictWriter(out, fieldnames=fields)
+        writer.writeheader()
+        for record in self.records(**filters):
+            detail = record.get("detail") or {}
+            writer.writerow(
+                {
+                    "seq": record["seq"],
+                    "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record["at"])) + f".{int(record['at'] % 1 * 1000):03d}Z",
+                    "kind": record["kind"],
+                    "actor": record["actor"],
+                    "model": record.get("model") or "",
+                    "version": "" if record.get("version") is None else record["version"],
+                    "request_id": record.get("request_id") or "",
+                    "client_id": record.get("client_id") or "",
+                    "status": detail.get("status", ""),
+                    "detail": canonical(detail),
+                    "hash": record["hash"],
+                }
+            )
+            n += 1
+        return n
+
+    def prune(self, before: float, *, retention_days: float, now: float | None = None) -> tuple[int, int]:
+        """Delete the records older than ``before`` up to the last signed checkpoint among them,
+        so the remaining chain starts from a checkpoint and still verifies.
+
+        Refused when ``before`` is later than the retention period allows. Returns (records
+        deleted, the anchoring checkpoint's seq); (0, 0) when nothing can go."""
+        now = time.time() if now is None else now
+        limit = now - retention_days * DAY_S
+        if before > limit:
+            raise PruneRefused(
+                f"records younger than the retention period ({retention_days:g} days) cannot be pruned; "
+                f"the latest allowed cut-off is {time.strftime('%Y-%m-%d', time.gmtime(limit))}"
+            )
+        checkpoints, _ = self.sink.read()
+        with writing(self.engine) as c, c.begin():
+            self._lock_head(c)
+            eligible = sorted(s for s in checkpoints if s > 0)
+            anchor = 0
+            for seq in eligible:
+                at = c.execute(sa.select(t.records.c.at).where(t.records.c.seq == seq)).scalar()
+                if at is not None and at < before and checkpoints[seq]["hash"] == c.execute(
+                    sa.select(t.records.c.hash).where(t.records.c.seq == seq)
+                ).scalar():
+                    anchor = seq
+            if anchor == 0:
+                return 0, 0
+            deleted = c.execute(t.records.delete().where(t.records.c.seq <= anchor)).rowcount
+        return int(deleted or 0), anchor
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def _close(a: Any, b: Any) -> bool:
+    return isinstance(a, (int, float)) and isinstance(b, (int, float)) and abs(a - b) < 1e-6
+

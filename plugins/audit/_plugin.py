@@ -1,0 +1,187 @@
+"""The audit plugin: options, and the hooks that feed the sequencer."""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .. import hookimpl
+from .._types import AuditEvent, InferenceEvent, Settings
+from ._chain import load_or_create_key
+from ._log import AuditLog, CheckpointSink
+from ._sequencer import Sequencer, digest_bodies
+
+__all__ = ["LOCKGATE_PLUGIN_API", "AuditOptions", "AuditPlugin", "plugin"]
+
+LOCKGATE_PLUGIN_API = "1.1"
+
+log = logging.getLogger("lockgate.audit")
+
+
+class AuditOptions(BaseModel):
+    """The ``audit`` section of the server configuration."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str | None = Field(
+        None,
+        description="SQLAlchemy URL of the audit database. Default: the registry's database when it is "
+        "PostgreSQL, else sqlite:///LOCKGATE_HOME/audit.db.",
+    )
+    mode: Literal["sync", "async"] = Field(
+        "sync",
+        description="sync: a response leaves only after its record is durable; async: records go through a "
+        "bounded buffer and a crash can lose what it holds.",
+    )
+    buffer: int = Field(10_000, ge=1, description="async mode: records held at most; more are dropped and counted.")
+    max_group: int = Field(1024, ge=1, description="Records written in one transaction at most (group commit).")
+    checkpoint_every: int = Field(1000, ge=1, description="A signed checkpoint at least every N records.")
+    checkpoint_interval_s: float = Field(10.0, gt=0, description="... and at least every T seconds while records come.")
+    checkpoint_path: str | None = Field(None, description="The checkpoint sink (JSON lines). Default LOCKGATE_HOME/audit-checkpoints.jsonl.")
+    key_file: str | None = Field(
+        None, description="The checkpoint HMAC key (hex), kept out of the database; env LOCKGATE_AUDIT_KEY_FILE; default LOCKGATE_HOME/audit.key."
+    )
+    payloads: bool = Field(False, description="Keep whole request and response bodies (base64), not only their sha256.")
+    retention_days: float = Field(183.0, gt=0, description="Records younger than this are never pruned (EU AI Act art. 19: 6 months at least).")
+    inference: bool = Field(True, description="Record every inference request (answered, refused, failed).")
+
+
+def default_url(settings: Settings, options: AuditOptions) -> str:
+    if options.url:
+        return options.url
+    if settings.registry_url.startswith("postgresql"):
+        return settings.registry_url
+    return f"sqlite:///{Path(settings.home or '.').resolve()}/audit.db"
+
+
+class AuditPlugin:
+    """Builds this process's ``AuditLog`` and ``Sequencer`` on first use.
+
+    Options that do not validate do not switch the audit off: the plugin stays registered and
+    every record fails (inference answers withheld with 503), so a misconfiguration is loud."""
+
+    LOCKGATE_PLUGIN_API = LOCKGATE_PLUGIN_API
+
+    def __init__(self) -> None:
+        self.options = AuditOptions()
+        self.settings: Settings | None = None
+        self.error: str | None = None
+        self._log: AuditLog | None = None
+        self._sequencer: Sequencer | None = None
+        self._atexit = False
+
+    @hookimpl
+    def lockgate_configure(self, settings: Settings, manager: Any) -> None:
+        self.close()
+        self.settings = settings
+        self.error = None
+        try:
+            self.options = AuditOptions.model_validate(dict(settings.options.get("audit", {})))
+        except ValidationError as e:
+            self.error = f"audit options invalid: {e.errors()[0]['loc']}: {e.errors()[0]['msg']}"
+            log.error("%s; every record will fail until fixed", self.error)
+
+    # -- the store, built on first use -------------------------------------------------------
+
+    @property
+    def audit_log(self) -> AuditLog:
+        if self.error is not None:
+            raise RuntimeError(self.error)
+        if self._log is None:
+            if self.settings is None:
+                raise RuntimeError("the audit plugin is not configured")
+            home = Path(self.settings.home or ".")
+            key_file = os.environ.get("LOCKGATE_AUDIT_KEY_FILE") or self.options.key_file or str(home / "audit.key")
+            sink = CheckpointSink(self.options.checkpoint_path or home / "audit-checkpoints.jsonl", load_or_create_key(key_file))
+            self._log = AuditLog(
+                default_url(self.settings, self.options), sink, durable=self.options.mode == "sync", checkpoint_every=self.options.checkpoint_every
+            )
+        return self._log
+
+    @property
+    def sequencer(self) -> Sequencer:
+        if self._sequencer is None:
+            payloads = self.options.payloads
+            self._sequencer = Sequencer(
+                self.audit_log,
+                mode=self.options.mode,
+                buffer=self.options.buffer,
+                max_group=self.options.max_group,
+                checkpoint_interval_s=self.options.checkpoint_interval_s,
+                prepare=lambda entry: digest_bodies(entry, payloads),
+            )
+            if not self._atexit:
+                atexit.register(self.close)
+                self._atexit = True
+        return self._sequencer
+
+    def close(self) -> None:
+        if self._sequencer is not None:
+            self._sequencer.stop()
+            self._sequencer = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    # -- hooks -------------------------------------------------------------------------------
+
+    @hookimpl
+    def lockgate_audit_event(self, event: AuditEvent) -> None:
+        entry = _compact(
+            {"at": time.time(), "kind": event.kind, "actor": event.actor, "model": event.model, "version": event.version, "detail": dict(event.detail)}
+        )
+        sequencer = self.sequencer
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # a command or a thread: wait until the record is durable
+            sequencer.record_blocking(entry)
+        else:  # on an event loop: never block it; the sequencer writes it with the next group
+            sequencer.submit(entry, droppable=self.options.mode == "async")
+
+    @hookimpl
+    def lockgate_record_inference(self, event: InferenceEvent) -> Any:
+        if not self.options.inference:
+            return None
+        detail = _compact(
+            {
+                "status": event.status,
+                "latency_ms": round(event.latency_s * 1000.0, 3),
+                "rows": event.batch_rows or None,
+                "error": event.error,
+                "decided_by": event.decided_by,
+                "sha256": event.sha256,
+                "input_bytes": event.request_body,
+                "output_bytes": event.response_body,
+            }
+        )
+        entry = _compact(
+            {
+                "at": event.started_at or time.time(),
+                "kind": "infer",
+                "actor": event.principal,
+                "model": event.model,
+                "version": event.version,
+                "request_id": event.request_id,
+                "client_id": event.client_id,
+                "detail": detail,
+            }
+        )
+        sequencer = self.sequencer
+        if self.options.mode == "sync":
+            return sequencer.record(entry)
+        sequencer.submit(entry)
+        return None
+
+
+def _compact(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if v is not None}
+
+
+plugin = AuditPlugin()

@@ -1,0 +1,36 @@
+"""Audit tables (SQLAlchemy Core). Records are only ever inserted, and deleted by retention."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+__all__ = ["head", "metadata", "records"]
+
+metadata = sa.MetaData()
+
+records = sa.Table(
+    "lockgate_audit",
+    metadata,
+    sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("at", sa.Float(precision=53), nullable=False, index=True),
+    sa.Column("kind", sa.String(64), nullable=False, index=True),
+    sa.Column("actor", sa.String(256), nullable=False),
+    sa.Column("model", sa.String(128), nullable=True, index=True),
+    sa.Column("version", sa.Integer, nullable=True),
+    sa.Column("request_id", sa.String(64), nullable=True, index=True),
+    sa.Column("client_id", sa.String(256), nullable=True, index=True),
+    sa.Column("body", sa.Text, nullable=False),  # the canonical JSON that was hashed
+    sa.Column("prev_hash", sa.String(64), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+)
+
+# One row (id 1): the chain's head, locked by every writer, so that processes append in turn.
+head = sa.Table(
+    "lockgate_audit_head",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+    sa.Column("checkpoint_seq", sa.BigInteger, nullable=False),
+    sa.Column("checkpoint_at", sa.Float(precision=53), nullable=False),
+)

@@ -1,0 +1,227 @@
+"""The sequencer: this process's one writer of the audit chain, with group commit.
+
+Producers (request handlers on a replica's event loop, CLI commands) put entries on a
+queue; one thread takes everything queued, writes it as one transaction, and then wakes the
+producers that wait. While a group commits, the next one gathers, so under load one commit
+carries many records and the cost of durability is shared.
+
+- sync mode: a producer waits for its record to be durable (an asyncio future, resolved
+  from the thread in one call per group and loop). A failed write fails the group's futures.
+- async mode: nothing waits; the queue is bounded (``buffer``); an entry that finds it full
+  is dropped and counted; a failed write is retried with the entries kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import collections
+import concurrent.futures
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ._log import AuditLog
+
+__all__ = ["Sequencer", "SequencerStopped", "digest_bodies"]
+
+log = logging.getLogger("lockgate.audit")
+
+Waiter = Any  # asyncio.Future | concurrent.futures.Future | None
+
+
+class SequencerStopped(RuntimeError):
+    """The sequencer is not running: nothing can be recorded."""
+
+
+class Sequencer:
+    """Writes ``AuditLog`` groups from one thread. ``checkpoint_interval_s`` bounds how long
+    records wait for a signed checkpoint; ``prepare`` turns a queued entry into record
+    fields on the sequencer's thread (digests of request and response bodies)."""
+
+    def __init__(
+        self,
+        audit_log: AuditLog,
+        *,
+        mode: str = "sync",
+        buffer: int = 10_000,
+        max_group: int = 1024,
+        checkpoint_interval_s: float = 10.0,
+        prepare: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    ) -> None:
+        self.log = audit_log
+        self.mode = mode
+        self.buffer = buffer
+        self.max_group = max_group
+        self.checkpoint_interval_s = checkpoint_interval_s
+        self.prepare = prepare or (lambda entry: entry)
+        self._queue: collections.deque[tuple[dict[str, Any], Waiter]] = collections.deque()
+        self._ready = threading.Condition(threading.Lock())
+        self._thread: threading.Thread | None = None
+        self._stop = False
+        self.written = 0
+        self.dropped = 0
+        self.failed_writes = 0
+        self.groups = 0
+        self.last_error: str | None = None
+
+    # -- producers ---------------------------------------------------------------------------
+
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        with self._ready:
+            if self.alive():
+                return
+            self._stop = False
+            self._thread = threading.Thread(target=self._run, name="lockgate-audit-sequencer", daemon=True)
+            self._thread.start()
+
+    def submit(self, entry: dict[str, Any], waiter: Waiter = None, *, droppable: bool = True) -> bool:
+        """Queue ``entry``; False when the buffer is full and nothing waits for it (it is
+        dropped and counted; ``droppable=False`` queues it anyway)."""
+        if not self.alive():
+            if self._stop:
+                raise SequencerStopped("the audit sequencer is stopped")
+            self.start()
+        with self._ready:
+            if waiter is None and droppable and len(self._queue) >= self.buffer:
+                self.dropped += 1
+                return False
+            self._queue.append((entry, waiter))
+            self._ready.notify()
+        return True
+
+    async def record(self, entry: dict[str, Any]) -> None:
+        """Queue ``entry`` and wait until it is durable (sync mode)."""
+        future = asyncio.get_running_loop().create_future()
+        self.submit(entry, future)
+        await future
+
+    def record_blocking(self, entry: dict[str, Any], timeout: float = 30.0) -> int:
+        """Queue ``entry`` and block until it is durable; its seq."""
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self.submit(entry, future)
+        return future.result(timeout)
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Wait until everything queued so far is written (True) or ``timeout`` passes."""
+        if not self.alive():
+            return not self._queue
+        return self.record_blocking({"__flush__": True}, timeout) is not None
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Write what is queued, then stop the thread."""
+        if self.alive():
+            try:
+                self.flush(timeout)
+            except Exception:  # noqa: BLE001 - stopping anyway
+                pass
+        with self._ready:
+            self._stop = True
+            self._ready.notify()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        try:  # sign the tail, so that cutting it is detected
+            self.log.checkpoint()
+        except Exception as e:  # noqa: BLE001
+            log.warning("final audit checkpoint failed: %s", e)
+
+    # -- the writer thread -------------------------------------------------------------------
+
+    def _take(self, wait: bool = True) -> list[tuple[dict[str, Any], Waiter]]:
+        with self._ready:
+            if wait and not self._queue and not self._stop:
+                self._ready.wait(self.checkpoint_interval_s)
+            group = []
+            while self._queue and len(group) < self.max_group:
+                group.append(self._queue.popleft())
+            return group
+
+    def _run(self) -> None:
+        retry: list[tuple[dict[str, Any], Waiter]] = []
+        backoff = 0.01
+        while True:
+            group = retry + self._take(wait=False) if retry else self._take()
+            retry = []
+            if not group:
+                if self._stop:
+                    return
+                self._checkpoint()
+                continue
+            flushes = [(e, w) for e, w in group if "__flush__" in e]
+            real = [(e, w) for e, w in group if "__flush__" not in e]
+            try:
+                seqs = self.log.append([self.prepare(e) for e, _ in real]) if real else []
+            except Exception as e:  # noqa: BLE001 - the store failed: waiters fail, async entries wait
+                self.failed_writes += 1
+                self.last_error = f"{type(e).__name__}: {e}"
+                log.warning("audit write of %d records failed: %s", len(real), self.last_error)
+                _settle([(w, None) for _, w in real if w is not None], e)
+                retry = [(e_, w) for e_, w in real if w is None]
+                if len(retry) > self.buffer:
+                    self.dropped += len(retry) - self.buffer
+                    retry = retry[: self.buffer]
+                _settle([(w, 0) for _, w in flushes], None)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
+                continue
+            backoff = 0.01
+            self.written += len(seqs)
+            self.groups += 1
+            _settle([(w, s) for (_, w), s in zip(real, seqs) if w is not None] + [(w, 0) for _, w in flushes], None)
+            self._checkpoint()
+
+    def _checkpoint(self) -> None:
+        try:
+            self.log.checkpoint(older_than_s=self.checkpoint_interval_s)
+        except Exception as e:  # noqa: BLE001 - the next write or tick tries again
+            log.warning("audit checkpoint failed: %s", e)
+
+
+def _settle(waiters: list[tuple[Waiter, Any]], error: BaseException | None) -> None:
+    """Resolve futures: concurrent ones directly, asyncio ones with one call per loop."""
+    by_loop: dict[Any, list[tuple[asyncio.Future, Any]]] = {}
+    for waiter, value in waiters:
+        if isinstance(waiter, concurrent.futures.Future):
+            if error is None:
+                waiter.set_result(value)
+            else:
+                waiter.set_exception(error)
+        else:
+            by_loop.setdefault(waiter.get_loop(), []).append((waiter, value))
+    for loop, items in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_resolve, items, error)
+        except RuntimeError:  # the loop closed: nobody waits any more
+            pass
+
+
+def _resolve(items: list[tuple[asyncio.Future, Any]], error: BaseException | None) -> None:
+    for future, value in items:
+        if future.done():
+            continue
+        if error is None:
+            future.set_result(value)
+        else:
+            future.set_exception(RuntimeError(f"audit write failed: {type(error).__name__}: {error}"))
+
+
+def digest_bodies(entry: dict[str, Any], payloads: bool) -> dict[str, Any]:
+    """Replace request and response bytes by their sha256 (and base64 copies when ``payloads``)."""
+    detail = entry.get("detail")
+    if not detail:
+        return entry
+    for key in ("input", "output"):
+        raw = detail.pop(f"{key}_bytes", None)
+        if raw is None:
+            continue
+        detail[f"{key}_sha256"] = hashlib.sha256(raw).hexdigest()
+        detail[f"{key}_size"] = len(raw)
+        if payloads:
+            detail[f"{key}_base64"] = base64.b64encode(raw).decode("ascii")
+    return entry

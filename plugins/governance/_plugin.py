@@ -1,0 +1,221 @@
+"""The governance plugin: API keys and roles, four-eyes approval, the library and operator
+policy. All of its hooks are gatekeepers, so every doubt denies."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .. import hookimpl
+from .._storage import make_engine
+from .._types import Decision, ModelVersionRecord, Principal, RegistrationCandidate, RequestInfo, Settings
+from ._approvals import Approval, Approvals, GovernanceError
+from ._keys import ROLE_ACTIONS, KeyCache, KeyStore
+from ._policy import Policy
+
+__all__ = ["LOCKGATE_PLUGIN_API", "GovernanceOptions", "GovernancePlugin", "plugin"]
+
+LOCKGATE_PLUGIN_API = "1.1"
+
+log = logging.getLogger("lockgate.governance")
+
+
+class GovernanceOptions(BaseModel):
+    """The ``governance`` section of the server configuration."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str | None = Field(None, description="SQLAlchemy URL for keys and approvals. Default: the registry's database.")
+    protected_aliases: list[str] = Field(
+        ["production"], description="Aliases that may point only to a version approved by someone other than who registered it."
+    )
+    required_card_fields: list[str] = Field([], description="Model-card fields that must be filled before a version can be approved.")
+    serve_pending: bool = Field(
+        True, description="Versions awaiting approval may serve by explicit version or unprotected alias (for evaluation)."
+    )
+    key_refresh_s: float = Field(1.0, gt=0, le=5, description="How often each process re-reads the key table: the revocation delay.")
+    key_max_stale_s: float = Field(5.0, gt=0, description="Refuse every key when the table could not be read for this long.")
+    policy: Policy = Field(default_factory=Policy, description="The library and operator policy.")
+
+
+class GovernancePlugin:
+    """Gatekeepers on top of three stores: ``keys``, ``approvals`` and the ``policy``.
+
+    Open mode: until the first API key is created, requests need no key and every caller may
+    do everything; ``lockgate serve`` allows that on loopback only and says so."""
+
+    LOCKGATE_PLUGIN_API = LOCKGATE_PLUGIN_API
+
+    def __init__(self) -> None:
+        self.options = GovernanceOptions()
+        self.error: str | None = None
+        self.manager: Any = None
+        self.settings: Settings | None = None
+        self._keys: KeyStore | None = None
+        self._cache: KeyCache | None = None
+        self._approvals: Approvals | None = None
+        self._states: dict[str, tuple[float, dict[int, Approval]]] = {}
+
+    @hookimpl
+    def lockgate_configure(self, settings: Settings, manager: Any) -> None:
+        self.settings, self.manager = settings, manager
+        self._keys = self._cache = self._approvals = None
+        self._states = {}
+        self.error = None
+        try:
+            self.options = GovernanceOptions.model_validate(dict(settings.options.get("governance", {})))
+        except ValidationError as e:
+            first = e.errors()[0]
+            self.error = f"governance options invalid at {'.'.join(map(str, first['loc']))}: {first['msg']}"
+            log.error("%s; every request and control action is refused until fixed", self.error)
+
+    # -- stores, built on first use ------------------------------------------------------------
+
+    def _engine(self) -> Any:
+        if self.error is not None:
+            raise GovernanceError(self.error, 503)
+        if self.settings is None:
+            raise GovernanceError("the governance plugin is not configured", 503)
+        return make_engine(self.options.url or self.settings.registry_url)
+
+    @property
+    def keys(self) -> KeyStore:
+        if self._keys is None:
+            self._keys = KeyStore(self._engine())
+        return self._keys
+
+    @property
+    def cache(self) -> KeyCache:
+        if self._cache is None:
+            self._cache = KeyCache(self.keys, refresh_s=self.options.key_refresh_s, max_stale_s=self.options.key_max_stale_s)
+        self._cache.ensure_started()
+        return self._cache
+
+    @property
+    def approvals(self) -> Approvals:
+        if self._approvals is None:
+            self._approvals = Approvals(self.keys.engine)
+        return self._approvals
+
+    def open_mode(self) -> bool:
+        """True while no API key was ever created."""
+        return not self.keys.any()
+
+    # -- actions (CLI) ---------------------------------------------------------------------------
+
+    def create_key(self, principal: str, roles: list[str], models: list[str], *, actor: str, expires_at: float | None = None) -> tuple[str, Any]:
+        if self.open_mode() and "admin" not in roles:
+            raise GovernanceError("the first API key must have the admin role: it is the one that creates the others", 409)
+        key, info = self.keys.create(principal, roles, models, created_by=actor, expires_at=expires_at)
+        detail = {"key_id": info.key_id, "principal": principal, "roles": list(info.roles), "models": list(info.models), "expires_at": expires_at}
+        self.manager.audit("key_create", actor, detail=detail)
+        return key, info
+
+    def revoke_key(self, key_id: str, *, actor: str) -> Any:
+        info = self.keys.revoke(key_id, actor=actor)
+        self.manager.audit("key_revoke", actor, detail={"key_id": info.key_id, "principal": info.principal})
+        return info
+
+    def decide(self, action: str, name: str, version: int, *, actor: str, reason: str = "") -> Approval:
+        """Approve, reject or revoke a version; recorded in the audit log, refused or done."""
+        record = self.manager.registry().get_version(name, version)
+        try:
+            result = self.approvals.decide(
+                action, name, version, actor=actor, reason=reason, registered_by=record.created_by, card=record.card,
+                required_card_fields=self.options.required_card_fields,
+            )
+        except GovernanceError as e:
+            self.manager.audit(f"{action}_refused", actor, model=name, version=version, detail={"reason": str(e)})
+            raise
+        self.manager.audit(action, actor, model=name, version=version, detail={"reason": reason, "sha256": record.sha256, "registered_by": record.created_by})
+        self._states.pop(name, None)
+        return result
+
+    def _state(self, name: str, version: int) -> Approval:
+        cached = self._states.get(name)
+        if cached is None or time.monotonic() - cached[0] > 0.5:
+            cached = (time.monotonic(), self.approvals.states(name))
+            self._states[name] = cached
+        return cached[1].get(version) or Approval(name, version, "pending")
+
+    # -- gatekeepers -----------------------------------------------------------------------------
+
+    @hookimpl
+    def lockgate_authenticate(self, request: RequestInfo) -> Principal | Decision | None:
+        if self.error is not None:
+            return Decision.deny(self.error, status=503)
+        cache = self.cache
+        if cache.stale():
+            return Decision.deny("cannot check API keys now: the key store has not been readable for a while", status=503)
+        header = request.headers.get("authorization")
+        if header is None:
+            return None if cache.open else Decision.deny("missing 'Authorization: Bearer <API key>' header")
+        scheme, _, token = header.strip().partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return Decision.deny("the Authorization header must read 'Bearer <API key>'")
+        result = cache.check(token.strip())
+        return result if isinstance(result, Principal) else Decision.deny(result)
+
+    @hookimpl
+    def lockgate_authorize(self, principal: Principal, action: str, model: str | None, version: str | None) -> Decision | None:
+        if self.error is not None:
+            return Decision.deny(self.error, status=503)
+        if principal.name == "anonymous" and not principal.roles:
+            return None if self.cache.open else Decision.deny("anonymous callers may do nothing once API keys exist", status=401)
+        actions = principal.attributes.get("actions")
+        if actions is None:  # a principal from another authenticator: its roles decide
+            actions = frozenset().union(*(ROLE_ACTIONS.get(r, frozenset()) for r in principal.roles))
+        if action not in actions:
+            roles = ", ".join(sorted(principal.roles)) or "no role"
+            return Decision.deny(f"'{principal.name}' ({roles}) may not {action}")
+        models = principal.attributes.get("models")
+        if model is not None and models is not None and model not in models:
+            return Decision.deny(f"'{principal.name}' is not granted model '{model}'")
+        return None
+
+    @hookimpl
+    def lockgate_check_registration(self, candidate: RegistrationCandidate) -> Decision | None:
+        if self.error is not None:
+            return Decision.deny(self.error)
+        reasons = self.options.policy.check(candidate)
+        return Decision.deny("; ".join(reasons)) if reasons else None
+
+    @hookimpl
+    def lockgate_check_alias(self, principal: Principal, model: str, alias: str, version: int) -> Decision | None:
+        if self.error is not None:
+            return Decision.deny(self.error)
+        if alias not in self.options.protected_aliases:
+            return None
+        approval = self.approvals.get(model, version)
+        if approval.state != "approved":
+            return Decision.deny(
+                f"'{alias}' is a protected alias and version {version} is {approval.state}; "
+                f"it needs the approval of someone other than who registered it (lockgate models approve {model} {version})"
+            )
+        return None
+
+    @hookimpl
+    def lockgate_check_serving(self, record: ModelVersionRecord, aliases: list[str]) -> Decision | None:
+        if self.error is not None:
+            return Decision.deny(self.error, status=503)
+        problem = self.options.policy.runtime_problem()
+        if problem is not None:
+            return Decision.deny(problem, status=503)
+        approval = self._state(record.name, record.version)
+        if approval.state in ("revoked", "rejected"):
+            return Decision.deny(
+                f"version {record.version} of '{record.name}' was {approval.state} by {approval.decided_by}"
+                + (f": {approval.reason}" if approval.reason else ""),
+                status=503,
+            )
+        if approval.state != "approved":
+            protected = [a for a in aliases if a in self.options.protected_aliases]
+            if protected or not self.options.serve_pending:
+                return Decision.deny(f"version {record.version} of '{record.name}' is not approved", status=503)
+        return None
+
+
+plugin = GovernancePlugin()

@@ -1,0 +1,147 @@
+"""``lockgate audit ...``: verify the chain, export for a regulator, trace a request, prune."""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import click
+
+from ._cli_common import _fail, checked_actor, settings_from, with_registry_options
+
+__all__ = ["audit"]
+
+
+def _time(text: str | None, option: str) -> float | None:
+    """ISO 8601 (UTC when no zone) or a span back from now: 24h, 7d, 6w."""
+    if text is None:
+        return None
+    units = {"m": 60, "h": 3600, "d": 86400, "w": 604800}
+    if text[-1:] in units and text[:-1].isdigit():
+        return datetime.now(timezone.utc).timestamp() - int(text[:-1]) * units[text[-1]]
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise click.BadParameter(f"expected ISO 8601 or a span such as 24h or 7d, got {text!r}", param_hint=option) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return when.timestamp()
+
+
+def _iso(epoch: float | None) -> str:
+    return "-" if epoch is None else datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _plugin(manager):
+    plugin = manager.plugin("audit")
+    if plugin is None:
+        _fail(LookupError("the audit plugin is not loaded (see `lockgate plugins list`)"))
+    return plugin
+
+
+@click.group()
+@with_registry_options
+@click.pass_context
+def audit(ctx: click.Context, registry_url: str | None, artifact_dir: str | None) -> None:
+    """The audit log: verify, export, trace, prune. Needs an admin key once keys exist (LOCKGATE_API_KEY)."""
+    manager = settings_from(registry_url, artifact_dir).manager()
+    checked_actor(manager, "audit")
+    ctx.obj = manager
+
+
+@audit.command()
+@click.pass_obj
+def verify(manager) -> None:
+    """Check every record's hash and link, the sequence, and the signed checkpoints."""
+    report = _plugin(manager).audit_log.verify()
+    where = f"seq {report.first}..{report.last}" if report.records else "no records"
+    anchor = f", anchored at checkpoint {report.anchored_at}" if report.anchored_at else ""
+    click.echo(f"{report.records} records ({where}{anchor}), {report.checkpoints} signed checkpoints")
+    if report.ok:
+        click.secho("audit log verified: intact", fg="green")
+        return
+    for problem in report.problems[:50]:
+        click.secho(f"  - {problem}", fg="red")
+    if len(report.problems) > 50:
+        click.echo(f"  ... and {len(report.problems) - 50} more")
+    click.secho("audit log verification FAILED", fg="red")
+    sys.exit(1)
+
+
+@audit.command()
+@click.option("--since", default=None, help="From (ISO 8601, or a span back from now: 24h, 30d).")
+@click.option("--until", default=None, help="Until, exclusive (same forms).")
+@click.option("--model", default=None, help="Only records of this model.")
+@click.option("--kind", default=None, help="Only this kind of record (infer, register, approve, ...).")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write here instead of stdout.")
+@click.pass_obj
+def export(manager, since, until, model, kind, fmt, out) -> None:
+    """Records as JSON lines (each with its hash) or CSV."""
+    log = _plugin(manager).audit_log
+    filters = {"since": _time(since, "--since"), "until": _time(until, "--until"), "model": model, "kind": kind}
+    if out is None:
+        log.export(sys.stdout, fmt, **filters)
+        return
+    with open(out, "w", encoding="utf-8", newline="") as f:
+        n = log.export(f, fmt, **filters)
+    click.echo(f"wrote {n} records to {out}", err=True)
+
+
+@audit.command()
+@click.argument("request_id")
+@click.pass_obj
+def trace(manager, request_id: str) -> None:
+    """Which model version answered REQUEST_ID (the lockgate-request-id header, or the client's
+    OIP id), its hash, who registered it and who approved it."""
+    log = _plugin(manager).audit_log
+    found = list(log.records(request_id=request_id, kind="infer"))
+    if not found:
+        _fail(LookupError(f"no inference record with request id {request_id!r}"))
+    registry = manager.registry()
+    for record in found:
+        detail = record.get("detail", {})
+        click.echo(f"request {record.get('request_id')} (client id {record.get('client_id', '-')}) at {_iso(record['at'])}")
+        click.echo(f"  caller: {record['actor']}; status {detail.get('status')}; {detail.get('latency_ms')} ms; audit seq {record['seq']}")
+        if detail.get("error"):
+            click.echo(f"  error: {detail['error']}" + (f" (decided by {detail['decided_by']})" if detail.get("decided_by") else ""))
+        if detail.get("input_sha256"):
+            click.echo(f"  input sha256 {detail['input_sha256']}; output sha256 {detail.get('output_sha256', '-')}")
+        if record.get("version") is None:
+            continue
+        name, version = record["model"], record["version"]
+        click.echo(f"  model: {name} version {version}, artifact sha256 {detail.get('sha256', '-')}")
+        try:
+            registered = registry.get_version(name, version)
+            click.echo(f"  registered by {registered.created_by} at {_iso(registered.created_at)}; lineage {dict(registered.lineage)}")
+        except LookupError:
+            click.echo("  (the version is no longer in the registry)")
+        decisions = [r for r in log.records(model=name) if r.get("version") == version and r["kind"] in ("approve", "reject", "revoke")]
+        for d in decisions:
+            when = "before" if d["at"] <= record["at"] else "after"
+            click.echo(f"  {d['kind']}d by {d['actor']} at {_iso(d['at'])} ({when} the request)" + (f": {d['detail'].get('reason')}" if d["detail"].get("reason") else ""))
+        if not any(d["kind"] == "approve" for d in decisions):
+            click.echo("  no approval on record")
+
+
+@audit.command()
+@click.option("--before", default=None, help="Delete records older than this (ISO 8601 or a span such as 200d); default the retention period.")
+@click.pass_obj
+def prune(manager, before: str | None) -> None:
+    """Delete records older than the retention period (audit.retention_days, 183 by default),
+    up to a signed checkpoint, so what remains still verifies."""
+    from lockgate.plugins.audit import PruneRefused
+
+    plugin = _plugin(manager)
+    days = plugin.options.retention_days
+    cutoff = _time(before, "--before") if before else datetime.now(timezone.utc).timestamp() - timedelta(days=days).total_seconds()
+    try:
+        deleted, anchor = plugin.audit_log.prune(cutoff, retention_days=days)
+    except PruneRefused as e:
+        _fail(e)
+    if deleted:
+        manager.audit("audit_pruned", checked_actor(manager, "audit"), detail={"deleted": deleted, "up_to_seq": anchor, "before": cutoff})
+        click.echo(f"pruned {deleted} records up to seq {anchor} (older than {_iso(cutoff)})")
+    else:
+        click.echo("nothing to prune")

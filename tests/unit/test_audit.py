@@ -1,0 +1,281 @@
+"""The audit log on both back ends: the chain, group commit, tampering of every kind, retention."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import sqlalchemy as sa
+
+from lockgate.plugins.audit import (
+    AuditLog,
+    CheckpointSink,
+    PruneRefused,
+    Sequencer,
+    SequencerStopped,
+    load_or_create_key,
+    record_hash,
+)
+from lockgate.plugins.audit import _schema as t
+from lockgate.plugins.audit._sequencer import digest_bodies
+
+
+@pytest.fixture
+def make_log(db_url, tmp_path):
+    made = []
+
+    def make(checkpoint_every: int = 1000, key_file: str = "audit.key") -> AuditLog:
+        sink = CheckpointSink(tmp_path / "checkpoints.jsonl", load_or_create_key(tmp_path / key_file))
+        log = AuditLog(db_url, sink, checkpoint_every=checkpoint_every)
+        made.append(log)
+        return log
+
+    yield make
+    for log in made:
+        log.close()
+
+
+def entry(i: int, **extra) -> dict:
+    return {"at": time.time(), "kind": "infer", "actor": "tester", "model": "iris", "version": 1, "request_id": f"r{i}", "detail": {"i": i}, **extra}
+
+
+def fill(log: AuditLog, n: int, group: int = 5) -> None:
+    for start in range(0, n, group):
+        log.append([entry(i) for i in range(start, min(n, start + group))])
+
+
+def sql(log: AuditLog, statement: str, **params) -> None:
+    with log.engine.begin() as c:
+        c.execute(sa.text(statement), params)
+
+
+def problems(log: AuditLog) -> str:
+    report = log.verify()
+    assert not report.ok
+    return "\n".join(report.problems)
+
+
+def test_records_chain_with_domain_separated_hashes_and_verify(make_log):
+    log = make_log(checkpoint_every=10)
+    fill(log, 35)
+    report = log.verify()
+    assert report.ok, report.problems
+    assert (report.records, report.first, report.last, report.checkpoints) == (35, 1, 35, 3)
+    rows = list(log.records())
+    assert [r["seq"] for r in rows] == list(range(1, 36))
+    with log.engine.connect() as c:
+        first = c.execute(sa.select(t.records).where(t.records.c.seq == 1)).one()
+    assert first.prev_hash == "0" * 64 and first.hash == record_hash("0" * 64, first.body)
+    assert json.loads(first.body)["seq"] == 1 and ":" in first.body and " " not in first.body  # canonical JSON
+
+
+def test_group_commit_from_many_threads_gives_one_gapless_sequence(make_log):
+    log = make_log()
+    sequencer = Sequencer(log, max_group=64)
+    seqs: list[int] = []
+    lock = threading.Lock()
+
+    def producer(k: int) -> None:
+        for i in range(50):
+            s = sequencer.record_blocking(entry(k * 1000 + i))
+            with lock:
+                seqs.append(s)
+
+    threads = [threading.Thread(target=producer, args=(k,)) for k in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    sequencer.stop()
+    assert sorted(seqs) == list(range(1, 401))
+    assert sequencer.groups < 400  # records shared commits
+    assert log.verify().ok and log.count() == 400
+
+
+def test_two_writers_on_one_database_append_to_one_chain(make_log):
+    a, b = make_log(), make_log()
+    threads = [threading.Thread(target=fill, args=(log, 60, 3)) for log in (a, b)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert a.verify().ok and a.count() == 120 and a.head()[0] == 120
+
+
+def test_an_edited_record_is_detected(make_log):
+    log = make_log()
+    fill(log, 10)
+    with log.engine.connect() as c:
+        body = c.execute(sa.select(t.records.c.body).where(t.records.c.seq == 4)).scalar()
+    sql(log, "UPDATE lockgate_audit SET body = :b WHERE seq = 4", b=body.replace('{"i":', '{"i":1'))
+    assert "record 4 was edited" in problems(log)
+
+
+def test_an_edited_column_is_detected(make_log):
+    log = make_log()
+    fill(log, 5)
+    sql(log, "UPDATE lockgate_audit SET actor = 'mallory' WHERE seq = 2")
+    assert "record 2: column(s) actor differ" in problems(log)
+
+
+def test_a_deleted_record_is_detected(make_log):
+    log = make_log()
+    fill(log, 10)
+    sql(log, "DELETE FROM lockgate_audit WHERE seq = 6")
+    found = problems(log)
+    assert "records 6..6 are missing" in found and "record 7 does not link" in found
+
+
+def test_reordered_records_are_detected(make_log):
+    log = make_log()
+    fill(log, 10)
+    sql(log, "UPDATE lockgate_audit SET seq = -1 WHERE seq = 3")
+    sql(log, "UPDATE lockgate_audit SET seq = 3 WHERE seq = 4")
+    sql(log, "UPDATE lockgate_audit SET seq = 4 WHERE seq = -1")
+    found = problems(log)
+    assert "record at seq 3 carries seq 4" in found and "record 3 does not link" in found
+
+
+def test_a_chain_rewritten_without_the_checkpoint_key_is_detected(make_log):
+    log = make_log(checkpoint_every=10)
+    fill(log, 30)
+    # The attacker edits record 5 and recomputes every hash after it, head included: the chain
+    # is consistent again, but the signed checkpoints (10, 20, 30) no longer match it.
+    with log.engine.connect() as c:
+        rows = c.execute(sa.select(t.records).order_by(t.records.c.seq)).all()
+    prev = rows[3].hash
+    for row in rows[4:]:
+        body = row.body.replace('"i":4', '"i":400') if row.seq == 5 else row.body
+        digest = record_hash(prev, body)
+        sql(log, "UPDATE lockgate_audit SET body = :b, prev_hash = :p, hash = :h WHERE seq = :s", b=body, p=prev, h=digest, s=row.seq)
+        prev = digest
+    sql(log, "UPDATE lockgate_audit_head SET hash = :h", h=prev)
+    found = problems(log)
+    assert "differs from the signed checkpoint of seq 10: the chain was rewritten" in found
+    assert "was edited" not in found and "does not link" not in found  # only the checkpoints catch it
+
+
+def test_a_cut_tail_is_detected(make_log):
+    log = make_log(checkpoint_every=10)
+    fill(log, 25)
+    with log.engine.connect() as c:
+        hash15 = c.execute(sa.select(t.records.c.hash).where(t.records.c.seq == 15)).scalar()
+    sql(log, "DELETE FROM lockgate_audit WHERE seq > 15")
+    sql(log, "UPDATE lockgate_audit_head SET seq = 15, hash = :h", h=hash15)  # head rewritten too
+    assert "the log ends at seq 15 but a signed checkpoint names seq 20: its tail was cut" in problems(log)
+
+
+def test_a_forged_checkpoint_is_detected(make_log, tmp_path):
+    log = make_log(checkpoint_every=5)
+    fill(log, 10)
+    forged = CheckpointSink(tmp_path / "checkpoints.jsonl", b"not the key, 16+ bytes")
+    forged.append(10, "f" * 64, time.time())
+    assert "has a bad signature" in problems(log)
+
+
+def test_retention_prunes_to_a_checkpoint_and_the_rest_still_verifies(make_log):
+    log = make_log(checkpoint_every=10)
+    old = time.time() - 200 * 86400
+    for start in range(0, 30, 5):
+        log.append([entry(i, at=old + i) for i in range(start, start + 5)])
+    fill(log, 12)  # recent records
+    with pytest.raises(PruneRefused, match="younger than the retention period"):
+        log.prune(time.time() - 30 * 86400, retention_days=183)
+    deleted, anchor = log.prune(time.time() - 190 * 86400, retention_days=183)
+    assert (deleted, anchor) == (30, 30)
+    report = log.verify()
+    assert report.ok, report.problems
+    assert (report.first, report.anchored_at, report.records) == (31, 30, 12)
+    sql(log, "DELETE FROM lockgate_audit WHERE seq = 31")  # deleting at the new start is still caught
+    assert "no signed checkpoint anchors seq 31" in problems(log)
+
+
+def test_export_filters_and_formats(make_log):
+    log = make_log()
+    log.append([entry(1), entry(2, model="digits"), entry(3, kind="approve", actor="bob")])
+    out = io.StringIO()
+    assert log.export(out, "jsonl", model="iris") == 2
+    lines = [json.loads(x) for x in out.getvalue().splitlines()]
+    assert [r["kind"] for r in lines] == ["infer", "approve"] and all(len(r["hash"]) == 64 for r in lines)
+    out = io.StringIO()
+    assert log.export(out, "csv", kind="approve") == 1
+    header, row = out.getvalue().splitlines()
+    assert header.startswith("seq,time,kind,actor") and ",approve,bob,iris," in row
+
+
+def test_payload_digests_and_full_payloads():
+    e = {"detail": {"input_bytes": b"abc", "output_bytes": b"xyz"}}
+    d = digest_bodies(json.loads(json.dumps({"detail": {}})) | e, payloads=False)["detail"]
+    assert d == {
+        "input_sha256": "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad", "input_size": 3,
+        "output_sha256": "3608bca1e44ea6c4d268eb6db02260269892c0b42b86bbf1e77a6fa16c3c9282", "output_size": 3,
+    }
+    full = digest_bodies({"detail": {"input_bytes": b"abc"}}, payloads=True)["detail"]
+    assert full["input_base64"] == "YWJj"
+
+
+def test_sync_waiters_fail_when_the_store_fails_and_async_drops_are_counted(make_log):
+    log = make_log()
+    sequencer = Sequencer(log, mode="sync")
+    assert asyncio.run(_record(sequencer, entry(1))) is None
+    sql(log, "DROP TABLE lockgate_audit")
+    with pytest.raises(RuntimeError, match="audit write failed"):
+        asyncio.run(_record(sequencer, entry(2)))
+    sequencer.stop()
+    with pytest.raises(SequencerStopped):
+        sequencer.submit(entry(3))
+
+
+async def _record(sequencer: Sequencer, e: dict) -> None:
+    await sequencer.record(e)
+
+
+def test_async_mode_counts_what_a_full_buffer_drops(make_log):
+    sequencer = Sequencer(make_log(), mode="async", buffer=3)
+    sequencer._thread = threading.current_thread()  # a writer that is alive but never drains
+    assert [sequencer.submit(entry(i)) for i in range(5)] == [True, True, True, False, False]
+    assert sequencer.dropped == 2
+    assert sequencer.submit(entry(9), droppable=False)  # control events are never dropped
+
+
+CRASH_SCRIPT = r"""
+import sys, time, os
+from lockgate.plugins.audit import AuditLog, CheckpointSink, Sequencer, load_or_create_key
+url, home, buffer = sys.argv[1], sys.argv[2], int(sys.argv[3])
+log = AuditLog(url, CheckpointSink(home + "/c.jsonl", load_or_create_key(home + "/k")), durable=False)
+seq = Sequencer(log, mode="async", buffer=buffer, max_group=256)
+accepted = 0
+while True:
+    if seq.submit({"at": time.time(), "kind": "infer", "actor": "x", "detail": {"n": accepted}}):
+        accepted += 1
+        if accepted % 500 == 0:
+            print(accepted, flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_async_mode_loses_at_most_its_buffer_in_a_crash(make_log, db_url, tmp_path):
+    log = make_log()
+    proc = subprocess.Popen([sys.executable, "-c", CRASH_SCRIPT, db_url, str(tmp_path), "2000"], stdout=subprocess.PIPE, text=True)
+    last = 0
+    while last < 20000:
+        line = proc.stdout.readline()
+        assert line, "the writer died early"
+        last = int(line)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    accepted = last + sum(500 for _ in proc.stdout)  # lines printed after we read the last one
+    written = log.count()
+    assert 0 < written <= accepted
+    lost = accepted - written
+    assert lost <= 2000 + 256 + 500, (accepted, written)  # buffer + one group in flight + our read lag
+    report = log.verify()
+    assert report.ok, report.problems  # what was written is a whole chain
