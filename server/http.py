@@ -49,8 +49,8 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 SERVER_NAME = "lockgate"
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 _JSON = [(b"content-type", b"application/json")]
-_RETRY = {"Retry-After": "1"}
-_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="lockgate"'}
+_RETRY = {"retry-after": "1"}
+_CHALLENGE = {"www-authenticate": 'Bearer realm="lockgate"'}
 _VERSION_ROUTE = re.compile(r"^/versions/([^/]+)(/ready|/infer)?/?$")
 
 

@@ -179,8 +179,15 @@ class KeyCache:
         self.reload_errors = 0
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._reload_lock = threading.Lock()
+        self._stopped = threading.Event()
 
     def reload(self) -> None:
+        # One reload at a time: a slow read that started earlier must not overwrite a newer table.
+        with self._reload_lock:
+            self._reload()
+
+    def _reload(self) -> None:
         rows = self.store.active_rows()
         ever = bool(rows) or self.store.any()
         entries = {}
@@ -206,9 +213,11 @@ class KeyCache:
             self._thread = threading.Thread(target=self._run, name="lockgate-keys", daemon=True)
             self._thread.start()
 
+    def stop(self) -> None:
+        self._stopped.set()
+
     def _run(self) -> None:
-        while True:
-            time.sleep(self.refresh_s)
+        while not self._stopped.wait(self.refresh_s):
             try:
                 self.reload()
             except Exception as e:  # noqa: BLE001 - keep the last table until max_stale_s
@@ -223,7 +232,7 @@ class KeyCache:
         id and a wrong secret, so the answer tells nothing about which part was wrong)."""
         if len(token) > MAX_TOKEN:
             return "API key too long"
-        parts = token.split("_")
+        parts = token.split("_", 2)
         if len(parts) != 3 or parts[0] != PREFIX:
             return "malformed API key (expected lg_<id>_<secret>)"
         entry = self._entries.get(parts[1])

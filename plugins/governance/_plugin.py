@@ -62,6 +62,8 @@ class GovernancePlugin:
     @hookimpl
     def lockgate_configure(self, settings: Settings, manager: Any) -> None:
         self.settings, self.manager = settings, manager
+        if self._cache is not None:
+            self._cache.stop()
         self._keys = self._cache = self._approvals = None
         self._states = {}
         self.error = None
