@@ -65,9 +65,11 @@ def systems(repo: Path, model_path: Path, port_of) -> list[System]:
     ]
 
 
-def wrk(url: str, body: Path, connections: int, seconds: float, header_length: int | None = None) -> dict:
+def wrk(url: str, body: Path, connections: int, seconds: float, header_length: int | None = None, authorization: str | None = None) -> dict:
     threads = 1 if connections < 4 else 2
     env = {**os.environ, "BENCH_BODY": str(body)}
+    if authorization is not None:
+        env["BENCH_AUTHORIZATION"] = authorization
     if header_length is not None:
         env["BENCH_HEADER_LENGTH"] = str(header_length)
     out = subprocess.run(

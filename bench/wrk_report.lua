@@ -11,6 +11,10 @@ if header_length then
 else
   wrk.headers["Content-Type"] = "application/json"
 end
+local auth = os.getenv("BENCH_AUTHORIZATION")
+if auth then
+  wrk.headers["Authorization"] = auth
+end
 
 done = function(summary, latency, requests)
   local e = summary.errors

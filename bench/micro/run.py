@@ -32,6 +32,10 @@ def main() -> int:
     for group, times in groups.items():
         if {"cython", "python"} <= times.keys():
             print(f"{group}: compiled {times['cython'] * 1e6:.1f} us, twin {times['python'] * 1e6:.1f} us -> {times['python'] / times['cython']:.1f}x")
+        elif {"plain_await", "gate"} <= times.keys():
+            n = int(group.split(":")[1].split()[0])
+            added = (times["gate"] - times["plain_await"]) / n * 1e6
+            print(f"{group}: {added:.2f} us added per request")
         elif {"plain_await", "batcher"} <= times.keys():
             n = int(group.split(":")[1].split()[0])
             added = (times["batcher"] - times["plain_await"]) / n * 1e6

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -102,6 +103,16 @@ class AuditLog:
         self.engine = make_engine(url, durable=durable)
         self.sink = sink
         self.checkpoint_every = checkpoint_every
+        self._sqlite = self.engine.dialect.name == "sqlite"
+        self._raw: Any = None
+        self._writer_lock = threading.Lock()
+        mark = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
+        columns = [c.name for c in t.records.columns]
+        self._sql_insert = f"INSERT INTO {t.records.name} ({', '.join(columns)}) VALUES ({', '.join([mark] * len(columns))})"
+        lock = "" if self._sqlite else " FOR UPDATE"
+        self._sql_head = f"SELECT seq, hash, checkpoint_seq FROM {t.head.name} WHERE id = {HEAD_ID}{lock}"
+        self._sql_head_update = f"UPDATE {t.head.name} SET seq = {mark}, hash = {mark} WHERE id = {HEAD_ID}"
+        self._sql_head_checkpoint = f"UPDATE {t.head.name} SET seq = {mark}, hash = {mark}, checkpoint_seq = {mark}, checkpoint_at = {mark} WHERE id = {HEAD_ID}"
         t.metadata.create_all(self.engine)
         with writing(self.engine) as c, c.begin():
             if c.execute(sa.select(t.head.c.id).where(t.head.c.id == HEAD_ID)).first() is None:
@@ -123,41 +134,63 @@ class AuditLog:
         """Append ``entries`` (record fields without seq) as one transaction; their seqs.
 
         Every entry has ``at``, ``kind``, ``actor`` and optional ``model``, ``version``,
-        ``request_id``, ``client_id``, ``detail``."""
-        with writing(self.engine) as c, c.begin():
-            head = self._lock_head(c)
-            seq, prev = head.seq, head.hash
+        ``request_id``, ``client_id``, ``detail``. The group goes through one DBAPI
+        connection kept by this log, with one executemany: the write path is the sequencer's
+        hot path, and SQLAlchemy's statement layer cost more than the commit itself."""
+        with self._writer_lock:
+            connection = self._writer()
+            try:
+                return self._append(connection, entries)
+            except BaseException:
+                self._drop_writer()
+                raise
+
+    def _writer(self) -> Any:
+        if self._raw is None:
+            self._raw = self.engine.raw_connection()
+        return self._raw
+
+    def _drop_writer(self) -> None:
+        raw, self._raw = self._raw, None
+        if raw is not None:
+            try:
+                raw.rollback()
+            except Exception:  # noqa: BLE001 - the connection is broken: discard it
+                raw.invalidate()
+            finally:
+                raw.close()
+
+    def _append(self, connection: Any, entries: list[dict[str, Any]]) -> list[int]:
+        cur = connection.cursor()
+        try:
+            if self._sqlite:
+                cur.execute("BEGIN IMMEDIATE")
+            cur.execute(self._sql_head)
+            head_seq, prev, checkpoint_seq = cur.fetchone()
+            seq = head_seq
             rows = []
             for entry in entries:
                 seq += 1
                 body = canonical({"seq": seq, **entry})
                 digest = record_hash(prev, body)
                 rows.append(
-                    {
-                        "seq": seq,
-                        "at": entry["at"],
-                        "kind": entry["kind"],
-                        "actor": entry["actor"],
-                        "model": entry.get("model"),
-                        "version": entry.get("version"),
-                        "request_id": entry.get("request_id"),
-                        "client_id": entry.get("client_id"),
-                        "body": body,
-                        "prev_hash": prev,
-                        "hash": digest,
-                    }
+                    (seq, entry["at"], entry["kind"], entry["actor"], entry.get("model"), entry.get("version"),
+                     entry.get("request_id"), entry.get("client_id"), body, prev, digest)
                 )
                 prev = digest
-            c.execute(t.records.insert(), rows)
-            values: dict[str, Any] = {"seq": seq, "hash": prev}
-            if seq - head.checkpoint_seq >= self.checkpoint_every:
+            cur.executemany(self._sql_insert, rows)
+            if seq - checkpoint_seq >= self.checkpoint_every:
                 # Signed before the commit: the records it names are in this transaction, and a
                 # checkpoint whose transaction failed is caught by verify as a cut tail.
                 now = time.time()
                 self.sink.append(seq, prev, now)
-                values.update(checkpoint_seq=seq, checkpoint_at=now)
-            c.execute(t.head.update().where(t.head.c.id == HEAD_ID).values(**values))
-        return [r["seq"] for r in rows]
+                cur.execute(self._sql_head_checkpoint, (seq, prev, seq, now))
+            else:
+                cur.execute(self._sql_head_update, (seq, prev))
+            connection.commit() if not self._sqlite else cur.execute("COMMIT")
+        finally:
+            cur.close()
+        return [r[0] for r in rows]
 
     def checkpoint(self, *, older_than_s: float = 0.0) -> dict[str, Any] | None:
         """Sign the head now when records came since the last checkpoint (and it is older than
@@ -332,6 +365,8 @@ class AuditLog:
         return int(deleted or 0), anchor
 
     def close(self) -> None:
+        with self._writer_lock:
+            self._drop_writer()
         self.engine.dispose()
 
 

@@ -42,6 +42,9 @@ class AuditOptions(BaseModel):
     )
     buffer: int = Field(10_000, ge=1, description="async mode: records held at most; more are dropped and counted.")
     max_group: int = Field(1024, ge=1, description="Records written in one transaction at most (group commit).")
+    linger_s: float | None = Field(
+        None, ge=0, le=1, description="How long the writer gathers records before a write. Default: 0 in sync mode, 0.05 in async mode."
+    )
     checkpoint_every: int = Field(1000, ge=1, description="A signed checkpoint at least every N records.")
     checkpoint_interval_s: float = Field(10.0, gt=0, description="... and at least every T seconds while records come.")
     checkpoint_path: str | None = Field(None, description="The checkpoint sink (JSON lines). Default LOCKGATE_HOME/audit-checkpoints.jsonl.")
@@ -115,6 +118,7 @@ class AuditPlugin:
                 buffer=self.options.buffer,
                 max_group=self.options.max_group,
                 checkpoint_interval_s=self.options.checkpoint_interval_s,
+                linger_s=self.options.linger_s if self.options.linger_s is not None else (0.05 if self.options.mode == "async" else 0.0),
                 prepare=lambda entry: digest_bodies(entry, payloads),
             )
             if not self._atexit:

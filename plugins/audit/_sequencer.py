@@ -7,8 +7,9 @@ carries many records and the cost of durability is shared.
 
 - sync mode: a producer waits for its record to be durable (an asyncio future, resolved
   from the thread in one call per group and loop). A failed write fails the group's futures.
-- async mode: nothing waits; the queue is bounded (``buffer``); an entry that finds it full
-  is dropped and counted; a failed write is retried with the entries kept.
+- async mode: nothing waits; the writer gathers for ``linger_s`` before it writes; the queue is
+  bounded (``buffer``); an entry that finds it full is dropped and counted; a failed write is
+  retried with the entries kept. A crash loses what is queued: at most ``buffer`` records.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class Sequencer:
         buffer: int = 10_000,
         max_group: int = 1024,
         checkpoint_interval_s: float = 10.0,
+        linger_s: float = 0.0,
         prepare: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     ) -> None:
         self.log = audit_log
@@ -57,6 +59,7 @@ class Sequencer:
         self.buffer = buffer
         self.max_group = max_group
         self.checkpoint_interval_s = checkpoint_interval_s
+        self.linger_s = linger_s
         self.prepare = prepare or (lambda entry: entry)
         self._queue: collections.deque[tuple[dict[str, Any], Waiter]] = collections.deque()
         self._ready = threading.Condition(threading.Lock())
@@ -93,7 +96,10 @@ class Sequencer:
                 self.dropped += 1
                 return False
             self._queue.append((entry, waiter))
-            self._ready.notify()
+            # Wake the writer for the first entry of a group, or a full group: one wake-up per
+            # group, not per record (each costs the event loop a GIL hand-over).
+            if len(self._queue) == 1 or len(self._queue) >= self.max_group:
+                self._ready.notify()
         return True
 
     async def record(self, entry: dict[str, Any]) -> None:
@@ -137,6 +143,12 @@ class Sequencer:
         with self._ready:
             if wait and not self._queue and not self._stop:
                 self._ready.wait(self.checkpoint_interval_s)
+            if self.linger_s and self._queue and not self._stop:
+                # async mode: gather for up to linger_s, so a trickle of requests costs one
+                # write per interval rather than one per request.
+                deadline = time.monotonic() + self.linger_s
+                while len(self._queue) < self.max_group and not self._stop and (left := deadline - time.monotonic()) > 0:
+                    self._ready.wait(left)
             group = []
             while self._queue and len(group) < self.max_group:
                 group.append(self._queue.popleft())

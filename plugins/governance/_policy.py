@@ -3,6 +3,7 @@ which onnxruntime may serve it."""
 
 from __future__ import annotations
 
+import functools
 from importlib.metadata import PackageNotFoundError, version
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
@@ -86,7 +87,9 @@ class Policy(BaseModel):
         return None
 
 
+@functools.lru_cache(maxsize=1)
 def onnxruntime_version() -> str | None:
+    """The installed onnxruntime (read once: a running process cannot change it)."""
     try:
         return version("onnxruntime")
     except PackageNotFoundError:

@@ -1,0 +1,122 @@
+"""What governance costs on the request path: lockgate with and without API keys and the audit
+log, in one run on one machine, with wrk (closed loop, MLP, JSON bodies).
+
+    python bench/governance.py            # make bench-governance (3 x 10 s per level)
+    python bench/governance.py --quick    # 1 x 5 s per level
+
+Variants, each a `lockgate serve` of its own:
+  core         governance and audit plugins blocked: the serving path alone
+  keys         API keys checked (governance), no audit log
+  keys+async   API keys, audit log in async mode (bounded buffer, nothing waits)
+  keys+sync    API keys, audit log in sync mode (the default: a response waits for its record)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from run import MODEL, PY, free_port, machine, stop, wait_ready, wrk  # noqa: E402
+
+VARIANTS = {
+    "core": ({"LOCKGATE_PLUGINS_BLOCK": "governance,audit"}, None),
+    "keys": ({"LOCKGATE_PLUGINS_BLOCK": "audit"}, None),
+    "keys+async": ({}, "async"),
+    "keys+sync": ({}, "sync"),
+}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--out", type=Path, default=HERE / "results")
+    a = p.parse_args()
+    reps, seconds = (1, 5.0) if a.quick else (3, 10.0)
+    levels = [1, 64]
+    a.out.mkdir(parents=True, exist_ok=True)
+    from lockgate.server.demo import write_demo_repository
+    from lockgate.server.runtime import haproxy_pids
+
+    work = Path(tempfile.mkdtemp(prefix="lockgate-bench-gov-"))
+    write_demo_repository(work / "repo", [MODEL])
+    row = np.random.default_rng(0).standard_normal(64).astype(np.float32)
+    body = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": [round(float(v), 6) for v in row]}]})
+    body_path = work / "body.json"
+    body_path.write_text(body)
+    info = machine()
+    print(f"machine: {info['cores']} cores, Python {info['python']}, Ray {info['ray']}, load {info['loadavg']}")
+    results: dict[tuple[str, int], list[dict]] = {}
+    for name, (extra, mode) in VARIANTS.items():
+        home = work / f"home-{name.replace('+', '-')}"
+        home.mkdir()
+        if mode:
+            (home / "lockgate.yaml").write_text(f"audit:\n  mode: {mode}\n")
+        env = {**os.environ, "LOCKGATE_HOME": str(home), **extra}
+        cli = [PY, "-m", "lockgate.server.cli"]
+        subprocess.run([*cli, "models", "import-repo", str(work / "repo")], env=env, check=True, capture_output=True)
+        authorization = None
+        if name != "core":
+            key = subprocess.run([*cli, "keys", "create", "--principal", "bench", "--role", "admin"], env=env, check=True, capture_output=True, text=True).stdout.strip()
+            authorization = f"Bearer {key}"
+        port = free_port()
+        url = f"http://127.0.0.1:{port}/v2/models/{MODEL}/infer"
+        print(f"== {name}: starting", flush=True)
+        before = set(haproxy_pids())
+        log = open(work / f"{name}.log", "w")
+        proc = subprocess.Popen([*cli, "serve", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+        try:
+            wait_ready(url, body.encode(), proc, headers={"Authorization": authorization} if authorization else None)
+            wrk(url, body_path, 8, 3, authorization=authorization)  # warm-up
+            for c in levels:
+                for rep in range(reps):
+                    r = wrk(url, body_path, c, seconds, authorization=authorization)
+                    results.setdefault((name, c), []).append(r)
+                    print(f"   {name} c={c:<3} rep {rep}: {r['rps']:8.0f} req/s  p50 {r['p50_us'] / 1e3:6.3f} ms  p99 {r['p99_us'] / 1e3:7.2f} ms"
+                          f"  errors {r['status_errors'] + r['socket_errors']}", flush=True)
+        finally:
+            stop(proc, before)
+            log.close()
+        if mode:
+            audit = subprocess.run([*cli, "audit", "verify"], env={**env, "LOCKGATE_API_KEY": key}, capture_output=True, text=True)
+            print(f"   audit: {audit.stdout.strip().splitlines()[0] if audit.stdout else audit.stderr.strip()}", flush=True)
+
+    def median(name: str, c: int, field: str) -> float:
+        return float(np.median([r[field] for r in results[(name, c)]]))
+
+    print()
+    print(f"{'variant':<12} {'c=1 p50 ms':>10} {'c=1 p99 ms':>10} {'c=64 req/s':>11} {'c=64 p99 ms':>11}")
+    for name in VARIANTS:
+        if (name, 1) in results and (name, 64) in results:
+            print(f"{name:<12} {median(name, 1, 'p50_us') / 1e3:>10.3f} {median(name, 1, 'p99_us') / 1e3:>10.3f} "
+                  f"{median(name, 64, 'rps'):>11.0f} {median(name, 64, 'p99_us') / 1e3:>11.2f}")
+    summary = {}
+    for name in VARIANTS:
+        if name == "core" or (name, 64) not in results or ("core", 64) not in results:
+            continue
+        summary[name] = {
+            "c1_p50_added_us": median(name, 1, "p50_us") - median("core", 1, "p50_us"),
+            "c64_throughput_vs_core": median(name, 64, "rps") / median("core", 64, "rps"),
+        }
+        print(f"{name}: c=1 p50 {summary[name]['c1_p50_added_us']:+.0f} us vs core; c=64 throughput {summary[name]['c64_throughput_vs_core']:.2f}x core")
+    info["loadavg_after"] = os.getloadavg()
+    print(f"load average before {info['loadavg']}, after {info['loadavg_after']}")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = a.out / f"governance-{'quick' if a.quick else 'full'}-{stamp}.json"
+    path.write_text(json.dumps({"machine": info, "summary": summary, "runs": {f"{k[0]}@{k[1]}": v for k, v in results.items()}}, indent=2))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

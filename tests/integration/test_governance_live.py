@@ -1,0 +1,209 @@
+"""Governance and the audit log in a live server of their own (a `lockgate serve` with API keys,
+sync audit): what callers see on the wire, the revocation bounds, four-eyes, trace, and one record
+per response under load."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from .conftest import free_port, isolated_haproxy_env, wait_ready
+
+LOCKGATE = [sys.executable, "-m", "lockgate.server.cli"]
+IRIS = {"id": "gov-1", "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [5.1, 3.5, 1.4, 0.2]}]}
+DIGITS = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": [0.0] * 64}]}
+BOUND_S = 5.0  # the promised bound for a revoked key or version to stop working
+
+
+class Governed:
+    def __init__(self, home: Path, repo: Path) -> None:
+        self.home = home
+        self.repo = repo
+        self.env = {**os.environ, **isolated_haproxy_env(), "LOCKGATE_HOME": str(home), "PYTHONUNBUFFERED": "1"}
+        self.env.pop("LOCKGATE_API_KEY", None)
+        self.keys: dict[str, str] = {}
+        self.base = ""
+
+    def cli(self, *args: str, key: str | None = None, actor: str | None = None, ok: bool = True) -> subprocess.CompletedProcess:
+        env = dict(self.env)
+        if key:
+            env["LOCKGATE_API_KEY"] = self.keys[key]
+        if actor:
+            env["LOCKGATE_ACTOR"] = actor
+        done = subprocess.run([*LOCKGATE, *args], env=env, capture_output=True, text=True, timeout=120)
+        if ok:
+            assert done.returncode == 0, done.stdout + done.stderr
+        return done
+
+    def headers(self, key: str | None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.keys[key]}"} if key else {}
+
+    def infer(self, key: str | None, model: str = "iris", body: dict = IRIS, route: str = "") -> requests.Response:
+        return requests.post(f"{self.base}/v2/models/{model}{route}/infer", json=body, headers=self.headers(key), timeout=10)
+
+
+@pytest.fixture(scope="module")
+def gov(tmp_path_factory):
+    from lockgate.server.demo import write_demo_repository
+
+    root = tmp_path_factory.mktemp("governed")
+    home = root / "home"
+    home.mkdir()
+    (home / "lockgate.yaml").write_text("audit:\n  mode: sync\n  checkpoint_every: 5000\ngovernance:\n  key_refresh_s: 1.0\n")
+    write_demo_repository(root / "repo", ["iris", "digits"])
+    g = Governed(home, root / "repo")
+    g.cli("models", "import-repo", str(g.repo), actor="alice")  # open mode: approved on import, recorded
+    g.keys["admin"] = g.cli("keys", "create", "--principal", "root", "--role", "admin", actor="ops").stdout.strip()
+    for name, roles, models in [
+        ("app", ["invoker"], "iris"), ("viewer", ["viewer"], "*"), ("alice", ["deployer", "approver"], "*"), ("bob", ["approver"], "*"),
+    ]:
+        g.keys[name] = g.cli("keys", "create", "--principal", name, *[f"--role={r}" for r in roles], "--models", models, key="admin").stdout.strip()
+    port = free_port()
+    proc = subprocess.Popen([*LOCKGATE, "serve", "--port", str(port)], env=g.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    g.base = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(g.base, proc)
+        yield g
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+    assert "open mode" not in out  # keys exist: the server says nothing of open mode
+
+
+def test_callers_get_401_403_or_an_answer_with_oip_error_bodies(gov):
+    missing = gov.infer(None)
+    assert missing.status_code == 401 and missing.json() == {"error": "missing 'Authorization: Bearer <API key>' header"}
+    assert missing.headers["WWW-Authenticate"].startswith("Bearer")
+    forged = requests.post(f"{gov.base}/v2/models/iris/infer", json=IRIS, headers={"Authorization": "Bearer lg_0011223344556677_x"}, timeout=10)
+    assert forged.status_code == 401 and forged.json() == {"error": "invalid API key"}
+    other = gov.infer("app", "digits", DIGITS)
+    assert other.status_code == 403 and other.json() == {"error": "'app' is not granted model 'digits'"}
+    viewer = gov.infer("viewer")
+    assert viewer.status_code == 403 and viewer.json() == {"error": "'viewer' (viewer) may not infer"}
+    assert requests.get(f"{gov.base}/v2/models/iris", headers=gov.headers("viewer"), timeout=10).status_code == 200
+    ok = gov.infer("app")
+    assert ok.status_code == 200 and len(ok.headers["lockgate-request-id"]) == 24
+    assert requests.get(f"{gov.base}/v2/health/ready", timeout=10).status_code == 200  # probes stay open
+
+
+def test_sbom_over_http_is_cyclonedx_and_needs_a_key(gov):
+    from cyclonedx.schema import SchemaVersion
+    from cyclonedx.validation.json import JsonStrictValidator
+
+    assert requests.get(f"{gov.base}/v2/sbom", timeout=30).status_code == 401
+    r = requests.get(f"{gov.base}/v2/sbom", headers=gov.headers("viewer"), timeout=60)
+    assert r.status_code == 200, r.text
+    assert JsonStrictValidator(SchemaVersion.V1_5).validate_str(r.text) is None
+    models = {c["name"] for c in r.json()["components"] if c["type"] == "machine-learning-model"}
+    assert models == {"iris", "digits"}
+    assert "onnxruntime" in {c["name"] for c in r.json()["components"]}
+    cli = json.loads(gov.cli("sbom", key="viewer").stdout)
+    assert {c["name"] for c in cli["components"] if c["type"] == "machine-learning-model"} == models
+
+
+def wait_until(check, timeout: float = 15.0) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if check():
+            return time.monotonic() - start
+        time.sleep(0.05)
+    raise AssertionError(f"not within {timeout} s")
+
+
+def test_a_revoked_key_stops_working_within_the_bound(gov):
+    gov.keys["temp"] = gov.cli("keys", "create", "--principal", "temp", "--role", "invoker", key="admin").stdout.strip()
+    wait_until(lambda: gov.infer("temp").status_code == 200)
+    key_id = gov.keys["temp"].split("_")[1]
+    gov.cli("keys", "revoke", key_id, key="admin")
+    took = wait_until(lambda: gov.infer("temp").status_code == 401)
+    print(f"revoked key refused after {took:.2f} s")
+    assert took <= BOUND_S
+
+
+def test_four_eyes_then_a_revoked_version_stops_serving_within_the_bound(gov):
+    v1 = gov.infer("app").json()
+    gov.cli("models", "register", str(gov.repo / "iris" / "1" / "model.onnx"), "--name", "iris", "--training-data", "s3://iris.csv", key="alice")
+    refused = gov.cli("models", "alias", "set", "iris", "production", "2", key="alice", ok=False)
+    assert refused.returncode == 4 and "protected alias and version 2 is pending" in refused.stderr
+    self_approval = gov.cli("models", "approve", "iris", "2", key="alice", ok=False)
+    assert self_approval.returncode == 4 and "'alice' registered version 2 of 'iris' and cannot approve it" in self_approval.stderr
+    gov.cli("models", "approve", "iris", "2", "--reason", "validated", key="bob")
+    gov.cli("models", "alias", "set", "iris", "production", "2", key="alice")
+    wait_until(lambda: gov.infer("app").json().get("model_version") == "2")
+    answered = gov.infer("app")
+    request_id = answered.headers["lockgate-request-id"]
+
+    gov.cli("models", "revoke", "iris", "2", "--reason", "drift found", key="bob")
+    took = wait_until(lambda: gov.infer("app").status_code == 503)
+    print(f"revoked version refused after {took:.2f} s")
+    assert took <= BOUND_S
+    stopped = gov.infer("app")
+    assert stopped.json() == {"error": "model 'iris' version 2 is not served: version 2 of 'iris' was revoked by bob: drift found"}
+    gov.cli("models", "alias", "set", "iris", "production", "1", key="alice")
+    wait_until(lambda: gov.infer("app").status_code == 200)
+    assert gov.infer("app").json()["outputs"] == v1["outputs"]
+
+    trace = gov.cli("audit", "trace", request_id, key="admin").stdout
+    assert f"request {request_id} (client id gov-1)" in trace and "caller: app; status 200" in trace
+    assert "model: iris version 2, artifact sha256" in trace and "registered by alice" in trace
+    assert "approved by bob" in trace and "(before the request): validated" in trace and "revoked by bob" in trace
+    records = [json.loads(x) for x in gov.cli("audit", "export", "--model", "iris", key="admin").stdout.splitlines()]
+    assert any(r["kind"] == "serving_stopped" and r["version"] == 2 for r in records)
+    assert any(r["kind"] == "infer" and r["detail"]["status"] == 503 and r["version"] == 2 for r in records)
+    assert gov.cli("audit", "export", key="app", ok=False).returncode == 4  # only admins read the log
+
+
+async def _load(base: str, key: str, connections: int, seconds: float) -> tuple[list[str], int]:
+    """Closed-loop load over raw keep-alive connections; the request id of every response."""
+    host, port = base.removeprefix("http://").split(":")
+    body = json.dumps(IRIS).encode()
+    request = (
+        f"POST /v2/models/iris/infer HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    ids: list[str] = []
+    failed = 0
+    stop = time.monotonic() + seconds
+
+    async def client() -> None:
+        nonlocal failed
+        reader, writer = await asyncio.open_connection(host, int(port))
+        while time.monotonic() < stop:
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            fields = dict(line.split(": ", 1) for line in head.decode("latin-1").split("\r\n")[1:] if ": " in line)
+            fields = {k.lower(): v for k, v in fields.items()}
+            await reader.readexactly(int(fields["content-length"]))
+            ids.append(fields["lockgate-request-id"])
+            if not head.startswith(b"HTTP/1.1 200"):
+                failed += 1
+        writer.close()
+
+    await asyncio.gather(*(client() for _ in range(connections)))
+    return ids, failed
+
+
+@pytest.mark.slow
+def test_sync_audit_under_load_one_record_per_response_no_gap_no_duplicate(gov):
+    started = time.time()
+    ids, failed = asyncio.run(_load(gov.base, gov.keys["app"], 64, 60.0))
+    assert failed == 0 and len(ids) > 1000 and len(set(ids)) == len(ids)
+    export = gov.cli("audit", "export", "--kind", "infer", "--since", time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(started - 1)), key="admin")
+    records = [json.loads(x) for x in export.stdout.splitlines()]
+    wanted = set(ids)
+    ours = [r for r in records if r.get("request_id") in wanted]
+    print(f"{len(ids)} responses in 60 s at concurrency 64 ({len(ids) / 60:.0f}/s), {len(ours)} records")
+    assert len(ours) == len(ids)  # every response has its record, and only one
+    seqs = [r["seq"] for r in records]
+    assert len(seqs) == len(set(seqs)) and seqs == sorted(seqs)
+    verify = gov.cli("audit", "verify", key="admin").stdout
+    assert "audit log verified: intact" in verify  # one chain, no gap, checkpoints hold
