@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # `make serve` keeps its registry and artifacts in the checkout, not in ~/.lockgate.
 export LOCKGATE_HOME ?= $(CURDIR)/.lockgate
 
-.PHONY: install serve test bench bench-full bench-micro lint clean
+.PHONY: install serve test bench bench-full bench-micro bench-governance lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,7 @@ $(MODELS)/.built: $(STAMP) server/demo.py
 	touch $@
 
 serve: install $(MODELS)/.built
-	$(BIN)/lockgate serve --model-repository $(MODELS) --host $(HOST) --port $(PORT)
+	$(BIN)/lockgate serve --model-repository $(MODELS) --host $(HOST) --port $(PORT) $(LOCKGATE_SERVE_ARGS)
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -42,6 +42,9 @@ bench-full: install
 
 bench-micro: install
 	$(BIN)/python bench/micro/run.py
+
+bench-governance: install
+	$(BIN)/python bench/governance.py
 
 lint: install
 	$(BIN)/python -m ruff check server fastpath plugins tests bench

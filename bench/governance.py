@@ -40,8 +40,10 @@ VARIANTS = {
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of: " + ", ".join(VARIANTS))
     p.add_argument("--out", type=Path, default=HERE / "results")
     a = p.parse_args()
+    chosen = {name: VARIANTS[name] for name in a.variants.split(",")}
     reps, seconds = (1, 5.0) if a.quick else (3, 10.0)
     levels = [1, 64]
     a.out.mkdir(parents=True, exist_ok=True)
@@ -57,7 +59,7 @@ def main() -> int:
     info = machine()
     print(f"machine: {info['cores']} cores, Python {info['python']}, Ray {info['ray']}, load {info['loadavg']}")
     results: dict[tuple[str, int], list[dict]] = {}
-    for name, (extra, mode) in VARIANTS.items():
+    for name, (extra, mode) in chosen.items():
         home = work / f"home-{name.replace('+', '-')}"
         home.mkdir()
         if mode:
@@ -96,12 +98,12 @@ def main() -> int:
 
     print()
     print(f"{'variant':<12} {'c=1 p50 ms':>10} {'c=1 p99 ms':>10} {'c=64 req/s':>11} {'c=64 p99 ms':>11}")
-    for name in VARIANTS:
+    for name in chosen:
         if (name, 1) in results and (name, 64) in results:
             print(f"{name:<12} {median(name, 1, 'p50_us') / 1e3:>10.3f} {median(name, 1, 'p99_us') / 1e3:>10.3f} "
                   f"{median(name, 64, 'rps'):>11.0f} {median(name, 64, 'p99_us') / 1e3:>11.2f}")
     summary = {}
-    for name in VARIANTS:
+    for name in chosen:
         if name == "core" or (name, 64) not in results or ("core", 64) not in results:
             continue
         summary[name] = {

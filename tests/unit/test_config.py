@@ -110,3 +110,30 @@ def test_the_example_config_is_valid_and_complete():
     config = parse_model_config(raw, source=str(path))
     assert set(raw) == set(ModelConfig.model_fields) - {"name", "autoscaling"}
     assert config.max_batch_size == 32
+
+
+def test_the_example_server_config_is_valid_and_names_every_option():
+    from lockgate.plugins.audit import AuditOptions
+    from lockgate.plugins.governance import GovernanceOptions, Policy
+    from lockgate.server.settings import load_options
+
+    path = Path(__file__).resolve().parents[2] / "examples" / "lockgate.yaml"
+    options = load_options(str(path), explicit=True)
+    governance = GovernanceOptions.model_validate(options["governance"])
+    audit = AuditOptions.model_validate(options["audit"])
+    assert governance == GovernanceOptions() and audit == AuditOptions()  # the file shows the defaults
+    text = path.read_text()
+    for name in [*GovernanceOptions.model_fields, *Policy.model_fields, *AuditOptions.model_fields]:
+        assert f"{name}:" in text, f"examples/lockgate.yaml does not mention {name}"
+
+
+def test_a_named_config_file_must_exist_and_be_a_mapping_of_sections(tmp_path):
+    from lockgate.server._errors import ConfigError
+    from lockgate.server.settings import load_options
+
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_options(str(tmp_path / "missing.yaml"), explicit=True)
+    assert load_options(str(tmp_path / "missing.yaml"), explicit=False) == {}
+    (tmp_path / "bad.yaml").write_text("audit: sync\n")
+    with pytest.raises(ConfigError, match="expected a mapping of plugin name"):
+        load_options(str(tmp_path / "bad.yaml"), explicit=True)
