@@ -24,10 +24,6 @@ def _manager(ctx: click.Context):
     return settings_from(ctx.obj["registry_url"], ctx.obj["artifact_dir"]).manager()
 
 
-def _registry(ctx: click.Context):
-    return _manager(ctx).registry()
-
-
 def _pairs(values: tuple[str, ...], option: str) -> dict[str, object]:
     out: dict[str, object] = {}
     for item in values:
@@ -90,7 +86,9 @@ def register(ctx, file, name, training_data, training_data_sha256, code_version,
 @click.pass_context
 def list_(ctx) -> None:
     """Every model with its versions and aliases."""
-    registry = _registry(ctx)
+    manager = _manager(ctx)
+    checked_actor(manager, "metadata")
+    registry = manager.registry()
     names = registry.list_models()
     if not names:
         click.echo("no models registered")
@@ -106,6 +104,7 @@ def list_(ctx) -> None:
 def show(ctx, reference: str) -> None:
     """Show a version: NAME (the default alias), NAME@ALIAS or NAME:VERSION."""
     manager = _manager(ctx)
+    checked_actor(manager, "metadata", reference.split("@")[0].split(":")[0])
     registry = manager.registry()
     if "@" in reference:
         name, ref = reference.split("@", 1)
@@ -158,7 +157,9 @@ def alias_set(ctx, name: str, alias_name: str, version: int) -> None:
 @click.pass_context
 def history(ctx, name: str, alias_name: str | None, at: str | None) -> None:
     """Alias history of NAME: every move with who made it and when."""
-    registry = _registry(ctx)
+    manager = _manager(ctx)
+    checked_actor(manager, "metadata", name)
+    registry = manager.registry()
     try:
         registry.model_config(name)
     except LookupError as e:

@@ -75,10 +75,11 @@ class RequestError(LockgateError):
 
     status: int = 500
 
-    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None, decided_by: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.headers = headers or {}
+        self.decided_by = decided_by  # the gatekeeper plugin that refused the request, if one did
 
     def body(self) -> bytes:
         return json.dumps({"error": self.message}).encode("utf-8")

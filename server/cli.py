@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import signal
 import sys
 import threading
@@ -9,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from ._cli_common import _fail, checked_actor, settings_from, with_registry_options
+from ._cli_common import _fail, actor, checked_actor, settings_from, with_registry_options
 from ._errors import LockgateError
 
 __all__ = ["main"]
@@ -132,6 +134,10 @@ def serve(
         if stop.is_set():
             return
         runtime.deploy(models, settings)
+        served = {n: registry.aliases(n) for n in models}
+        # The options by digest, not by value: they may hold database URLs with passwords.
+        options = hashlib.sha256(json.dumps(settings.options, sort_keys=True, default=str).encode()).hexdigest()
+        manager.audit("server_start", actor(), detail={"host": host, "port": port, "aliases": served, "options_sha256": options})
         url_host = f"[{host}]" if ":" in host else ("127.0.0.1" if host in ("0.0.0.0", "") else host)
         base = f"http://{url_host}:{port}"
         click.secho(f"lockgate is serving {len(models)} model(s) on {base}", fg="green")
@@ -155,6 +161,7 @@ def serve(
     finally:
         click.echo("shutting down ...")
         runtime.shutdown()
+        manager.audit("server_stop", actor(), detail={"host": host, "port": port, "exit_code": code})
         click.echo("stopped.")
     sys.exit(code)
 

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from lockgate.plugins import Decision, InferenceEvent, PluginManager, RecordFailed, RequestInfo
+from lockgate.plugins import Decision, InferenceEvent, PluginManager, Principal, RecordFailed, RequestInfo
 
 from ._errors import (
     BadRequest,
@@ -408,24 +408,11 @@ class ModelApp:
         return None
 
     async def _gate(self, scope: Scope, action: str, version: str | None, outcome: _Outcome) -> None:
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())}
-        client = scope.get("client")
-        info = RequestInfo(scope["method"], scope["path"], headers, client[0] if client else None, self.service.name, version)
-        who = await self.manager.authenticate(info)
-        if isinstance(who, Decision):
-            outcome.decided_by = who.plugin
-            if who.status == 503:
-                raise Unavailable(who.reason or "authentication is unavailable", headers=_RETRY)
-            raise Unauthorized(who.reason or "authentication failed", headers=_CHALLENGE)
-        outcome.principal = who.name
-        decision = await self.manager.authorize(who, action, self.service.name, version)
-        if not decision.allow:
-            outcome.decided_by = decision.plugin
-            if decision.status == 401:
-                raise Unauthorized(decision.reason, headers=_CHALLENGE)
-            if decision.status == 503:
-                raise Unavailable(decision.reason, headers=_RETRY)
-            raise Forbidden(decision.reason or f"'{who.name}' may not {action} model '{self.service.name}'")
+        try:
+            outcome.principal = (await gate(self.manager, scope, action, self.service.name, version)).name
+        except RequestError as e:
+            outcome.decided_by = e.decided_by
+            raise
 
     async def _route(self, scope: Scope, receive: Receive, outcome: _Outcome) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         path: str = scope["path"]
@@ -475,6 +462,29 @@ class ModelApp:
     def _get_only(method: str) -> None:
         if method not in ("GET", "HEAD"):
             raise MethodNotAllowed(f"{method} is not allowed here; use GET")
+
+
+async def gate(manager: PluginManager, scope: Scope, action: str, model: str | None, version: str | None) -> Principal:
+    """Run the request gatekeepers: the caller's Principal, or the OIP error of the first deny
+    (401, 403 or 503), carrying the deciding plugin's name as ``decided_by``."""
+    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())}
+    client = scope.get("client")
+    info = RequestInfo(scope["method"], scope["path"], headers, client[0] if client else None, model, version)
+    who = await manager.authenticate(info)
+    if isinstance(who, Decision):
+        raise _refusal(who, who.reason or "authentication failed")
+    decision = await manager.authorize(who, action, model, version)
+    if not decision.allow:
+        raise _refusal(decision, decision.reason or f"'{who.name}' may not {action}" + (f" model '{model}'" if model else ""))
+    return who
+
+
+def _refusal(decision: Decision, reason: str) -> RequestError:
+    if decision.status == 503:
+        return Unavailable(reason, headers=_RETRY, decided_by=decision.plugin)
+    if decision.status == 401:
+        return Unauthorized(reason, headers=_CHALLENGE, decided_by=decision.plugin)
+    return Forbidden(reason, decided_by=decision.plugin)
 
 
 def new_request_id() -> str:
@@ -599,21 +609,8 @@ class ControlApp:
         raise NotFound(f"no route {scope['path']}")
 
     async def _gate(self, scope: Scope, action: str, model: str | None) -> None:
-        if not self.gated:
-            return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())}
-        client = scope.get("client")
-        info = RequestInfo(scope["method"], scope["path"], headers, client[0] if client else None, model, None)
-        who = await self.manager.authenticate(info)
-        if isinstance(who, Decision):
-            if who.status == 503:
-                raise Unavailable(who.reason, headers=_RETRY)
-            raise Unauthorized(who.reason or "authentication failed", headers=_CHALLENGE)
-        decision = await self.manager.authorize(who, action, model, None)
-        if not decision.allow:
-            if decision.status == 401:
-                raise Unauthorized(decision.reason, headers=_CHALLENGE)
-            raise Forbidden(decision.reason or f"'{who.name}' may not {action}")
+        if self.gated:
+            await gate(self.manager, scope, action, model, None)
 
     async def _repository(self, scope: Scope, rest: str) -> tuple[int, object]:
         if self.repository is None:
