@@ -409,7 +409,7 @@ class ModelApp:
 
     async def _gate(self, scope: Scope, action: str, version: str | None, outcome: _Outcome) -> None:
         try:
-            outcome.principal = (await gate(self.manager, scope, action, self.service.name, version)).name
+            await gate(self.manager, scope, action, self.service.name, version, outcome)
         except RequestError as e:
             outcome.decided_by = e.decided_by
             raise
@@ -464,15 +464,21 @@ class ModelApp:
             raise MethodNotAllowed(f"{method} is not allowed here; use GET")
 
 
-async def gate(manager: PluginManager, scope: Scope, action: str, model: str | None, version: str | None) -> Principal:
+async def gate(
+    manager: PluginManager, scope: Scope, action: str, model: str | None, version: str | None, outcome: _Outcome | None = None
+) -> Principal:
     """Run the request gatekeepers: the caller's Principal, or the OIP error of the first deny
-    (401, 403 or 503), carrying the deciding plugin's name as ``decided_by``."""
+    (401, 403 or 503), carrying the deciding plugin's name as ``decided_by``. ``outcome``
+    learns who the caller is as soon as authentication says so (for the audit record of a
+    request that authorization then refuses)."""
     headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())}
     client = scope.get("client")
     info = RequestInfo(scope["method"], scope["path"], headers, client[0] if client else None, model, version)
     who = await manager.authenticate(info)
     if isinstance(who, Decision):
         raise _refusal(who, who.reason or "authentication failed")
+    if outcome is not None:
+        outcome.principal = who.name
     decision = await manager.authorize(who, action, model, version)
     if not decision.allow:
         raise _refusal(decision, decision.reason or f"'{who.name}' may not {action}" + (f" model '{model}'" if model else ""))
