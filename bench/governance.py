@@ -6,6 +6,7 @@ log, in one run on one machine, with wrk (closed loop, MLP, JSON bodies).
 
 Variants, each a `lockgate serve` of its own:
   core         governance and audit plugins blocked: the serving path alone
+  open         governance without keys (open mode: the gate runs, nobody is checked), no audit log
   keys         API keys checked (governance), no audit log
   keys+async   API keys, audit log in async mode (bounded buffer, nothing waits)
   keys+sync    API keys, audit log in sync mode (the default: a response waits for its record)
@@ -31,6 +32,7 @@ from run import MODEL, PY, free_port, machine, stop, wait_ready, wrk  # noqa: E4
 
 VARIANTS = {
     "core": ({"LOCKGATE_PLUGINS_BLOCK": "governance,audit"}, None),
+    "open": ({"LOCKGATE_PLUGINS_BLOCK": "audit"}, "open"),
     "keys": ({"LOCKGATE_PLUGINS_BLOCK": "audit"}, None),
     "keys+async": ({}, "async"),
     "keys+sync": ({}, "sync"),
@@ -62,13 +64,13 @@ def main() -> int:
     for name, (extra, mode) in chosen.items():
         home = work / f"home-{name.replace('+', '-')}"
         home.mkdir()
-        if mode:
+        if mode in ("sync", "async"):
             (home / "lockgate.yaml").write_text(f"audit:\n  mode: {mode}\n")
         env = {**os.environ, "LOCKGATE_HOME": str(home), **extra}
         cli = [PY, "-m", "lockgate.server.cli"]
         subprocess.run([*cli, "models", "import-repo", str(work / "repo")], env=env, check=True, capture_output=True)
         authorization = None
-        if name != "core":
+        if name not in ("core", "open"):
             key = subprocess.run([*cli, "keys", "create", "--principal", "bench", "--role", "admin"], env=env, check=True, capture_output=True, text=True).stdout.strip()
             authorization = f"Bearer {key}"
         port = free_port()
@@ -89,7 +91,7 @@ def main() -> int:
         finally:
             stop(proc, before)
             log.close()
-        if mode:
+        if mode in ("sync", "async"):
             audit = subprocess.run([*cli, "audit", "verify"], env={**env, "LOCKGATE_API_KEY": key}, capture_output=True, text=True)
             print(f"   audit: {audit.stdout.strip().splitlines()[0] if audit.stdout else audit.stderr.strip()}", flush=True)
 

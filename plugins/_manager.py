@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
-from typing import Any
+from typing import Any, NamedTuple
 
 import pluggy
 
@@ -28,6 +28,14 @@ log = logging.getLogger("lockgate.plugins")
 ENTRY_POINT_GROUP = "lockgate.plugins"
 PLUGIN_API_VERSION = "1.1"
 ANONYMOUS = Principal("anonymous")
+ALLOWED = Decision(True)
+
+
+class _Impl(NamedTuple):
+    plugin_name: str
+    function: Any
+    argnames: tuple[str, ...]
+    is_async: bool
 
 
 class RecordFailed(Exception):
@@ -70,6 +78,8 @@ class PluginManager:
         self.errors: Counter[str] = Counter()  # by plugin name: gatekeeper and observer failures
         self.denials: Counter[str] = Counter()  # by plugin name
         self._settings: Settings | None = None
+        self._impl_cache: dict[str, list[_Impl]] = {}
+        self._sync_gates: bool | None = None
 
     # -- discovery ---------------------------------------------------------------------------
 
@@ -103,6 +113,8 @@ class PluginManager:
             status = PluginStatus(name, "failed", source, declared, f"speaks plugin API {declared}; this server speaks {PLUGIN_API_VERSION}")
         else:
             try:
+                self._impl_cache.clear()
+                self._sync_gates = None
                 self._pm.register(plugin, name=name)
                 status = PluginStatus(name, "loaded", source, declared)
             except Exception as e:  # noqa: BLE001 - pluggy validation errors and name clashes
@@ -120,6 +132,8 @@ class PluginManager:
             except Exception as e:  # noqa: BLE001
                 log.warning("plugin %s failed to configure: %s", impl.plugin_name, e)
                 self._pm.unregister(name=impl.plugin_name)
+                self._impl_cache.clear()
+                self._sync_gates = None
                 self.statuses = [
                     PluginStatus(s.name, "failed", s.source, s.api_version, f"configure failed: {type(e).__name__}: {e}")
                     if s.name == impl.plugin_name
@@ -143,11 +157,70 @@ class PluginManager:
 
     # -- calling rules -----------------------------------------------------------------------
 
-    async def _call_gate(self, impl: Any, kwargs: dict[str, Any]) -> Any:
+    def _impls(self, hook_name: str) -> list[_Impl]:
+        """The implementations of ``hook_name`` in calling order (last registered first), cached:
+        the request gatekeepers run on every request, and pluggy's lookup copies a list."""
+        found = self._impl_cache.get(hook_name)
+        if found is None:
+            found = [
+                _Impl(i.plugin_name, i.function, tuple(i.argnames), inspect.iscoroutinefunction(i.function))
+                for i in reversed(getattr(self._pm.hook, hook_name).get_hookimpls())
+            ]
+            self._impl_cache[hook_name] = found
+        return found
+
+    async def _call_gate(self, impl: _Impl, kwargs: dict[str, Any]) -> Any:
+        args = [kwargs[k] for k in impl.argnames]
+        if impl.is_async:
+            return await asyncio.wait_for(impl.function(*args), self.gate_timeout_s)
         start = time.monotonic()
-        result = impl.function(**{k: kwargs[k] for k in impl.argnames})
-        if inspect.isawaitable(result):
+        result = impl.function(*args)
+        if inspect.isawaitable(result):  # a plain function that returned an awaitable
             result = await asyncio.wait_for(result, self.gate_timeout_s)
+        elapsed = time.monotonic() - start
+        if elapsed > self.gate_timeout_s:
+            raise TimeoutError(f"took {elapsed:.2f} s, over the {self.gate_timeout_s} s limit")
+        return result
+
+    def request_gates_are_sync(self) -> bool:
+        """True when every authenticate and authorize implementation is a plain function, so
+        ``check_request`` can decide without a coroutine (the common case, and the cheaper one)."""
+        if self._sync_gates is None:
+            self._sync_gates = not any(i.is_async for h in ("lockgate_authenticate", "lockgate_authorize") for i in self._impls(h))
+        return self._sync_gates
+
+    def check_request(self, request: Any, action: str) -> tuple[Principal | None, Decision | None]:
+        """``authenticate`` then ``authorize`` in one synchronous call, for plain-function
+        gatekeepers (see ``request_gates_are_sync``), with the same rules as the coroutines:
+        ``(principal, None)`` when allowed; ``(None, deny)`` when authentication refused (401 or
+        503); ``(principal, deny)`` when authorization refused."""
+        who: Principal = ANONYMOUS
+        given = {"request": request}
+        for impl in self._impls("lockgate_authenticate"):
+            try:
+                result = self._call_sync(impl, [given[k] for k in impl.argnames])
+            except Exception as e:  # noqa: BLE001 - fail closed
+                return None, self._gate_failed(impl.plugin_name, "authentication", e, status=401)
+            if isinstance(result, Principal):
+                who = result
+                break
+            if isinstance(result, Decision) and not result.allow:
+                self.denials[impl.plugin_name] += 1
+                return None, Decision(False, result.reason, impl.plugin_name, 503 if result.status == 503 else 401)
+        kwargs = {"principal": who, "action": action, "model": request.model, "version": request.version}
+        for impl in self._impls("lockgate_authorize"):
+            try:
+                result = self._call_sync(impl, [kwargs[k] for k in impl.argnames])
+            except Exception as e:  # noqa: BLE001 - fail closed
+                return who, self._gate_failed(impl.plugin_name, "authorization", e, status=403)
+            if result is not None and isinstance(result, Decision) and not result.allow:
+                self.denials[impl.plugin_name] += 1
+                return who, Decision(False, result.reason, impl.plugin_name, result.status or 403)
+        return who, None
+
+    def _call_sync(self, impl: _Impl, args: Any) -> Any:
+        start = time.monotonic()
+        result = impl.function(*args)
         elapsed = time.monotonic() - start
         if elapsed > self.gate_timeout_s:
             raise TimeoutError(f"took {elapsed:.2f} s, over the {self.gate_timeout_s} s limit")
@@ -155,11 +228,13 @@ class PluginManager:
 
     async def authenticate(self, request: Any) -> Principal | Decision:
         """The caller's Principal, or the first deny. Every abstention: the anonymous principal."""
-        for impl in reversed(self._pm.hook.lockgate_authenticate.get_hookimpls()):
+        for impl in self._impls("lockgate_authenticate"):
             try:
                 result = await self._call_gate(impl, {"request": request})
             except Exception as e:  # noqa: BLE001 - fail closed
                 return self._gate_failed(impl.plugin_name, "authentication", e, status=401)
+            if type(result) is Principal:
+                return result
             if isinstance(result, Decision):
                 if not result.allow:
                     self.denials[impl.plugin_name] += 1
@@ -172,23 +247,22 @@ class PluginManager:
     async def authorize(self, principal: Principal, action: str, model: str | None, version: str | None) -> Decision:
         """Allow unless some gatekeeper denies; every implementation is asked."""
         kwargs = {"principal": principal, "action": action, "model": model, "version": version}
-        for impl in reversed(self._pm.hook.lockgate_authorize.get_hookimpls()):
+        for impl in self._impls("lockgate_authorize"):
             try:
                 result = await self._call_gate(impl, kwargs)
             except Exception as e:  # noqa: BLE001 - fail closed
                 return self._gate_failed(impl.plugin_name, "authorization", e, status=403)
-            if isinstance(result, Decision) and not result.allow:
+            if result is not None and isinstance(result, Decision) and not result.allow:
                 self.denials[impl.plugin_name] += 1
                 return Decision(False, result.reason, impl.plugin_name, result.status or 403)
-        return Decision(True)
+        return ALLOWED
 
     def _denials(self, hook_name: str, what: str, kwargs: dict[str, Any], *, first: bool = False) -> list[Decision]:
         """The denies of every implementation of a synchronous gatekeeper (``first``: stop at one)."""
         denials = []
-        for impl in reversed(getattr(self._pm.hook, hook_name).get_hookimpls()):
+        for impl in self._impls(hook_name):
             try:
-                call = {k: kwargs[k] for k in impl.argnames}
-                result = asyncio.run(self._call_gate(impl, kwargs)) if inspect.iscoroutinefunction(impl.function) else impl.function(**call)
+                result = asyncio.run(self._call_gate(impl, kwargs)) if impl.is_async else impl.function(*[kwargs[k] for k in impl.argnames])
             except Exception as e:  # noqa: BLE001 - fail closed
                 denials.append(self._gate_failed(impl.plugin_name, what, e))
             else:
@@ -218,9 +292,9 @@ class PluginManager:
         """Hand ``event`` to every recorder and wait for the records they say are pending.
 
         Raises when a recorder fails or times out: the caller must withhold its answer."""
-        for impl in self._pm.hook.lockgate_record_inference.get_hookimpls():
+        for impl in self._impls("lockgate_record_inference"):
             try:
-                pending = impl.function(event=event)
+                pending = impl.function(*[{"event": event}[k] for k in impl.argnames])
                 if pending is not None:
                     await asyncio.wait_for(pending, self.record_timeout_s)
             except Exception as e:
@@ -236,9 +310,9 @@ class PluginManager:
 
     def observe(self, hook_name: str, **kwargs: Any) -> None:
         """Call every implementation of observer ``hook_name``; failures are logged and counted."""
-        for impl in getattr(self._pm.hook, hook_name).get_hookimpls():
+        for impl in self._impls(hook_name):
             try:
-                impl.function(**{k: kwargs[k] for k in impl.argnames})
+                impl.function(*[kwargs[k] for k in impl.argnames])
             except Exception as e:  # noqa: BLE001 - fail open
                 self.errors[impl.plugin_name] += 1
                 log.warning("observer %s.%s failed: %s", impl.plugin_name, hook_name, e)

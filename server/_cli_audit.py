@@ -45,16 +45,20 @@ def _plugin(manager):
 @click.pass_context
 def audit(ctx: click.Context, registry_url: str | None, artifact_dir: str | None) -> None:
     """The audit log: verify, export, trace, prune. Needs an admin key once keys exist (LOCKGATE_API_KEY)."""
-    manager = settings_from(registry_url, artifact_dir).manager()
-    checked_actor(manager, "audit")
-    ctx.obj = manager
+    ctx.obj = (registry_url, artifact_dir)
+
+
+def _open(args: tuple[str | None, str | None]):
+    """This command's plugin manager and actor, after the audit role check (not at --help)."""
+    manager = settings_from(*args).manager()
+    return manager, checked_actor(manager, "audit")
 
 
 @audit.command()
 @click.pass_obj
-def verify(manager) -> None:
+def verify(args) -> None:
     """Check every record's hash and link, the sequence, and the signed checkpoints."""
-    report = _plugin(manager).audit_log.verify()
+    report = _plugin(_open(args)[0]).audit_log.verify()
     where = f"seq {report.first}..{report.last}" if report.records else "no records"
     anchor = f", anchored at checkpoint {report.anchored_at}" if report.anchored_at else ""
     click.echo(f"{report.records} records ({where}{anchor}), {report.checkpoints} signed checkpoints")
@@ -77,9 +81,9 @@ def verify(manager) -> None:
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write here instead of stdout.")
 @click.pass_obj
-def export(manager, since, until, model, kind, fmt, out) -> None:
+def export(args, since, until, model, kind, fmt, out) -> None:
     """Records as JSON lines (each with its hash) or CSV."""
-    log = _plugin(manager).audit_log
+    log = _plugin(_open(args)[0]).audit_log
     filters = {"since": _time(since, "--since"), "until": _time(until, "--until"), "model": model, "kind": kind}
     if out is None:
         log.export(sys.stdout, fmt, **filters)
@@ -92,9 +96,10 @@ def export(manager, since, until, model, kind, fmt, out) -> None:
 @audit.command()
 @click.argument("request_id")
 @click.pass_obj
-def trace(manager, request_id: str) -> None:
+def trace(args, request_id: str) -> None:
     """Which model version answered REQUEST_ID (the lockgate-request-id header, or the client's
     OIP id), its hash, who registered it and who approved it."""
+    manager, _ = _open(args)
     log = _plugin(manager).audit_log
     found = list(log.records(request_id=request_id, kind="infer"))
     if not found:
@@ -128,11 +133,12 @@ def trace(manager, request_id: str) -> None:
 @audit.command()
 @click.option("--before", default=None, help="Delete records older than this (ISO 8601 or a span such as 200d); default the retention period.")
 @click.pass_obj
-def prune(manager, before: str | None) -> None:
+def prune(args, before: str | None) -> None:
     """Delete records older than the retention period (audit.retention_days, 183 by default),
     up to a signed checkpoint, so what remains still verifies."""
     from lockgate.plugins.audit import PruneRefused
 
+    manager, who = _open(args)
     plugin = _plugin(manager)
     days = plugin.options.retention_days
     cutoff = _time(before, "--before") if before else datetime.now(timezone.utc).timestamp() - timedelta(days=days).total_seconds()
@@ -141,7 +147,7 @@ def prune(manager, before: str | None) -> None:
     except PruneRefused as e:
         _fail(e)
     if deleted:
-        manager.audit("audit_pruned", checked_actor(manager, "audit"), detail={"deleted": deleted, "up_to_seq": anchor, "before": cutoff})
+        manager.audit("audit_pruned", who, detail={"deleted": deleted, "up_to_seq": anchor, "before": cutoff})
         click.echo(f"pruned {deleted} records up to seq {anchor} (older than {_iso(cutoff)})")
     else:
         click.echo("nothing to prune")

@@ -52,7 +52,7 @@ def open_mode_approver(manager) -> Callable[[str, int], None] | None:
 @click.pass_context
 def keys(ctx: click.Context, registry_url: str | None, artifact_dir: str | None) -> None:
     """API keys: create (shown once), list, revoke. Needs an admin key once keys exist (LOCKGATE_API_KEY)."""
-    ctx.obj = settings_from(registry_url, artifact_dir).manager()
+    ctx.obj = (registry_url, artifact_dir)
 
 
 @keys.command("create")
@@ -61,10 +61,11 @@ def keys(ctx: click.Context, registry_url: str | None, artifact_dir: str | None)
 @click.option("--models", "models", default="*", show_default=True, help="Comma-separated model names the key may use, or '*'.")
 @click.option("--expires", default=None, help="Expiry: a duration (30d, 12h) or an ISO date; default never.")
 @click.pass_obj
-def keys_create(manager, principal: str, roles: tuple[str, ...], models: str, expires: str | None) -> None:
+def keys_create(args, principal: str, roles: tuple[str, ...], models: str, expires: str | None) -> None:
     """Create a key and print it once; only its salted hash is stored."""
     from lockgate.plugins.governance import GovernanceError, parse_expiry
 
+    manager = settings_from(*args).manager()
     governance = _governance(manager)
     who = checked_actor(manager, "keys")
     try:
@@ -83,8 +84,9 @@ def keys_create(manager, principal: str, roles: tuple[str, ...], models: str, ex
 
 @keys.command("list")
 @click.pass_obj
-def keys_list(manager) -> None:
+def keys_list(args) -> None:
     """Every key: id, principal, roles, models, state (never the secret)."""
+    manager = settings_from(*args).manager()
     governance = _governance(manager)
     checked_actor(manager, "keys")
     found = governance.keys.list()
@@ -97,8 +99,9 @@ def keys_list(manager) -> None:
 @keys.command("revoke")
 @click.argument("key_id")
 @click.pass_obj
-def keys_revoke(manager, key_id: str) -> None:
+def keys_revoke(args, key_id: str) -> None:
     """Revoke KEY_ID; servers refuse it within the key refresh interval (1 s by default)."""
+    manager = settings_from(*args).manager()
     governance = _governance(manager)
     who = checked_actor(manager, "keys")
     try:

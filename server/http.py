@@ -14,7 +14,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -464,6 +464,38 @@ class ModelApp:
             raise MethodNotAllowed(f"{method} is not allowed here; use GET")
 
 
+class Headers(Mapping[str, str]):
+    """A request's headers as gatekeepers see them: a read-only mapping with lower-case names,
+    decoded when asked for (a gatekeeper reads one or two of them). A header sent more than
+    once reads as its values joined with ', ' (RFC 9110), so a second Authorization header
+    makes the credentials malformed instead of choosing one of them."""
+
+    __slots__ = ("_raw",)
+
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
+
+    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+        key = name.lower().encode("latin-1")
+        found = None
+        for k, v in self._raw:
+            if k == key or k.lower() == key:
+                found = v if found is None else found + b", " + v
+        return default if found is None else found.decode("latin-1")
+
+    def __getitem__(self, name: str) -> str:
+        value = self.get(name)
+        if value is None:
+            raise KeyError(name)
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(dict.fromkeys(k.decode("latin-1").lower() for k, _ in self._raw))
+
+    def __len__(self) -> int:
+        return len({k.lower() for k, _ in self._raw})
+
+
 async def gate(
     manager: PluginManager, scope: Scope, action: str, model: str | None, version: str | None, outcome: _Outcome | None = None
 ) -> Principal:
@@ -471,18 +503,27 @@ async def gate(
     (401, 403 or 503), carrying the deciding plugin's name as ``decided_by``. ``outcome``
     learns who the caller is as soon as authentication says so (for the audit record of a
     request that authorization then refuses)."""
-    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())}
     client = scope.get("client")
-    info = RequestInfo(scope["method"], scope["path"], headers, client[0] if client else None, model, version)
+    info = RequestInfo(scope["method"], scope["path"], Headers(scope.get("headers", ())), client[0] if client else None, model, version)
+    if manager.request_gates_are_sync():  # no coroutine per gatekeeper: about half the cost
+        who, denied = manager.check_request(info, action)
+    else:
+        who, denied = await _check_async(manager, info, action)
+    if who is not None and outcome is not None:
+        outcome.principal = who.name
+    if denied is not None:
+        fallback = "authentication failed" if who is None else f"'{who.name}' may not {action}" + (f" model '{model}'" if model else "")
+        raise _refusal(denied, denied.reason or fallback)
+    assert who is not None
+    return who
+
+
+async def _check_async(manager: PluginManager, info: RequestInfo, action: str) -> tuple[Principal | None, Decision | None]:
     who = await manager.authenticate(info)
     if isinstance(who, Decision):
-        raise _refusal(who, who.reason or "authentication failed")
-    if outcome is not None:
-        outcome.principal = who.name
-    decision = await manager.authorize(who, action, model, version)
-    if not decision.allow:
-        raise _refusal(decision, decision.reason or f"'{who.name}' may not {action}" + (f" model '{model}'" if model else ""))
-    return who
+        return None, who
+    decision = await manager.authorize(who, action, info.model, info.version)
+    return who, (None if decision.allow else decision)
 
 
 def _refusal(decision: Decision, reason: str) -> RequestError:

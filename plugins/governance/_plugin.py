@@ -149,7 +149,7 @@ class GovernancePlugin:
     def lockgate_authenticate(self, request: RequestInfo) -> Principal | Decision | None:
         if self.error is not None:
             return Decision.deny(self.error, status=503)
-        cache = self.cache
+        cache = self._cache or self.cache  # a dead refresher shows as a stale table below
         if cache.stale():
             return Decision.deny("cannot check API keys now: the key store has not been readable for a while", status=503)
         header = request.headers.get("authorization")
@@ -166,7 +166,7 @@ class GovernancePlugin:
         if self.error is not None:
             return Decision.deny(self.error, status=503)
         if principal.name == "anonymous" and not principal.roles:
-            return None if self.cache.open else Decision.deny("anonymous callers may do nothing once API keys exist", status=401)
+            return None if (self._cache or self.cache).open else Decision.deny("anonymous callers may do nothing once API keys exist", status=401)
         actions = principal.attributes.get("actions")
         if actions is None:  # a principal from another authenticator: its roles decide
             actions = frozenset().union(*(ROLE_ACTIONS.get(r, frozenset()) for r in principal.roles))

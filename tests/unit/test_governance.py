@@ -405,3 +405,16 @@ def test_serve_refuses_open_mode_off_loopback_and_a_runtime_outside_the_policy(t
     Path(tmp_path / "home" / "lockgate.yaml").write_text("governance:\n  policy:\n    onnxruntime: '>=99'\n")
     r = runner.invoke(main, ["serve", "--model-repository", str(tmp_path / "repo"), "--port", "8999"])
     assert r.exit_code == 2 and "refusing to start: onnxruntime" in r.output and "outside the allowed range '>=99'" in r.output
+
+
+def test_a_second_authorization_header_makes_the_credentials_malformed(gov):
+    from lockgate.server.http import Headers
+
+    manager, g = gov
+    key, _ = g.create_key("root", ["admin"], ["*"], actor="ops")
+    g.cache.reload()
+    one = Headers([(b"Authorization", f"Bearer {key}".encode())])
+    two = Headers([(b"authorization", f"Bearer {key}".encode()), (b"AUTHORIZATION", b"Bearer lg_0000000000000000_x")])
+    assert asyncio.run(manager.authenticate(RequestInfo("POST", "/", one, None, "iris", None))).name == "root"
+    denied = asyncio.run(manager.authenticate(RequestInfo("POST", "/", two, None, "iris", None)))
+    assert (denied.allow, denied.status, denied.reason) == (False, 401, "invalid API key")
