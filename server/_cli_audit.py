@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from ._cli_common import _fail, checked_actor, settings_from, with_registry_options
+from ._cli_common import _fail, checked_actor, loaded_plugin, settings_from, with_registry_options
 
 __all__ = ["audit"]
 
@@ -34,10 +34,7 @@ def _iso(epoch: float | None) -> str:
 
 
 def _plugin(manager):
-    plugin = manager.plugin("audit")
-    if plugin is None:
-        _fail(LookupError("the audit plugin is not loaded (see `lockgate plugins list`)"))
-    return plugin
+    return loaded_plugin(manager, "audit")
 
 
 @click.group()

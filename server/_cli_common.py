@@ -6,7 +6,7 @@ import sys
 
 import click
 
-__all__ = ["_fail", "actor", "checked_actor", "settings_from", "with_registry_options"]
+__all__ = ["_fail", "actor", "checked_actor", "loaded_plugin", "settings_from", "with_registry_options"]
 
 
 def _fail(error: Exception) -> None:
@@ -64,3 +64,11 @@ def checked_actor(manager, action: str, model: str | None = None, version: int |
         click.secho(f"error: forbidden: {decision.reason}", fg="red", err=True)
         sys.exit(4)
     return actor() if who.name == "anonymous" else who.name
+
+
+def loaded_plugin(manager, name: str):
+    """The plugin ``name`` of this process, or exit naming it when it is not loaded."""
+    plugin = manager.plugin(name)
+    if plugin is None:
+        _fail(LookupError(f"the {name} plugin is not loaded (see `lockgate plugins list`)"))
+    return plugin

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from ._cli_common import _fail, checked_actor, settings_from, with_registry_options
+from ._cli_common import _fail, checked_actor, loaded_plugin, settings_from, with_registry_options
 
 __all__ = ["approval_commands", "keys", "open_mode_approver", "policy", "sbom"]
 
@@ -24,10 +24,7 @@ def _when(epoch: float | None) -> str:
 
 
 def _governance(manager) -> Any:
-    plugin = manager.plugin("governance")
-    if plugin is None:
-        _fail(LookupError("the governance plugin is not loaded (see `lockgate plugins list`)"))
-    return plugin
+    return loaded_plugin(manager, "governance")
 
 
 def open_mode_approver(manager) -> Callable[[str, int], None] | None:
