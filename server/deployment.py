@@ -66,7 +66,7 @@ class ControlDeployment:
         self._checked = 0.0
         self._apps: dict[str, str] = {}
         self._app = ControlApp(list(models), self._status, repository=self, manager=self._manager)
-        self._sbom: tuple[float, Any, dict[str, Any]] | None = None
+        self._sbom: tuple[Any, dict[str, Any]] | None = None
 
     def __serve_build_asgi_app__(self) -> ControlApp:
         return self._app
@@ -115,32 +115,25 @@ class ControlDeployment:
         self._manager.audit("model_unload", "lockgate", model=name)
 
     async def sbom(self) -> dict[str, Any]:
-        """CycloneDX of the runtime and of every version an alias points to; rebuilt when
-        aliases change, or after a minute (package lists do not change under a process)."""
+        """CycloneDX of the runtime and of every version an alias points to; rebuilt when the
+        aliases change (reading every artifact and the package list is not for each request)."""
         from lockgate.plugins.governance import build_sbom
 
-        def build() -> tuple[Any, dict[str, Any]]:
-            models = []
-            snapshot = []
-            for name in self._registry.list_models():
-                aliases = self._registry.aliases(name)
-                snapshot.append((name, sorted(aliases.items())))
-                for version in sorted(set(aliases.values())):
-                    record = self._registry.get_version(name, version)
-                    models.append((record, self._registry.read_verified(record), [a for a, v in aliases.items() if v == version]))
-            return snapshot, build_sbom(models)
+        def aliases() -> list[tuple[str, list[tuple[str, int]]]]:
+            return [(name, sorted(self._registry.aliases(name).items())) for name in self._registry.list_models()]
 
-        cached = self._sbom
-        if cached is None or time.monotonic() - cached[0] > 60.0:
-            snapshot, document = await asyncio.to_thread(build)
-            self._sbom = (time.monotonic(), snapshot, document)
-            return document
-        current = await asyncio.to_thread(lambda: [(n, sorted(self._registry.aliases(n).items())) for n in self._registry.list_models()])
-        if current != cached[1]:
-            snapshot, document = await asyncio.to_thread(build)
-            self._sbom = (time.monotonic(), snapshot, document)
-            return document
-        return cached[2]
+        def build(snapshot: list[tuple[str, list[tuple[str, int]]]]) -> dict[str, Any]:
+            models = []
+            for name, pairs in snapshot:
+                for version in sorted({v for _, v in pairs}):
+                    record = self._registry.get_version(name, version)
+                    models.append((record, self._registry.read_verified(record), [a for a, v in pairs if v == version]))
+            return build_sbom(models)
+
+        snapshot = await asyncio.to_thread(aliases)
+        if self._sbom is None or self._sbom[0] != snapshot:
+            self._sbom = (snapshot, await asyncio.to_thread(build, snapshot))
+        return self._sbom[1]
 
     def known(self, name: str) -> bool:
         return name in self._registry.list_models()

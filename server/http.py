@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
@@ -156,6 +157,7 @@ class ModelService:
             self.served[version] = self._load(version)
         self._batch_observed = manager is not None and manager.has("lockgate_observe_batch")
         self._serving_checked = manager is not None and manager.has("lockgate_check_serving")
+        self._blocked_lock = threading.Lock()
         self.blocked: dict[int, str] = {}  # version -> why it may not serve now (serving gatekeepers)
         self.update_blocked()
 
@@ -261,13 +263,23 @@ class ModelService:
             except Unavailable as e:
                 log.error("alias move of %s to version %s not applied: %s", self.name, number, e)
                 return False
-        self.aliases = aliases
+        # The serving decisions for the new table are taken before it is swapped in, and both
+        # change together: a request never sees the new alias with the old decisions.
+        await asyncio.to_thread(self.update_blocked, None, aliases)
         log.info("model %s aliases now %s", self.name, aliases)
         return True
 
-    def update_blocked(self, records: list[Any] | None = None) -> None:
-        """Ask the serving gatekeepers about every loaded version; runs off the event loop."""
+    def update_blocked(self, records: list[Any] | None = None, aliases: dict[str, int] | None = None) -> None:
+        """Ask the serving gatekeepers about every loaded version under ``aliases`` (default: the
+        current table), then install the decisions, and ``aliases`` when given, together. Runs
+        off the event loop; one call at a time, so a slower call cannot undo a newer one."""
+        with self._blocked_lock:
+            self._update_blocked(records, aliases)
+
+    def _update_blocked(self, records: list[Any] | None, new_aliases: dict[str, int] | None) -> None:
+        aliases = self.aliases if new_aliases is None else new_aliases
         if not self._serving_checked:
+            self.aliases = aliases
             return
         if records is None:
             records = [self.registry.get_version(self.name, v) for v in self.served]
@@ -275,8 +287,8 @@ class ModelService:
         for record in records:
             if record.version not in self.served:
                 continue
-            aliases = sorted(a for a, v in self.aliases.items() if v == record.version)
-            decision = self.manager.check_serving(record, aliases)
+            pointing = sorted(a for a, v in aliases.items() if v == record.version)
+            decision = self.manager.check_serving(record, pointing)
             if not decision.allow:
                 blocked[record.version] = decision.reason or f"version {record.version} may not serve"
         for version in blocked.keys() - self.blocked.keys():
@@ -284,7 +296,7 @@ class ModelService:
             self.manager.audit("serving_stopped", "lockgate", model=self.name, version=version, detail={"reason": blocked[version]})
         for version in self.blocked.keys() - blocked.keys():
             self.manager.audit("serving_resumed", "lockgate", model=self.name, version=version)
-        self.blocked = blocked
+        self.blocked, self.aliases = blocked, aliases
 
     def check_serving(self, served: _Served) -> None:
         """503 when a serving gatekeeper stopped this version (revoked, not approved, ...)."""

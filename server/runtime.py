@@ -155,7 +155,8 @@ class Runtime:
         t0 = time.monotonic()
         try:
             ray.init(
-                address=self.address,
+                # "local": a Ray of our own, never a cluster some other process left running here.
+                address=self.address or "local",
                 include_dashboard=False,
                 log_to_driver=self.verbose,
                 configure_logging=self.verbose,

@@ -4,7 +4,6 @@ policy. All of its hooks are gatekeepers, so every doubt denies."""
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -57,7 +56,6 @@ class GovernancePlugin:
         self._keys: KeyStore | None = None
         self._cache: KeyCache | None = None
         self._approvals: Approvals | None = None
-        self._states: dict[str, tuple[float, dict[int, Approval]]] = {}
 
     @hookimpl
     def lockgate_configure(self, settings: Settings, manager: Any) -> None:
@@ -65,7 +63,6 @@ class GovernancePlugin:
         if self._cache is not None:
             self._cache.stop()
         self._keys = self._cache = self._approvals = None
-        self._states = {}
         self.error = None
         try:
             self.options = GovernanceOptions.model_validate(dict(settings.options.get("governance", {})))
@@ -133,15 +130,7 @@ class GovernancePlugin:
             self.manager.audit(f"{action}_refused", actor, model=name, version=version, detail={"reason": str(e)})
             raise
         self.manager.audit(action, actor, model=name, version=version, detail={"reason": reason, "sha256": record.sha256, "registered_by": record.created_by})
-        self._states.pop(name, None)
         return result
-
-    def _state(self, name: str, version: int) -> Approval:
-        cached = self._states.get(name)
-        if cached is None or time.monotonic() - cached[0] > 0.5:
-            cached = (time.monotonic(), self.approvals.states(name))
-            self._states[name] = cached
-        return cached[1].get(version) or Approval(name, version, "pending")
 
     # -- gatekeepers -----------------------------------------------------------------------------
 
@@ -206,7 +195,7 @@ class GovernancePlugin:
         problem = self.options.policy.runtime_problem()
         if problem is not None:
             return Decision.deny(problem, status=503)
-        approval = self._state(record.name, record.version)
+        approval = self.approvals.get(record.name, record.version)  # fresh: asked once a poll, off the hot path
         if approval.state in ("revoked", "rejected"):
             return Decision.deny(
                 f"version {record.version} of '{record.name}' was {approval.state} by {approval.decided_by}"

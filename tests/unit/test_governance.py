@@ -385,7 +385,6 @@ def test_an_answer_that_cannot_be_recorded_is_withheld(app):
 def test_a_revoked_version_stops_serving(app):
     model_app, keys, manager = app
     manager.plugin("governance").decide("revoke", "iris", 1, actor="bob", reason="bias")
-    manager.plugin("governance")._states.clear()
     model_app.service.update_blocked()
     r = infer(model_app, keys["app"])
     assert r.status == 503 and r.json() == {"error": "model 'iris' version 1 is not served: version 1 of 'iris' was revoked by bob: bias"}
