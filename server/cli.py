@@ -170,6 +170,9 @@ def _check_governance(manager, host: str, insecure: bool) -> bool:
     """Refuse what the governance plugin forbids at start; True in open mode (no keys yet)."""
     for status in manager.failed():
         click.secho(f"warning: plugin {status.name} failed: {status.error}", fg="yellow", err=True)
+    audit = manager.plugin("audit")
+    if audit is not None and audit.error:
+        raise LockgateError(f"refusing to start: {audit.error} (every answer would be withheld)")
     governance = manager.plugin("governance")
     if governance is None:
         click.secho("warning: the governance plugin is not loaded: no authentication, approval or policy", fg="yellow", err=True)

@@ -404,6 +404,9 @@ def test_serve_refuses_open_mode_off_loopback_and_a_runtime_outside_the_policy(t
     Path(tmp_path / "home" / "lockgate.yaml").write_text("governance:\n  policy:\n    onnxruntime: '>=99'\n")
     r = runner.invoke(main, ["serve", "--model-repository", str(tmp_path / "repo"), "--port", "8999"])
     assert r.exit_code == 2 and "refusing to start: onnxruntime" in r.output and "outside the allowed range '>=99'" in r.output
+    Path(tmp_path / "home" / "lockgate.yaml").write_text("audit:\n  mode: sometimes\n")
+    r = runner.invoke(main, ["serve", "--model-repository", str(tmp_path / "repo"), "--port", "8999"])
+    assert r.exit_code == 2 and "refusing to start: audit options invalid" in r.output and "mode" in r.output
 
 
 def test_a_second_authorization_header_makes_the_credentials_malformed(gov):
