@@ -296,7 +296,10 @@ class PluginManager:
             try:
                 pending = impl.function(*[{"event": event}[k] for k in impl.argnames])
                 if pending is not None:
-                    await asyncio.wait_for(pending, self.record_timeout_s)
+                    if isinstance(pending, asyncio.Future) and pending.done():
+                        pending.result()
+                    else:
+                        await asyncio.wait_for(pending, self.record_timeout_s)
             except Exception as e:
                 self.errors[impl.plugin_name] += 1
                 kind = "timed out" if isinstance(e, (TimeoutError, asyncio.TimeoutError)) else f"failed ({type(e).__name__}: {e})"

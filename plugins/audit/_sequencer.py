@@ -103,11 +103,12 @@ class Sequencer:
                 self._ready.notify()
         return True
 
-    async def record(self, entry: dict[str, Any]) -> None:
-        """Queue ``entry`` and wait until it is durable (sync mode)."""
+    def record(self, entry: dict[str, Any]) -> asyncio.Future:
+        """Queue ``entry``; a future of the running loop that completes when it is durable (sync
+        mode). A future, not a coroutine: awaiting it costs no task."""
         future = asyncio.get_running_loop().create_future()
         self.submit(entry, future)
-        await future
+        return future
 
     def record_blocking(self, entry: dict[str, Any], timeout: float = 30.0) -> int:
         """Queue ``entry`` and block until it is durable; its seq."""
