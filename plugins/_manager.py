@@ -218,6 +218,14 @@ class PluginManager:
                 return who, Decision(False, result.reason, impl.plugin_name, result.status or 403)
         return who, None
 
+    async def check_request_async(self, request: Any, action: str) -> tuple[Principal | None, Decision | None]:
+        """``check_request`` for any gatekeepers, async ones included."""
+        who = await self.authenticate(request)
+        if isinstance(who, Decision):
+            return None, who
+        decision = await self.authorize(who, action, request.model, request.version)
+        return who, (None if decision.allow else decision)
+
     def _call_sync(self, impl: _Impl, args: Any) -> Any:
         start = time.monotonic()
         result = impl.function(*args)

@@ -50,18 +50,20 @@ def checked_actor(manager, action: str, model: str | None = None, version: int |
     import asyncio
     import os
 
-    from lockgate.plugins import Decision, RequestInfo
+    from lockgate.plugins import RequestInfo
 
     key = os.environ.get("LOCKGATE_API_KEY")
     headers = {"authorization": f"Bearer {key}"} if key else {}
     info = RequestInfo("CLI", f"lockgate {action}", headers, "cli", model, None if version is None else str(version))
-    who = asyncio.run(manager.authenticate(info))
-    if isinstance(who, Decision):
-        click.secho(f"error: not authenticated: {who.reason} (set LOCKGATE_API_KEY)", fg="red", err=True)
+    if manager.request_gates_are_sync():
+        who, denied = manager.check_request(info, action)
+    else:
+        who, denied = asyncio.run(manager.check_request_async(info, action))
+    if who is None:
+        click.secho(f"error: not authenticated: {denied.reason} (set LOCKGATE_API_KEY)", fg="red", err=True)
         sys.exit(3)
-    decision = asyncio.run(manager.authorize(who, action, model, None if version is None else str(version)))
-    if not decision.allow:
-        click.secho(f"error: forbidden: {decision.reason}", fg="red", err=True)
+    if denied is not None:
+        click.secho(f"error: forbidden: {denied.reason}", fg="red", err=True)
         sys.exit(4)
     return actor() if who.name == "anonymous" else who.name
 

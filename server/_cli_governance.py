@@ -179,7 +179,8 @@ def policy_check(file: Path, lineage: tuple[str, ...], model_dir: Path | None) -
     import onnx
 
     from lockgate.plugins import RegistrationCandidate
-    from lockgate.plugins.registry import onnx_signature
+    from lockgate.plugins._storage import sha256_file
+    from lockgate.plugins.registry import onnx_operators, onnx_opsets, onnx_signature
 
     from ._cli_models import _pairs
     from .config import load_model_config
@@ -190,20 +191,14 @@ def policy_check(file: Path, lineage: tuple[str, ...], model_dir: Path | None) -
         model = onnx.load(str(file))
     except Exception as e:  # noqa: BLE001 - protobuf raises several types
         _fail(ValueError(f"{file} is not an ONNX model: {type(e).__name__}: {e}"))
-    from lockgate.plugins._storage import sha256_file
-
     sha, size = sha256_file(file)
     libraries = {}
     if model_dir is not None:
-        import hashlib
-
-        config = load_model_config(model_dir)
-        for library in config.onnxruntime.custom_op_libraries:
-            libraries[library.path] = hashlib.sha256(Path(library.path).read_bytes()).hexdigest()
+        for library in load_model_config(model_dir).onnxruntime.custom_op_libraries:
+            libraries[library.path] = sha256_file(Path(library.path))[0]
     candidate = RegistrationCandidate(
         name=file.stem, path=str(file), sha256=sha, size=size, signature=onnx_signature(model), created_by="policy-check",
-        lineage=_pairs(lineage, "--lineage"), opsets={(o.domain or "ai.onnx"): o.version for o in model.opset_import},
-        operators=frozenset(f"{n.domain}::{n.op_type}" if n.domain else n.op_type for n in model.graph.node),
+        lineage=_pairs(lineage, "--lineage"), opsets=onnx_opsets(model), operators=onnx_operators(model),
         custom_op_libraries=libraries,
     )
     reasons = governance.options.policy.check(candidate)

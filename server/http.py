@@ -520,7 +520,7 @@ async def gate(
     if manager.request_gates_are_sync():  # no coroutine per gatekeeper: about half the cost
         who, denied = manager.check_request(info, action)
     else:
-        who, denied = await _check_async(manager, info, action)
+        who, denied = await manager.check_request_async(info, action)
     if who is not None and outcome is not None:
         outcome.principal = who.name
     if denied is not None:
@@ -528,14 +528,6 @@ async def gate(
         raise _refusal(denied, denied.reason or fallback)
     assert who is not None
     return who
-
-
-async def _check_async(manager: PluginManager, info: RequestInfo, action: str) -> tuple[Principal | None, Decision | None]:
-    who = await manager.authenticate(info)
-    if isinstance(who, Decision):
-        return None, who
-    decision = await manager.authorize(who, action, info.model, info.version)
-    return who, (None if decision.allow else decision)
 
 
 def _refusal(decision: Decision, reason: str) -> RequestError:

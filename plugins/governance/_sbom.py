@@ -13,6 +13,7 @@ from typing import Any
 import onnx
 
 from .._types import ModelVersionRecord
+from ..registry import onnx_operators, onnx_opsets
 
 __all__ = ["SPEC_VERSION", "build_sbom", "model_component", "runtime_components"]
 
@@ -42,8 +43,8 @@ def runtime_components() -> list[dict[str, Any]]:
 def model_component(record: ModelVersionRecord, data: bytes, aliases: Iterable[str] = ()) -> dict[str, Any]:
     """A model version as a component: its hash, opsets, operators, producer and aliases."""
     model = onnx.load_model_from_string(data)
-    opsets = {(o.domain or "ai.onnx"): o.version for o in model.opset_import}
-    operators = sorted({f"{n.domain}::{n.op_type}" if n.domain else n.op_type for n in model.graph.node})
+    opsets = onnx_opsets(model)
+    operators = sorted(onnx_operators(model))
     properties = [{"name": f"lockgate:opset:{d}", "value": str(v)} for d, v in sorted(opsets.items())]
     properties += [
         {"name": "lockgate:operators", "value": ",".join(operators)},

@@ -10,9 +10,9 @@ from typing import Any
 
 from .. import hookimpl
 from .._types import ModelVersionRecord, Principal, Settings
-from ._store import AliasRefused, RegistrationError, Registry, UnknownModel, onnx_signature
+from ._store import AliasRefused, RegistrationError, Registry, UnknownModel, onnx_operators, onnx_opsets, onnx_signature
 
-__all__ = ["LOCKGATE_PLUGIN_API", "AliasRefused", "RegistrationError", "Registry", "RegistryPlugin", "UnknownModel", "onnx_signature", "plugin"]
+__all__ = ["LOCKGATE_PLUGIN_API", "AliasRefused", "RegistrationError", "Registry", "RegistryPlugin", "UnknownModel", "onnx_operators", "onnx_opsets", "onnx_signature", "plugin"]
 
 LOCKGATE_PLUGIN_API = "1.1"
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Callable, Mapping
@@ -12,11 +11,11 @@ from typing import Any
 import onnx
 import sqlalchemy as sa
 
-from .._storage import ArtifactMismatch, ArtifactStore, make_engine, writing
+from .._storage import ArtifactMismatch, ArtifactStore, make_engine, sha256_file, writing
 from .._types import MODEL_NAME, Decision, ModelVersionRecord, RegistrationCandidate
 from . import _schema as t
 
-__all__ = ["AliasRefused", "RegistrationError", "Registry", "UnknownModel", "onnx_signature"]
+__all__ = ["AliasRefused", "RegistrationError", "Registry", "UnknownModel", "onnx_operators", "onnx_opsets", "onnx_signature"]
 
 ALIAS_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
 
@@ -69,6 +68,16 @@ def _tensors(values: Any, skip: set[str]) -> list[dict[str, Any]]:
         dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tt.shape.dim]
         out.append({"name": v.name, "datatype": _ELEM_TO_OIP.get(tt.elem_type, f"ONNX:{tt.elem_type}"), "shape": dims})
     return out
+
+
+def onnx_opsets(model: onnx.ModelProto) -> dict[str, int]:
+    """Opset version by domain, the default domain named 'ai.onnx'."""
+    return {(o.domain or "ai.onnx"): o.version for o in model.opset_import}
+
+
+def onnx_operators(model: onnx.ModelProto) -> frozenset[str]:
+    """Operators of the main graph: 'Op' in the default domain, 'domain::Op' elsewhere."""
+    return frozenset(f"{n.domain}::{n.op_type}" if n.domain else n.op_type for n in model.graph.node)
 
 
 def onnx_signature(model: onnx.ModelProto) -> dict[str, Any]:
@@ -175,8 +184,8 @@ class Registry:
                 signature=onnx_signature(model),
                 created_by=created_by,
                 lineage=lineage,
-                opsets={(o.domain or "ai.onnx"): o.version for o in model.opset_import},
-                operators=frozenset(f"{n.domain}::{n.op_type}" if n.domain else n.op_type for n in model.graph.node),
+                opsets=onnx_opsets(model),
+                operators=onnx_operators(model),
                 custom_op_libraries=self._libraries(name, config, reasons),
             )
             reasons += [f"{d.reason} (plugin {d.plugin})" for d in self._check(candidate)]
@@ -240,7 +249,7 @@ class Registry:
         for library in (config.get("onnxruntime") or {}).get("custom_op_libraries") or []:
             path = Path(str(library.get("path", "")))
             try:
-                got = hashlib.sha256(path.read_bytes()).hexdigest()
+                got, _ = sha256_file(path)
             except OSError as e:
                 reasons.append(f"custom-op library {path}: {e.strerror or e}")
                 continue
