@@ -26,7 +26,7 @@ __all__ = ["ENTRY_POINT_GROUP", "PLUGIN_API_VERSION", "PluginManager", "PluginSt
 log = logging.getLogger("lockgate.plugins")
 
 ENTRY_POINT_GROUP = "lockgate.plugins"
-PLUGIN_API_VERSION = "1.1"
+PLUGIN_API_VERSION = "1.2"
 ANONYMOUS = Principal("anonymous")
 ALLOWED = Decision(True)
 

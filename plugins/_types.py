@@ -15,6 +15,7 @@ __all__ = [
     "ModelRegistry",
     "ModelVersionRecord",
     "Principal",
+    "Reference",
     "RegistrationCandidate",
     "RequestInfo",
     "Settings",
@@ -94,6 +95,22 @@ class ModelVersionRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class Reference:
+    """A version's reference sample (model inputs by name, one row per example) and the
+    baseline statistics computed from it at registration: drift is measured against the
+    baseline, explanations take rows of the sample as background."""
+
+    name: str
+    version: int
+    sample: Mapping[str, Any]
+    baseline: Mapping[str, Any]
+    rows: int
+    source_sha256: str
+    set_by: str
+    set_at: float
+
+
+@dataclass(frozen=True, slots=True)
 class RegistrationCandidate:
     """A model about to be registered, for registration-policy gatekeepers. ``operators`` are
     ``Op`` for the default domain and ``domain::Op`` otherwise; ``custom_op_libraries`` the
@@ -120,7 +137,9 @@ class InferenceEvent:
     served version's artifact hash. ``request_body`` and ``response_body`` are the bytes as
     received and sent (None when there were none); a recorder digests them off the hot path.
     ``decided_by`` names the gatekeeper plugin that refused the request, if one did.
-    ``started_at`` is the epoch time the request arrived.
+    ``started_at`` is the epoch time the request arrived. ``action`` is ``infer`` or
+    ``explain``; an explanation names the request it explains in ``explains`` when the
+    client said (parameter ``explains``: that request's ``lockgate-request-id``).
     """
 
     request_id: str | None
@@ -137,6 +156,8 @@ class InferenceEvent:
     response_body: bytes | None = None
     decided_by: str | None = None
     started_at: float = 0.0
+    action: str = "infer"
+    explains: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

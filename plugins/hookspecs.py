@@ -17,6 +17,7 @@ No hook runs per row of a batch: per request at most, and per batch for batch ob
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from . import hookspec
@@ -183,8 +184,22 @@ def lockgate_observe_inference(event: InferenceEvent) -> None:
 
 
 @hookspec
-def lockgate_observe_batch(model: str, version: int, rows: int, requests: int, queue_s: float, compute_s: float) -> None:
+def lockgate_observe_batch(
+    model: str,
+    version: int,
+    rows: int,
+    requests: int,
+    queue_s: float,
+    compute_s: float,
+    queued: int,
+    inputs: Mapping[str, Any],
+    outputs: Mapping[str, Any],
+) -> None:
     """Observe one batch run by the model: ``rows`` rows from ``requests`` requests, the
-    oldest request's wait in the queue and the model's compute time, in seconds. An
-    exception is logged and counted.
+    oldest request's wait in the queue and the model's compute time, in seconds, and the
+    requests still ``queued`` behind it. ``inputs`` and ``outputs`` are the batch's arrays
+    by tensor name (numpy, at least ``rows`` rows; padding rows may follow): they are
+    reused by the next batch, so copy what you keep, and keep the call short, it runs on
+    the replica's event loop. An exception is logged and counted. (Plugin API 1.2 added
+    ``queued``, ``inputs`` and ``outputs``; an implementation may take any subset.)
     """

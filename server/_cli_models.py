@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from ._cli_common import _fail, checked_actor, settings_from, with_registry_options
+from ._errors import ConfigError
 
 __all__ = ["models", "plugins"]
 
@@ -55,8 +56,12 @@ def models(ctx: click.Context, registry_url: str | None, artifact_dir: str | Non
 @click.option("--metric", "metrics", multiple=True, help="Evaluation metric KEY=VALUE (repeatable).")
 @click.option("--parent-version", type=int, default=None, help="The version this one was derived from.")
 @click.option("--card", "card_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, help="Model card (Markdown or text file).")
+@click.option(
+    "--reference", "reference_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+    help="Reference sample of inputs (.npy, .npz, .csv, .parquet): the drift baseline and the explanations' background.",
+)
 @click.pass_context
-def register(ctx, file, name, training_data, training_data_sha256, code_version, params, metrics, parent_version, card_file) -> None:
+def register(ctx, file, name, training_data, training_data_sha256, code_version, params, metrics, parent_version, card_file, reference_file) -> None:
     """Register FILE (an ONNX model) as a new immutable version of --name."""
     from lockgate.plugins.registry import RegistrationError
 
@@ -75,11 +80,55 @@ def register(ctx, file, name, training_data, training_data_sha256, code_version,
     card = card_file.read_text(encoding="utf-8") if card_file else ""
     manager = _manager(ctx)
     who = checked_actor(manager, "register", name)
+    if reference_file is not None:
+        checked_actor(manager, "reference", name)
+        import onnx
+
+        from lockgate.plugins.registry import onnx_signature
+
+        from .reference import read_reference
+
+        try:
+            signature = onnx_signature(onnx.load(str(file), load_external_data=False))
+        except Exception:  # noqa: BLE001 - not ONNX: the registration below says why
+            signature = None
+        if signature is not None:
+            try:  # before anything is written: a sample that does not fit refuses the registration
+                read_reference(reference_file, signature)
+            except ConfigError as e:
+                _fail(e)
     try:
         record = manager.registry().register(file, name, created_by=who, lineage=lineage, card=card)
     except (RegistrationError, LookupError) as e:
         _fail(e)
     click.echo(f"registered {record.name} version {record.version} (sha256 {record.sha256})")
+    if reference_file is not None:
+        _store_reference(manager, name, record.version, reference_file, who)
+
+
+def _store_reference(manager, name: str, version: int, path: Path, who: str) -> None:
+    from .reference import set_reference
+
+    monitoring = manager.plugin("monitoring")
+    bins = monitoring.options.drift.bins if monitoring is not None else 10
+    try:
+        baseline = set_reference(manager, name, version, path, actor=who, bins=bins)
+    except (ConfigError, LookupError) as e:
+        _fail(e)
+    click.echo(f"reference sample of {name} version {version}: {baseline['rows']} rows, {len(baseline['features'])} features in the baseline")
+
+
+@models.command()
+@click.argument("name")
+@click.argument("version", type=int)
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.pass_context
+def reference(ctx, name, version, file) -> None:
+    """Set (or replace) the reference sample of NAME VERSION from FILE (.npy, .npz, .csv, .parquet):
+    the drift baseline, and the background of explanations."""
+    manager = _manager(ctx)
+    who = checked_actor(manager, "reference", name, version)
+    _store_reference(manager, name, version, file, who)
 
 
 @models.command("list")

@@ -12,6 +12,7 @@
         ├── Forbidden             403: credentials valid, action not allowed
         ├── NotFound              404: unknown model, version or route
         ├── MethodNotAllowed      405
+        ├── Conflict              409: the request is valid, the server's state does not allow it yet
         ├── PayloadTooLarge       413: body over the configured limit
         ├── ModelFailed           500: the model raised on input that passed validation
         ├── Unavailable           503: not ready, or shedding load
@@ -28,6 +29,7 @@ import json
 __all__ = [
     "BadRequest",
     "ConfigError",
+    "Conflict",
     "DeadlineExceeded",
     "Forbidden",
     "LockgateError",
@@ -113,6 +115,12 @@ class MethodNotAllowed(RequestError):
     """405: the route exists but not for this method."""
 
     status = 405
+
+
+class Conflict(RequestError):
+    """409: valid, but the server's state does not allow it (a version without a reference sample)."""
+
+    status = 409
 
 
 class Unavailable(RequestError):

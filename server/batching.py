@@ -125,7 +125,7 @@ class Batcher:
         max_batch_size: int,
         config: DynamicBatchingConfig,
         executor: Executor,
-        on_batch: Callable[[int, int, float, float], None] | None = None,
+        on_batch: Callable[[int, int, float, float, int, dict, list], None] | None = None,
         assembler: Assembler | None = None,
         dynamic_dims: dict[str, tuple[bool, ...]] | None = None,
     ) -> None:
@@ -136,7 +136,9 @@ class Batcher:
         self._config = config
         self._preferred = sorted(s for s in config.preferred_batch_sizes if s <= self._max_rows)
         self._executor = executor
-        self._on_batch = on_batch  # (rows, requests, oldest queue wait s, compute s), after each batch
+        # (rows, requests, oldest queue wait s, compute s, still queued, feeds, outputs), after each batch
+        self._on_batch = on_batch
+        self._feeds: dict[str, np.ndarray] = {}
         self._assembler = assembler
         # Padded inputs: which non-batch dimensions may differ inside one batch.
         self._padded = {n: m for n, m in (dynamic_dims or {}).items() if n in config.padding}
@@ -261,6 +263,7 @@ class Batcher:
             feeds = batch[0].inputs
         else:
             feeds = {n: np.concatenate([p.inputs[n] for p in batch]) for n in batch[0].inputs}
+        self._feeds = feeds
         return self._run(feeds)
 
     async def _execute(self, batch: list[_Pending], loop: asyncio.AbstractEventLoop) -> None:
@@ -284,7 +287,7 @@ class Batcher:
         self.requests += len(batch)
         if self._on_batch is not None:
             rows = sum(p.rows for p in batch)
-            self._on_batch(rows, len(batch), started - batch[0].enqueued, compute)
+            self._on_batch(rows, len(batch), started - batch[0].enqueued, compute, len(self._queue), self._feeds, results)
         if len(batch) == 1:
             p = batch[0]
             if not p.future.done():

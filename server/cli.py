@@ -91,6 +91,7 @@ def serve(
     """
     from ._cli_governance import open_mode_approver
     from .config import ModelConfig
+    from .explain import explain_options
     from .repository import import_repository
     from .runtime import Runtime
 
@@ -98,6 +99,7 @@ def serve(
         settings = settings_from(registry_url, artifact_dir)
         manager = settings.manager()
         open_mode = _check_governance(manager, host, insecure)
+        explain_options(settings.options)
         registry = manager.registry()
         if repository is not None:
             refused: list[str] = []
@@ -152,6 +154,7 @@ def serve(
         click.echo(f"  curl -s {base}/v2/health/ready")
         click.echo(f"  curl -s {base}/v2/models/{shown_name}")
         click.echo(f"  curl -s -X POST {base}/v2/models/{shown_name}/infer -H 'Content-Type: application/json' -d '{_example(shown, models[shown_name])}'")
+        click.echo(f"  curl -s {base}/metrics")
         click.echo("Ctrl-C stops the server.")
         while not stop.wait(0.5):
             pass
@@ -173,6 +176,10 @@ def _check_governance(manager, host: str, insecure: bool) -> bool:
     audit = manager.plugin("audit")
     if audit is not None and audit.error:
         raise LockgateError(f"refusing to start: {audit.error} (every answer would be withheld)")
+    monitoring = manager.plugin("monitoring")
+    if monitoring is not None and monitoring.error:
+        raise LockgateError(f"refusing to start: {monitoring.error}")
+
     governance = manager.plugin("governance")
     if governance is None:
         click.secho("warning: the governance plugin is not loaded: no authentication, approval or policy", fg="yellow", err=True)

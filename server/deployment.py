@@ -1,7 +1,7 @@
 """Ray Serve deployments: one application per model, and the control application.
 
-A model application is mounted at ``/v2/models/<name>``; the control application at
-``/v2`` answers everything else under it (Serve routes by longest prefix). Each replica
+A model application is mounted at ``/v2/models/<name>``; the control application at ``/``
+answers everything else (Serve routes by longest prefix): ``/v2`` and ``/metrics``. Each replica
 builds its plugin manager and ASGI app in its constructor, and Serve's direct ingress
 hands it the requests, so no Serve proxy and no Ray call sits on the request path.
 """
@@ -15,13 +15,15 @@ from typing import Any
 from ray import serve
 from ray.serve import Application
 
-from . import listener
+from . import listener, metrics
 from .config import ModelConfig
+from .explain import explain_options
 from .http import ControlApp, ModelApp, ModelService
 from .settings import LockgateSettings
 
 __all__ = [
     "CONTROL_APP",
+    "CONTROL_PREFIX",
     "ControlDeployment",
     "ModelDeployment",
     "build_control_app",
@@ -31,6 +33,7 @@ __all__ = [
 ]
 
 CONTROL_APP = "lockgate-control"
+CONTROL_PREFIX = "/"
 
 
 def route_prefix(model: str) -> str:
@@ -42,9 +45,13 @@ class ModelDeployment:
     """A replica of one model: its plugin manager, its versions from the registry, its batchers."""
 
     async def __init__(self, name: str, config: ModelConfig, settings: LockgateSettings) -> None:
+        metrics.enable(metrics.metrics_dir(settings.home, settings.options))  # before any plugin makes a metric
+        metrics.replica_started(name)
         manager = settings.manager()
         registry = manager.registry()
-        self._service = ModelService(name, config, registry, manager=manager, default_alias=settings.default_alias)
+        self._service = ModelService(
+            name, config, registry, manager=manager, default_alias=settings.default_alias, explain=explain_options(settings.options)
+        )
         self._app = ModelApp(self._service)
         if settings.replica_listener:
             # Serve starts the replica's HTTP server after this constructor: it will be ours.
@@ -61,11 +68,13 @@ class ControlDeployment:
 
     def __init__(self, models: list[str], settings: LockgateSettings) -> None:
         self._settings = settings
+        self._metrics_dir = metrics.metrics_dir(settings.home, settings.options)
+        metrics.enable(self._metrics_dir)
         self._manager = settings.manager()
         self._registry = self._manager.registry()
         self._checked = 0.0
         self._apps: dict[str, str] = {}
-        self._app = ControlApp(list(models), self._status, repository=self, manager=self._manager)
+        self._app = ControlApp(list(models), self._status, repository=self, manager=self._manager, metrics=self._scrape)
         self._sbom: tuple[Any, dict[str, Any]] | None = None
 
     def __serve_build_asgi_app__(self) -> ControlApp:
@@ -78,6 +87,9 @@ class ControlDeployment:
             self._apps = {name: getattr(app.status, "value", str(app.status)) for name, app in status.applications.items()}
             self._checked = time.monotonic()
         return self._apps
+
+    async def _scrape(self) -> bytes:
+        return await asyncio.to_thread(metrics.collect, self._metrics_dir)
 
     # -- the repository extension, called by ControlApp ------------------------------------------
 

@@ -19,11 +19,14 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMappi
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
+
 from lockgate.plugins import Decision, InferenceEvent, PluginManager, Principal, RecordFailed, RequestInfo
 
 from ._errors import (
     BadRequest,
     ConfigError,
+    Conflict,
     Forbidden,
     MethodNotAllowed,
     ModelFailed,
@@ -36,6 +39,7 @@ from ._errors import (
 )
 from .batching import Assembler, Batcher
 from .config import ModelConfig
+from .explain import ExplainOptions, kernel_shap
 from .model import ModelVersion, load_version
 from .protocol import HEADER_LENGTH, InferRequest, encode_infer_response, parse_infer_request
 
@@ -50,9 +54,10 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 SERVER_NAME = "lockgate"
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 _JSON = [(b"content-type", b"application/json")]
+METRICS_CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 _RETRY = {"retry-after": "1"}
 _CHALLENGE = {"www-authenticate": 'Bearer realm="lockgate"'}
-_VERSION_ROUTE = re.compile(r"^/versions/([^/]+)(/ready|/infer)?/?$")
+_VERSION_ROUTE = re.compile(r"^/versions/([^/]+)(/ready|/infer|/explain)?/?$")
 
 
 def server_version() -> str:
@@ -136,8 +141,11 @@ class ModelService:
         manager: PluginManager | None = None,
         default_alias: str = "production",
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        explain: ExplainOptions | None = None,
     ) -> None:
         self.name = name
+        self.explain_options = explain or ExplainOptions()
+        self._backgrounds: dict[int, tuple[np.ndarray | None, float]] = {}
         self.config = config
         self.registry = registry
         self.manager = manager
@@ -171,7 +179,7 @@ class ModelService:
         model = load_version(self.name, version, data, self.config.onnxruntime, record.sha256)
         preprocess = model.preprocess(self.config.preprocess)
         size = self._max_batch_size(model)
-        on_batch = self._on_batch(version) if self.manager is not None and self.manager.has("lockgate_observe_batch") else None
+        on_batch = self._on_batch(version, [s.name for s in model.outputs]) if self.manager is not None and self.manager.has("lockgate_observe_batch") else None
         batching = self.config.dynamic_batching
         self._check_padding(model, batching)
         assembler = Assembler([s.name for s in model.graph_inputs], preprocess, size, size > 0, batching.padding)
@@ -195,11 +203,14 @@ class ModelService:
         if unknown:
             raise ConfigError(f"padded_outputs names {', '.join(unknown)}; the model's outputs are {', '.join(sorted(outputs))}", source=where)
 
-    def _on_batch(self, version: int):
+    def _on_batch(self, version: int, names: list[str]):
         manager = self.manager
 
-        def observe(rows: int, requests: int, queue_s: float, compute_s: float) -> None:
-            manager.observe("lockgate_observe_batch", model=self.name, version=version, rows=rows, requests=requests, queue_s=queue_s, compute_s=compute_s)
+        def observe(rows: int, requests: int, queue_s: float, compute_s: float, queued: int, feeds: dict, results: list) -> None:
+            manager.observe(
+                "lockgate_observe_batch", model=self.name, version=version, rows=rows, requests=requests, queue_s=queue_s,
+                compute_s=compute_s, queued=queued, inputs=feeds, outputs=dict(zip(names, results)),
+            )
 
         return observe
 
@@ -349,6 +360,105 @@ class ModelService:
         body, headers = encode_infer_response(request, self.name, served.model.version, results)
         return body, headers, request
 
+    async def explain(self, served: _Served, body: bytes, header_length: bytes | None) -> tuple[bytes, InferRequest, str | None]:
+        """Kernel SHAP attributions for the one row of an OIP inference request body, against
+        background rows of the version's reference sample, in one onnxruntime run."""
+        model = served.model
+        inputs = model.graph_inputs
+        where = f"model '{self.name}' version {model.version}"
+        if served.max_batch_size <= 0:
+            raise BadRequest(f"{where} takes no batch dimension; explanations run many rows at once")
+        if len(inputs) != 1 or len(inputs[0].shape) != 2 or inputs[0].name in self.config.preprocess:
+            raise BadRequest(f"{where} is not tabular: explanations need one input of shape [batch, features], without preprocessing")
+        if not inputs[0].datatype.startswith("FP"):
+            raise BadRequest(f"{where}: explanations need a floating-point input, '{inputs[0].name}' is {inputs[0].datatype}")
+        length = None
+        if header_length is not None:
+            try:
+                length = int(header_length)
+            except ValueError:
+                raise BadRequest(f"Inference-Header-Content-Length must be an integer, got {header_length[:20]!r}") from None
+        request = parse_infer_request(body, length, model, served.max_batch_size)
+        if request.rows != 1:
+            raise BadRequest(f"an explanation is of one row; the request has {request.rows}")
+        params = dict(request.parameters or {})
+        options = self.explain_options
+        budget = params.get("max_evaluations", options.max_evaluations)
+        if type(budget) is not int or not 16 <= budget <= options.max_evaluations:
+            raise BadRequest(f"parameter 'max_evaluations' must be an integer in [16, {options.max_evaluations}] (the server's budget)")
+        explains = params.get("explains")
+        if explains is not None and (type(explains) is not str or not 1 <= len(explains) <= 64):
+            raise BadRequest("parameter 'explains' must be the lockgate-request-id of the request explained (text, 1-64 characters)")
+        floats = [s for s in model.outputs if s.datatype.startswith("FP")]
+        wanted = params.get("output", floats[0].name if floats else None)
+        output = model.output_index.get(wanted) if isinstance(wanted, str) else None
+        if output is None or output not in floats:
+            names = ", ".join(s.name for s in floats) or "none"
+            raise BadRequest(f"parameter 'output' must name a floating-point output of {where}; these are: {names}")
+        target = params.get("target")
+        if target is not None and (type(target) is not int or target < 0):
+            raise BadRequest("parameter 'target' must be a non-negative integer: the output column to explain")
+        background = await self._background(model.version, inputs[0].name)
+        index = [s.name for s in model.outputs].index(output.name)
+        name = inputs[0].name
+        x = np.ascontiguousarray(request.inputs[name][0])
+
+        def compute():
+            return kernel_shap(
+                lambda rows: model.run({name: rows})[index].reshape(rows.shape[0], -1),
+                x, background.astype(x.dtype, copy=False), budget, np.random.default_rng(options.seed), target,
+            )
+
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(self.executor, compute)
+        except ValueError as e:
+            raise BadRequest(f"{where}: {e}") from None
+        except Exception as e:
+            log.exception("explanation of %s failed", where)
+            raise ModelFailed(f"{where} failed while explaining: {type(e).__name__}: {e}") from None
+        features = [f"{name}[{i}]" for i in range(x.shape[0])]
+        answer = {
+            "model_name": self.name,
+            "model_version": str(model.version),
+            **({"id": request.id} if request.id is not None else {}),
+            **({"explains": explains} if explains is not None else {}),
+            "method": "kernel_shap",
+            "output": output.name,
+            **({"target": result.target} if result.target is not None else {}),
+            "value": result.value,
+            "base_value": result.base_value,
+            "features": features,
+            "attributions": result.attributions.tolist(),
+            "additivity_error": abs(float(result.attributions.sum()) + result.base_value - result.value),
+            "evaluations": result.evaluations,
+            "max_evaluations": budget,
+            "background_rows": int(background.shape[0]),
+            "coalitions": result.coalitions,
+            "exact": result.exact,
+        }
+        return _json_body(answer), request, explains
+
+    async def _background(self, version: int, name: str) -> np.ndarray:
+        """Background rows of the version's reference sample (read once, re-read after a miss)."""
+        known = self._backgrounds.get(version)
+        if known is None or (known[0] is None and time.monotonic() > known[1]):
+            reader = getattr(self.registry, "reference", None)
+            reference = await asyncio.to_thread(reader, self.name, version) if reader is not None else None
+            rows = None
+            if reference is not None and name in reference.sample:
+                sample = np.asarray(reference.sample[name])
+                k = min(self.explain_options.background_rows, sample.shape[0])
+                pick = np.random.default_rng(self.explain_options.seed).choice(sample.shape[0], k, replace=False)
+                rows = sample[np.sort(pick)]
+            known = (rows, time.monotonic() + 5.0)
+            self._backgrounds[version] = known
+        if known[0] is None:
+            raise Conflict(
+                f"model '{self.name}' version {version} has no reference sample to explain against; "
+                f"set one with `lockgate models reference {self.name} {version} FILE`"
+            )
+        return known[0]
+
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
 
@@ -385,7 +495,7 @@ class ModelApp:
             status, body, headers = e.status, e.body(), _error_headers(e)
         except ConnectionAbortedError:
             outcome.status, outcome.error = 499, "client disconnected before the request was read"
-            if self.recorded and outcome.action == "infer":
+            if self.recorded and outcome.action:
                 await self._record(outcome, start, None)
             return
         except Exception as e:  # a bug of ours: say so, keep the replica up
@@ -393,21 +503,21 @@ class ModelApp:
             error = RequestError(f"internal error: {type(e).__name__}")
             outcome.status, outcome.error = 500, error.message
             status, body, headers = 500, error.body(), _error_headers(error)
-        if outcome.action == "infer":
+        if outcome.action:
             headers = [*headers, (b"lockgate-request-id", outcome.request_id.encode())]
             if self.recorded:
                 withheld = await self._record(outcome, start, body)
                 if withheld is not None:
                     status, body, headers = withheld.status, withheld.body(), [*_error_headers(withheld), headers[-1]]
         await respond(send, status, body, headers)
-        if self.observed and outcome.action == "infer":
+        if self.observed and outcome.action:
             self.manager.observe("lockgate_observe_inference", event=self._event(outcome, start, body))
 
     def _event(self, outcome: _Outcome, start: float, response: bytes | None) -> InferenceEvent:
         return InferenceEvent(
             outcome.request_id, self.service.name, outcome.version, outcome.principal, outcome.status,
             time.perf_counter() - start, outcome.rows, outcome.error, outcome.client_id, outcome.sha256,
-            outcome.body, response, outcome.decided_by, outcome.started_at,
+            outcome.body, response, outcome.decided_by, outcome.started_at, outcome.action, outcome.explains,
         )
 
     async def _record(self, outcome: _Outcome, start: float, response: bytes | None) -> RequestError | None:
@@ -441,21 +551,26 @@ class ModelApp:
         match = _VERSION_ROUTE.match(rest)
         if match:
             version, action = match.group(1), (match.group(2) or "")
-        if action == "/infer":
-            outcome.action = "infer"
+        if action == "/infer" or action == "/explain":
+            kind = action[1:]
+            outcome.action = kind
             outcome.request_id = new_request_id()
             if self.recorded:
                 outcome.started_at = time.time()
             if method != "POST":
-                raise MethodNotAllowed(f"{method} is not allowed on /infer; use POST")
+                raise MethodNotAllowed(f"{method} is not allowed on {action}; use POST")
             if self.gated:
-                await self._gate(scope, "infer", version, outcome)
+                await self._gate(scope, kind, version, outcome)
             served = await self.service.version(version)
             outcome.version, outcome.sha256 = served.model.version, served.model.sha256
             self.service.check_serving(served)
             body = await read_body(receive, self.service.max_body_bytes)
             outcome.body = body
-            out, headers, request = await self.service.infer(served, body, _header(scope, HEADER_LENGTH.encode()))
+            if kind == "explain":
+                out, request, outcome.explains = await self.service.explain(served, body, _header(scope, HEADER_LENGTH.encode()))
+                headers = _JSON
+            else:
+                out, headers, request = await self.service.infer(served, body, _header(scope, HEADER_LENGTH.encode()))
             outcome.rows, outcome.client_id = request.rows, request.id
             return 200, out, headers
         if action in ("", "/ready"):
@@ -468,7 +583,7 @@ class ModelApp:
             else:
                 answer = await self.service.metadata(version)
             return 200, _json_body(answer), _JSON
-        raise NotFound(f"no route {path}; model routes are '', /ready, /infer, optionally after /versions/<v>")
+        raise NotFound(f"no route {path}; model routes are '', /ready, /infer, /explain, optionally after /versions/<v>")
 
     @staticmethod
     def _get_only(method: str) -> None:
@@ -550,7 +665,10 @@ def _error_headers(error: RequestError) -> list[tuple[bytes, bytes]]:
 class _Outcome:
     """What the request came to, for the recorders and observers."""
 
-    __slots__ = ("action", "body", "client_id", "decided_by", "error", "principal", "request_id", "rows", "sha256", "started_at", "status", "version")
+    __slots__ = (
+        "action", "body", "client_id", "decided_by", "error", "explains", "principal", "request_id", "rows", "sha256", "started_at", "status",
+        "version",
+    )
 
     def __init__(self) -> None:
         self.action = ""
@@ -563,6 +681,7 @@ class _Outcome:
         self.sha256: str | None = None
         self.body: bytes | None = None
         self.decided_by: str | None = None
+        self.explains: str | None = None
         self.started_at = 0.0
         self.rows = 0
 
@@ -584,8 +703,9 @@ class ControlApp:
     ``status`` returns Serve's status of each application by name (called at most once a
     second by the caller's cache). ``repository`` provides ``index()``, ``load(name)``,
     ``unload(name)``, ``known(name)`` and ``sbom()``; without it those routes answer 404.
-    Health and server metadata are open (probes); the repository routes and the SBOM pass
-    the gatekeepers of ``manager``.
+    Health and server metadata are open (probes); the repository routes, the SBOM and
+    ``/metrics`` (``metrics`` returns the Prometheus text of the node) pass the gatekeepers
+    of ``manager``.
     """
 
     def __init__(
@@ -594,8 +714,10 @@ class ControlApp:
         status: Callable[[], Awaitable[dict[str, str]]] | None = None,
         repository: Any = None,
         manager: PluginManager | None = None,
+        metrics: Callable[[], Awaitable[bytes]] | None = None,
     ) -> None:
         self.models = set(models)
+        self.metrics = metrics
         self.status = status
         self.repository = repository
         self.manager = manager
@@ -615,6 +737,9 @@ class ControlApp:
         if scope["type"] != "http":
             return
         try:
+            if scope["path"].rstrip("/") == "/metrics":
+                await respond(send, 200, await self._metrics(scope), [(b"content-type", METRICS_CONTENT_TYPE)])
+                return
             status, body = await self._route(scope)
         except RequestError as e:
             await respond_error(send, e)
@@ -624,6 +749,14 @@ class ControlApp:
             await respond_error(send, RequestError(f"internal error: {type(e).__name__}"))
             return
         await respond(send, status, _json_body(body), _JSON)
+
+    async def _metrics(self, scope: Scope) -> bytes:
+        if scope["method"] not in ("GET", "HEAD"):
+            raise MethodNotAllowed(f"{scope['method']} is not allowed on /metrics; use GET")
+        if self.metrics is None:
+            raise NotFound("this server keeps no metrics")
+        await self._gate(scope, "metrics", None)
+        return await self.metrics()
 
     async def _route(self, scope: Scope) -> tuple[int, object]:
         path = scope["path"].rstrip("/") or "/"

@@ -171,9 +171,12 @@ class Runtime:
         """Deploy the control application, then one application per model, each waited for."""
         from ray import serve
 
-        from .deployment import CONTROL_APP, build_control_app, build_model_app, route_prefix
+        from . import metrics
+        from .deployment import CONTROL_APP, CONTROL_PREFIX, build_control_app, build_model_app, route_prefix
 
-        serve.run(build_control_app(sorted(models), settings), name=CONTROL_APP, route_prefix="/v2")
+        if self.started_ray:  # a server of our own starts with empty metrics; a joined cluster keeps its totals
+            metrics.reset(metrics.metrics_dir(settings.home, settings.options))
+        serve.run(build_control_app(sorted(models), settings), name=CONTROL_APP, route_prefix=CONTROL_PREFIX)
         self.apps = (CONTROL_APP,)
         for name, config in models.items():
             t0 = time.monotonic()

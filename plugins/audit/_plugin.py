@@ -120,6 +120,7 @@ class AuditPlugin:
                 checkpoint_interval_s=self.options.checkpoint_interval_s,
                 linger_s=self.options.linger_s if self.options.linger_s is not None else (0.05 if self.options.mode == "async" else 0.0),
                 prepare=lambda entry: digest_bodies(entry, payloads),
+                observe=_AuditMetrics(),
             )
             if not self._atexit:
                 atexit.register(self.close)
@@ -163,12 +164,13 @@ class AuditPlugin:
                 "sha256": event.sha256,
                 "input_bytes": event.request_body,
                 "output_bytes": event.response_body,
+                "explains": event.explains,
             }
         )
         entry = _compact(
             {
                 "at": event.started_at or time.time(),
-                "kind": "infer",
+                "kind": event.action,
                 "actor": event.principal,
                 "model": event.model,
                 "version": event.version,
@@ -182,6 +184,40 @@ class AuditPlugin:
             return sequencer.record(entry)
         sequencer.submit(entry)
         return None
+
+
+class _AuditMetrics:
+    """The sequencer's state as Prometheus metrics (made on the writer thread's first group)."""
+
+    def __init__(self) -> None:
+        self._made = False
+        self._dropped = 0
+
+    def _make(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge
+
+        r = CollectorRegistry()
+        self.records = Counter("lockgate_audit_records", "Audit records written.", registry=r)
+        self.failures = Counter("lockgate_audit_write_failures", "Audit writes that failed (retried; sync answers withheld).", registry=r)
+        self.dropped = Counter("lockgate_audit_dropped_records", "Records dropped by a full async buffer.", registry=r)
+        self.pending = Gauge("lockgate_audit_pending_records", "Records waiting for the audit writer.", multiprocess_mode="livesum", registry=r)
+        self.lag = Gauge(
+            "lockgate_audit_lag_seconds", "Age of the oldest record of the last group written.", multiprocess_mode="livemax", registry=r
+        )
+        self._made = True
+
+    def __call__(self, sequencer: Sequencer, written: int, lag_s: float, failed: bool) -> None:
+        if not self._made:
+            self._make()
+        if failed:
+            self.failures.inc()
+        elif written:
+            self.records.inc(written)
+        if sequencer.dropped > self._dropped:
+            self.dropped.inc(sequencer.dropped - self._dropped)
+            self._dropped = sequencer.dropped
+        self.pending.set(sequencer.pending)
+        self.lag.set(lag_s)
 
 
 def _compact(d: dict[str, Any]) -> dict[str, Any]:

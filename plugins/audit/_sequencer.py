@@ -53,6 +53,7 @@ class Sequencer:
         checkpoint_interval_s: float = 10.0,
         linger_s: float = 0.0,
         prepare: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        observe: Callable[[Sequencer, int, float, bool], None] | None = None,
     ) -> None:
         self.log = audit_log
         self.mode = mode
@@ -62,6 +63,9 @@ class Sequencer:
         self.linger_s = linger_s
         self._checkpoint_checked = time.monotonic()
         self.prepare = prepare or (lambda entry: entry)
+        # After each write attempt, on the writer's thread: (self, records written, lag in s of
+        # the group's oldest record, failed); metrics only, an exception is logged and ignored.
+        self.observe = observe
         self._queue: collections.deque[tuple[dict[str, Any], Waiter]] = collections.deque()
         self._ready = threading.Condition(threading.Lock())
         self._thread: threading.Thread | None = None
@@ -181,6 +185,7 @@ class Sequencer:
                     self.dropped += len(retry) - self.buffer
                     retry = retry[: self.buffer]
                 _settle([(w, 0) for _, w in flushes], None)
+                self._observe(0, real, failed=True)
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 1.0)
                 continue
@@ -188,7 +193,21 @@ class Sequencer:
             self.written += len(seqs)
             self.groups += 1
             _settle([(w, s) for (_, w), s in zip(real, seqs) if w is not None] + [(w, 0) for _, w in flushes], None)
+            self._observe(len(seqs), real, failed=False)
             self._checkpoint()
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
+
+    def _observe(self, written: int, group: list[tuple[dict[str, Any], Waiter]], *, failed: bool) -> None:
+        if self.observe is None:
+            return
+        try:
+            lag = max(0.0, time.time() - float(group[0][0].get("at", time.time()))) if group else 0.0
+            self.observe(self, written, lag, failed)
+        except Exception as e:  # noqa: BLE001 - metrics never stop the writer
+            log.warning("audit metrics failed: %s", e)
 
     def _checkpoint(self) -> None:
         # Cheap when not due: the time bound is checked here, not with a transaction per group.

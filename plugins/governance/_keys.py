@@ -37,15 +37,19 @@ PREFIX = "lg"
 KEY_DOMAIN = b"lockgate/api-key/v1\x00"
 MAX_TOKEN = 200
 
-# What each role may do. 'explain' is the explanation endpoint; 'keys', 'audit', 'policy' the
+# What each role may do. 'explain' is the explanation endpoint, 'metrics' the Prometheus scrape,
+# 'report' the SLO report, 'reference' setting a drift baseline; 'keys', 'audit', 'policy' the
 # administration commands.
 ROLE_ACTIONS: dict[str, frozenset[str]] = {
-    "viewer": frozenset({"metadata", "sbom"}),
+    "viewer": frozenset({"metadata", "sbom", "metrics", "report"}),
     "invoker": frozenset({"metadata", "infer", "explain"}),
-    "deployer": frozenset({"metadata", "sbom", "register", "alias", "load", "unload"}),
-    "approver": frozenset({"metadata", "sbom", "approve", "reject", "revoke"}),
+    "deployer": frozenset({"metadata", "sbom", "metrics", "register", "alias", "load", "unload", "reference"}),
+    "approver": frozenset({"metadata", "sbom", "metrics", "report", "approve", "reject", "revoke"}),
     "admin": frozenset(
-        {"metadata", "sbom", "infer", "explain", "register", "alias", "load", "unload", "approve", "reject", "revoke", "keys", "audit", "policy"}
+        {
+            "metadata", "sbom", "metrics", "report", "infer", "explain", "register", "alias", "load", "unload", "reference",
+            "approve", "reject", "revoke", "keys", "audit", "policy",
+        }
     ),
 }
 ROLES = tuple(ROLE_ACTIONS)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-__all__ = ["alias_history", "aliases", "events", "metadata", "model_versions", "models"]
+__all__ = ["alias_history", "aliases", "events", "metadata", "model_versions", "models", "references"]
 
 metadata = sa.MetaData()
 
@@ -63,4 +63,19 @@ events = sa.Table(
     sa.Column("name", sa.String(128), nullable=True),
     sa.Column("version", sa.Integer, nullable=True),
     sa.Column("detail", sa.JSON, nullable=False),
+)
+
+# A version's reference sample (inputs as an .npz, capped in rows) and the baseline computed
+# from it: what drift is measured against and what explanations take as background.
+references = sa.Table(
+    "lockgate_references",
+    metadata,
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("sample", sa.LargeBinary, nullable=False),
+    sa.Column("rows", sa.Integer, nullable=False),
+    sa.Column("baseline", sa.JSON, nullable=False),
+    sa.Column("source_sha256", sa.String(64), nullable=False),
+    sa.Column("set_by", sa.String(256), nullable=False),
+    sa.Column("set_at", sa.Float(precision=53), nullable=False),
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from collections.abc import Callable, Mapping
@@ -12,7 +13,7 @@ import onnx
 import sqlalchemy as sa
 
 from .._storage import ArtifactMismatch, ArtifactStore, make_engine, sha256_file, writing
-from .._types import MODEL_NAME, Decision, ModelVersionRecord, RegistrationCandidate
+from .._types import MODEL_NAME, Decision, ModelVersionRecord, Reference, RegistrationCandidate
 from . import _schema as t
 
 __all__ = ["AliasRefused", "RegistrationError", "Registry", "UnknownModel", "onnx_operators", "onnx_opsets", "onnx_signature"]
@@ -328,6 +329,45 @@ class Registry:
         )
         with self.engine.connect() as c:
             return c.execute(q).scalar()
+
+    # -- reference samples -------------------------------------------------------------------
+
+    def set_reference(
+        self, name: str, version: int, sample: Mapping[str, Any], baseline: Mapping[str, Any], *, actor: str, source_sha256: str
+    ) -> None:
+        """Store (or replace) the reference sample of a version, inputs by name, and its
+        baseline statistics. The version must exist; the sample is kept as an .npz."""
+        import numpy as np
+
+        rows = {int(np.asarray(a).shape[0]) if np.asarray(a).ndim else 1 for a in sample.values()}
+        if not sample or len(rows) != 1:
+            raise ValueError(f"a reference sample needs every input with the same number of rows, got {sorted(rows)}")
+        buffer = io.BytesIO()
+        np.savez(buffer, **{k: np.asarray(v) for k, v in sample.items()})
+        now = time.time()
+        with writing(self.engine) as c, c.begin():
+            self._version_row(c, name, version)
+            key = (t.references.c.name == name) & (t.references.c.version == version)
+            c.execute(t.references.delete().where(key))
+            c.execute(
+                t.references.insert().values(
+                    name=name, version=version, sample=buffer.getvalue(), rows=rows.pop(), baseline=json.loads(json.dumps(baseline)),
+                    source_sha256=source_sha256, set_by=actor, set_at=now,
+                )
+            )
+        self._audit("reference_set", actor, model=name, version=version, detail={"source_sha256": source_sha256, "rows": int(next(iter(sample.values())).shape[0])})
+
+    def reference(self, name: str, version: int) -> Reference | None:
+        """The reference sample and baseline of a version, or None when it has none."""
+        import numpy as np
+
+        with self.engine.connect() as c:
+            row = c.execute(sa.select(t.references).where(t.references.c.name == name, t.references.c.version == version)).first()
+        if row is None:
+            return None
+        with np.load(io.BytesIO(row.sample), allow_pickle=False) as data:
+            sample = {k: data[k] for k in data.files}
+        return Reference(name, version, sample, dict(row.baseline), row.rows, row.source_sha256, row.set_by, row.set_at)
 
     # -- reading -----------------------------------------------------------------------------
 
