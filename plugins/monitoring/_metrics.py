@@ -41,7 +41,7 @@ class ServingMetrics:
             "lockgate_queue_depth", "Requests waiting in the model's queue when the last batch started.", _MV, multiprocess_mode="livesum", registry=r
         )
         self.denials = Counter(
-            "lockgate_auth_denials", "Inference requests refused by a gatekeeper (401, 403).", ["model", "code", "plugin"], registry=r
+            "lockgate_auth_denials", "Requests refused by a gatekeeper (401, 403); the deciding plugin is in the audit log.", ["model", "code"], registry=r
         )
         self.plugin_errors = Counter("lockgate_plugin_errors", "Plugin hook failures (gatekeepers deny, observers fail open).", ["plugin"], registry=r)
         drift = [*_MV, "feature"]
@@ -68,6 +68,8 @@ class ServingMetrics:
         key = (model, version, status)
         children = self._request_children.get(key)
         if children is None:
+            for code in ("401", "403"):  # zero series from the start, so that rates and alerts see them
+                self.denials.labels(model, code)
             children = (self.requests.labels(model, version, str(status)), self.latency.labels(model, version))
             self._request_children[key] = children
         return children

@@ -110,6 +110,9 @@ class MonitoringPlugin:
     def metrics(self) -> ServingMetrics:
         if self._metrics is None:
             self._metrics = ServingMetrics(tuple(self.options.latency_buckets))
+            for status in getattr(self.manager, "statuses", []):  # a zero series per loaded plugin
+                if status.state == "loaded":
+                    self._metrics.plugin_errors.labels(status.name)
         return self._metrics
 
     # -- hooks -------------------------------------------------------------------------------
@@ -126,7 +129,7 @@ class MonitoringPlugin:
         count.inc()
         latency.observe(event.latency_s)
         if event.status in (401, 403):
-            m.denials.labels(event.model, str(event.status), event.decided_by or "").inc()
+            m.denials.labels(event.model, str(event.status)).inc()
         self._start_worker()
 
     @hookimpl

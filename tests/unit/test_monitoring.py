@@ -131,5 +131,5 @@ def test_requests_are_counted_by_status_and_denials_by_plugin(monitored):
     m = plugin.metrics
     assert m.requests.labels("m", "1", "200")._value.get() == 2
     assert m.requests.labels("m", "1", "400")._value.get() == 1
-    assert m.denials.labels("m", "403", "governance")._value.get() == 1
+    assert m.denials.labels("m", "403")._value.get() == 1 and m.denials.labels("m", "401")._value.get() == 0
     assert m.latency.labels("m", "1")._sum.get() == pytest.approx(0.008)
