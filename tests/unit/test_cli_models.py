@@ -89,3 +89,52 @@ def test_import_repo_is_idempotent(cli, tmp_path):
 def test_plugins_list_shows_the_builtin_registry(cli):
     out = cli("plugins", "list").output
     assert "registry" in out and "loaded" in out and "lockgate.plugins.registry:plugin" in out
+
+
+def test_register_with_a_reference_sample_stores_it_with_its_baseline(cli, model_files, tmp_path):
+    import numpy as np
+
+    from lockgate.server.settings import LockgateSettings
+
+    sample = np.random.default_rng(0).standard_normal((500, 64))
+    np.savetxt(tmp_path / "ref.csv", sample, delimiter=",", header=",".join(f"f{i}" for i in range(64)), comments="")
+    out = cli("models", "register", str(model_files[0]), "--name", "mlp", "--reference", str(tmp_path / "ref.csv")).output
+    assert "registered mlp version 1" in out and "reference sample of mlp version 1: 500 rows, 65 features" in out
+    reference = LockgateSettings.from_env().manager().registry().reference("mlp", 1)
+    assert reference.rows == 500 and reference.set_by == "alice"
+    np.testing.assert_allclose(reference.sample["input"], sample.astype(np.float32))
+    assert reference.baseline["features"]["input[0]"]["kind"] == "numeric" and len(reference.baseline["features"]["input[0]"]["expected"]) == 10
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".npz", ".parquet"])
+def test_reference_formats(cli, model_files, tmp_path, suffix):
+    import numpy as np
+
+    sample = np.random.default_rng(1).standard_normal((300, 64)).astype(np.float32)
+    path = tmp_path / f"ref{suffix}"
+    if suffix == ".npy":
+        np.save(path, sample)
+    elif suffix == ".npz":
+        np.savez(path, input=sample)
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.table({f"f{i}": sample[:, i] for i in range(64)}), path)
+    cli("models", "register", str(model_files[0]), "--name", "mlp")
+    assert "300 rows" in cli("models", "reference", "mlp", "1", str(path)).output
+
+
+@pytest.mark.parametrize(
+    "content, name, message",
+    [
+        ("1,2,3\n4,5,6\n", "ref.csv", "input 'input' has shape [-1, 64] in the model; the sample's is [2, 3]"),
+        ("x", "ref.txt", "unknown reference format '.txt'"),
+        ("a,b\nc,d\n", "ref.csv", "cannot read the reference sample"),
+    ],
+)
+def test_a_reference_that_does_not_fit_refuses_the_registration(cli, model_files, tmp_path, content, name, message):
+    (tmp_path / name).write_text(content)
+    result = cli("models", "register", str(model_files[0]), "--name", "mlp", "--reference", str(tmp_path / name), ok=False)
+    assert result.exit_code == 2 and message in result.output
+    assert "no models registered" in cli("models", "list").output  # nothing written

@@ -115,6 +115,8 @@ def test_the_example_config_is_valid_and_complete():
 def test_the_example_server_config_is_valid_and_names_every_option():
     from lockgate.plugins.audit import AuditOptions
     from lockgate.plugins.governance import GovernanceOptions, Policy
+    from lockgate.plugins.monitoring import DriftOptions, MonitoringOptions, Slo
+    from lockgate.server.explain import ExplainOptions
     from lockgate.server.settings import load_options
 
     path = Path(__file__).resolve().parents[2] / "examples" / "lockgate.yaml"
@@ -122,8 +124,11 @@ def test_the_example_server_config_is_valid_and_names_every_option():
     governance = GovernanceOptions.model_validate(options["governance"])
     audit = AuditOptions.model_validate(options["audit"])
     assert governance == GovernanceOptions() and audit == AuditOptions()  # the file shows the defaults
+    assert MonitoringOptions.model_validate(options["monitoring"]) == MonitoringOptions()
+    assert ExplainOptions.model_validate(options["explain"]) == ExplainOptions()
     text = path.read_text()
-    for name in [*GovernanceOptions.model_fields, *Policy.model_fields, *AuditOptions.model_fields]:
+    fields = [*GovernanceOptions.model_fields, *Policy.model_fields, *AuditOptions.model_fields, *MonitoringOptions.model_fields]
+    for name in [*fields, *DriftOptions.model_fields, *Slo.model_fields, *ExplainOptions.model_fields]:
         assert f"{name}:" in text, f"examples/lockgate.yaml does not mention {name}"
 
 

@@ -1,0 +1,119 @@
+"""`lockgate report`: SLO figures from the audit log, drift, lead time, pending approvals; the
+HTML page opened in a real headless browser (Debian's chromium) with its plots rendered."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import subprocess
+import time
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from lockgate.plugins import InferenceEvent
+from lockgate.server.cli import main
+from lockgate.server.demo import build_mlp
+
+SLO = """
+monitoring:
+  slo: {latency_percentile: 99, latency_ms: 50, error_rate: 0.01, availability: 0.999}
+  slos:
+    iris: {latency_percentile: 95, latency_ms: 90, error_rate: 0.05, availability: 0.95}
+"""
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch, demo_repo):
+    """A home with the demo repository registered, a pending mlp version 2, and a period of traffic."""
+    from lockgate.server._cli_governance import open_mode_approver
+    from lockgate.server.repository import import_repository
+    from lockgate.server.settings import LockgateSettings
+
+    monkeypatch.setenv("LOCKGATE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("LOCKGATE_ACTOR", "alice")
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "lockgate.yaml").write_text(SLO)
+    manager = LockgateSettings.from_env().manager()
+    registry = manager.registry()
+    import_repository(demo_repo, registry, actor="alice", before_alias=open_mode_approver(manager))
+    onnx.save(build_mlp(seed=1), str(tmp_path / "mlp2.onnx"))
+    registry.register(tmp_path / "mlp2.onnx", "mlp", created_by="alice")
+    now = time.time()
+    statuses = [200] * 90 + [503] * 6 + [500] * 4  # iris: 4 % failed, 94 % available
+    events = [
+        InferenceEvent(f"r{i}", "iris", 1, "app", status, (i + 1) / 1000.0, 1, started_at=now - 3000 + 30 * i)
+        for i, status in enumerate(statuses)
+    ] + [InferenceEvent(f"m{i}", "mlp", 1, "app", 200, 0.002, 1, started_at=now - 1000 + i) for i in range(50)]
+
+    async def record() -> None:
+        await asyncio.gather(*(manager.record_inference(e) for e in events))
+
+    asyncio.run(record())
+    manager.audit("drift_detected", "lockgate", model="mlp", version=1, detail={"max_psi": 0.31, "threshold": 0.2})
+    manager.plugin("audit").close()
+    return tmp_path
+
+
+def run(*args):
+    result = CliRunner().invoke(main, ["report", *args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def columns(output: str, model: str) -> list[str]:
+    line = next(line for line in output.splitlines() if line.startswith(model + " "))
+    return re.split(r"\s{2,}", line.strip())
+
+
+def test_the_table_gives_each_models_slo_figures(home):
+    out = run("--since", "2h", "--html", str(home / "r.html"))
+    iris = dict(zip(["model", "requests", "p50", "p95", "p99", "slo", "errors", "availability", "budget", "drift", "versions", "lead", "pending"], columns(out, "iris")))
+    answered = np.arange(1, 91, dtype=float)  # latencies (ms) of the 90 answered requests
+    assert iris["requests"] == "100"
+    assert float(iris["p50"]) == pytest.approx(np.percentile(answered, 50), abs=0.01)
+    assert float(iris["p99"]) == pytest.approx(np.percentile(answered, 99), abs=0.01)
+    assert iris["slo"] == "p95<=90ms met"
+    assert iris["errors"] == "4.000%" and iris["availability"] == "94.000%"
+    assert iris["budget"] == "120%"  # 6 % refused of the 5 % allowed
+    assert iris["versions"] == "1" and iris["drift"] == "-" and iris["pending"] == "-"
+    mlp = columns(out, "mlp")
+    assert mlp[1] == "50" and mlp[5] == "p99<=50ms met" and mlp[9] == "DRIFT" and mlp[12] == "2"
+    assert re.fullmatch(r"\d+ s|\d+\.\d (min|h)", mlp[11])  # registration -> production of version 1
+    assert "HTML report:" in out
+
+
+def test_a_period_without_traffic_and_a_model_filter(home):
+    out = run("--since", "55m", "--until", "31m", "--model", "iris", "--html", str(home / "r.html"))
+    assert columns(out, "iris")[1] == "39" and not [line for line in out.splitlines() if line.startswith("mlp ")]
+    quiet = run("--since", "3h", "--until", "2h", "--model", "iris", "--html", str(home / "q.html"))
+    assert columns(quiet, "iris")[1:5] == ["0", "-", "-", "-"]
+    assert "no requests in this period" in (home / "q.html").read_text()
+    result = CliRunner().invoke(main, ["report", "--model", "ghost"], catch_exceptions=False)
+    assert result.exit_code == 2 and "unknown model(s) ghost" in result.output
+
+
+@pytest.mark.slow
+def test_the_html_report_renders_its_plots_in_a_headless_browser(home):
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.fail("chromium is not installed (.ci/run installs Debian's chromium)")
+    page = home / "report.html"
+    run("--since", "2h", "--html", str(page))
+    common = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--virtual-time-budget=5000"]
+    dom = subprocess.run([*common, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr
+    body = re.search(r"<body[^>]*>", dom.stdout).group(0)
+    assert 'data-plots="2"' in body and 'data-rendered="2"' in body, body  # both plots decoded
+    shot = home / "shot.png"
+    subprocess.run([*common, f"--screenshot={shot}", "--window-size=1200,1400", page.as_uri()], capture_output=True, timeout=120, check=True)
+    import matplotlib.image
+
+    pixels = matplotlib.image.imread(str(shot))[..., :3]
+    colours = {tuple(p) for p in (pixels[::4, ::4].reshape(-1, 3) * 255).astype(int)}
+    assert len(colours) > 50, "the page looks blank"  # text, table lines and the plots' colours
+    plot_blue = np.all(np.abs(pixels - np.array([0x1F, 0x77, 0xB4]) / 255) < 0.08, axis=-1)
+    assert plot_blue.sum() > 200, "the traffic line of the first plot is not on screen"
