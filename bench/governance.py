@@ -1,15 +1,18 @@
-"""What governance costs on the request path: lockgate with and without API keys and the audit
-log, in one run on one machine, with wrk (closed loop, MLP, JSON bodies).
+"""What governance and monitoring cost on the request path: lockgate with and without API keys,
+the audit log, metrics and drift, in one run on one machine, with wrk (closed loop, MLP, JSON bodies).
 
     python bench/governance.py            # make bench-governance (3 x 10 s per level)
     python bench/governance.py --quick    # 1 x 5 s per level
 
-Variants, each a `lockgate serve` of its own:
-  core         governance and audit plugins blocked: the serving path alone
-  open         governance without keys (open mode: the gate runs, nobody is checked), no audit log
-  keys         API keys checked (governance), no audit log
-  keys+async   API keys, audit log in async mode (bounded buffer, nothing waits)
-  keys+sync    API keys, audit log in sync mode (the default: a response waits for its record)
+Variants, each a `lockgate serve` of its own (monitoring blocked unless named):
+  core           governance, audit and monitoring plugins blocked: the serving path alone
+  open           governance without keys (open mode: the gate runs, nobody is checked), no audit log
+  keys           API keys checked (governance), no audit log
+  keys+async     API keys, audit log in async mode (bounded buffer, nothing waits)
+  keys+sync      API keys, audit log in sync mode (the default: a response waits for its record)
+  metrics        the monitoring plugin's Prometheus metrics (no drift baseline): nothing else
+  metrics+drift  metrics, and drift against a reference sample (10 % of batches sampled, the default)
+  default        everything as shipped: keys, sync audit log, metrics and drift
 """
 
 from __future__ import annotations
@@ -31,11 +34,14 @@ sys.path.insert(0, str(HERE))
 from run import MODEL, PY, free_port, machine, stop, wait_ready, wrk  # noqa: E402
 
 VARIANTS = {
-    "core": ({"LOCKGATE_PLUGINS_BLOCK": "governance,audit"}, None),
-    "open": ({"LOCKGATE_PLUGINS_BLOCK": "audit"}, "open"),
-    "keys": ({"LOCKGATE_PLUGINS_BLOCK": "audit"}, None),
-    "keys+async": ({}, "async"),
-    "keys+sync": ({}, "sync"),
+    "core": ({"LOCKGATE_PLUGINS_BLOCK": "governance,audit,monitoring"}, None),
+    "open": ({"LOCKGATE_PLUGINS_BLOCK": "audit,monitoring"}, "open"),
+    "keys": ({"LOCKGATE_PLUGINS_BLOCK": "audit,monitoring"}, None),
+    "keys+async": ({"LOCKGATE_PLUGINS_BLOCK": "monitoring"}, "async"),
+    "keys+sync": ({"LOCKGATE_PLUGINS_BLOCK": "monitoring"}, "sync"),
+    "metrics": ({"LOCKGATE_PLUGINS_BLOCK": "governance,audit"}, "open"),
+    "metrics+drift": ({"LOCKGATE_PLUGINS_BLOCK": "governance,audit"}, "drift"),
+    "default": ({}, "drift+sync"),
 }
 
 
@@ -64,13 +70,18 @@ def main() -> int:
     for name, (extra, mode) in chosen.items():
         home = work / f"home-{name.replace('+', '-')}"
         home.mkdir()
-        if mode in ("sync", "async"):
-            (home / "lockgate.yaml").write_text(f"audit:\n  mode: {mode}\n")
+        audited = mode is not None and mode.split("+")[-1] in ("sync", "async")
+        if audited:
+            (home / "lockgate.yaml").write_text(f"audit:\n  mode: {mode.split('+')[-1]}\n")
         env = {**os.environ, "LOCKGATE_HOME": str(home), **extra}
         cli = [PY, "-m", "lockgate.server.cli"]
         subprocess.run([*cli, "models", "import-repo", str(work / "repo")], env=env, check=True, capture_output=True)
+        if mode is not None and mode.startswith("drift"):
+            reference = work / "reference.npy"
+            np.save(reference, np.random.default_rng(1).standard_normal((2000, 64)).astype(np.float32))
+            subprocess.run([*cli, "models", "reference", MODEL, "1", str(reference)], env=env, check=True, capture_output=True)
         authorization = None
-        if name not in ("core", "open"):
+        if name not in ("core", "open", "metrics", "metrics+drift"):
             key = subprocess.run([*cli, "keys", "create", "--principal", "bench", "--role", "admin"], env=env, check=True, capture_output=True, text=True).stdout.strip()
             authorization = f"Bearer {key}"
         port = free_port()
@@ -91,7 +102,7 @@ def main() -> int:
         finally:
             stop(proc, before)
             log.close()
-        if mode in ("sync", "async"):
+        if audited:
             audit = subprocess.run([*cli, "audit", "verify"], env={**env, "LOCKGATE_API_KEY": key}, capture_output=True, text=True)
             print(f"   audit: {audit.stdout.strip().splitlines()[0] if audit.stdout else audit.stderr.strip()}", flush=True)
 
@@ -99,10 +110,10 @@ def main() -> int:
         return float(np.median([r[field] for r in results[(name, c)]]))
 
     print()
-    print(f"{'variant':<12} {'c=1 p50 ms':>10} {'c=1 p99 ms':>10} {'c=64 req/s':>11} {'c=64 p99 ms':>11}")
+    print(f"{'variant':<14} {'c=1 p50 ms':>10} {'c=1 p99 ms':>10} {'c=64 req/s':>11} {'c=64 p99 ms':>11}")
     for name in chosen:
         if (name, 1) in results and (name, 64) in results:
-            print(f"{name:<12} {median(name, 1, 'p50_us') / 1e3:>10.3f} {median(name, 1, 'p99_us') / 1e3:>10.3f} "
+            print(f"{name:<14} {median(name, 1, 'p50_us') / 1e3:>10.3f} {median(name, 1, 'p99_us') / 1e3:>10.3f} "
                   f"{median(name, 64, 'rps'):>11.0f} {median(name, 64, 'p99_us') / 1e3:>11.2f}")
     summary = {}
     for name in chosen:

@@ -56,10 +56,10 @@ def systems(repo: Path, model_path: Path, port_of) -> list[System]:
     lockgate = [PY, "-m", "lockgate.server.cli", "serve", "--model-repository", str(repo)]
     peer = HERE / "peers"
     return [
-        # The serving path as the peers have it: no API keys, no audit log (bench/governance.py
-        # measures what those add).
+        # The serving path as the peers have it: no API keys, no audit log, no metrics
+        # (bench/governance.py measures what those add).
         System("lockgate", "lockgate (Serve + HAProxy, direct ingress)", [*lockgate, "--port", port_of("lockgate")],
-               {"LOCKGATE_PLUGINS_BLOCK": "governance,audit"}),
+               {"LOCKGATE_PLUGINS_BLOCK": "governance,audit,monitoring"}),
         System("litserve", "LitServe 0.2 (batching: max 32, 2 ms)", [PY, str(peer / "litserve_peer.py"), "--model", str(model_path), "--port", port_of("litserve")]),
         System("naive", "naive: uvicorn + starlette + onnxruntime", [PY, str(peer / "naive.py"), "--model", str(model_path), "--port", port_of("naive")]),
         System("serve-stock", "Ray Serve stock (@serve.batch, default proxy)", [PY, str(peer / "serve_batch.py"), "--model", str(model_path), "--port", port_of("serve-stock")]),

@@ -217,13 +217,14 @@ from ._cli_governance import approval_commands as _approval_commands  # noqa: E4
 from ._cli_governance import keys as _keys_group  # noqa: E402
 from ._cli_governance import policy as _policy_group  # noqa: E402
 from ._cli_governance import sbom as _sbom_command  # noqa: E402
+from ._cli_metrics import metrics as _metrics_command  # noqa: E402
 from ._cli_models import models as _models_group  # noqa: E402
 from ._cli_models import plugins as _plugins_group  # noqa: E402
 from ._cli_report import report as _report_command  # noqa: E402
 
 for _command in _approval_commands:
     _models_group.add_command(_command)
-for _command in (_models_group, _plugins_group, _keys_group, _policy_group, _sbom_command, _audit_group, _report_command):
+for _command in (_models_group, _plugins_group, _keys_group, _policy_group, _sbom_command, _audit_group, _report_command, _metrics_command):
     main.add_command(_command)
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["MAX_FEATURES", "FeatureDrift", "build_baseline", "columns", "compare", "output_columns", "psi"]
+__all__ = ["MAX_FEATURES", "FeatureDrift", "build_baseline", "columns", "compare", "ks_2samp", "output_columns", "psi"]
 
 MAX_FEATURES = 256
 KS_SAMPLE = 2000
@@ -110,10 +110,24 @@ class FeatureDrift:
     js: float | None = None
 
 
+def ks_2samp(window: np.ndarray, reference_sorted: np.ndarray) -> tuple[float, float]:
+    """Two-sample Kolmogorov-Smirnov statistic and its asymptotic p-value (Kolmogorov's
+    distribution; windows and samples are hundreds of values or more). A few numpy calls:
+    scipy.stats.ks_2samp costs about 1.4 ms per feature here, mostly argument handling."""
+    from scipy.special import kolmogorov
+
+    w = np.sort(window)
+    n, m = w.size, reference_sorted.size
+    pooled = np.concatenate([w, reference_sorted])
+    d = float(np.max(np.abs(np.searchsorted(w, pooled, side="right") / n - np.searchsorted(reference_sorted, pooled, side="right") / m)))
+    return d, float(kolmogorov(d * math.sqrt(n * m / (n + m))))
+
+
 def compare(baseline: Mapping[str, Any], window: Mapping[str, np.ndarray]) -> list[FeatureDrift]:
-    """Every baseline feature present in ``window`` (feature name -> values), compared."""
-    from scipy import stats
-    from scipy.spatial.distance import jensenshannon
+    """Every baseline feature present in ``window`` (feature name -> values), compared.
+    Only scipy.special is used: scipy.stats takes 0.75 s to import (holding the GIL of a
+    serving replica), scipy.special 0.19 s."""
+    from scipy.special import chdtrc
 
     out = []
     for name, values in window.items():
@@ -125,10 +139,10 @@ def compare(baseline: Mapping[str, Any], window: Mapping[str, np.ndarray]) -> li
             v = v[np.isfinite(v)]
             if v.size == 0:
                 continue
-            edges = np.asarray(base["edges"])
+            edges = _array(base, "edges")
             actual = np.bincount(np.searchsorted(edges, v, side="right"), minlength=edges.size + 1) / v.size
-            ks = stats.ks_2samp(v, np.asarray(base["sample"]))
-            out.append(FeatureDrift(name, "numeric", psi(np.asarray(base["expected"]), actual), float(ks.statistic), float(ks.pvalue)))
+            statistic, pvalue = ks_2samp(v, _array(base, "sample"))
+            out.append(FeatureDrift(name, "numeric", psi(_array(base, "expected"), actual), statistic, pvalue))
         else:
             freq: dict[str, float] = base["frequencies"]
             keys, counts = np.unique(values.astype(str), return_counts=True)
@@ -140,14 +154,35 @@ def compare(baseline: Mapping[str, Any], window: Mapping[str, np.ndarray]) -> li
             # chi-square against the baseline shares (categories the baseline never saw get a floor)
             exp_counts = np.clip(expected, _EPS, None)
             exp_counts = exp_counts / exp_counts.sum() * observed.sum()
-            chi = stats.chisquare(observed, exp_counts) if len(categories) > 1 else None
-            js = float(jensenshannon(expected, actual, base=2) ** 2) if expected.sum() > 0 else 1.0
-            out.append(
-                FeatureDrift(
-                    name, "categorical", psi(expected, actual),
-                    float(chi.statistic) if chi is not None else 0.0,
-                    float(chi.pvalue) if chi is not None else 1.0,
-                    0.0 if math.isnan(js) else js,
-                )
-            )
+            statistic = float(np.sum((observed - exp_counts) ** 2 / exp_counts))
+            pvalue = float(chdtrc(len(categories) - 1, statistic)) if len(categories) > 1 else 1.0
+            out.append(FeatureDrift(name, "categorical", psi(expected, actual), statistic, pvalue, _js(expected, actual)))
     return out
+
+
+def _js(p: np.ndarray, q: np.ndarray) -> float:
+    """Jensen-Shannon divergence in bits (0..1) of two distributions over the same categories."""
+    p = p / p.sum() if p.sum() > 0 else p
+    q = q / q.sum() if q.sum() > 0 else q
+    m = (p + q) / 2
+
+    def kl(a: np.ndarray) -> float:
+        nz = a > 0
+        return float(np.sum(a[nz] * np.log2(a[nz] / m[nz])))
+
+    return max(0.0, 0.5 * kl(p) + 0.5 * kl(q))
+
+
+def _array(base: Mapping[str, Any], key: str) -> np.ndarray:
+    """A baseline list as an array, converted once per process (baselines are JSON)."""
+    cache = base.get("_arrays")
+    if cache is None:
+        cache = {}
+        try:
+            base["_arrays"] = cache  # type: ignore[index]
+        except TypeError:  # a read-only mapping: convert each time
+            pass
+    array = cache.get(key)
+    if array is None:
+        array = cache[key] = np.asarray(base[key], dtype=np.float64)
+    return array

@@ -9,6 +9,7 @@ drift gauges, and records a crossing of the threshold in the log and the audit l
 
 from __future__ import annotations
 
+import atexit
 import logging
 import queue
 import random
@@ -92,6 +93,7 @@ class MonitoringPlugin:
         self._alerting: dict[tuple[str, int], bool] = {}
         self._work: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=4)
         self._worker: threading.Thread | None = None
+        self._stopping = threading.Event()
         self._errors_seen: dict[str, int] = {}
         self.windows_compared = 0
 
@@ -113,6 +115,7 @@ class MonitoringPlugin:
             for status in getattr(self.manager, "statuses", []):  # a zero series per loaded plugin
                 if status.state == "loaded":
                     self._metrics.plugin_errors.labels(status.name)
+            self._start_worker()  # it also counts plugin errors, once a second
         return self._metrics
 
     # -- hooks -------------------------------------------------------------------------------
@@ -130,7 +133,6 @@ class MonitoringPlugin:
         latency.observe(event.latency_s)
         if event.status in (401, 403):
             m.denials.labels(event.model, str(event.status)).inc()
-        self._start_worker()
 
     @hookimpl
     def lockgate_observe_batch(
@@ -171,9 +173,20 @@ class MonitoringPlugin:
     # -- the worker thread -------------------------------------------------------------------
 
     def _start_worker(self) -> None:
+        if self._stopping.is_set():
+            return
         if self._worker is None or not self._worker.is_alive():
+            if self._worker is None:
+                atexit.register(self.close)
             self._worker = threading.Thread(target=self._run, name="lockgate-monitoring", daemon=True)
             self._worker.start()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the worker thread (at exit: a numpy call in a daemon thread must not outlive the
+        interpreter)."""
+        self._stopping.set()
+        if self._worker is not None:
+            self._worker.join(timeout)
 
     def _submit(self, item: tuple[str, Any]) -> bool:
         self._start_worker()
@@ -184,7 +197,7 @@ class MonitoringPlugin:
             return False
 
     def _run(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             try:
                 kind, payload = self._work.get(timeout=1.0)
             except queue.Empty:
@@ -211,6 +224,8 @@ class MonitoringPlugin:
         registry = self.manager.registry()
         reference = registry.reference(model, version) if hasattr(registry, "reference") else None
         baseline = reference.baseline if reference is not None and reference.baseline.get("features") else None
+        if baseline is not None:
+            import scipy.special  # noqa: F401 - now, not in the middle of the first window (an import holds the GIL)
         self._baselines[(model, version)] = (baseline, time.monotonic() + self.options.drift.recheck_s)
         if baseline is not None:
             log.info("drift baseline of %s version %s: %d features", model, version, len(baseline["features"]))

@@ -38,7 +38,7 @@ def scrape(server: str) -> dict[str, list]:
 
 
 def total(samples: dict[str, list], name: str, **labels: str) -> float:
-    return sum(v for l, v in samples.get(name, []) if all(l.get(k) == x for k, x in labels.items()))
+    return sum(v for lab, v in samples.get(name, []) if all(lab.get(k) == x for k, x in labels.items()))
 
 
 def body(rows: np.ndarray) -> dict:
@@ -112,10 +112,10 @@ def drifted(server, pair, manager):
 def test_shifted_traffic_is_detected_as_drift_and_audited(pair, drifted, manager):
     assert total(drifted, "lockgate_drift_max_psi", model=pair) > 0.2
     assert total(drifted, "lockgate_drift_alerts_total", model=pair) >= 1
-    psi = {l["feature"]: v for l, v in drifted["lockgate_drift_psi"] if l["model"] == pair}
+    psi = {lab["feature"]: v for lab, v in drifted["lockgate_drift_psi"] if lab["model"] == pair}
     assert len([f for f in psi if f.startswith("input[")]) == 64 and [f for f in psi if f.endswith(":class")]
-    assert any(l["model"] == pair for l, _ in drifted["lockgate_drift_ks_pvalue"])
-    assert any(l["model"] == pair and l["feature"].endswith(":class") for l, _ in drifted["lockgate_drift_chi2_pvalue"])
+    assert any(lab["model"] == pair for lab, _ in drifted["lockgate_drift_ks_pvalue"])
+    assert any(lab["model"] == pair and lab["feature"].endswith(":class") for lab, _ in drifted["lockgate_drift_chi2_pvalue"])
     audit = manager.plugin("audit").audit_log
     end = time.monotonic() + 10
     while not (found := list(audit.records(kind="drift_detected", model=pair))) and time.monotonic() < end:

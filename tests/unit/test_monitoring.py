@@ -133,3 +133,32 @@ def test_requests_are_counted_by_status_and_denials_by_plugin(monitored):
     assert m.requests.labels("m", "1", "400")._value.get() == 1
     assert m.denials.labels("m", "403")._value.get() == 1 and m.denials.labels("m", "401")._value.get() == 0
     assert m.latency.labels("m", "1")._sum.get() == pytest.approx(0.008)
+
+
+@pytest.mark.parametrize("shift", [0.0, 0.1, 0.5])
+def test_our_ks_test_agrees_with_scipys(shift):
+    from scipy import stats
+
+    from lockgate.plugins.monitoring._drift import ks_2samp
+
+    rng = np.random.default_rng(4)
+    window, reference = rng.normal(shift, 1, 1000), np.sort(rng.normal(0, 1, 2000))
+    ours = ks_2samp(window, reference)
+    theirs = stats.ks_2samp(window, reference, method="asymp")
+    assert ours[0] == pytest.approx(theirs.statistic, abs=1e-12)
+    assert ours[1] == pytest.approx(theirs.pvalue, rel=0.1, abs=1e-3)
+
+
+def test_our_chi_square_and_js_agree_with_scipys():
+    from scipy import stats
+    from scipy.spatial.distance import jensenshannon
+
+    rng = np.random.default_rng(5)
+    baseline = build_baseline({"kind": rng.choice(4, size=5000, p=[0.4, 0.3, 0.2, 0.1])})
+    window = rng.choice(4, size=800, p=[0.3, 0.3, 0.3, 0.1])
+    ours = compare(baseline, {"kind": window})[0]
+    observed = np.bincount(window, minlength=4).astype(float)
+    expected = np.array([baseline["features"]["kind"]["frequencies"][str(i)] for i in range(4)])
+    theirs = stats.chisquare(observed, expected / expected.sum() * observed.sum())
+    assert ours.statistic == pytest.approx(theirs.statistic, rel=1e-6) and ours.pvalue == pytest.approx(theirs.pvalue, rel=1e-6)
+    assert ours.js == pytest.approx(jensenshannon(expected, observed / observed.sum(), base=2) ** 2, rel=1e-6)
