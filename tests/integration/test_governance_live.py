@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -108,6 +109,25 @@ def test_sbom_over_http_is_cyclonedx_and_needs_a_key(gov):
     assert "onnxruntime" in {c["name"] for c in r.json()["components"]}
     cli = json.loads(gov.cli("sbom", key="viewer").stdout)
     assert {c["name"] for c in cli["components"] if c["type"] == "machine-learning-model"} == models
+
+
+def test_metrics_and_explain_need_their_actions_and_denials_are_counted(gov):
+    assert requests.get(f"{gov.base}/metrics", timeout=10).status_code == 401
+    assert requests.get(f"{gov.base}/metrics", headers=gov.headers("app"), timeout=10).status_code == 403  # invoker
+    explain = requests.post(f"{gov.base}/v2/models/iris/explain", json=IRIS, headers=gov.headers("viewer"), timeout=10)
+    assert explain.status_code == 403 and explain.json() == {"error": "'viewer' (viewer) may not explain"}
+    no_reference = requests.post(f"{gov.base}/v2/models/iris/explain", json=IRIS, headers=gov.headers("app"), timeout=10)
+    assert no_reference.status_code == 409 and "lockgate models reference iris" in no_reference.json()["error"]
+
+    def denials() -> dict[str, float]:
+        text = requests.get(f"{gov.base}/metrics", headers=gov.headers("viewer"), timeout=10).text
+        found = re.findall(r'^lockgate_auth_denials_total\{code="(\d+)",model="iris"\} (\S+)$', text, re.M)
+        return {code: float(value) for code, value in found}
+
+    wait_until(lambda: denials().get("403", 0) >= 1)
+    before = denials()
+    assert gov.infer(None).status_code == 401
+    wait_until(lambda: denials().get("401", 0) == before.get("401", 0) + 1)
 
 
 def wait_until(check, timeout: float = 15.0) -> float:
