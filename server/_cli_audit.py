@@ -95,16 +95,24 @@ def export(args, since, until, model, kind, fmt, out) -> None:
 @click.pass_obj
 def trace(args, request_id: str) -> None:
     """Which model version answered REQUEST_ID (the lockgate-request-id header, or the client's
-    OIP id), its hash, who registered it and who approved it."""
+    OIP id), its hash, who registered it and who approved it; the explanations of it, or, for
+    an explanation, the request it explains."""
     manager, _ = _open(args)
     log = _plugin(manager).audit_log
-    found = list(log.records(request_id=request_id, kind="infer"))
+    found = [r for r in log.records(request_id=request_id) if r["kind"] in ("infer", "explain")]
     if not found:
-        _fail(LookupError(f"no inference record with request id {request_id!r}"))
+        _fail(LookupError(f"no inference or explanation record with request id {request_id!r}"))
     registry = manager.registry()
     for record in found:
         detail = record.get("detail", {})
-        click.echo(f"request {record.get('request_id')} (client id {record.get('client_id', '-')}) at {_iso(record['at'])}")
+        what = "explanation" if record["kind"] == "explain" else "request"
+        click.echo(f"{what} {record.get('request_id')} (client id {record.get('client_id', '-')}) at {_iso(record['at'])}")
+        if detail.get("explains"):
+            click.echo(f"  explains request {detail['explains']}")
+        if record["kind"] == "infer":
+            for e in log.records(since=record["at"], model=record.get("model"), kind="explain"):
+                if e.get("detail", {}).get("explains") == record.get("request_id"):
+                    click.echo(f"  explained by {e.get('request_id')} at {_iso(e['at'])} (caller {e['actor']}, status {e['detail'].get('status')})")
         click.echo(f"  caller: {record['actor']}; status {detail.get('status')}; {detail.get('latency_ms')} ms; audit seq {record['seq']}")
         if detail.get("error"):
             click.echo(f"  error: {detail['error']}" + (f" (decided by {detail['decided_by']})" if detail.get("decided_by") else ""))

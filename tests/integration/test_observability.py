@@ -5,7 +5,10 @@ explain; the example dashboard and alert rules query only metrics lockgate expos
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -135,7 +138,7 @@ def explained(server, pair):
     return inferred, request_id, r
 
 
-def test_an_explanation_adds_up_and_its_audit_record_links_to_the_request(pair, explained, manager):
+def test_an_explanation_adds_up_and_its_audit_record_links_to_the_request(pair, explained, manager, settings):
     inferred, request_id, r = explained
     doc = r.json()
     assert doc["explains"] == request_id and doc["method"] == "kernel_shap" and doc["evaluations"] <= doc["max_evaluations"]
@@ -147,6 +150,11 @@ def test_an_explanation_adds_up_and_its_audit_record_links_to_the_request(pair, 
     record = next(iter(audit.records(request_id=own)))
     assert record["kind"] == "explain" and record["detail"]["explains"] == request_id and record["detail"]["status"] == 200
     assert next(iter(audit.records(request_id=request_id)))["kind"] == "infer"
+    env = {**os.environ, "LOCKGATE_HOME": settings.home}
+    trace = subprocess.run([sys.executable, "-m", "lockgate.server.cli", "audit", "trace", request_id], env=env, capture_output=True, text=True)
+    assert trace.returncode == 0 and f"explained by {own}" in trace.stdout, trace.stderr
+    back = subprocess.run([sys.executable, "-m", "lockgate.server.cli", "audit", "trace", own], env=env, capture_output=True, text=True)
+    assert f"explanation {own}" in back.stdout and f"explains request {request_id}" in back.stdout
 
 
 def queried(text: str) -> set[str]:
