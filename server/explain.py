@@ -14,14 +14,25 @@ drawn from the kernel's distribution over sizes, in complementary pairs, and wei
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
 import math
+import time
 from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["Explanation", "ExplainOptions", "explain_options", "kernel_shap"]
+from ._errors import BadRequest, Conflict, ModelFailed
+from .protocol import InferRequest, parse_infer_request
+
+__all__ = ["Explainer", "Explanation", "ExplainOptions", "explain_options", "kernel_shap"]
+
+log = logging.getLogger("lockgate.server")
 
 
 class ExplainOptions(BaseModel):
@@ -124,3 +135,110 @@ def kernel_shap(
     head, *_ = np.linalg.lstsq(design * sw, goal * sw[:, 0], rcond=None)
     phi = np.append(head, total - head.sum())
     return Explanation(phi, base, value, target, 1 + b + m * b, m, exact)
+
+
+class Explainer:
+    """The ``/explain`` route of one model's replica: checks the request, finds the background
+    in the version's reference sample (read through the registry, cached per version, looked
+    up again at most every 5 s while missing), runs ``kernel_shap`` on the model's executor."""
+
+    def __init__(self, name: str, registry: Any, preprocessed: set[str], options: ExplainOptions, executor: Executor) -> None:
+        self.name = name
+        self.registry = registry
+        self.preprocessed = preprocessed
+        self.options = options
+        self.executor = executor
+        self._backgrounds: dict[int, tuple[np.ndarray | None, float]] = {}
+
+    async def explain(self, model: Any, max_batch_size: int, body: bytes, json_length: int | None) -> tuple[bytes, InferRequest, str | None]:
+        """Kernel SHAP attributions for the one row of an OIP inference request body, against
+        background rows of the version's reference sample, in one onnxruntime run: the
+        response body, the decoded request, and the request id it says it explains."""
+        inputs = model.graph_inputs
+        where = f"model '{self.name}' version {model.version}"
+        if max_batch_size <= 0:
+            raise BadRequest(f"{where} takes no batch dimension; explanations run many rows at once")
+        if len(inputs) != 1 or len(inputs[0].shape) != 2 or inputs[0].name in self.preprocessed:
+            raise BadRequest(f"{where} is not tabular: explanations need one input of shape [batch, features], without preprocessing")
+        if not inputs[0].datatype.startswith("FP"):
+            raise BadRequest(f"{where}: explanations need a floating-point input, '{inputs[0].name}' is {inputs[0].datatype}")
+        request = parse_infer_request(body, json_length, model, max_batch_size)
+        if request.rows != 1:
+            raise BadRequest(f"an explanation is of one row; the request has {request.rows}")
+        params = dict(request.parameters or {})
+        options = self.options
+        budget = params.get("max_evaluations", options.max_evaluations)
+        if type(budget) is not int or not 16 <= budget <= options.max_evaluations:
+            raise BadRequest(f"parameter 'max_evaluations' must be an integer in [16, {options.max_evaluations}] (the server's budget)")
+        explains = params.get("explains")
+        if explains is not None and (type(explains) is not str or not 1 <= len(explains) <= 64):
+            raise BadRequest("parameter 'explains' must be the lockgate-request-id of the request explained (text, 1-64 characters)")
+        floats = [s for s in model.outputs if s.datatype.startswith("FP")]
+        wanted = params.get("output", floats[0].name if floats else None)
+        output = model.output_index.get(wanted) if isinstance(wanted, str) else None
+        if output is None or output not in floats:
+            names = ", ".join(s.name for s in floats) or "none"
+            raise BadRequest(f"parameter 'output' must name a floating-point output of {where}; these are: {names}")
+        target = params.get("target")
+        if target is not None and (type(target) is not int or target < 0):
+            raise BadRequest("parameter 'target' must be a non-negative integer: the output column to explain")
+        background = await self._background(model.version, inputs[0].name)
+        index = [s.name for s in model.outputs].index(output.name)
+        name = inputs[0].name
+        x = np.ascontiguousarray(request.inputs[name][0])
+
+        def compute():
+            return kernel_shap(
+                lambda rows: model.run({name: rows})[index].reshape(rows.shape[0], -1),
+                x, background.astype(x.dtype, copy=False), budget, np.random.default_rng(options.seed), target,
+            )
+
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(self.executor, compute)
+        except ValueError as e:
+            raise BadRequest(f"{where}: {e}") from None
+        except Exception as e:
+            log.exception("explanation of %s failed", where)
+            raise ModelFailed(f"{where} failed while explaining: {type(e).__name__}: {e}") from None
+        features = [f"{name}[{i}]" for i in range(x.shape[0])]
+        answer = {
+            "model_name": self.name,
+            "model_version": str(model.version),
+            **({"id": request.id} if request.id is not None else {}),
+            **({"explains": explains} if explains is not None else {}),
+            "method": "kernel_shap",
+            "output": output.name,
+            **({"target": result.target} if result.target is not None else {}),
+            "value": result.value,
+            "base_value": result.base_value,
+            "features": features,
+            "attributions": result.attributions.tolist(),
+            "additivity_error": abs(float(result.attributions.sum()) + result.base_value - result.value),
+            "evaluations": result.evaluations,
+            "max_evaluations": budget,
+            "background_rows": int(background.shape[0]),
+            "coalitions": result.coalitions,
+            "exact": result.exact,
+        }
+        return json.dumps(answer, separators=(",", ":")).encode("utf-8"), request, explains
+
+    async def _background(self, version: int, name: str) -> np.ndarray:
+        """Background rows of the version's reference sample (read once, re-read after a miss)."""
+        known = self._backgrounds.get(version)
+        if known is None or (known[0] is None and time.monotonic() > known[1]):
+            reader = getattr(self.registry, "reference", None)
+            reference = await asyncio.to_thread(reader, self.name, version) if reader is not None else None
+            rows = None
+            if reference is not None and name in reference.sample:
+                sample = np.asarray(reference.sample[name])
+                k = min(self.options.background_rows, sample.shape[0])
+                pick = np.random.default_rng(self.options.seed).choice(sample.shape[0], k, replace=False)
+                rows = sample[np.sort(pick)]
+            known = (rows, time.monotonic() + 5.0)
+            self._backgrounds[version] = known
+        if known[0] is None:
+            raise Conflict(
+                f"model '{self.name}' version {version} has no reference sample to explain against; "
+                f"set one with `lockgate models reference {self.name} {version} FILE`"
+            )
+        return known[0]

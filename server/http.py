@@ -19,14 +19,11 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMappi
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import numpy as np
-
 from lockgate.plugins import Decision, InferenceEvent, PluginManager, Principal, RecordFailed, RequestInfo
 
 from ._errors import (
     BadRequest,
     ConfigError,
-    Conflict,
     Forbidden,
     MethodNotAllowed,
     ModelFailed,
@@ -39,7 +36,7 @@ from ._errors import (
 )
 from .batching import Assembler, Batcher
 from .config import ModelConfig
-from .explain import ExplainOptions, kernel_shap
+from .explain import Explainer, ExplainOptions
 from .model import ModelVersion, load_version
 from .protocol import HEADER_LENGTH, InferRequest, encode_infer_response, parse_infer_request
 
@@ -106,6 +103,16 @@ def _json_body(obj: object) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode("utf-8")
 
 
+def _json_length(header_length: bytes | None) -> int | None:
+    """The Inference-Header-Content-Length of a binary-tensor request (None: all JSON)."""
+    if header_length is None:
+        return None
+    try:
+        return int(header_length)
+    except ValueError:
+        raise BadRequest(f"Inference-Header-Content-Length must be an integer, got {header_length[:20]!r}") from None
+
+
 def _header(scope: Scope, name: bytes) -> bytes | None:
     for k, v in scope.get("headers", ()):
         if k.lower() == name:
@@ -144,14 +151,13 @@ class ModelService:
         explain: ExplainOptions | None = None,
     ) -> None:
         self.name = name
-        self.explain_options = explain or ExplainOptions()
-        self._backgrounds: dict[int, tuple[np.ndarray | None, float]] = {}
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"onnxruntime-{name}")
+        self.explainer = Explainer(name, registry, set(config.preprocess), explain or ExplainOptions(), self.executor)
         self.config = config
         self.registry = registry
         self.manager = manager
         self.default_alias = default_alias
         self.max_body_bytes = max_body_bytes
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"onnxruntime-{name}")
         self.served: dict[int, _Served] = {}
         self._loading: dict[int, asyncio.Future] = {}
         records = registry.versions(name)
@@ -335,13 +341,7 @@ class ModelService:
         return meta
 
     async def infer(self, served: _Served, body: bytes, header_length: bytes | None) -> tuple[bytes, list, InferRequest]:
-        length = None
-        if header_length is not None:
-            try:
-                length = int(header_length)
-            except ValueError:
-                raise BadRequest(f"Inference-Header-Content-Length must be an integer, got {header_length[:20]!r}") from None
-        request = parse_infer_request(body, length, served.model, served.max_batch_size)
+        request = parse_infer_request(body, _json_length(header_length), served.model, served.max_batch_size)
         timeout = None
         if request.parameters and "timeout" in request.parameters:
             timeout = request.parameters["timeout"]
@@ -361,103 +361,8 @@ class ModelService:
         return body, headers, request
 
     async def explain(self, served: _Served, body: bytes, header_length: bytes | None) -> tuple[bytes, InferRequest, str | None]:
-        """Kernel SHAP attributions for the one row of an OIP inference request body, against
-        background rows of the version's reference sample, in one onnxruntime run."""
-        model = served.model
-        inputs = model.graph_inputs
-        where = f"model '{self.name}' version {model.version}"
-        if served.max_batch_size <= 0:
-            raise BadRequest(f"{where} takes no batch dimension; explanations run many rows at once")
-        if len(inputs) != 1 or len(inputs[0].shape) != 2 or inputs[0].name in self.config.preprocess:
-            raise BadRequest(f"{where} is not tabular: explanations need one input of shape [batch, features], without preprocessing")
-        if not inputs[0].datatype.startswith("FP"):
-            raise BadRequest(f"{where}: explanations need a floating-point input, '{inputs[0].name}' is {inputs[0].datatype}")
-        length = None
-        if header_length is not None:
-            try:
-                length = int(header_length)
-            except ValueError:
-                raise BadRequest(f"Inference-Header-Content-Length must be an integer, got {header_length[:20]!r}") from None
-        request = parse_infer_request(body, length, model, served.max_batch_size)
-        if request.rows != 1:
-            raise BadRequest(f"an explanation is of one row; the request has {request.rows}")
-        params = dict(request.parameters or {})
-        options = self.explain_options
-        budget = params.get("max_evaluations", options.max_evaluations)
-        if type(budget) is not int or not 16 <= budget <= options.max_evaluations:
-            raise BadRequest(f"parameter 'max_evaluations' must be an integer in [16, {options.max_evaluations}] (the server's budget)")
-        explains = params.get("explains")
-        if explains is not None and (type(explains) is not str or not 1 <= len(explains) <= 64):
-            raise BadRequest("parameter 'explains' must be the lockgate-request-id of the request explained (text, 1-64 characters)")
-        floats = [s for s in model.outputs if s.datatype.startswith("FP")]
-        wanted = params.get("output", floats[0].name if floats else None)
-        output = model.output_index.get(wanted) if isinstance(wanted, str) else None
-        if output is None or output not in floats:
-            names = ", ".join(s.name for s in floats) or "none"
-            raise BadRequest(f"parameter 'output' must name a floating-point output of {where}; these are: {names}")
-        target = params.get("target")
-        if target is not None and (type(target) is not int or target < 0):
-            raise BadRequest("parameter 'target' must be a non-negative integer: the output column to explain")
-        background = await self._background(model.version, inputs[0].name)
-        index = [s.name for s in model.outputs].index(output.name)
-        name = inputs[0].name
-        x = np.ascontiguousarray(request.inputs[name][0])
-
-        def compute():
-            return kernel_shap(
-                lambda rows: model.run({name: rows})[index].reshape(rows.shape[0], -1),
-                x, background.astype(x.dtype, copy=False), budget, np.random.default_rng(options.seed), target,
-            )
-
-        try:
-            result = await asyncio.get_running_loop().run_in_executor(self.executor, compute)
-        except ValueError as e:
-            raise BadRequest(f"{where}: {e}") from None
-        except Exception as e:
-            log.exception("explanation of %s failed", where)
-            raise ModelFailed(f"{where} failed while explaining: {type(e).__name__}: {e}") from None
-        features = [f"{name}[{i}]" for i in range(x.shape[0])]
-        answer = {
-            "model_name": self.name,
-            "model_version": str(model.version),
-            **({"id": request.id} if request.id is not None else {}),
-            **({"explains": explains} if explains is not None else {}),
-            "method": "kernel_shap",
-            "output": output.name,
-            **({"target": result.target} if result.target is not None else {}),
-            "value": result.value,
-            "base_value": result.base_value,
-            "features": features,
-            "attributions": result.attributions.tolist(),
-            "additivity_error": abs(float(result.attributions.sum()) + result.base_value - result.value),
-            "evaluations": result.evaluations,
-            "max_evaluations": budget,
-            "background_rows": int(background.shape[0]),
-            "coalitions": result.coalitions,
-            "exact": result.exact,
-        }
-        return _json_body(answer), request, explains
-
-    async def _background(self, version: int, name: str) -> np.ndarray:
-        """Background rows of the version's reference sample (read once, re-read after a miss)."""
-        known = self._backgrounds.get(version)
-        if known is None or (known[0] is None and time.monotonic() > known[1]):
-            reader = getattr(self.registry, "reference", None)
-            reference = await asyncio.to_thread(reader, self.name, version) if reader is not None else None
-            rows = None
-            if reference is not None and name in reference.sample:
-                sample = np.asarray(reference.sample[name])
-                k = min(self.explain_options.background_rows, sample.shape[0])
-                pick = np.random.default_rng(self.explain_options.seed).choice(sample.shape[0], k, replace=False)
-                rows = sample[np.sort(pick)]
-            known = (rows, time.monotonic() + 5.0)
-            self._backgrounds[version] = known
-        if known[0] is None:
-            raise Conflict(
-                f"model '{self.name}' version {version} has no reference sample to explain against; "
-                f"set one with `lockgate models reference {self.name} {version} FILE`"
-            )
-        return known[0]
+        """Attributions for the one row of an OIP request body (see lockgate.server.explain)."""
+        return await self.explainer.explain(served.model, served.max_batch_size, body, _json_length(header_length))
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
