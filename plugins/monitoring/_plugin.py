@@ -61,6 +61,9 @@ class MonitoringOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     metrics: bool = Field(True, description="Write Prometheus metrics.")
+    flush_s: float = Field(
+        0.5, gt=0, le=60, description="How often a process moves its request and batch tallies into the metric files: a scrape is this late at most."
+    )
     metrics_dir: str | None = Field(None, description="Where a node's processes keep their metric files. Default LOCKGATE_HOME/metrics.")
     latency_buckets: tuple[float, ...] = Field(LATENCY_BUCKETS, min_length=1, description="Histogram buckets of the duration metrics, in seconds.")
     drift: DriftOptions = Field(default_factory=DriftOptions)
@@ -115,7 +118,7 @@ class MonitoringPlugin:
             for status in getattr(self.manager, "statuses", []):  # a zero series per loaded plugin
                 if status.state == "loaded":
                     self._metrics.plugin_errors.labels(status.name)
-            self._start_worker()  # it also counts plugin errors, once a second
+            self._start_worker()  # it flushes the tallies and counts plugin errors
         return self._metrics
 
     # -- hooks -------------------------------------------------------------------------------
@@ -128,9 +131,7 @@ class MonitoringPlugin:
         if event.action != "infer":
             m.explanations.labels(event.model, "" if event.version is None else str(event.version), str(event.status)).inc()
             return
-        count, latency = m.request(event.model, "" if event.version is None else str(event.version), event.status)
-        count.inc()
-        latency.observe(event.latency_s)
+        m.add_request(event.model, "" if event.version is None else str(event.version), event.status, event.latency_s)
         if event.status in (401, 403):
             m.denials.labels(event.model, str(event.status)).inc()
 
@@ -140,11 +141,7 @@ class MonitoringPlugin:
         inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray],
     ) -> None:
         if self.options.metrics:
-            waited, computed, size, depth = self.metrics.batch_children(model, str(version))
-            waited.observe(queue_s)
-            computed.observe(compute_s)
-            size.observe(rows)
-            depth.set(queued)
+            self.metrics.add_batch(model, str(version), queue_s, compute_s, rows, queued)
         drift = self.options.drift
         if not drift.enabled or not inputs or random.random() >= drift.sample_rate:
             return
@@ -183,10 +180,12 @@ class MonitoringPlugin:
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop the worker thread (at exit: a numpy call in a daemon thread must not outlive the
-        interpreter)."""
+        interpreter), then write what the tallies still hold."""
         self._stopping.set()
         if self._worker is not None:
             self._worker.join(timeout)
+        if self._metrics is not None:
+            self._metrics.flush()
 
     def _submit(self, item: tuple[str, Any]) -> bool:
         self._start_worker()
@@ -197,9 +196,10 @@ class MonitoringPlugin:
             return False
 
     def _run(self) -> None:
+        flushed = time.monotonic()
         while not self._stopping.is_set():
             try:
-                kind, payload = self._work.get(timeout=1.0)
+                kind, payload = self._work.get(timeout=self.options.flush_s)
             except queue.Empty:
                 kind, payload = "", None
             try:
@@ -207,9 +207,19 @@ class MonitoringPlugin:
                     self._load_baseline(*payload)
                 elif kind == "window":
                     self.evaluate(*payload)
-                self._count_plugin_errors()
+                if time.monotonic() - flushed >= self.options.flush_s:
+                    flushed = time.monotonic()
+                    self.flush()
+            except LookupError as e:  # no registry here, or the version is gone
+                log.warning("monitoring worker: %s failed: %s", kind or "flush", e)
             except Exception:  # noqa: BLE001 - an observer fails open; say why
-                log.exception("monitoring worker: %s failed", kind or "tick")
+                log.exception("monitoring worker: %s failed", kind or "flush")
+
+    def flush(self) -> None:
+        """Write the tallies and the plugin error counts into the metric files now."""
+        if self._metrics is not None:
+            self._metrics.flush()
+        self._count_plugin_errors()
 
     def _count_plugin_errors(self) -> None:
         if not self.options.metrics or self.manager is None:

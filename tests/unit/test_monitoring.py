@@ -129,6 +129,7 @@ def test_requests_are_counted_by_status_and_denials_by_plugin(monitored):
         event = InferenceEvent("r", "m", 1, "p", status, 0.002, 1, decided_by="governance" if status == 403 else None)
         manager.observe("lockgate_observe_inference", event=event)
     m = plugin.metrics
+    plugin.flush()
     assert m.requests.labels("m", "1", "200")._value.get() == 2
     assert m.requests.labels("m", "1", "400")._value.get() == 1
     assert m.denials.labels("m", "403")._value.get() == 1 and m.denials.labels("m", "401")._value.get() == 0
@@ -162,3 +163,31 @@ def test_our_chi_square_and_js_agree_with_scipys():
     theirs = stats.chisquare(observed, expected / expected.sum() * observed.sum())
     assert ours.statistic == pytest.approx(theirs.statistic, rel=1e-6) and ours.pvalue == pytest.approx(theirs.pvalue, rel=1e-6)
     assert ours.js == pytest.approx(jensenshannon(expected, observed / observed.sum(), base=2) ** 2, rel=1e-6)
+
+
+def test_tallies_written_at_a_flush_equal_observing_each_value():
+    """The hot path tallies per bucket; a flush must leave the histogram exactly as
+    Histogram.observe of every value would (bucket edges included)."""
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from lockgate.plugins.monitoring import LATENCY_BUCKETS, ServingMetrics
+
+    rng = np.random.default_rng(6)
+    values = np.concatenate([rng.exponential(0.01, 2000), np.array(LATENCY_BUCKETS), [0.0, 99.0]])
+    reference = Histogram("h", "h", buckets=LATENCY_BUCKETS, registry=CollectorRegistry())
+    m = ServingMetrics()
+    for v in values:
+        reference.observe(float(v))
+        m.add_request("m", "1", 200, float(v))
+        m.add_batch("m", "1", float(v), 0.001, 3, 7)
+    m.flush()
+
+    def buckets(h):
+        return [(s.labels.get("le"), s.value) for metric in h.collect() for s in metric.samples if s.name.endswith(("_bucket", "_count", "_sum"))]
+
+    expected = buckets(reference)
+    assert buckets(m.latency.labels("m", "1")) == expected
+    assert buckets(m.queue.labels("m", "1")) == expected
+    assert m.requests.labels("m", "1", "200")._value.get() == len(values)
+    assert m.depth.labels("m", "1")._value.get() == 7
+    assert m.batch.labels("m", "1")._sum.get() == 3 * len(values)
