@@ -12,9 +12,21 @@ import requests
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free now, outside the ranges other processes take ports from while a test starts
+    its server: the kernel's ephemeral range (32768-60999, where port 0 lands and where Ray's
+    gRPC servers bind) and Ray's worker ports (10002-19999). A port from port 0 was taken by a
+    Ray process between this check and HAProxy's bind once in CI."""
+    import random
+
+    for _ in range(200):
+        port = random.randint(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 20000-32000")
 
 
 def isolated_haproxy_env() -> dict[str, str]:
