@@ -1,0 +1,94 @@
+"""The Serve config file, the KubeRay RayService and the cluster launcher file in examples/ are
+valid against their schemas (Serve's ServeDeploySchema, the RayService fields lockgate needs,
+Ray's cluster-launcher JSON schema), and their applications build with lockgate's builder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lockgate.server.app import BuildArgs, build
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+INGRESS = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+
+
+def check_serve_config(doc: dict) -> list:
+    from ray.serve.schema import ServeDeploySchema
+
+    config = ServeDeploySchema.model_validate(doc)
+    apps = config.applications
+    assert apps[0].name == "lockgate-control" and apps[0].route_prefix == "/"
+    for app in apps:
+        assert app.import_path == "lockgate.server.app:build"
+        args = BuildArgs.model_validate(app.args)
+        if args.model is not None:
+            assert app.route_prefix == f"/v2/models/{args.model}" and app.name == args.model
+    assert len({a.route_prefix for a in apps}) == len(apps)
+    return apps
+
+
+def test_the_serve_config_file_is_valid():
+    doc = yaml.safe_load((EXAMPLES / "serve" / "lockgate.yaml").read_text())
+    apps = check_serve_config(doc)
+    env = apps[0].runtime_env["env_vars"]
+    assert env["LOCKGATE_REGISTRY_URL"].startswith("postgresql") and all(a.runtime_env["env_vars"] == env for a in apps)
+
+
+def test_the_rayservice_has_what_lockgate_needs():
+    doc = yaml.safe_load((EXAMPLES / "kuberay" / "rayservice.yaml").read_text())
+    assert doc["apiVersion"] == "ray.io/v1" and doc["kind"] == "RayService"
+    spec = doc["spec"]
+    check_serve_config(yaml.safe_load(spec["serveConfigV2"]))
+    cluster = spec["rayClusterConfig"]
+    assert cluster["enableInTreeAutoscaling"] is True
+    import ray
+
+    assert cluster["rayVersion"] == ray.__version__
+    head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]
+    groups = cluster["workerGroupSpecs"]
+    for container in [head] + [g["template"]["spec"]["containers"][0] for g in groups]:
+        env = {e["name"]: e for e in container["env"]}
+        assert all(env[k]["value"] == v for k, v in INGRESS.items()), container["name"]
+        assert "secretKeyRef" in env["LOCKGATE_REGISTRY_URL"]["valueFrom"]  # the password is not in the manifest
+        assert 8000 in {p["containerPort"] for p in container["ports"]}
+        mounts = {m["mountPath"] for m in container["volumeMounts"]}
+        assert env["LOCKGATE_ARTIFACTS"]["value"] in mounts
+    for group in groups:
+        assert 0 <= group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+        assert group["groupName"] and "rayStartParams" in group
+
+
+def test_the_cluster_launcher_file_passes_rays_schema():
+    import jsonschema
+    import ray.autoscaler
+
+    schema = json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
+    doc = yaml.safe_load((EXAMPLES / "ray-cluster" / "lockgate.yaml").read_text())
+    jsonschema.validate(doc, schema)
+    workers = {k: v for k, v in doc["available_node_types"].items() if k != doc["head_node_type"]}
+    assert workers and all(0 <= v["min_workers"] <= v["max_workers"] <= doc["max_workers"] for v in workers.values())
+    started = " ".join(doc["head_start_ray_commands"] + doc["worker_start_ray_commands"])
+    assert all(f"{k}={v}" in started for k, v in INGRESS.items())
+
+
+def test_the_builder_builds_the_control_and_a_model_application(tmp_path, monkeypatch, demo_repo):
+    from lockgate.server._cli_governance import open_mode_approver
+    from lockgate.server.repository import import_repository
+    from lockgate.server.settings import LockgateSettings
+
+    monkeypatch.setenv("LOCKGATE_HOME", str(tmp_path / "home"))
+    manager = LockgateSettings.from_env().manager()
+    import_repository(demo_repo, manager.registry(), actor="tester", before_alias=open_mode_approver(manager))
+    control = build(BuildArgs())
+    iris = build(BuildArgs(model="iris"))
+    assert type(control).__name__ == type(iris).__name__ == "Application"
+    with pytest.raises(LookupError, match="unknown model 'ghost'"):
+        build(BuildArgs(model="ghost"))
+    with pytest.raises(ValueError, match="'models' is for the control application"):
+        build(BuildArgs(model="iris", models=["iris"]))
+    with pytest.raises(ValueError):
+        BuildArgs.model_validate({"modle": "iris"})  # a typo is refused, not ignored
