@@ -256,6 +256,10 @@ def import_repo(ctx, directory: Path) -> None:
         click.echo(f"{'registered' if new else 'already registered'}: {name} version {version}")
     for line in refused:
         click.echo(f"not aliased: {line}")
+    from .reference import import_references
+
+    for line in import_references(manager, directory, done, actor=who):
+        click.echo(line)
 
 
 @click.group()

@@ -103,14 +103,19 @@ def serve(
         registry = manager.registry()
         if repository is not None:
             refused: list[str] = []
+            who = checked_actor(manager, "register")
             imported = import_repository(
-                repository, registry, actor=checked_actor(manager, "register"), default_alias=settings.default_alias,
+                repository, registry, actor=who, default_alias=settings.default_alias,
                 before_alias=open_mode_approver(manager), refused=refused,
             )
             for name, version, new in imported:
                 click.echo(f"{'registered' if new else 'already registered'}: {name} version {version}")
             for line in refused:
                 click.secho(f"not aliased: {line}", fg="yellow")
+            from .reference import import_references
+
+            for line in import_references(manager, repository, imported, actor=who):
+                click.echo(line)
             names = sorted({name for name, _, _ in imported})
         else:
             names = [n for n in registry.list_models() if registry.versions(n)]

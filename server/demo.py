@@ -173,11 +173,31 @@ DEMO_MODELS = {
 }
 
 
+def _reference(name: str) -> np.ndarray | None:
+    """A reference sample of a tabular demo model's inputs (drift baseline, explanation background)."""
+    if name == "iris":
+        from sklearn.datasets import load_iris
+
+        return load_iris().data.astype(np.float32)
+    if name == "digits":
+        from sklearn.datasets import load_digits
+
+        return load_digits().data.astype(np.float32)
+    if name == "mlp":
+        return np.random.default_rng(7).standard_normal((2000, 64)).astype(np.float32)
+    return None
+
+
 def write_demo_repository(repo: Path | str, names: list[str] | None = None) -> list[Path]:
-    """Write the demo models (all, or ``names``) into ``repo`` in Triton's layout."""
+    """Write the demo models (all, or ``names``) into ``repo`` in Triton's layout; the tabular
+    ones with a ``reference.npy`` next to their model file."""
     repo = Path(repo)
     written = []
     for name in names or list(DEMO_MODELS):
         build, config = DEMO_MODELS[name]
-        written.append(_save(build(), repo, name, config))
+        path = _save(build(), repo, name, config)
+        sample = _reference(name)
+        if sample is not None:
+            np.save(path.parent / "reference.npy", sample)
+        written.append(path)
     return written

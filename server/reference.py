@@ -18,9 +18,11 @@ import numpy as np
 
 from ._errors import ConfigError
 
-__all__ = ["MAX_ROWS", "read_reference", "set_reference"]
+__all__ = ["MAX_ROWS", "REFERENCE_FILES", "import_references", "read_reference", "set_reference"]
 
 MAX_ROWS = 10_000
+# A model repository may keep a version's reference sample next to its model file.
+REFERENCE_FILES = ("reference.npy", "reference.npz", "reference.csv", "reference.parquet")
 
 
 def _one_input(inputs: list[dict[str, Any]], path: Path, what: str) -> dict[str, Any]:
@@ -116,3 +118,24 @@ def set_reference(manager: Any, name: str, version: int, path: str | Path, *, ac
     digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
     registry.set_reference(name, version, sample, baseline, actor=actor, source_sha256=digest)
     return baseline
+
+
+def import_references(manager: Any, root: str | Path, imported: list[tuple[str, int, bool]], *, actor: str, bins: int = 10) -> list[str]:
+    """For each imported version whose folder holds a ``reference.*`` file and that has no
+    reference sample yet, store it. Returns a line per version set (or refused, with why)."""
+    registry = manager.registry()
+    if not hasattr(registry, "reference"):
+        return []
+    said = []
+    for name, version, _ in imported:
+        folder = Path(root) / name / str(version)
+        found = next((folder / f for f in REFERENCE_FILES if (folder / f).is_file()), None)
+        if found is None or registry.reference(name, version) is not None:
+            continue
+        try:
+            baseline = set_reference(manager, name, version, found, actor=actor, bins=bins)
+        except ConfigError as e:
+            said.append(f"reference sample of {name} version {version} not set: {e}")
+            continue
+        said.append(f"reference sample of {name} version {version}: {baseline['rows']} rows from {found.name}")
+    return said

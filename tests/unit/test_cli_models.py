@@ -138,3 +138,11 @@ def test_a_reference_that_does_not_fit_refuses_the_registration(cli, model_files
     result = cli("models", "register", str(model_files[0]), "--name", "mlp", "--reference", str(tmp_path / name), ok=False)
     assert result.exit_code == 2 and message in result.output
     assert "no models registered" in cli("models", "list").output  # nothing written
+
+
+def test_import_repo_stores_the_reference_samples_kept_next_to_model_files(cli, demo_repo):
+    out = cli("models", "import-repo", str(demo_repo)).output
+    assert "reference sample of iris version 1: 150 rows from reference.npy" in out
+    assert "reference sample of mlp version 1: 2000 rows" in out and "reference sample of cnn" not in out
+    again = cli("models", "import-repo", str(demo_repo)).output
+    assert "reference sample" not in again  # kept, not replaced
