@@ -19,8 +19,8 @@ LOCKGATE_ARTIFACTS (a folder every node sees), LOCKGATE_HOME, LOCKGATE_CONFIG; t
 sets them in the applications' ``runtime_env`` (examples/serve/lockgate.yaml).
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: Serve reads build()'s parameter annotation as a
+# class to validate the config file's args into BuildArgs; a string annotation would skip that.
 from pydantic import BaseModel, ConfigDict, Field
 from ray.serve import Application
 

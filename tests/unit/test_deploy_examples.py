@@ -83,8 +83,12 @@ def test_the_builder_builds_the_control_and_a_model_application(tmp_path, monkey
     monkeypatch.setenv("LOCKGATE_HOME", str(tmp_path / "home"))
     manager = LockgateSettings.from_env().manager()
     import_repository(demo_repo, manager.registry(), actor="tester", before_alias=open_mode_approver(manager))
+    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
+
     control = build(BuildArgs())
-    iris = build(BuildArgs(model="iris"))
+    iris = call_user_app_builder_with_args_if_necessary(build, {"model": "iris"})  # as `serve run/deploy` calls it
+    with pytest.raises(ValueError, match="modle"):
+        call_user_app_builder_with_args_if_necessary(build, {"modle": "iris"})
     assert type(control).__name__ == type(iris).__name__ == "Application"
     with pytest.raises(LookupError, match="unknown model 'ghost'"):
         build(BuildArgs(model="ghost"))
