@@ -148,8 +148,12 @@ class Runtime:
                 check_port("0.0.0.0", int(os.environ.get(var, default)), what=f"HAProxy's {var.split('_')[-2].lower()} port (set {var} to move it)")
         if self.address is None:
             haproxy_dir(self.port).mkdir(mode=0o700, exist_ok=True)
-            for key, value in {**INGRESS_ENV, **haproxy_env(self.port)}.items():
+            for key, value in INGRESS_ENV.items():
                 os.environ.setdefault(key, value)
+            # Always this port's folder: values inherited from a process that ran a server on
+            # another port (a test session, a supervisor) would make two HAProxies share one
+            # config and admin socket.
+            os.environ.update(haproxy_env(self.port))
         self._haproxy_before = frozenset(haproxy_pids())
         self.progress(f"starting Ray ({'local' if self.address is None else self.address}) ...")
         t0 = time.monotonic()
