@@ -93,8 +93,9 @@ def server(demo_repo: Path, settings, manager, registry):
 
     Tests that start a `lockgate serve` subprocess of their own (test_cli, test_example_plugin,
     test_governance_live) run before the first test that asks for this fixture (file order):
-    a `lockgate serve` started while this process is a Ray driver did not get a Ray of its own
-    in CI (its requests reached this session's replicas). Not yet understood; kept apart."""
+    a `lockgate serve` started while this session serves had requests answered by this
+    session's replicas in CI (Serve binds replica ports from one range with SO_REUSEPORT, so
+    the replicas of two Ray instances on one machine can share a port). Kept apart."""
     from lockgate.server.config import ModelConfig
     from lockgate.server.repository import import_repository
     from lockgate.server.runtime import Runtime
