@@ -98,15 +98,15 @@ def gather(manager: Any, since: float, until: float | None = None, models: list[
     names = models or registry.list_models()
     rows: dict[str, list[tuple[float, int, float, int]]] = defaultdict(list)
     drift: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for record in audit.audit_log.records(since=since, until=until):
-        kind, model = record.get("kind"), record.get("model")
-        if model not in names:
-            continue
-        if kind == "infer":
+    log = audit.audit_log
+    for record in log.records(since=since, until=until, kind="infer"):
+        if record.get("model") in names:
             detail = record.get("detail", {})
-            rows[model].append((record["at"], int(detail.get("status", 0)), float(detail.get("latency_ms", 0.0)), record.get("version") or 0))
-        elif kind in ("drift_detected", "drift_cleared"):
-            drift[model].append(record)
+            rows[record["model"]].append((record["at"], int(detail.get("status", 0)), float(detail.get("latency_ms", 0.0)), record.get("version") or 0))
+    crossings = [r for kind in ("drift_detected", "drift_cleared") for r in log.records(since=since, until=until, kind=kind)]
+    for record in sorted(crossings, key=lambda r: r["seq"]):
+        if record.get("model") in names:
+            drift[record["model"]].append(record)
     out = []
     for name in names:
         data = np.array(rows[name], dtype=np.float64).reshape(-1, 4)

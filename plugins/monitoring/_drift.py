@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["MAX_FEATURES", "FeatureDrift", "build_baseline", "columns", "compare", "ks_2samp", "output_columns", "psi"]
+__all__ = ["MAX_FEATURES", "FeatureDrift", "build_baseline", "columns", "compare", "ks_2samp", "output_columns", "prepare", "psi"]
 
 MAX_FEATURES = 256
 KS_SAMPLE = 2000
@@ -139,10 +139,10 @@ def compare(baseline: Mapping[str, Any], window: Mapping[str, np.ndarray]) -> li
             v = v[np.isfinite(v)]
             if v.size == 0:
                 continue
-            edges = _array(base, "edges")
+            edges = np.asarray(base["edges"], dtype=np.float64)
             actual = np.bincount(np.searchsorted(edges, v, side="right"), minlength=edges.size + 1) / v.size
-            statistic, pvalue = ks_2samp(v, _array(base, "sample"))
-            out.append(FeatureDrift(name, "numeric", psi(_array(base, "expected"), actual), statistic, pvalue))
+            statistic, pvalue = ks_2samp(v, np.asarray(base["sample"], dtype=np.float64))
+            out.append(FeatureDrift(name, "numeric", psi(np.asarray(base["expected"], dtype=np.float64), actual), statistic, pvalue))
         else:
             freq: dict[str, float] = base["frequencies"]
             keys, counts = np.unique(values.astype(str), return_counts=True)
@@ -173,16 +173,12 @@ def _js(p: np.ndarray, q: np.ndarray) -> float:
     return max(0.0, 0.5 * kl(p) + 0.5 * kl(q))
 
 
-def _array(base: Mapping[str, Any], key: str) -> np.ndarray:
-    """A baseline list as an array, converted once per process (baselines are JSON)."""
-    cache = base.get("_arrays")
-    if cache is None:
-        cache = {}
-        try:
-            base["_arrays"] = cache  # type: ignore[index]
-        except TypeError:  # a read-only mapping: convert each time
-            pass
-    array = cache.get(key)
-    if array is None:
-        array = cache[key] = np.asarray(base[key], dtype=np.float64)
-    return array
+def prepare(baseline: Mapping[str, Any]) -> dict[str, Any]:
+    """The baseline with its numeric lists as arrays, made once where a baseline is loaded
+    (baselines are stored as JSON; ``compare`` takes either form)."""
+    features = {}
+    for name, base in baseline["features"].items():
+        if base["kind"] == "numeric":
+            base = {**base, **{k: np.asarray(base[k], dtype=np.float64) for k in ("edges", "expected", "sample")}}
+        features[name] = base
+    return {**baseline, "features": features}

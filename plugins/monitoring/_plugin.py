@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .. import hookimpl
 from .._types import InferenceEvent, Settings
-from ._drift import columns, compare, output_columns
+from ._drift import columns, compare, output_columns, prepare
 from ._metrics import LATENCY_BUCKETS, ServingMetrics
 
 __all__ = ["LOCKGATE_PLUGIN_API", "DriftOptions", "MonitoringOptions", "MonitoringPlugin", "Slo", "plugin"]
@@ -236,13 +236,13 @@ class MonitoringPlugin:
         baseline = reference.baseline if reference is not None and reference.baseline.get("features") else None
         if baseline is not None:
             import scipy.special  # noqa: F401 - now, not in the middle of the first window (an import holds the GIL)
-        self._baselines[(model, version)] = (baseline, time.monotonic() + self.options.drift.recheck_s)
+        self._baselines[(model, version)] = (None if baseline is None else prepare(baseline), time.monotonic() + self.options.drift.recheck_s)
         if baseline is not None:
             log.info("drift baseline of %s version %s: %d features", model, version, len(baseline["features"]))
 
     def set_baseline(self, model: str, version: int, baseline: Mapping[str, Any]) -> None:
         """Use ``baseline`` for ``model``/``version`` in this process (tests, embedding)."""
-        self._baselines[(model, version)] = (baseline, float("inf"))
+        self._baselines[(model, version)] = (prepare(baseline), float("inf"))
 
     def evaluate(self, key: tuple[str, int], window: _Window) -> list[Any]:
         """Compare one full window with its baseline; set gauges; record threshold crossings."""
