@@ -91,12 +91,25 @@ class AutoscalingConfig(_Strict):
     )
     upscale_delay_s: float = Field(5.0, ge=0, description="How long load must stay high before adding.")
     downscale_delay_s: float = Field(30.0, ge=0, description="How long load must stay low before removing.")
+    downscale_to_zero_delay_s: float | None = Field(
+        None, ge=0, description="How long a model must stay idle before its last replica goes (min_replicas 0); default downscale_delay_s."
+    )
+    look_back_period_s: float = Field(
+        10.0, gt=0, description="Window over which the replicas' load reports are averaged."
+    )
+    metrics_interval_s: float = Field(
+        1.0, gt=0, description="How often each replica sends its load to Serve's controller (below look_back_period_s)."
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> AutoscalingConfig:
         if self.max_replicas < self.min_replicas:
             raise ValueError(
                 f"max_replicas ({self.max_replicas}) must be at least min_replicas ({self.min_replicas})"
+            )
+        if self.metrics_interval_s >= self.look_back_period_s:
+            raise ValueError(
+                f"metrics_interval_s ({self.metrics_interval_s}) must be below look_back_period_s ({self.look_back_period_s})"
             )
         return self
 

@@ -16,6 +16,7 @@ from ray import serve
 from ray.serve import Application
 
 from . import listener, metrics
+from .autoscaling import ONGOING
 from .config import ModelConfig
 from .explain import explain_options
 from .http import ControlApp, ModelApp, ModelService
@@ -34,6 +35,7 @@ __all__ = [
 
 CONTROL_APP = "lockgate-control"
 CONTROL_PREFIX = "/"
+AUTOSCALING_POLICY = "lockgate.server.autoscaling:policy"
 
 
 def route_prefix(model: str) -> str:
@@ -60,6 +62,11 @@ class ModelDeployment:
 
     def __serve_build_asgi_app__(self) -> ModelApp:
         return self._app
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """Serve's custom autoscaling metrics (read with an autoscaling_config only): requests
+        this replica held, averaged since the last report (server/autoscaling.py)."""
+        return {ONGOING: self._app.load.report()}
 
 
 @serve.ingress()
@@ -167,6 +174,11 @@ def deployment_options(config: ModelConfig) -> dict[str, Any]:
             "target_ongoing_requests": a.target_ongoing_requests,
             "upscale_delay_s": a.upscale_delay_s,
             "downscale_delay_s": a.downscale_delay_s,
+            "downscale_to_zero_delay_s": a.downscale_to_zero_delay_s,
+            "look_back_period_s": a.look_back_period_s,
+            "metrics_interval_s": a.metrics_interval_s,
+            # On the load the replicas count themselves: Serve's count misses the listener's requests.
+            "policy": {"policy_function": AUTOSCALING_POLICY},
         }
     else:
         options["num_replicas"] = config.replicas

@@ -34,6 +34,7 @@ from ._errors import (
     Unauthorized,
     Unavailable,
 )
+from .autoscaling import LoadMeter
 from .batching import Assembler, Batcher
 from .config import ModelConfig
 from .explain import Explainer, ExplainOptions
@@ -384,6 +385,7 @@ class ModelApp:
         self.gated = manager is not None and (manager.has("lockgate_authenticate") or manager.has("lockgate_authorize"))
         self.observed = manager is not None and manager.has("lockgate_observe_inference")
         self.recorded = manager is not None and manager.has("lockgate_record_inference")
+        self.load = LoadMeter()  # requests held, for autoscaling (server/autoscaling.py)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -391,6 +393,13 @@ class ModelApp:
             return
         if scope["type"] != "http":
             return
+        self.load.enter()
+        try:
+            await self._serve(scope, receive, send)
+        finally:
+            self.load.leave()
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         start = time.perf_counter()
         outcome = _Outcome()
         try:

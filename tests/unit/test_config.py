@@ -30,6 +30,7 @@ def test_unknown_nested_key_lists_that_sections_keys():
         ({"max_batch_size": -1}, "max_batch_size"),
         ({"num_cpus": 0}, "num_cpus"),
         ({"autoscaling": {"min_replicas": 3, "max_replicas": 2}}, "max_replicas (2) must be at least min_replicas (3)"),
+        ({"autoscaling": {"look_back_period_s": 1, "metrics_interval_s": 2}}, "metrics_interval_s (2.0) must be below look_back_period_s (1.0)"),
         ({"version_policy": {"latest": {}, "all": {}}}, "give one of latest, all, specific"),
         ({"dynamic_batching": {"preferred_batch_sizes": [0]}}, "preferred_batch_sizes"),
         ({"onnxruntime": {"graph_optimization_level": "max"}}, "graph_optimization_level"),
@@ -100,6 +101,12 @@ def test_deployment_options_ask_for_fractional_cpus_and_map_autoscaling():
     assert opts["ray_actor_options"]["num_cpus"] < 1 and opts["num_replicas"] == 1
     auto = deployment_options(ModelConfig.model_validate({"autoscaling": {"min_replicas": 0, "max_replicas": 3}}))
     assert auto["autoscaling_config"]["min_replicas"] == 0 and "num_replicas" not in auto
+    # Serve accepts the mapping as it is, with lockgate's policy on the replicas' own load count
+    from ray.serve.config import AutoscalingConfig
+
+    config = AutoscalingConfig(**auto["autoscaling_config"])
+    assert config.policy.policy_function == "lockgate.server.autoscaling:policy"
+    assert config.max_replicas == 3 and config.metrics_interval_s < config.look_back_period_s
 
 
 def test_the_example_config_is_valid_and_complete():
