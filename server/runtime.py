@@ -24,6 +24,7 @@ __all__ = [
     "INGRESS_ENV",
     "Runtime",
     "check_port",
+    "fallback_proxy_ports",
     "haproxy_env",
     "haproxy_pids",
     "orphaned_haproxy_pids",
@@ -36,6 +37,11 @@ INGRESS_ENV = {
     # HAProxy drops a stopping replica from its backends at once; the 30 s default
     # drain only delays shutdown and redeploys.
     "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
+    # A replica that dies holding a request (its node lost, its process killed) closes the
+    # connection without an answer; HAProxy then sends the request to another replica instead
+    # of closing the client's connection without response. Inference is safe to replay: its
+    # only effect is its audit record, and each attempt has its own.
+    "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response",
 }
 
 Progress = Callable[[str], None]
@@ -46,6 +52,17 @@ _HAPROXY_MARKERS = (b"haproxy-serve", b"lockgate-haproxy-")
 
 def haproxy_dir(port: int) -> Path:
     return Path(tempfile.gettempdir()) / f"lockgate-haproxy-{port}"
+
+
+def fallback_proxy_ports(port: int) -> dict[str, int]:
+    """Ports of Serve's fallback proxy for a server on ``port`` (8500 and 9500 for 8000: Serve's own).
+
+    With HAProxy, Serve runs one Python proxy on the head node that HAProxy sends a model's
+    requests to while the model has no replica (scale from zero). Serve binds it on fixed ports
+    with SO_REUSEPORT, so two servers on one machine would share it, and the kernel would hand
+    one server's requests to the other's proxy and replicas. One pair per serving port keeps
+    them apart."""
+    return {"RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": port + 500, "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": port + 1500}
 
 
 def haproxy_env(port: int) -> dict[str, str]:
@@ -146,6 +163,8 @@ class Runtime:
             # HAProxy's own stats and metrics listeners (all interfaces; Ray has no address setting).
             for var, default in (("RAY_SERVE_HAPROXY_STATS_PORT", 8404), ("RAY_SERVE_HAPROXY_METRICS_PORT", 9101)):
                 check_port("0.0.0.0", int(os.environ.get(var, default)), what=f"HAProxy's {var.split('_')[-2].lower()} port (set {var} to move it)")
+            for var, fallback in fallback_proxy_ports(self.port).items():
+                check_port(self.host, fallback, what=f"Serve's fallback proxy ({var.split('_')[-2]}; --port moves it)")
         if self.address is None:
             haproxy_dir(self.port).mkdir(mode=0o700, exist_ok=True)
             for key, value in INGRESS_ENV.items():
@@ -154,6 +173,7 @@ class Runtime:
             # another port (a test session, a supervisor) would make two HAProxies share one
             # config and admin socket.
             os.environ.update(haproxy_env(self.port))
+            os.environ.update({k: str(v) for k, v in fallback_proxy_ports(self.port).items()})
         self._haproxy_before = frozenset(haproxy_pids())
         self.progress(f"starting Ray ({'local' if self.address is None else self.address}) ...")
         t0 = time.monotonic()

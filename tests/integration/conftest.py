@@ -11,17 +11,18 @@ from pathlib import Path
 import pytest
 import requests
 
-_ports = itertools.count(20000 + (os.getpid() % 600) * 16)
+_ports = itertools.count(20000 + (os.getpid() % 400) * 16)
 
 
 def free_port() -> int:
-    """A port free now that this process never handed out before, from 20000-29999: outside the
+    """A port free now that this process never handed out before, from 20000-27999: outside the
     kernel's ephemeral range (32768-60999, where port 0 lands and Ray's processes bind), Ray's
-    worker ports (10002-19999) and Serve's direct-ingress replica ports (30000-31000). A port
+    worker ports (10002-19999) and Serve's direct-ingress replica ports (30000-31000), also once
+    a server adds 500 and 1500 for its fallback proxy (runtime.fallback_proxy_ports). A port
     from port 0 was once taken by a Ray process before HAProxy bound it, and random picks can
     repeat a port whose server is still stopping; a counter does neither."""
     for port in _ports:
-        if port >= 30000:
+        if port >= 28000:
             break
         with socket.socket() as s:
             try:
@@ -29,7 +30,7 @@ def free_port() -> int:
             except OSError:
                 continue
             return port
-    raise RuntimeError("no free port left in 20000-29999")
+    raise RuntimeError("no free port left in 20000-27999")
 
 
 def isolated_haproxy_env() -> dict[str, str]:
@@ -91,11 +92,12 @@ def governance(manager):
 def server(demo_repo: Path, settings, manager, registry):
     """Base URL of a lockgate serving the demo repository; shut down after the session.
 
-    Tests that start a `lockgate serve` subprocess of their own (test_cli, test_example_plugin,
-    test_governance_live) run before the first test that asks for this fixture (file order):
-    a `lockgate serve` started while this session serves had requests answered by this
-    session's replicas in CI (Serve binds replica ports from one range with SO_REUSEPORT, so
-    the replicas of two Ray instances on one machine can share a port). Kept apart."""
+    Tests that start a server or cluster of their own (test_cli, test_cluster,
+    test_example_plugin, test_governance_live) happen to sort before the first user of this
+    fixture. They once had to: Serve's fallback proxy bound fixed ports (8500, 9500) with
+    SO_REUSEPORT, so a `lockgate serve` started while this session served had requests
+    answered by this session's replicas. Each server now has its own pair
+    (runtime.fallback_proxy_ports); running this session first passes too."""
     from lockgate.server.config import ModelConfig
     from lockgate.server.repository import import_repository
     from lockgate.server.runtime import Runtime
