@@ -80,19 +80,17 @@ def kill_node(node: str) -> list[int]:
     return pids
 
 
-def reset_token_cache() -> None:
-    """This process reads Ray's token once and keeps it; read it again from the environment."""
-    from ray._raylet import AuthenticationTokenLoader
-
-    AuthenticationTokenLoader.instance().reset_cache()
-
-
-def replica_nodes(dashboard: str) -> list[str]:
-    """Node ids of the model's live replicas (Ray's state API)."""
-    from ray.util.state import list_actors
-
-    actors = list_actors(address=dashboard, filters=[("state", "=", "ALIVE")], detail=True, limit=1000, raise_on_missing_output=False)
-    return sorted(a.node_id for a in actors if f"SERVE_REPLICA::{MODEL}#" in (a.name or ""))
+def replica_nodes(dashboard: str, env: dict[str, str]) -> list[str]:
+    """Node ids of the model's live replicas (Ray's state API, in a process of its own: Ray reads
+    its authentication settings once per process, and this one's are not the cluster's)."""
+    code = (
+        "import json, sys; from ray.util.state import list_actors; "
+        "a = list_actors(address=sys.argv[1], filters=[('state', '=', 'ALIVE')], detail=True, limit=1000, raise_on_missing_output=False); "
+        "print(json.dumps([x.node_id for x in a if f'SERVE_REPLICA::{sys.argv[2]}#' in (x.name or '')]))"
+    )
+    done = subprocess.run([sys.executable, "-c", code, dashboard, MODEL], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return sorted(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
 @pytest.fixture(scope="module")
@@ -111,9 +109,6 @@ def cluster(tmp_path_factory):
     token.chmod(0o600)
     auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
     base_env.update({**INGRESS_ENV, **lockgate_env, **auth})
-    saved_auth = {k: os.environ.get(k) for k in auth}
-    os.environ.update(auth)
-    reset_token_cache()
 
     def node_env(name: str, http: int) -> dict[str, str]:
         env = dict(base_env, **haproxy_env(http))
@@ -164,23 +159,17 @@ def cluster(tmp_path_factory):
             wait_ready(base, timeout=180)
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
-            if requests.get(f"{heads[0]}/v2/models/{MODEL}/ready", timeout=5).status_code == 200 and len(replica_nodes(dashboard)) == 2:
+            if requests.get(f"{heads[0]}/v2/models/{MODEL}/ready", timeout=5).status_code == 200 and len(replica_nodes(dashboard, head_env)) == 2:
                 break
             time.sleep(1)
         yield {"head": heads[0], "worker": heads[1], "dashboard": dashboard, "env": head_env}
     finally:
         for node in ("worker", "head"):
             kill_node(node)
-        for key, value in saved_auth.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        reset_token_cache()
 
 
 def test_replicas_spread_over_both_nodes_and_either_ingress_answers(cluster):
-    nodes = replica_nodes(cluster["dashboard"])
+    nodes = replica_nodes(cluster["dashboard"], cluster["env"])
     assert len(nodes) == 2 and len(set(nodes)) == 2, nodes
     for base in (cluster["head"], cluster["worker"]):
         for _ in range(20):
@@ -191,7 +180,7 @@ def test_replicas_spread_over_both_nodes_and_either_ingress_answers(cluster):
 
 def test_a_killed_node_loses_no_answer_and_no_audit_record(cluster):
     dashboard, url = cluster["dashboard"], f"{cluster['head']}/v2/models/{MODEL}/infer"
-    before = replica_nodes(dashboard)
+    before = replica_nodes(dashboard, cluster["env"])
     codes: Counter = Counter()
     answered: list[str] = []
     errors: list[str] = []
@@ -227,7 +216,7 @@ def test_a_killed_node_loses_no_answer_and_no_audit_record(cluster):
         # the killed node's replica comes back on the head
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
-            nodes = replica_nodes(dashboard)
+            nodes = replica_nodes(dashboard, cluster["env"])
             if len(nodes) == 2 and len(set(nodes)) == 1 and nodes[0] in before:
                 break
             time.sleep(1)
