@@ -121,7 +121,7 @@ def test_a_model_scaled_to_zero_answers_its_first_request_after_a_cold_start(ser
         colds.append(time.monotonic() - t0)
         assert r.status_code == 200, r.text
         assert len(r.json()["outputs"][0]["data"]) == 10
-        assert running(name) == 1
+        wait_for(lambda: running(name) == 1, 30, "Serve counting the started replica")  # its count can lag the answer
         # The first answer may come through Serve's proxy, HAProxy's fallback while the model
         # has no replica it has checked; then HAProxy sends to the replica's own listener.
         direct = wait_for(lambda: requests.post(url, json=ROW, timeout=30).headers.get("server") == "lockgate", 30, "HAProxy routing to the new replica")
