@@ -385,13 +385,17 @@ class ModelApp:
         self.gated = manager is not None and (manager.has("lockgate_authenticate") or manager.has("lockgate_authorize"))
         self.observed = manager is not None and manager.has("lockgate_observe_inference")
         self.recorded = manager is not None and manager.has("lockgate_record_inference")
-        self.load = LoadMeter()  # requests held, for autoscaling (server/autoscaling.py)
+        # Requests held, read by autoscaling only (server/autoscaling.py); no cost without it.
+        self.load = LoadMeter() if service.config.autoscaling is not None else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await _lifespan(receive, send)
             return
         if scope["type"] != "http":
+            return
+        if self.load is None:
+            await self._serve(scope, receive, send)
             return
         self.load.enter()
         try:

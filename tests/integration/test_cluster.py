@@ -28,6 +28,8 @@ import yaml
 from lockgate.server.demo import build_mlp
 from lockgate.server.runtime import INGRESS_ENV, haproxy_env
 
+from tests.postgres import fresh_postgres_url
+
 from .conftest import free_port, wait_ready
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -35,25 +37,6 @@ BIN = Path(sys.executable).parent
 MODEL = "spread"
 ROW = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": [0.25] * 64}]}
 MARK = "LOCKGATE_TEST_NODE"
-
-
-def postgres_url() -> str:
-    url = os.environ.get("LOCKGATE_TEST_POSTGRES_URL")
-    if not url:
-        if os.environ.get("LOCKGATE_REQUIRE_POSTGRES") == "1":
-            pytest.fail("LOCKGATE_REQUIRE_POSTGRES=1 but LOCKGATE_TEST_POSTGRES_URL is not set")
-        pytest.skip("no PostgreSQL: set LOCKGATE_TEST_POSTGRES_URL (CI starts one with .ci/postgres.sh)")
-    import sqlalchemy as sa
-
-    from lockgate.plugins.audit import _schema as audit_schema
-    from lockgate.plugins.governance import _schema as governance_schema
-    from lockgate.plugins.registry import _schema as registry_schema
-
-    engine = sa.create_engine(url)
-    for schema in (audit_schema, governance_schema, registry_schema):
-        schema.metadata.drop_all(engine)
-    engine.dispose()
-    return url
 
 
 def node_pids(node: str) -> list[int]:
@@ -95,7 +78,7 @@ def replica_nodes(dashboard: str, env: dict[str, str]) -> list[str]:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    url = postgres_url()
+    url = fresh_postgres_url()
     root = tmp_path_factory.mktemp("cluster")
     home = root / "home"
     home.mkdir()
