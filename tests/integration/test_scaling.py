@@ -109,7 +109,7 @@ def test_a_model_scaled_to_zero_answers_its_first_request_after_a_cold_start(ser
     name = "sleepy"
     deploy(server, registry, governance, tmp_path, name, {
         "min_replicas": 0, "max_replicas": 1, "target_ongoing_requests": 1,
-        "upscale_delay_s": 0, "downscale_delay_s": 1, "downscale_to_zero_delay_s": 1, "look_back_period_s": 1,
+        "upscale_delay_s": 0, "downscale_delay_s": 10, "downscale_to_zero_delay_s": 10, "look_back_period_s": 1,
         "metrics_interval_s": 0.5,
     })
     url = f"{server}/v2/models/{name}/infer"
@@ -121,7 +121,8 @@ def test_a_model_scaled_to_zero_answers_its_first_request_after_a_cold_start(ser
         colds.append(time.monotonic() - t0)
         assert r.status_code == 200, r.text
         assert len(r.json()["outputs"][0]["data"]) == 10
-        wait_for(lambda: running(name) == 1, 30, "Serve counting the started replica")  # its count can lag the answer
+        # the replica stays 10 s idle before it goes again: long enough to see it counted
+        wait_for(lambda: running(name) == 1, 30, "Serve counting the started replica")
         # The first answer may come through Serve's proxy, HAProxy's fallback while the model
         # has no replica it has checked; then HAProxy sends to the replica's own listener.
         direct = wait_for(lambda: requests.post(url, json=ROW, timeout=30).headers.get("server") == "lockgate", 30, "HAProxy routing to the new replica")
