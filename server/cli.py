@@ -92,6 +92,7 @@ def serve(
     from ._cli_governance import open_mode_approver
     from .config import ModelConfig
     from .explain import explain_options
+    from .limits import limit_options
     from .repository import import_repository
     from .runtime import Runtime
 
@@ -100,6 +101,7 @@ def serve(
         manager = settings.manager()
         open_mode = _check_governance(manager, host, insecure)
         explain_options(settings.options)
+        limit_options(settings.options)
         registry = manager.registry()
         if repository is not None:
             refused: list[str] = []

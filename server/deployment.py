@@ -19,6 +19,7 @@ from . import listener, metrics
 from .autoscaling import ONGOING
 from .config import ModelConfig
 from .explain import explain_options
+from .limits import limit_options
 from .http import ControlApp, ModelApp, ModelService
 from .settings import LockgateSettings
 
@@ -51,13 +52,15 @@ class ModelDeployment:
         metrics.replica_started(name)
         manager = settings.manager()
         registry = manager.registry()
+        limits = limit_options(settings.options)
         self._service = ModelService(
-            name, config, registry, manager=manager, default_alias=settings.default_alias, explain=explain_options(settings.options)
+            name, config, registry, manager=manager, default_alias=settings.default_alias, explain=explain_options(settings.options),
+            max_body_bytes=limits.max_body_bytes, max_tensor_elements=limits.max_tensor_elements,
         )
         self._app = ModelApp(self._service)
         if settings.replica_listener:
             # Serve starts the replica's HTTP server after this constructor: it will be ours.
-            listener.install(self._app, route_prefix(name), self._service.max_body_bytes)
+            listener.install(self._app, route_prefix(name), limits)
         self._refresher = asyncio.get_running_loop().create_task(self._service.refresh_forever(settings.alias_poll_s))
 
     def __serve_build_asgi_app__(self) -> ModelApp:

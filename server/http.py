@@ -38,6 +38,7 @@ from .autoscaling import LoadMeter
 from .batching import Assembler, Batcher
 from .config import ModelConfig
 from .explain import Explainer, ExplainOptions
+from .limits import DEFAULT_LIMITS
 from .model import ModelVersion, load_version
 from .protocol import HEADER_LENGTH, InferRequest, encode_infer_response, parse_infer_request
 
@@ -50,7 +51,7 @@ Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 SERVER_NAME = "lockgate"
-DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_BODY_BYTES = DEFAULT_LIMITS.max_body_bytes
 _JSON = [(b"content-type", b"application/json")]
 METRICS_CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 _RETRY = {"retry-after": "1"}
@@ -150,6 +151,7 @@ class ModelService:
         default_alias: str = "production",
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         explain: ExplainOptions | None = None,
+        max_tensor_elements: int = DEFAULT_LIMITS.max_tensor_elements,
     ) -> None:
         self.name = name
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"onnxruntime-{name}")
@@ -159,6 +161,7 @@ class ModelService:
         self.manager = manager
         self.default_alias = default_alias
         self.max_body_bytes = max_body_bytes
+        self.max_tensor_elements = max_tensor_elements
         self.served: dict[int, _Served] = {}
         self._loading: dict[int, asyncio.Future] = {}
         records = registry.versions(name)
@@ -342,7 +345,7 @@ class ModelService:
         return meta
 
     async def infer(self, served: _Served, body: bytes, header_length: bytes | None) -> tuple[bytes, list, InferRequest]:
-        request = parse_infer_request(body, _json_length(header_length), served.model, served.max_batch_size)
+        request = parse_infer_request(body, _json_length(header_length), served.model, served.max_batch_size, self.max_tensor_elements)
         timeout = None
         if request.parameters and "timeout" in request.parameters:
             timeout = request.parameters["timeout"]

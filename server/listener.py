@@ -20,11 +20,14 @@ import asyncio
 import inspect
 import logging
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any
 
 import httptools
+
+from .limits import DEFAULT_LIMITS, LimitOptions
 
 __all__ = ["FastServer", "install"]
 
@@ -32,27 +35,45 @@ log = logging.getLogger("lockgate.server")
 
 ASGIApp = Callable[[dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]], Awaitable[None]]
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
-_MAX_HEADERS_BYTES = 64 * 1024
+_JSON = [(b"content-type", b"application/json")]
+_SWEEP_S = 0.5  # how often connection deadlines are checked
+_LINGER_S = 2.0  # after an error answer, input is read and dropped this long, so the answer is not reset away
+
+
+class _TooLarge(Exception):
+    """Raised from a parser callback: the request is over a limit; answer ``status`` and close."""
+
+    def __init__(self, status: int, message: bytes) -> None:
+        self.status = status
+        self.message = message
 
 
 class FastServer:
     """A uvicorn.Server stand-in as Serve's replica uses it: ``should_exit`` stops it gracefully."""
 
-    def __init__(self, app: ASGIApp, fallback: ASGIApp, prefix: str, max_body: int) -> None:
+    def __init__(self, app: ASGIApp, fallback: ASGIApp, prefix: str, limits: LimitOptions = DEFAULT_LIMITS) -> None:
         self.app = app
         self.fallback = fallback
         self.prefix = prefix
-        self.max_body = max_body
+        self.limits = limits
+        self.max_body = limits.max_body_bytes
         self.should_exit = False
         self.connections: set[_Protocol] = set()
         self.in_flight = 0
+        self.refused = 0  # connections over max_connections
+        self.timed_out = 0  # requests not received within request_timeout_s
 
     async def serve(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         server = await loop.create_server(lambda: _Protocol(self), sock=sock, backlog=2048)
+        swept = time.monotonic()
         try:
             while not self.should_exit:
                 await asyncio.sleep(0.05)
+                now = time.monotonic()
+                if now - swept >= _SWEEP_S:
+                    swept = now
+                    self.sweep(now)
         finally:
             server.close()
             for conn in list(self.connections):
@@ -64,11 +85,30 @@ class FastServer:
             for conn in list(self.connections):
                 conn.transport.close()
 
+    def sweep(self, now: float) -> None:
+        """Close connections past their deadline: 408 for a request still arriving, nothing for an idle one.
+        A connection whose request is being answered has no deadline here."""
+        for conn in list(self.connections):
+            if conn.busy or not conn.deadline or now < conn.deadline:
+                continue
+            if conn.reading:
+                self.timed_out += 1
+                conn._error(408, b"the request did not arrive within %g s" % self.limits.request_timeout_s)
+            else:
+                conn.transport.close()
+
+
+class _Discard:
+    """The parser of a connection that has been answered an error: input is dropped."""
+
+    def feed_data(self, data: bytes) -> None:
+        pass
+
 
 class _Protocol(asyncio.Protocol):
     __slots__ = (
-        "body", "body_size", "busy", "closing", "headers", "header_bytes", "parser", "pending", "server",
-        "transport", "url", "client",
+        "body", "body_size", "busy", "closing", "deadline", "ended", "headers", "header_bytes", "parser", "pending", "reading",
+        "server", "transport", "url", "client",
     )
 
     def __init__(self, server: FastServer) -> None:
@@ -84,13 +124,24 @@ class _Protocol(asyncio.Protocol):
         self.closing = False
         self.pending: list[tuple] = []  # pipelined requests waiting their turn
         self.client: tuple | None = None
+        self.reading = False  # between a request's first byte and its last
+        self.ended = False  # an error was answered: nothing more is written
+        self.deadline = 0.0  # time.monotonic() by which the next event must happen
 
     # -- connection ------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self.transport = transport
         self.client = transport.get_extra_info("peername")
-        self.server.connections.add(self)
+        server = self.server
+        if len(server.connections) >= server.limits.max_connections:
+            server.refused += 1
+            body = b'{"error": "the replica holds its limit of %d connections; retry shortly"}' % server.limits.max_connections
+            transport.write(self._head(503, [*_JSON, (b"retry-after", b"1")], len(body), False) + body)
+            transport.close()
+            return
+        server.connections.add(self)
+        self.deadline = time.monotonic() + server.limits.idle_timeout_s
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
@@ -107,16 +158,34 @@ class _Protocol(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             self._error(400, b"protocol upgrades are not supported")
         except httptools.HttpParserError as e:
-            self._error(400, f"malformed HTTP request: {e}".encode())
+            over = e.__context__  # httptools wraps what a callback raised
+            if isinstance(over, _TooLarge):
+                self._error(over.status, over.message)
+            else:
+                self._error(400, f"malformed HTTP request: {e}".encode())
 
     def _error(self, status: int, message: bytes) -> None:
+        """Answer ``status`` and end the connection. What the client still sends (the rest of a
+        refused body) is read and dropped for a moment: closing with unread input would reset the
+        connection, and the client could lose the answer."""
         body = b'{"error": "' + message.replace(b'"', b"'") + b'"}'
-        self.transport.write(self._head(status, [(b"content-type", b"application/json")], len(body), False) + body)
-        self.transport.close()
+        transport = self.transport
+        transport.write(self._head(status, _JSON, len(body), False) + body)
+        self.reading = False
+        self.closing = self.ended = True
+        self.pending = []
+        self.parser = _Discard()
+        self.deadline = time.monotonic() + _LINGER_S
+        if transport.can_write_eof():
+            transport.write_eof()
+        else:
+            transport.close()
 
     # -- parser callbacks ------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        self.reading = True
+        self.deadline = time.monotonic() + self.server.limits.request_timeout_s
         self.url = b""
         self.headers = []
         self.header_bytes = 0
@@ -128,21 +197,28 @@ class _Protocol(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.header_bytes += len(name) + len(value)
-        if self.header_bytes > _MAX_HEADERS_BYTES:
-            raise httptools.HttpParserError("headers too large")
+        limit = self.server.limits.max_header_bytes
+        if self.header_bytes > limit:
+            raise _TooLarge(400, b"the request's headers are larger than the limit of %d bytes" % limit)
         self.headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
         for name, value in self.headers:
+            if name == b"content-length" and value.isdigit() and int(value) > self.server.max_body:
+                # Refused before the body is read, so an oversized upload costs nothing.
+                raise _TooLarge(413, b"request body is larger than the limit of %d bytes" % self.server.max_body)
             if name == b"expect" and value.lower() == b"100-continue":
                 self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, chunk: bytes) -> None:
         self.body_size += len(chunk)
-        if self.body_size <= self.server.max_body:
-            self.body.append(chunk)
+        if self.body_size > self.server.max_body:  # a chunked body that grew past the limit
+            raise _TooLarge(413, b"request body is larger than the limit of %d bytes" % self.server.max_body)
+        self.body.append(chunk)
 
     def on_message_complete(self) -> None:
+        self.reading = False
+        self.deadline = 0.0
         request = (
             self.parser.get_method().decode("ascii"),
             self.url,
@@ -172,15 +248,13 @@ class _Protocol(asyncio.Protocol):
             request = self.pending.pop(0)
             self.transport.resume_reading()
         self.busy = False
+        if not self.reading:
+            self.deadline = time.monotonic() + self.server.limits.idle_timeout_s
 
     async def _one(self, method: str, url: bytes, headers: list, body: bytes, size: int, keep_alive: bool) -> bool:
         server = self.server
         server.in_flight += 1
         try:
-            if size > server.max_body:
-                body = b'{"error": "request body is larger than the limit of %d bytes"}' % server.max_body
-                self._write(413, [(b"content-type", b"application/json")], body, False, method)
-                return False
             try:
                 parsed = httptools.parse_url(url)
             except httptools.HttpParserInvalidURLError:
@@ -244,13 +318,13 @@ class _Protocol(asyncio.Protocol):
         return b"".join(lines)
 
     def _write(self, status: int, headers: list, body: bytes, keep_alive: bool, method: str) -> None:
-        if self.transport.is_closing():
+        if self.ended or self.transport.is_closing():
             return
         head = self._head(status, headers, len(body), keep_alive)
         self.transport.write(head if method == "HEAD" else head + body)
 
 
-def install(app: ASGIApp, prefix: str, max_body: int) -> bool:
+def install(app: ASGIApp, prefix: str, limits: LimitOptions = DEFAULT_LIMITS) -> bool:
     """Make this replica process serve ``prefix`` through FastServer. False (and a log line)
     when Serve's hook point is not what it was built against."""
     try:
@@ -273,7 +347,7 @@ def install(app: ASGIApp, prefix: str, max_body: int) -> bool:
         except OSError as e:
             sock.close()
             raise RuntimeError(f"Failed to bind to address '{host}:{http_options.port}'.") from e
-        server = FastServer(app, serve_app, prefix, max_body)
+        server = FastServer(app, serve_app, prefix, limits)
         task = event_loop.create_task(server.serve(sock))
         return task, server
 

@@ -9,6 +9,7 @@ as JSON, or JSON plus binary tensors when the client asked for them.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,12 +17,14 @@ import numpy as np
 
 from lockgate.fastpath import CodecError, decode_binary, decode_json_data, encode_binary, encode_json_data, parse_json
 
-from ._errors import BadRequest
+from ._errors import BadRequest, PayloadTooLarge
+from .limits import DEFAULT_LIMITS
 from .model import ModelVersion, TensorSpec
 
 __all__ = ["HEADER_LENGTH", "InferRequest", "encode_infer_response", "parse_infer_request"]
 
 HEADER_LENGTH = "inference-header-content-length"
+DEFAULT_MAX_ELEMENTS = DEFAULT_LIMITS.max_tensor_elements
 
 
 @dataclass(slots=True)
@@ -67,9 +70,10 @@ def _check_against(spec: TensorSpec, datatype: str, shape: tuple[int, ...]) -> N
 
 
 def parse_infer_request(
-    body: bytes, header_length: int | None, model: ModelVersion, max_batch_size: int
+    body: bytes, header_length: int | None, model: ModelVersion, max_batch_size: int, max_elements: int = DEFAULT_MAX_ELEMENTS
 ) -> InferRequest:
-    """Decode ``body`` for ``model``; ``header_length`` is Inference-Header-Content-Length, if sent."""
+    """Decode ``body`` for ``model``; ``header_length`` is Inference-Header-Content-Length, if sent.
+    A tensor whose shape holds more than ``max_elements`` elements is refused before any decode."""
     if header_length is not None:
         if header_length < 0 or header_length > len(body):
             raise BadRequest(
@@ -110,6 +114,9 @@ def parse_infer_request(
             raise BadRequest(f"input '{name}': 'datatype' must be a string such as \"{spec.datatype}\"")
         shape = _shape(item.get("shape"), f"input '{name}'")
         _check_against(spec, datatype, shape)
+        elements = math.prod(shape)
+        if elements > max_elements:
+            raise PayloadTooLarge(f"input '{name}': shape {list(shape)} has {elements} elements, more than the limit of {max_elements}")
         if max_batch_size > 0:
             batch_dims.add(shape[0])
             if shape[0] > max_batch_size:

@@ -42,6 +42,9 @@ INGRESS_ENV = {
     # of closing the client's connection without response. Inference is safe to replay: its
     # only effect is its audit record, and each attempt has its own.
     "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response",
+    # HAProxy waits this long for a client that has stopped sending (a half-sent request, an
+    # idle connection) before it closes the connection; Serve's default is an hour.
+    "RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S": "60",
 }
 
 Progress = Callable[[str], None]

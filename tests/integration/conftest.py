@@ -103,6 +103,8 @@ def server(demo_repo: Path, settings, manager, registry):
     from lockgate.server.runtime import Runtime
 
     os.environ.update(isolated_haproxy_env())
+    # A short client timeout, so that test_reliability sees HAProxy drop a stalled client.
+    os.environ["RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S"] = "3"
     from lockgate.server._cli_governance import open_mode_approver
 
     imported = import_repository(demo_repo, registry, actor="tester", before_alias=open_mode_approver(manager))

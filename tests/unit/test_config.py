@@ -124,6 +124,7 @@ def test_the_example_server_config_is_valid_and_names_every_option():
     from lockgate.plugins.governance import GovernanceOptions, Policy
     from lockgate.plugins.monitoring import DriftOptions, MonitoringOptions, Slo
     from lockgate.server.explain import ExplainOptions
+    from lockgate.server.limits import LimitOptions
     from lockgate.server.settings import load_options
 
     path = Path(__file__).resolve().parents[2] / "examples" / "lockgate.yaml"
@@ -133,9 +134,10 @@ def test_the_example_server_config_is_valid_and_names_every_option():
     assert governance == GovernanceOptions() and audit == AuditOptions()  # the file shows the defaults
     assert MonitoringOptions.model_validate(options["monitoring"]) == MonitoringOptions()
     assert ExplainOptions.model_validate(options["explain"]) == ExplainOptions()
+    assert LimitOptions.model_validate(options["limits"]) == LimitOptions()
     text = path.read_text()
     fields = [*GovernanceOptions.model_fields, *Policy.model_fields, *AuditOptions.model_fields, *MonitoringOptions.model_fields]
-    for name in [*fields, *DriftOptions.model_fields, *Slo.model_fields, *ExplainOptions.model_fields]:
+    for name in [*fields, *DriftOptions.model_fields, *Slo.model_fields, *ExplainOptions.model_fields, *LimitOptions.model_fields]:
         assert f"{name}:" in text, f"examples/lockgate.yaml does not mention {name}"
 
 
@@ -149,3 +151,14 @@ def test_a_named_config_file_must_exist_and_be_a_mapping_of_sections(tmp_path):
     (tmp_path / "bad.yaml").write_text("audit: sync\n")
     with pytest.raises(ConfigError, match="expected a mapping of plugin name"):
         load_options(str(tmp_path / "bad.yaml"), explicit=True)
+
+
+def test_limit_options_name_what_is_wrong():
+    from lockgate.server._errors import ConfigError
+    from lockgate.server.limits import limit_options
+
+    assert limit_options({"limits": {"max_connections": 10}}).max_connections == 10
+    with pytest.raises(ConfigError, match="max_body_bytes: Input should be greater than or equal to 1024"):
+        limit_options({"limits": {"max_body_bytes": 10}})
+    with pytest.raises(ConfigError, match="max_conections: Extra inputs are not permitted"):
+        limit_options({"limits": {"max_conections": 10}})

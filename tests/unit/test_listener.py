@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import time
 
 import pytest
 
 from lockgate.server.config import ModelConfig
 from lockgate.server.http import ModelApp, ModelService
+from lockgate.server.limits import LimitOptions
 from lockgate.server.listener import FastServer
 
+LIMITS = LimitOptions(max_body_bytes=10_000, max_header_bytes=4096, request_timeout_s=1.0, idle_timeout_s=2.0, max_connections=8)
 IRIS = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [5.1, 3.5, 1.4, 0.2]}]}).encode()
 
 
@@ -44,7 +47,7 @@ def serve(demo_registry):
             sock = socket.socket()
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
-            server = FastServer(ModelApp(service), fallback, "/v2/models/iris", 10_000)
+            server = FastServer(ModelApp(service), fallback, "/v2/models/iris", LIMITS)
             task = asyncio.get_running_loop().create_task(server.serve(sock))
             await asyncio.sleep(0.05)
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -130,3 +133,100 @@ def test_malformed_url_is_400_and_closes(serve):
 
     (status, _, body), rest = serve(scenario)
     assert status == 400 and rest == b""
+
+
+def test_a_body_declared_over_the_limit_is_refused_before_it_is_sent(serve):
+    async def scenario(reader, writer, server):
+        writer.write(b"POST /v2/models/iris/infer HTTP/1.1\r\nhost: x\r\ncontent-length: 10000000000\r\n\r\n")
+        return await asyncio.wait_for(read_response(reader), 5), await reader.read()
+
+    (status, headers, body), rest = serve(scenario)
+    assert status == 413 and headers["connection"] == "close" and b"limit of 10000 bytes" in body and rest == b""
+
+
+def test_a_chunked_body_that_grows_past_the_limit_is_413(serve):
+    async def scenario(reader, writer, server):
+        writer.write(b"POST /v2/models/iris/infer HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n")
+        for _ in range(5):
+            writer.write(b"1000\r\n" + b" " * 4096 + b"\r\n")
+        return await asyncio.wait_for(read_response(reader), 5)
+
+    status, _, body = serve(scenario)
+    assert status == 413 and b"limit of 10000 bytes" in body
+
+
+def test_headers_over_the_limit_are_400_naming_it(serve):
+    async def scenario(reader, writer, server):
+        writer.write(b"GET /v2/models/iris HTTP/1.1\r\nhost: x\r\nauthorization: Bearer " + b"a" * 8000 + b"\r\n\r\n")
+        return await asyncio.wait_for(read_response(reader), 5)
+
+    status, _, body = serve(scenario)
+    assert status == 400 and json.loads(body)["error"] == "the request's headers are larger than the limit of 4096 bytes"
+
+
+@pytest.mark.parametrize("partial", [b"POST /v2/models/iris/in", post("/v2/models/iris/infer", IRIS)[:-20]], ids=["headers", "body"])
+def test_a_request_that_arrives_too_slowly_is_408(serve, partial):
+    async def scenario(reader, writer, server):
+        t0 = time.monotonic()
+        writer.write(partial)
+        response = await asyncio.wait_for(read_response(reader), 5)
+        return response, time.monotonic() - t0, server.timed_out
+
+    (status, _, body), waited, timed_out = serve(scenario)
+    assert status == 408 and b"did not arrive within 1 s" in body and timed_out == 1
+    assert 1.0 <= waited < 3.0
+
+
+def test_an_idle_connection_is_closed_after_the_idle_timeout(serve):
+    async def scenario(reader, writer, server):
+        writer.write(post("/v2/models/iris/infer", IRIS))
+        status = (await read_response(reader))[0]
+        t0 = time.monotonic()
+        rest = await asyncio.wait_for(reader.read(), 5)
+        return status, rest, time.monotonic() - t0
+
+    status, rest, waited = serve(scenario)
+    assert status == 200 and rest == b"" and 2.0 <= waited < 4.0
+
+
+def test_connections_over_the_limit_get_503_and_the_others_keep_working(serve):
+    async def scenario(reader, writer, server):
+        host, port = writer.get_extra_info("peername")[:2]
+        others = [await asyncio.open_connection(host, port) for _ in range(7)]  # 8 with the fixture's
+        r9, w9 = await asyncio.open_connection(host, port)
+        refused = await asyncio.wait_for(read_response(r9), 5), await r9.read()
+        writer.write(post("/v2/models/iris/infer", IRIS))
+        still = (await read_response(reader))[0]
+        for _, w in others:
+            w.close()
+        await asyncio.sleep(0.1)
+        r10, w10 = await asyncio.open_connection(host, port)
+        w10.write(post("/v2/models/iris/infer", IRIS))
+        again = (await read_response(r10))[0]
+        w10.close()
+        return refused, still, again, server.refused
+
+    ((status, headers, body), rest), still, again, refused = serve(scenario)
+    assert status == 503 and headers["retry-after"] == "1" and b"limit of 8 connections" in body and rest == b""
+    assert still == 200 and again == 200 and refused == 1
+
+
+def test_clients_that_leave_mid_request_leave_nothing_behind(serve):
+    async def scenario(reader, writer, server):
+        host, port = writer.get_extra_info("peername")[:2]
+        for round_ in range(10):
+            conns = [await asyncio.open_connection(host, port) for _ in range(6)]
+            for _, w in conns:
+                w.write(post("/v2/models/iris/infer", IRIS) if round_ % 2 else post("/v2/models/iris/infer", IRIS)[:-10])
+            await asyncio.sleep(0.001 * round_)
+            for _, w in conns:
+                w.transport.abort()  # gone, with its request queued, running or half-sent
+        for _ in range(100):
+            if server.in_flight == 0 and len(server.connections) == 1:
+                break
+            await asyncio.sleep(0.02)
+        depth = server.app.service.served[1].batcher.depth
+        writer.write(post("/v2/models/iris/infer", IRIS))
+        return server.in_flight, len(server.connections), depth, (await read_response(reader))[0]
+
+    assert serve(scenario) == (0, 1, 0, 200)

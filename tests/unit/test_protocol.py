@@ -208,6 +208,18 @@ def test_body_limit_is_413(demo_registry):
         s.close()
 
 
+def test_tensor_elements_over_the_limit_are_413_before_any_decode(demo_registry):
+    s = service(demo_registry, "iris", max_tensor_elements=100)
+    try:
+        # 32 x 4 = 128 elements: a batch the model accepts, over this server's limit; the data
+        # is short on purpose: the shape alone decides, before the data is looked at.
+        doc = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [32, 4], "data": [0.0]}]}
+        _err(post(s, "/infer", doc), 413, "input 'input': shape [32, 4] has 128 elements, more than the limit of 100")
+        assert post(s, "/infer", iris_request()).status == 200
+    finally:
+        s.close()
+
+
 def test_preprocessing_uint8_hwc_is_normalised_in_the_fast_path(services):
     from lockgate.server.demo import IMAGE_SCALE, IMAGE_SHIFT
     from lockgate.server.demo import IMAGE_SIZE as S
