@@ -19,8 +19,8 @@ from . import listener, metrics
 from .autoscaling import ONGOING
 from .config import ModelConfig
 from .explain import explain_options
-from .limits import limit_options
 from .http import ControlApp, ModelApp, ModelService
+from .limits import limit_options
 from .settings import LockgateSettings
 
 __all__ = [

@@ -27,7 +27,6 @@ import yaml
 
 from lockgate.server.demo import build_mlp
 from lockgate.server.runtime import INGRESS_ENV, haproxy_env
-
 from tests.postgres import fresh_postgres_url
 
 from .conftest import free_port, wait_ready
