@@ -708,7 +708,12 @@ class ControlApp:
         if path.startswith("/v2/models/"):
             name = path[len("/v2/models/") :].split("/")[0]
             if name in self.models:
-                raise Unavailable(f"model '{name}' is not ready yet")
+                if self.status is None or name in await self._not_ready():
+                    raise Unavailable(f"model '{name}' is not ready yet")
+                # The model's application is up, yet the ingress did not route this to it: the
+                # path only reads as that model's once decoded (an encoded '/', say).
+                raw = scope.get("raw_path", b"").decode("latin-1") or scope["path"]
+                raise NotFound(f"no route {raw}: routes are matched before percent-decoding")
             known = ", ".join(sorted(self.models)) or "none"
             raise NotFound(f"unknown model '{name}'; served models: {known}")
         raise NotFound(f"no route {scope['path']}")
@@ -717,12 +722,22 @@ class ControlApp:
         if self.gated:
             await gate(self.manager, scope, action, model, None)
 
+    async def _may(self, scope: Scope, action: str, model: str) -> bool:
+        try:
+            await gate(self.manager, scope, action, model, None)
+        except RequestError:
+            return False
+        return True
+
     async def _repository(self, scope: Scope, rest: str) -> tuple[int, object]:
         if self.repository is None:
             raise NotFound("this server has no model repository API")
         if rest == "index":
             await self._gate(scope, "metadata", None)
-            return 200, await self.repository.index()
+            entries = await self.repository.index()
+            if self.gated:  # only the models this caller may see: a key for one model learns of no other
+                entries = [e for e in entries if await self._may(scope, "metadata", e["name"])]
+            return 200, entries
         parts = rest.split("/")
         if len(parts) == 3 and parts[0] == "models" and parts[2] in ("load", "unload"):
             name, action = parts[1], parts[2]

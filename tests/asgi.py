@@ -16,11 +16,14 @@ class Response:
         return json.loads(self.body)
 
 
-async def call(app, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None, root_path: str = "") -> Response:
+async def call(
+    app, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None, root_path: str = "", raw_path: bytes | None = None
+) -> Response:
     scope = {
         "type": "http",
         "method": method,
         "path": path,
+        "raw_path": path.encode() if raw_path is None else raw_path,
         "root_path": root_path,
         "headers": [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()],
     }

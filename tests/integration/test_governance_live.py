@@ -33,6 +33,9 @@ class Governed:
         self.env.pop("LOCKGATE_API_KEY", None)
         self.keys: dict[str, str] = {}
         self.base = ""
+        self.port = 0
+        self.log = Path()
+        self.started = 0.0
 
     def cli(self, *args: str, key: str | None = None, actor: str | None = None, ok: bool = True) -> subprocess.CompletedProcess:
         env = dict(self.env)
@@ -62,6 +65,7 @@ def gov(tmp_path_factory):
     (home / "lockgate.yaml").write_text("audit:\n  mode: sync\n  checkpoint_every: 5000\ngovernance:\n  key_refresh_s: 1.0\n")
     write_demo_repository(root / "repo", ["iris", "digits"])
     g = Governed(home, root / "repo")
+    g.started = time.time()
     g.cli("models", "import-repo", str(g.repo), actor="alice")  # open mode: approved on import, recorded
     g.keys["admin"] = g.cli("keys", "create", "--principal", "root", "--role", "admin", actor="ops").stdout.strip()
     for name, roles, models in [
@@ -69,15 +73,17 @@ def gov(tmp_path_factory):
     ]:
         g.keys[name] = g.cli("keys", "create", "--principal", name, *[f"--role={r}" for r in roles], "--models", models, key="admin").stdout.strip()
     port = free_port()
-    proc = subprocess.Popen([*LOCKGATE, "serve", "--port", str(port)], env=g.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    g.base = f"http://127.0.0.1:{port}"
+    g.log = root / "server.log"
+    with open(g.log, "w") as log:
+        proc = subprocess.Popen([*LOCKGATE, "serve", "--port", str(port)], env=g.env, stdout=log, stderr=subprocess.STDOUT, text=True)
+    g.base, g.port = f"http://127.0.0.1:{port}", port
     try:
         wait_ready(g.base, proc)
         yield g
     finally:
         proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=120)
-    assert "open mode" not in out  # keys exist: the server says nothing of open mode
+        proc.wait(timeout=120)
+    assert "open mode" not in g.log.read_text()  # keys exist: the server says nothing of open mode
 
 
 def test_callers_get_401_403_or_an_answer_with_oip_error_bodies(gov):
@@ -231,3 +237,148 @@ def test_sync_audit_under_load_one_record_per_response_no_gap_no_duplicate(gov):
     assert len(seqs) == len(set(seqs)) and seqs == sorted(seqs)
     verify = gov.cli("audit", "verify", key="admin").stdout
     assert "audit log verified: intact" in verify  # one chain, no gap, checkpoints hold
+
+
+# -- attacks: what a caller without the right key tries ------------------------------------------
+
+def raw(port: int, method: str, path: str, headers: list[tuple[str, str]], body: bytes = b"") -> tuple[int, bytes]:
+    """One request exactly as written (no client normalises the path or merges headers)."""
+    import socket
+
+    head = f"{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\ncontent-length: {len(body)}\r\n"
+    head += "".join(f"{k}: {v}\r\n" for k, v in headers)
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(head.encode("latin-1") + b"\r\n" + body)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    status = int(data.split(b" ", 2)[1])
+    return status, data.split(b"\r\n\r\n", 1)[1]
+
+
+def test_path_tricks_do_not_reach_a_model_the_key_is_not_granted(gov):
+    """'app' may infer iris only. Every way of naming digits (or of leaving iris's route) is
+    refused; an answer, if any, is iris's own."""
+    key = [("authorization", f"Bearer {gov.keys['app']}")]
+    body = json.dumps(DIGITS).encode()
+    paths = [
+        "/v2/models/digits/infer", "/v2/models/iris/../digits/infer", "/v2/models/iris/%2e%2e/digits/infer",
+        "/v2/models/iris%2F..%2Fdigits/infer", "/v2/models/iris%2fdigits/infer", "/v2/models/digits%2Finfer",
+        "//v2/models/digits/infer", "/v2/models//digits/infer", "/v2//models/digits/infer", "/v2/models/./digits/infer",
+        "/v2/models/DIGITS/infer", "/v2/models/digits/infer?model=iris", "/v2/models/digits;iris/infer",
+        "/v2/models/iris/versions/1/../../../digits/infer", "/v2/models/iris/versions/1%2F..%2F..%2Fdigits/infer",
+        "/v2/models/iris/versions/..%2f..%2fdigits/infer", "/v2/models/digits/versions/1/infer",
+        "/v2/models/digits%00/infer", "/v2/models/digits/infer#iris", "/V2/models/digits/infer",
+        "/v2/models/iris\\..\\digits/infer", "/v2/models/digits%20/infer", "/v2/models/%64igits/infer",
+    ]
+    seen = {}
+    for path in paths:
+        status, answer = raw(gov.port, "POST", path, key, body)
+        seen[path] = status
+        assert status in (400, 403, 404), (path, status, answer[:200])
+        assert status >= 500 or b"digits" not in answer or b"error" in answer, (path, answer[:200])
+    assert seen["/v2/models/digits/infer"] == 403
+    # no key at all: every path above asks for one (or finds no model), none answers
+    for path in paths:
+        status, answer = raw(gov.port, "POST", path, [], body)
+        assert status in (400, 401, 404), (path, status, answer[:200])
+
+
+def test_header_tricks_and_oversized_tokens_are_refused(gov):
+    good, other = gov.keys["app"], gov.keys["viewer"]
+    body = json.dumps(IRIS).encode()
+    url = "/v2/models/iris/infer"
+    # header name case and scheme case do not matter (RFC 9110); the key still decides
+    for name, scheme in [("Authorization", "Bearer"), ("AUTHORIZATION", "bearer"), ("authorization", "BEARER")]:
+        assert raw(gov.port, "POST", url, [(name, f"{scheme} {good}")], body)[0] == 200
+    refused = {
+        "two headers, forged first": [("authorization", "Bearer lg_0000000000000000_x"), ("authorization", f"Bearer {good}")],
+        "two headers, valid first": [("authorization", f"Bearer {good}"), ("authorization", f"Bearer {other}")],
+        "two keys in one header": [("authorization", f"Bearer {good}, Bearer {good}")],
+        "key only, no scheme": [("authorization", good)],
+        "basic scheme": [("authorization", f"Basic {good}")],
+        "key in another header": [("x-api-key", good)],
+        "key with a suffix": [("authorization", f"Bearer {good}x")],
+        "key cut short": [("authorization", f"Bearer {good[:-1]}")],
+        "key id only": [("authorization", "Bearer " + "_".join(good.split("_")[:2]))],
+        "oversized token (8 KiB)": [("authorization", "Bearer lg_" + "a" * 8192)],
+        "control characters": [("authorization", f"Bearer {good}\x01")],
+        "non-ASCII": [("authorization", "Bearer lg_\xe9\xe9\xe9")],
+        "empty": [("authorization", "")],
+    }
+    for what, headers in refused.items():
+        status, answer = raw(gov.port, "POST", url, headers, body)
+        assert status in (400, 401), (what, status, answer[:200])
+        if status == 401:
+            assert json.loads(answer)["error"], what
+    # a token larger than HAProxy's request buffer (16 KiB) is refused at the door
+    status, _ = raw(gov.port, "POST", url, [("authorization", "Bearer " + "a" * 100_000)], body)
+    assert status == 400
+
+
+def test_one_models_key_does_not_open_another_or_the_control_routes(gov):
+    app = gov.headers("app")  # invoker of iris only
+    for method, path in [("POST", "/v2/models/digits/infer"), ("POST", "/v2/models/digits/explain"),
+                         ("GET", "/v2/models/digits"), ("GET", "/v2/models/digits/ready"),
+                         ("POST", "/v2/repository/models/digits/load"), ("POST", "/v2/repository/models/iris/unload"),
+                         ("GET", "/metrics"), ("GET", "/v2/sbom")]:
+        r = requests.request(method, gov.base + path, json=DIGITS, headers=app, timeout=10)
+        assert r.status_code in (403, 404), (method, path, r.status_code, r.text)
+    # the repository index lists only what the key may see
+    index = requests.post(f"{gov.base}/v2/repository/index", headers=app, timeout=10)
+    assert index.status_code == 200 and [m["name"] for m in index.json()] == ["iris"]
+    everything = requests.post(f"{gov.base}/v2/repository/index", headers=gov.headers("viewer"), timeout=10).json()
+    assert [m["name"] for m in everything] == ["digits", "iris"]
+    assert gov.infer("app").status_code == 200  # and iris still serves
+
+
+def test_keys_never_appear_in_logs_audit_records_or_the_databases(gov):
+    # a failed and a successful use of every key, so each has had a chance to be logged
+    for name in list(gov.keys):
+        gov.infer(name)
+        raw(gov.port, "POST", "/v2/models/iris/infer", [("authorization", f"Bearer {gov.keys[name]}x")], json.dumps(IRIS).encode())
+    secrets_ = {name: key.split("_", 2)[2] for name, key in gov.keys.items()}
+    places = [gov.log, *gov.home.rglob("*")]
+    ray_logs = Path(os.environ.get("RAY_TMPDIR", "/tmp/ray"))
+    sessions = [d for d in ray_logs.glob("session_2*") if d.stat().st_mtime >= gov.started - 5]  # this server's Ray
+    assert sessions
+    places += [p for d in sessions for p in d.glob("logs/**/*") if p.is_file()]
+    export = gov.cli("audit", "export", "--format", "jsonl", key="admin").stdout
+    assert export.count("\n") > 10
+    searched = 0
+    for path in places:
+        if not path.is_file():
+            continue
+        data = path.read_bytes()
+        searched += len(data)
+        for name, secret in secrets_.items():
+            assert secret.encode() not in data, f"{name}'s key is in {path}"
+    for name, secret in secrets_.items():
+        assert secret not in export, f"{name}'s key is in the audit log"
+    print(f"searched {len(places)} files ({searched / 1e6:.1f} MB) and {export.count(chr(10))} audit records: no key")
+
+
+def listening() -> list[tuple[str, int]]:
+    """(address, port) of every listening TCP socket on this machine, from /proc/net/tcp{,6}."""
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            if state == "0A":
+                addr, port = local.split(":")
+                found.append(("any" if set(addr) == {"0"} else ("127.0.0.1" if addr in ("0100007F", "00000000000000000000000001000000") else addr), int(port, 16)))
+    return found
+
+
+def test_secure_defaults_hold(gov):
+    # the server's port and the replicas' own listeners (Serve's 30000-31000) listen on loopback only
+    sockets = listening()
+    served = [a for a, p in sockets if p == gov.port]
+    assert served and set(served) == {"127.0.0.1"}, served
+    replicas = [(a, p) for a, p in sockets if 30000 <= p <= 31000]
+    assert replicas and all(a == "127.0.0.1" for a, _ in replicas), replicas
+    # the audit checkpoint key is readable by its owner only; keys are stored hashed (checked above)
+    assert (gov.home / "audit.key").stat().st_mode & 0o077 == 0
+    # a key store exists, so anonymous callers get nothing, probes excepted
+    assert requests.post(f"{gov.base}/v2/models/iris/infer", json=IRIS, timeout=10).status_code == 401
+    assert requests.get(f"{gov.base}/v2/health/live", timeout=10).status_code == 200

@@ -196,6 +196,10 @@ def test_control_app_routes():
         return {"iris": "RUNNING"}
 
     assert asyncio.run(call(ControlApp(["iris"], running), "GET", "/v2/health/ready")).status == 200
+    # a running model's path that reached the control routes was not the model's route before
+    # decoding (the ingress routes on the raw path): 404, not "not ready"
+    r = asyncio.run(call(ControlApp(["iris"], running), "POST", "/v2/models/iris/../digits/infer", raw_path=b"/v2/models/iris%2F..%2Fdigits/infer"))
+    assert r.status == 404 and r.json()["error"] == "no route /v2/models/iris%2F..%2Fdigits/infer: routes are matched before percent-decoding"
     r = asyncio.run(call(app, "POST", "/v2/repository/index"))
     assert r.status == 404 and "no model repository API" in r.json()["error"]
 
