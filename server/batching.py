@@ -158,13 +158,18 @@ class Batcher:
     def depth(self) -> int:
         return len(self._queue)
 
-    async def submit(self, inputs: dict[str, np.ndarray], rows: int, timeout_us: int | None = None) -> dict[str, np.ndarray]:
-        """Run ``inputs`` (``rows`` rows) in some batch; returns every output, cut to this request's rows."""
+    def check_room(self) -> None:
+        """Unavailable (503, Retry-After) when the queue is full: called before a request is
+        decoded too, so that shedding load costs no decode."""
         if len(self._queue) >= self._config.max_queue_size:
             raise Unavailable(
                 f"the model's queue is full ({self._config.max_queue_size} requests waiting); retry shortly",
                 headers={"retry-after": "1"},
             )
+
+    async def submit(self, inputs: dict[str, np.ndarray], rows: int, timeout_us: int | None = None) -> dict[str, np.ndarray]:
+        """Run ``inputs`` (``rows`` rows) in some batch; returns every output, cut to this request's rows."""
+        self.check_room()
         now = time.monotonic()
         timeout = self._config.default_timeout_us if timeout_us is None else timeout_us
         deadline = now + timeout / 1e6 if timeout > 0 else 0.0

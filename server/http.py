@@ -345,6 +345,7 @@ class ModelService:
         return meta
 
     async def infer(self, served: _Served, body: bytes, header_length: bytes | None) -> tuple[bytes, list, InferRequest]:
+        served.batcher.check_room()
         request = parse_infer_request(body, _json_length(header_length), served.model, served.max_batch_size, self.max_tensor_elements)
         timeout = None
         if request.parameters and "timeout" in request.parameters:
