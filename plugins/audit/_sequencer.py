@@ -74,7 +74,11 @@ class Sequencer:
         self.dropped = 0
         self.failed_writes = 0
         self.groups = 0
+        self.deaths = 0  # writer threads that died (killed, or a bug); each starts the next one
+        self._streak = 0  # deaths since the last written group
         self.last_error: str | None = None
+        self._group: list[tuple[dict[str, Any], Waiter]] = []  # what the writer holds: not lost if it dies
+        self._seqs: list[int] | None = None  # set once that group is written
 
     # -- producers ---------------------------------------------------------------------------
 
@@ -145,7 +149,9 @@ class Sequencer:
 
     # -- the writer thread -------------------------------------------------------------------
 
-    def _take(self, wait: bool = True) -> list[tuple[dict[str, Any], Waiter]]:
+    def _take(self, group: list[tuple[dict[str, Any], Waiter]], wait: bool = True) -> None:
+        """Move the next group from the queue into ``group`` (the writer's ``_group``, so that
+        a writer killed here loses nothing)."""
         with self._ready:
             if wait and not self._queue and not self._stop:
                 self._ready.wait(self.checkpoint_interval_s)
@@ -155,16 +161,55 @@ class Sequencer:
                 deadline = time.monotonic() + self.linger_s
                 while len(self._queue) < self.max_group and not self._stop and (left := deadline - time.monotonic()) > 0:
                     self._ready.wait(left)
-            group = []
             while self._queue and len(group) < self.max_group:
                 group.append(self._queue.popleft())
-            return group
 
-    def _run(self) -> None:
+    def _run(self, delay: float = 0.0) -> None:
+        try:
+            if delay:
+                time.sleep(delay)
+            self._loop()
+        except BaseException as e:  # the thread is being killed, or a bug: its group is not lost
+            self._abandon(e)
+            self._respawn()  # and this thread ends here
+
+    def _respawn(self) -> None:
+        """Start the next writer from the dying one, later each time in a row (a writer that
+        keeps dying must not spin); a written group resets the count."""
+        self._streak += 1
+        with self._ready:
+            if self._stop:
+                return
+            delay = min(0.01 * 2 ** min(self._streak - 1, 10), 2.0)
+            self._thread = threading.Thread(target=self._run, args=(delay,), name="lockgate-audit-sequencer", daemon=True)
+            self._thread.start()
+
+    def _abandon(self, error: BaseException) -> None:
+        """The writer dies holding ``self._group``: its waiters learn the outcome at once (the
+        records' seqs when they were written, an error when not) and its unwritten async
+        entries go back to the head of the queue for the next writer (``submit`` starts one)."""
+        group, seqs, self._group = self._group, self._seqs, []
+        self.deaths += 1
+        self.last_error = f"the audit writer stopped: {type(error).__name__}: {error}"
+        log.error("%s; %d records in hand go back to the queue or fail their waiters", self.last_error, len(group))
+        try:
+            real = [(e, w) for e, w in group if "__flush__" not in e]
+            if seqs is not None:
+                _settle([(w, s) for (_, w), s in zip(real, seqs) if w is not None and not w.done()], None)
+                return
+            _settle([(w, None) for _, w in group if w is not None and not w.done()], SequencerStopped(self.last_error))
+            with self._ready:
+                self._queue.extendleft(reversed([(e, None) for e, w in real if w is None]))
+        except BaseException:  # noqa: BLE001 - dying anyway; what is left stays where it is
+            pass
+
+    def _loop(self) -> None:
         retry: list[tuple[dict[str, Any], Waiter]] = []
         backoff = 0.01
         while True:
-            group = retry + self._take(wait=False) if retry else self._take()
+            self._seqs = None
+            self._group = group = retry
+            self._take(group, wait=not retry)
             retry = []
             if not group:
                 if self._stop:
@@ -174,7 +219,7 @@ class Sequencer:
             flushes = [(e, w) for e, w in group if "__flush__" in e]
             real = [(e, w) for e, w in group if "__flush__" not in e]
             try:
-                seqs = self.log.append([self.prepare(e) for e, _ in real]) if real else []
+                seqs = self._seqs = self.log.append([self.prepare(e) for e, _ in real]) if real else []
             except Exception as e:  # noqa: BLE001 - the store failed: waiters fail, async entries wait
                 self.failed_writes += 1
                 self.last_error = f"{type(e).__name__}: {e}"
@@ -185,14 +230,17 @@ class Sequencer:
                     self.dropped += len(retry) - self.buffer
                     retry = retry[: self.buffer]
                 _settle([(w, 0) for _, w in flushes], None)
+                self._group = retry  # the sync waiters have their answer; the async entries wait
                 self._observe(0, real, failed=True)
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 1.0)
                 continue
             backoff = 0.01
+            self._streak = 0
             self.written += len(seqs)
             self.groups += 1
             _settle([(w, s) for (_, w), s in zip(real, seqs) if w is not None] + [(w, 0) for _, w in flushes], None)
+            self._group = []
             self._observe(len(seqs), real, failed=False)
             self._checkpoint()
 
