@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # `make serve` keeps its registry and artifacts in the checkout, not in ~/.lockgate.
 export LOCKGATE_HOME ?= $(CURDIR)/.lockgate
 
-.PHONY: install serve test bench bench-full bench-micro bench-governance lint clean
+.PHONY: install serve test bench bench-full bench-micro bench-governance lint audit-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,10 @@ bench-micro: install
 
 bench-governance: install
 	$(BIN)/python bench/governance.py
+
+# Known vulnerabilities in the installed dependencies (pip-audit; fails on a finding).
+audit-deps: install
+	$(BIN)/pip-audit --skip-editable --progress-spinner off --desc on
 
 lint: install
 	$(BIN)/python -m ruff check server fastpath plugins tests bench
