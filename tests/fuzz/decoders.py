@@ -157,7 +157,8 @@ class Harness:
         assert py[0] == cy[0] and (py[0] == "error" or json.dumps(py[1], sort_keys=True) == json.dumps(cy[1], sort_keys=True)), (py, cy)
         for dtype in ("FP32", "INT8", "BOOL", "BYTES", "FP16", "UINT64"):
             shape = (len(data) // 4,) if dtype != "BYTES" else (1,)
-            py, cy = outcome(lambda: _codec_py.decode_binary(data, dtype, shape)), outcome(lambda: _codec.decode_binary(data, dtype, shape))
+            py = outcome(lambda d=dtype, s=shape: _codec_py.decode_binary(data, d, s))
+            cy = outcome(lambda d=dtype, s=shape: _codec.decode_binary(data, d, s))
             assert py[0] == cy[0] and (py[0] == "error" or same(py[1], cy[1])), (dtype, py, cy)
         # and the replica still answers a good request
         if self.runs % 64 == 0:
