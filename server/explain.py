@@ -47,15 +47,9 @@ class ExplainOptions(BaseModel):
 
 def explain_options(options: dict) -> ExplainOptions:
     """The ``explain`` section of the server configuration; ConfigError says what is wrong."""
-    from pydantic import ValidationError
+    from .settings import section
 
-    from ._errors import ConfigError
-
-    try:
-        return ExplainOptions.model_validate(dict(options.get("explain") or {}))
-    except ValidationError as e:
-        first = e.errors()[0]
-        raise ConfigError(f"{'.'.join(map(str, first['loc']))}: {first['msg']}", source="explain options") from None
+    return section(options, "explain", ExplainOptions)
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,12 +39,6 @@ DEFAULT_LIMITS = LimitOptions()
 
 def limit_options(options: dict) -> LimitOptions:
     """The ``limits`` section of the server configuration; ConfigError says what is wrong."""
-    from pydantic import ValidationError
+    from .settings import section
 
-    from ._errors import ConfigError
-
-    try:
-        return LimitOptions.model_validate(dict(options.get("limits") or {}))
-    except ValidationError as e:
-        first = e.errors()[0]
-        raise ConfigError(f"{'.'.join(map(str, first['loc']))}: {first['msg']}", source="limits options") from None
+    return section(options, "limits", LimitOptions)

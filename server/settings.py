@@ -9,10 +9,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from lockgate.plugins import PluginManager, Settings, build_manager
 
-__all__ = ["LockgateSettings", "load_options"]
+__all__ = ["LockgateSettings", "load_options", "section"]
 
 
 def _names(value: str | None) -> tuple[str, ...] | None:
@@ -42,6 +43,20 @@ def load_options(path: str, *, explicit: bool) -> dict:
     if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
         raise ConfigError("expected a mapping of plugin name -> mapping of options (for example 'audit: {mode: sync}')", source=str(file))
     return {str(k): dict(v) for k, v in data.items()}
+
+
+def section(options: dict, name: str, model: type) -> Any:
+    """Section ``name`` of the server configuration as ``model`` (a pydantic model); a
+    ConfigError names the first wrong key."""
+    from pydantic import ValidationError
+
+    from ._errors import ConfigError
+
+    try:
+        return model.model_validate(dict(options.get(name) or {}))
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise ConfigError(f"{'.'.join(map(str, first['loc']))}: {first['msg']}", source=f"{name} options") from None
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,12 +13,12 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 import requests
-from ray import serve
 
 from lockgate.server.demo import build_mlp
+
+from .serving import Load, deploy, running
 
 ROW = b'{"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": [' + b", ".join([b"0.5"] * 64) + b"]}]}"
 IRIS = b'{"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [5.1, 3.5, 1.4, 0.2]}]}'
@@ -48,15 +48,6 @@ def exchange(port: int, data: bytes, timeout: float = 20) -> tuple[bytes, float]
 
 def status_of(response: bytes) -> int:
     return int(response.split(b" ", 2)[1]) if response.startswith(b"HTTP/1.") else 0
-
-
-def deploy(server: str, registry, governance, folder: Path, name: str, model: onnx.ModelProto, config: dict) -> None:
-    onnx.save(model, str(folder / "model.onnx"))
-    registry.register(folder / "model.onnx", name, created_by="tester", config=config)
-    governance.decide("approve", name, 1, actor="reviewer")
-    registry.set_alias(name, "production", 1, actor="tester")
-    r = requests.post(f"{server}/v2/repository/models/{name}/load", timeout=300)
-    assert r.status_code == 200, r.text
 
 
 # -- slow and bad clients, at the ingress ----------------------------------------------------------
@@ -284,29 +275,7 @@ def test_a_killed_replica_under_load_is_restarted_and_clients_see_only_clean_ans
     url = f"{server}/v2/models/{name}/infer"
     before = replica_pids(name)
     assert len(before) == 2
-    codes: Counter = Counter()
-    answered: list[str] = []
-    lock, stop = threading.Lock(), threading.Event()
-
-    def client() -> None:
-        with requests.Session() as session:
-            while not stop.is_set():
-                try:
-                    r = session.post(url, data=ROW, timeout=30)
-                except requests.RequestException as e:
-                    with lock:
-                        codes[type(e).__name__] += 1
-                    continue
-                with lock:
-                    codes[r.status_code] += 1
-                    if r.status_code == 200:
-                        answered.append(r.headers["lockgate-request-id"])
-                    elif r.status_code == 503:
-                        assert "retry-after" in r.headers, r.text
-
-    threads = [threading.Thread(target=client, daemon=True) for _ in range(4)]
-    for t in threads:
-        t.start()
+    load = Load(url, threads=4)
     try:
         time.sleep(2)
         os.kill(before[0], signal.SIGKILL)
@@ -320,11 +289,10 @@ def test_a_killed_replica_under_load_is_restarted_and_clients_see_only_clean_ans
         back = time.monotonic() - t_kill
         time.sleep(2)
     finally:
-        stop.set()
-        for t in threads:
-            t.join(60)
+        codes = load.finish()
+        answered = load.answered
     assert len(replica_pids(name)) == 2 and running(name) == 2, "the killed replica was not replaced"
-    assert set(codes) <= {200, 503}, codes
+    assert set(codes) <= {200, 503} and load.no_retry_after == 0, codes
     assert codes[200] > 0
     # every answered request has its audit record (sync audit: no answer leaves unrecorded)
     audit = manager.plugin("audit").audit_log
@@ -334,10 +302,3 @@ def test_a_killed_replica_under_load_is_restarted_and_clients_see_only_clean_ans
     print(f"\nreplica SIGKILLed under 4 clients: replaced in {back:.1f} s; clients saw {dict(codes)}; "
           f"{len(answered)} answers, all in the audit log")
 
-
-def running(app: str) -> int:
-    status = serve.status().applications.get(app)
-    if status is None:
-        return 0
-    deployment = status.deployments[f"model-{app}"]
-    return sum(n for state, n in deployment.replica_states.items() if str(getattr(state, "value", state)) == "RUNNING")

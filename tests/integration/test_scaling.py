@@ -4,28 +4,17 @@ model scaled to zero answers its first request after idle (a cold start) instead
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import Counter
 from pathlib import Path
 
-import onnx
 import pytest
 import requests
-from ray import serve
 
 from lockgate.server.demo import build_mlp
 
-ROW = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": [0.5] * 64}]}
-
-
-def running(app: str) -> int:
-    """Serve's count of RUNNING replicas of ``app``'s model deployment."""
-    status = serve.status().applications.get(app)
-    if status is None:
-        return 0
-    deployment = status.deployments[f"model-{app}"]
-    return sum(n for state, n in deployment.replica_states.items() if str(getattr(state, "value", state)) == "RUNNING")
+from . import serving
+from .serving import ROW, Load, running
 
 
 def wait_for(condition, timeout: float, what: str) -> float:
@@ -38,40 +27,7 @@ def wait_for(condition, timeout: float, what: str) -> float:
 
 
 def deploy(server: str, registry, governance, folder: Path, name: str, autoscaling: dict) -> None:
-    onnx.save(build_mlp(seed=1), str(folder / "model.onnx"))
-    config = {"max_batch_size": 32, "num_cpus": 0.1, "autoscaling": autoscaling}
-    registry.register(folder / "model.onnx", name, created_by="tester", config=config)
-    governance.decide("approve", name, 1, actor="reviewer")
-    registry.set_alias(name, "production", 1, actor="tester")
-    assert requests.post(f"{server}/v2/repository/models/{name}/load", timeout=300).status_code == 200
-
-
-class Load:
-    """``threads`` clients, each sending the next request as soon as the last one is answered,
-    until stopped; every status (or exception name) is counted."""
-
-    def __init__(self, url: str, threads: int) -> None:
-        self.url, self.codes, self.stop = url, Counter(), threading.Event()
-        self.lock = threading.Lock()
-        self.workers = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
-        for w in self.workers:
-            w.start()
-
-    def _run(self) -> None:
-        with requests.Session() as session:
-            while not self.stop.is_set():
-                try:
-                    code: object = session.post(self.url, json=ROW, timeout=30).status_code
-                except requests.RequestException as e:
-                    code = type(e).__name__
-                with self.lock:
-                    self.codes[code] += 1
-
-    def finish(self) -> Counter:
-        self.stop.set()
-        for w in self.workers:
-            w.join(60)
-        return self.codes
+    serving.deploy(server, registry, governance, folder, name, build_mlp(seed=1), {"max_batch_size": 32, "num_cpus": 0.1, "autoscaling": autoscaling})
 
 
 def test_a_model_grows_under_load_and_shrinks_after_it_with_no_failed_request(server, registry, governance, tmp_path):
