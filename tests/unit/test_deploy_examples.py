@@ -76,7 +76,10 @@ def test_the_cluster_launcher_file_passes_rays_schema():
 
     for command in doc["head_start_ray_commands"][1:] + doc["worker_start_ray_commands"][1:]:
         words = shlex.split(command)
-        assert {w.split("=", 1)[0]: w.split("=", 1)[1] for w in words if "=" in w and w.startswith("RAY_")} == INGRESS
+        env = {w.split("=", 1)[0]: w.split("=", 1)[1] for w in words if "=" in w and w.startswith("RAY_")}
+        # every node starts with the ingress switches and the token the launcher copied to it
+        assert env.pop("RAY_AUTH_MODE") == "token" and env.pop("RAY_AUTH_TOKEN_PATH") in doc["file_mounts"]
+        assert env == INGRESS
 
 
 def test_the_builder_builds_the_control_and_a_model_application(tmp_path, monkeypatch, demo_repo):
