@@ -138,6 +138,7 @@ class _Protocol(asyncio.Protocol):
             server.refused += 1
             body = b'{"error": "the replica holds its limit of %d connections; retry shortly"}' % server.limits.max_connections
             transport.write(self._head(503, [*_JSON, (b"retry-after", b"1")], len(body), False) + body)
+            self.parser, self.ended = _Discard(), True  # whatever it sent is not served
             transport.close()
             return
         server.connections.add(self)

@@ -10,6 +10,8 @@ carries many records and the cost of durability is shared.
 - async mode: nothing waits; the writer gathers for ``linger_s`` before it writes; the queue is
   bounded (``buffer``); an entry that finds it full is dropped and counted; a failed write is
   retried with the entries kept. A crash loses what is queued: at most ``buffer`` records.
+- a writer thread that dies (a bug, or killed) loses nothing: ``_abandon`` hands its group back
+  and ``_respawn`` starts the next writer.
 """
 
 from __future__ import annotations
@@ -187,7 +189,7 @@ class Sequencer:
     def _abandon(self, error: BaseException) -> None:
         """The writer dies holding ``self._group``: its waiters learn the outcome at once (the
         records' seqs when they were written, an error when not) and its unwritten async
-        entries go back to the head of the queue for the next writer (``submit`` starts one)."""
+        entries go back to the head of the queue for the next writer (``_respawn``)."""
         group, seqs, self._group = self._group, self._seqs, []
         self.deaths += 1
         self.last_error = f"the audit writer stopped: {type(error).__name__}: {error}"
