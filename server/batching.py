@@ -10,6 +10,7 @@ before compute is answered with a timeout and never runs.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
@@ -23,6 +24,8 @@ from ._errors import DeadlineExceeded, Unavailable
 from .config import DynamicBatchingConfig
 
 __all__ = ["Assembler", "Batcher"]
+
+log = logging.getLogger("lockgate.server")
 
 
 class Assembler:
@@ -303,7 +306,10 @@ class Batcher:
         self.requests += len(batch)
         if self._on_batch is not None:
             rows = sum(p.rows for p in batch)
-            self._on_batch(rows, len(batch), started - batch[0].enqueued, compute, len(self._queue), self._feeds, results)
+            try:
+                self._on_batch(rows, len(batch), started - batch[0].enqueued, compute, len(self._queue), self._feeds, results)
+            except Exception:  # noqa: BLE001 - observing a batch never holds back its answers
+                log.exception("batch observer failed")
         if len(batch) == 1:
             p = batch[0]
             if not p.future.done():

@@ -429,7 +429,8 @@ class ModelApp:
             headers = [*headers, (b"lockgate-request-id", outcome.request_id.encode())]
             if self.recorded:
                 withheld = await self._record(outcome, start, body)
-                if withheld is not None:
+                if withheld is not None:  # observers see what the client got
+                    outcome.status, outcome.error = withheld.status, withheld.message
                     status, body, headers = withheld.status, withheld.body(), [*_error_headers(withheld), headers[-1]]
         await respond(send, status, body, headers)
         if self.observed and outcome.action:

@@ -176,6 +176,18 @@ def test_model_error_reaches_every_waiter():
     asyncio.run(go())
 
 
+def test_a_failing_batch_observer_does_not_hold_back_the_answers():
+    def observer(*args):
+        raise KeyError("a bug in an observer")
+
+    async def go():
+        b = Batcher(Recorder(), ["y"], 8, DynamicBatchingConfig(), ThreadPoolExecutor(1), observer)
+        out = await asyncio.wait_for(asyncio.gather(*(b.submit(rows(1, start=i), 1) for i in range(5))), 5)
+        return [o["y"][0, 0] for o in out]
+
+    assert asyncio.run(go()) == [0.0, 2.0, 4.0, 6.0, 8.0]
+
+
 def test_padding_batches_different_lengths_and_cuts_outputs_back():
     """A sequence model: input [N, L] summed over a padded L; output [N, L] cut back per request."""
     hold = threading.Event()

@@ -377,9 +377,12 @@ def test_an_answer_that_cannot_be_recorded_is_withheld(app):
     audit = manager.plugin("audit")
     with audit.audit_log.engine.begin() as c:
         c.execute(sa.text("DROP TABLE lockgate_audit"))
+    seen = []
+    manager.observe = lambda hook, **kwargs: seen.append(kwargs["event"]) if hook == "lockgate_observe_inference" else None
     r = infer(model_app, keys["app"])
     assert r.status == 503 and "could not be recorded in the audit log, so its answer is withheld" in r.json()["error"]
     assert "outputs" not in r.json() and r.headers["retry-after"] == "1"
+    assert model_app.observed and [e.status for e in seen] == [503]  # observers count what the client got
 
 
 def test_a_revoked_version_stops_serving(app):
