@@ -724,21 +724,14 @@ class ControlApp:
         if self.gated:
             await gate(self.manager, scope, action, model, None)
 
-    async def _may(self, scope: Scope, action: str, model: str) -> bool:
-        try:
-            await gate(self.manager, scope, action, model, None)
-        except RequestError:
-            return False
-        return True
-
     async def _repository(self, scope: Scope, rest: str) -> tuple[int, object]:
         if self.repository is None:
             raise NotFound("this server has no model repository API")
         if rest == "index":
-            await self._gate(scope, "metadata", None)
+            who = await gate(self.manager, scope, "metadata", None, None) if self.gated else None
             entries = await self.repository.index()
-            if self.gated:  # only the models this caller may see: a key for one model learns of no other
-                entries = [e for e in entries if await self._may(scope, "metadata", e["name"])]
+            if who is not None:  # only the models this caller may see: a key for one model learns of no other
+                entries = [e for e in entries if (await self.manager.authorize(who, "metadata", e["name"], None)).allow]
             return 200, entries
         parts = rest.split("/")
         if len(parts) == 3 and parts[0] == "models" and parts[2] in ("load", "unload"):
