@@ -252,8 +252,13 @@ class PluginManager:
                 return result
         return ANONYMOUS
 
-    async def authorize(self, principal: Principal, action: str, model: str | None, version: str | None) -> Decision:
-        """Allow unless some gatekeeper denies; every implementation is asked."""
+    async def authorize(
+        self, principal: Principal, action: str, model: str | None, version: str | None, *, count: bool = True
+    ) -> Decision:
+        """Allow unless some gatekeeper denies; every implementation is asked.
+
+        ``count=False`` asks without counting a deny as a refusal: for filtering a listing (the
+        repository index) to what the caller may see, where a hidden entry is not a refused request."""
         kwargs = {"principal": principal, "action": action, "model": model, "version": version}
         for impl in self._impls("lockgate_authorize"):
             try:
@@ -261,7 +266,8 @@ class PluginManager:
             except Exception as e:  # noqa: BLE001 - fail closed
                 return self._gate_failed(impl.plugin_name, "authorization", e, status=403)
             if result is not None and isinstance(result, Decision) and not result.allow:
-                self.denials[impl.plugin_name] += 1
+                if count:
+                    self.denials[impl.plugin_name] += 1
                 return Decision(False, result.reason, impl.plugin_name, result.status or 403)
         return ALLOWED
 

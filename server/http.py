@@ -731,7 +731,7 @@ class ControlApp:
             who = await gate(self.manager, scope, "metadata", None, None) if self.gated else None
             entries = await self.repository.index()
             if who is not None:  # only the models this caller may see: a key for one model learns of no other
-                entries = [e for e in entries if (await self.manager.authorize(who, "metadata", e["name"], None)).allow]
+                entries = [e for e in entries if (await self.manager.authorize(who, "metadata", e["name"], None, count=False)).allow]
             return 200, entries
         parts = rest.split("/")
         if len(parts) == 3 and parts[0] == "models" and parts[2] in ("load", "unload"):

@@ -148,6 +148,9 @@ def test_any_deny_wins_and_every_gatekeeper_is_asked_in_turn():
     assert not d.allow and d.plugin == "deny" and d.reason == "bob may not infer secret"
     assert asked == ["allow", "deny", "allow", "deny"]
     assert m.denials["deny"] == 1
+    # filtering a listing asks the same question without counting the hidden entry as a refusal
+    quiet = run(m.authorize(p, "metadata", "secret", None, count=False))
+    assert not quiet.allow and quiet.plugin == "deny" and m.denials["deny"] == 1
 
 
 def test_gatekeeper_exception_and_timeout_deny_and_are_counted():
