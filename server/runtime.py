@@ -39,9 +39,14 @@ INGRESS_ENV = {
     "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
     # A replica that dies holding a request (its node lost, its process killed) closes the
     # connection without an answer; HAProxy then sends the request to another replica instead
-    # of closing the client's connection without response. Inference is safe to replay: its
-    # only effect is its audit record, and each attempt has its own.
-    "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response",
+    # of answering 502 (or, on a kept-alive connection, closing it without any answer).
+    # Inference is safe to replay: its only effect is its audit record, and each attempt has its
+    # own. HAProxy replays only a request it holds whole when it picks the replica, which
+    # `option http-buffer-request` makes it wait for; without it a request with a body was
+    # often not replayed. Serve has no setting for that option, but writes this value verbatim
+    # into its config's defaults section, so the option rides on a line of its own here;
+    # tests/integration/test_ingress_replay.py renders Serve's config to keep that true.
+    "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response\n    option http-buffer-request",
     # HAProxy waits this long for a client that has stopped sending (a half-sent request, an
     # idle connection) before it closes the connection; Serve's default is an hour.
     "RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S": "60",

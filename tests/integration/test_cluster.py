@@ -256,16 +256,13 @@ def test_a_killed_node_loses_no_answer_and_no_audit_record(cluster):
         for t in threads:
             t.join(90)
     assert len(nodes) == 2 and len(set(nodes)) == 1, f"replicas not back on the head: {nodes}"
-    # Answers or clean 503s, except at the kill: keep-alive connections HAProxy closed (1 of 14,110,
-    # 2 of 12,867 and 2 of 11,381 requests in three of eleven runs; HAProxy's log, printed with
-    # them, has no line for them, so the request was never read), and once HAProxy's own error
-    # page (a text/plain 500; 1 of 12,023). At most one per client, since each has one request in
-    # flight. Not yet clean (docs/operations.md).
+    # Answers or clean 503s only: HAProxy resends what the killed node's replica held. With
+    # `retry-on` alone, in 3 of 11 runs 1-2 requests ended with the connection closed without
+    # response and no line in HAProxy's log (printed with them); `option http-buffer-request`
+    # ended that (docs/operations.md, test_ingress_replay.py).
     closed = [e for e in errors if "without response" in e]
     unusual = cluster["haproxy_log"].unusual(f"/v2/models/{MODEL}/infer")  # HAProxy's side of anything but a clean answer
-    unclean = codes["ConnectionError"] + codes[500]
-    assert set(codes) <= {200, 503, 500, "ConnectionError"} and len(closed) == codes["ConnectionError"], (codes, errors, unusual)
-    assert unclean <= len(threads), (codes, errors, unusual)
+    assert set(codes) <= {200, 503}, (codes, errors, unusual)
     assert codes[200] > 0
     # every answered request is in the audit log (PostgreSQL), and the chain verifies
     env = cluster["env"]

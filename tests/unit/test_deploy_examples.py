@@ -5,6 +5,8 @@ Ray's cluster-launcher JSON schema), and their applications build with lockgate'
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -72,11 +74,12 @@ def test_the_cluster_launcher_file_passes_rays_schema():
     jsonschema.validate(doc, schema)
     workers = {k: v for k, v in doc["available_node_types"].items() if k != doc["head_node_type"]}
     assert workers and all(0 <= v["min_workers"] <= v["max_workers"] <= doc["max_workers"] for v in workers.values())
-    import shlex
-
     for command in doc["head_start_ray_commands"][1:] + doc["worker_start_ray_commands"][1:]:
-        words = shlex.split(command)
-        env = {w.split("=", 1)[0]: w.split("=", 1)[1] for w in words if "=" in w and w.startswith("RAY_")}
+        # the launcher runs each command in bash: let bash read the assignments before `ray start`
+        assignments = command.split(" ray start ", 1)[0].replace("\n", " ")
+        out = subprocess.run(["bash", "-c", f"{assignments} env -0"], env={"PATH": os.environ["PATH"]},
+                             capture_output=True, text=True, check=True).stdout
+        env = dict(line.split("=", 1) for line in out.split("\0") if line.startswith("RAY_"))
         # every node starts with the ingress switches and the token the launcher copied to it
         assert env.pop("RAY_AUTH_MODE") == "token" and env.pop("RAY_AUTH_TOKEN_PATH") in doc["file_mounts"]
         assert env == INGRESS
