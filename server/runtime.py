@@ -21,15 +21,37 @@ from .config import ModelConfig
 from .settings import LockgateSettings
 
 __all__ = [
+    "HAPROXY_DEFAULTS",
     "INGRESS_ENV",
     "Runtime",
     "check_port",
     "fallback_proxy_ports",
     "haproxy_env",
     "haproxy_pids",
+    "haproxy_retry_on",
     "orphaned_haproxy_pids",
     "stop_haproxy",
 ]
+
+# Lines for the defaults section of Serve's HAProxy config that Serve 2.60 has no setting for.
+HAPROXY_DEFAULTS = (
+    # Wait for the whole request (up to HAProxy's 16 KiB buffer) before picking a replica:
+    # HAProxy resends only a request it holds whole, and without this a request with a body
+    # whose replica died was often not resent.
+    "option http-buffer-request",
+    # A request's headers (and its body, up to the buffer) must arrive within this; a client
+    # dripping bytes is answered 408 (the client timeout below only bounds silence).
+    "timeout http-request 30s",
+)
+
+
+def haproxy_retry_on(defaults: tuple[str, ...] = HAPROXY_DEFAULTS) -> str:
+    """The value for RAY_SERVE_HAPROXY_RETRY_ON: HAProxy's replay policy, then ``defaults``.
+
+    Serve writes this value verbatim into its config's defaults section, so lines of their own
+    ride on it; tests/integration/test_ingress_replay.py renders Serve's config to keep that true."""
+    return "conn-failure empty-response" + "".join(f"\n    {line}" for line in defaults)
+
 
 INGRESS_ENV = {
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
@@ -41,12 +63,8 @@ INGRESS_ENV = {
     # connection without an answer; HAProxy then sends the request to another replica instead
     # of answering 502 (or, on a kept-alive connection, closing it without any answer).
     # Inference is safe to replay: its only effect is its audit record, and each attempt has its
-    # own. HAProxy replays only a request it holds whole when it picks the replica, which
-    # `option http-buffer-request` makes it wait for; without it a request with a body was
-    # often not replayed. Serve has no setting for that option, but writes this value verbatim
-    # into its config's defaults section, so the option rides on a line of its own here;
-    # tests/integration/test_ingress_replay.py renders Serve's config to keep that true.
-    "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response\n    option http-buffer-request",
+    # own. The HAPROXY_DEFAULTS lines ride on this value.
+    "RAY_SERVE_HAPROXY_RETRY_ON": haproxy_retry_on(),
     # HAProxy waits this long for a client that has stopped sending (a half-sent request, an
     # idle connection) before it closes the connection; Serve's default is an hour.
     "RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S": "60",

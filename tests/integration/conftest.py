@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from lockgate.server.runtime import HAPROXY_DEFAULTS, haproxy_retry_on
+
 _ports = itertools.count(20000 + (os.getpid() % 400) * 16)
 
 
@@ -103,8 +105,11 @@ def server(demo_repo: Path, settings, manager, registry):
     from lockgate.server.runtime import Runtime
 
     os.environ.update(isolated_haproxy_env())
-    # A short client timeout, so that test_reliability sees HAProxy drop a stalled client.
+    # A short client timeout and request deadline, so that test_reliability sees HAProxy drop a
+    # stalled client and a dripping one.
     os.environ["RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S"] = "3"
+    os.environ["RAY_SERVE_HAPROXY_RETRY_ON"] = haproxy_retry_on(
+        tuple(line.replace("timeout http-request 30s", "timeout http-request 6s") for line in HAPROXY_DEFAULTS))
     from lockgate.server._cli_governance import open_mode_approver
 
     imported = import_repository(demo_repo, registry, actor="tester", before_alias=open_mode_approver(manager))

@@ -178,7 +178,7 @@ def test_serve_writes_the_replay_settings_into_a_config_haproxy_accepts(tmp_path
     text = config.read_text()
     defaults = text.split("\ndefaults\n", 1)[1].split("\nfrontend ", 1)[0]
     assert "retry-on conn-failure empty-response\n" in defaults
-    assert "\n    option http-buffer-request\n" in defaults
+    assert "\n    option http-buffer-request\n    timeout http-request 30s\n" in defaults
     check = subprocess.run([str(HAPROXY), "-c", "-f", str(config)], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
 

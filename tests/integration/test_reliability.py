@@ -77,10 +77,43 @@ def test_a_stalled_client_is_dropped_by_the_ingress_and_the_model_keeps_serving(
     print(f"\nstalled clients dropped after {seen}")
 
 
+def test_a_client_dripping_its_headers_is_cut_off_at_the_request_deadline(server):
+    """A byte a second never trips the inactivity timeout; HAProxy's request deadline (6 s in
+    this session, 30 s by default) answers 408 and closes, and the model keeps serving."""
+    port = port_of(server)
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(b"POST /v2/models/iris/infer HTTP/1.1\r\nhost: x\r\nx-drip: ")
+        s.setblocking(False)
+        t0, got = time.monotonic(), b""
+        while time.monotonic() - t0 < 25:
+            try:
+                s.send(b"a")
+            except OSError:
+                break  # closed by HAProxy
+            time.sleep(1.0)
+            try:
+                chunk = s.recv(65536)
+            except BlockingIOError:
+                continue
+            except OSError:
+                break
+            got += chunk
+            if not chunk or got:
+                break
+        took = time.monotonic() - t0
+    assert 5 < took < 15, (took, got[:200])
+    assert status_of(got) in (0, 408), got[:200]
+    assert requests.post(f"{server}/v2/models/iris/infer", data=IRIS, timeout=10).status_code == 200
+    print(f"\ndripping client cut off after {took:.1f} s ({status_of(got) or 'closed'})")
+
+
 def test_size_limits_at_the_ingress(server):
     port = port_of(server)
-    # a body declared over the limit (64 MiB) is refused by the replica before it is sent
-    answer, took = exchange(port, b"POST /v2/models/iris/infer HTTP/1.1\r\nhost: x\r\ncontent-length: 1000000000\r\n\r\n")
+    # a body declared over the limit (64 MiB) is refused by the replica from its Content-Length,
+    # as soon as HAProxy has the first buffer of it (it holds up to 16 KiB so that it can resend
+    # the request; it answers `Expect: 100-continue` itself)
+    declared = b"POST /v2/models/iris/infer HTTP/1.1\r\nhost: x\r\ncontent-length: 1000000000\r\n\r\n"
+    answer, took = exchange(port, declared + b"0" * 20_000)
     assert status_of(answer) == 413 and b"larger than the limit of 67108864 bytes" in answer and took < 5, answer[:300]
     # headers over HAProxy's 16 KiB buffer are refused at the door
     answer, _ = exchange(port, b"GET /v2/models/iris HTTP/1.1\r\nhost: x\r\nx-pad: " + b"a" * 20_000 + b"\r\n\r\n")

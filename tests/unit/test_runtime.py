@@ -37,4 +37,4 @@ def test_a_server_refuses_to_start_when_its_fallback_proxy_port_is_taken(monkeyp
 def test_haproxy_replays_only_requests_no_replica_answered():
     policy, *options = INGRESS_ENV["RAY_SERVE_HAPROXY_RETRY_ON"].split("\n")
     assert policy.split() == ["conn-failure", "empty-response"]
-    assert [o.strip() for o in options] == ["option http-buffer-request"]  # replay needs the request whole
+    assert [o.strip() for o in options] == ["option http-buffer-request", "timeout http-request 30s"]
