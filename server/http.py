@@ -51,7 +51,6 @@ Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 SERVER_NAME = "lockgate"
-DEFAULT_MAX_BODY_BYTES = DEFAULT_LIMITS.max_body_bytes
 _JSON = [(b"content-type", b"application/json")]
 METRICS_CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 _RETRY = {"retry-after": "1"}
@@ -149,7 +148,7 @@ class ModelService:
         *,
         manager: PluginManager | None = None,
         default_alias: str = "production",
-        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        max_body_bytes: int = DEFAULT_LIMITS.max_body_bytes,
         explain: ExplainOptions | None = None,
         max_tensor_elements: int = DEFAULT_LIMITS.max_tensor_elements,
     ) -> None:

@@ -24,7 +24,6 @@ from .model import ModelVersion, TensorSpec
 __all__ = ["HEADER_LENGTH", "InferRequest", "encode_infer_response", "parse_infer_request"]
 
 HEADER_LENGTH = "inference-header-content-length"
-DEFAULT_MAX_ELEMENTS = DEFAULT_LIMITS.max_tensor_elements
 
 
 @dataclass(slots=True)
@@ -70,7 +69,7 @@ def _check_against(spec: TensorSpec, datatype: str, shape: tuple[int, ...]) -> N
 
 
 def parse_infer_request(
-    body: bytes, header_length: int | None, model: ModelVersion, max_batch_size: int, max_elements: int = DEFAULT_MAX_ELEMENTS
+    body: bytes, header_length: int | None, model: ModelVersion, max_batch_size: int, max_elements: int = DEFAULT_LIMITS.max_tensor_elements
 ) -> InferRequest:
     """Decode ``body`` for ``model``; ``header_length`` is Inference-Header-Content-Length, if sent.
     A tensor whose shape holds more than ``max_elements`` elements is refused before any decode."""

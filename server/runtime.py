@@ -21,11 +21,12 @@ from .config import ModelConfig
 from .settings import LockgateSettings
 
 __all__ = [
-    "HAPROXY_DEFAULTS",
+    "HAPROXY_REQUEST_TIMEOUT_S",
     "INGRESS_ENV",
     "Runtime",
     "check_port",
     "fallback_proxy_ports",
+    "haproxy_defaults",
     "haproxy_env",
     "haproxy_pids",
     "haproxy_retry_on",
@@ -33,24 +34,28 @@ __all__ = [
     "stop_haproxy",
 ]
 
-# Lines for the defaults section of Serve's HAProxy config that Serve 2.60 has no setting for.
-HAPROXY_DEFAULTS = (
-    # Wait for the whole request (up to HAProxy's 16 KiB buffer) before picking a replica:
-    # HAProxy resends only a request it holds whole, and without this a request with a body
-    # whose replica died was often not resent.
-    "option http-buffer-request",
-    # A request's headers (and its body, up to the buffer) must arrive within this; a client
-    # dripping bytes is answered 408 (the client timeout below only bounds silence).
-    "timeout http-request 30s",
-)
+HAPROXY_REQUEST_TIMEOUT_S = 30
 
 
-def haproxy_retry_on(defaults: tuple[str, ...] = HAPROXY_DEFAULTS) -> str:
-    """The value for RAY_SERVE_HAPROXY_RETRY_ON: HAProxy's replay policy, then ``defaults``.
+def haproxy_defaults(request_timeout_s: int = HAPROXY_REQUEST_TIMEOUT_S) -> tuple[str, ...]:
+    """Lines for the defaults section of Serve's HAProxy config that Serve 2.60 has no setting for."""
+    return (
+        # Wait for the whole request (up to HAProxy's 16 KiB buffer) before picking a replica:
+        # HAProxy resends only a request it holds whole, and without this a request with a body
+        # whose replica died was often not resent.
+        "option http-buffer-request",
+        # A request's headers (and its body, up to the buffer) must arrive within this; a client
+        # dripping bytes is answered 408 (the client timeout below only bounds silence).
+        f"timeout http-request {request_timeout_s}s",
+    )
+
+
+def haproxy_retry_on(request_timeout_s: int = HAPROXY_REQUEST_TIMEOUT_S) -> str:
+    """The value for RAY_SERVE_HAPROXY_RETRY_ON: HAProxy's replay policy, then haproxy_defaults().
 
     Serve writes this value verbatim into its config's defaults section, so lines of their own
     ride on it; tests/integration/test_ingress_replay.py renders Serve's config to keep that true."""
-    return "conn-failure empty-response" + "".join(f"\n    {line}" for line in defaults)
+    return "conn-failure empty-response" + "".join(f"\n    {line}" for line in haproxy_defaults(request_timeout_s))
 
 
 INGRESS_ENV = {
@@ -63,7 +68,7 @@ INGRESS_ENV = {
     # connection without an answer; HAProxy then sends the request to another replica instead
     # of answering 502 (or, on a kept-alive connection, closing it without any answer).
     # Inference is safe to replay: its only effect is its audit record, and each attempt has its
-    # own. The HAPROXY_DEFAULTS lines ride on this value.
+    # own. The haproxy_defaults() lines ride on this value.
     "RAY_SERVE_HAPROXY_RETRY_ON": haproxy_retry_on(),
     # HAProxy waits this long for a client that has stopped sending (a half-sent request, an
     # idle connection) before it closes the connection; Serve's default is an hour.

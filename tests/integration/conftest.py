@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from lockgate.server.runtime import HAPROXY_DEFAULTS, haproxy_retry_on
+from lockgate.server.runtime import haproxy_retry_on
 
 _ports = itertools.count(20000 + (os.getpid() % 400) * 16)
 
@@ -108,8 +108,7 @@ def server(demo_repo: Path, settings, manager, registry):
     # A short client timeout and request deadline, so that test_reliability sees HAProxy drop a
     # stalled client and a dripping one.
     os.environ["RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S"] = "3"
-    os.environ["RAY_SERVE_HAPROXY_RETRY_ON"] = haproxy_retry_on(
-        tuple(line.replace("timeout http-request 30s", "timeout http-request 6s") for line in HAPROXY_DEFAULTS))
+    os.environ["RAY_SERVE_HAPROXY_RETRY_ON"] = haproxy_retry_on(request_timeout_s=6)
     from lockgate.server._cli_governance import open_mode_approver
 
     imported = import_repository(demo_repo, registry, actor="tester", before_alias=open_mode_approver(manager))
