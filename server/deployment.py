@@ -55,7 +55,7 @@ class ModelDeployment:
         limits = limit_options(settings.options)
         self._service = ModelService(
             name, config, registry, manager=manager, default_alias=settings.default_alias, explain=explain_options(settings.options),
-            max_body_bytes=limits.max_body_bytes, max_tensor_elements=limits.max_tensor_elements,
+            limits=limits,
         )
         self._app = ModelApp(self._service)
         if settings.replica_listener:

@@ -38,7 +38,7 @@ from .autoscaling import LoadMeter
 from .batching import Assembler, Batcher
 from .config import ModelConfig
 from .explain import Explainer, ExplainOptions
-from .limits import DEFAULT_LIMITS
+from .limits import DEFAULT_LIMITS, LimitOptions
 from .model import ModelVersion, load_version
 from .protocol import HEADER_LENGTH, InferRequest, encode_infer_response, parse_infer_request
 
@@ -148,9 +148,8 @@ class ModelService:
         *,
         manager: PluginManager | None = None,
         default_alias: str = "production",
-        max_body_bytes: int = DEFAULT_LIMITS.max_body_bytes,
         explain: ExplainOptions | None = None,
-        max_tensor_elements: int = DEFAULT_LIMITS.max_tensor_elements,
+        limits: LimitOptions = DEFAULT_LIMITS,
     ) -> None:
         self.name = name
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"onnxruntime-{name}")
@@ -159,8 +158,7 @@ class ModelService:
         self.registry = registry
         self.manager = manager
         self.default_alias = default_alias
-        self.max_body_bytes = max_body_bytes
-        self.max_tensor_elements = max_tensor_elements
+        self.limits = limits  # body and tensor sizes here; the rest is the listener's
         self.served: dict[int, _Served] = {}
         self._loading: dict[int, asyncio.Future] = {}
         records = registry.versions(name)
@@ -345,7 +343,7 @@ class ModelService:
 
     async def infer(self, served: _Served, body: bytes, header_length: bytes | None) -> tuple[bytes, list, InferRequest]:
         served.batcher.check_room()
-        request = parse_infer_request(body, _json_length(header_length), served.model, served.max_batch_size, self.max_tensor_elements)
+        request = parse_infer_request(body, _json_length(header_length), served.model, served.max_batch_size, self.limits.max_tensor_elements)
         timeout = None
         if request.parameters and "timeout" in request.parameters:
             timeout = request.parameters["timeout"]
@@ -486,7 +484,7 @@ class ModelApp:
             served = await self.service.version(version)
             outcome.version, outcome.sha256 = served.model.version, served.model.sha256
             self.service.check_serving(served)
-            body = await read_body(receive, self.service.max_body_bytes)
+            body = await read_body(receive, self.service.limits.max_body_bytes)
             outcome.body = body
             if kind == "explain":
                 out, request, outcome.explains = await self.service.explain(served, body, _header(scope, HEADER_LENGTH.encode()))

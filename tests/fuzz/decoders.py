@@ -123,7 +123,7 @@ class Harness:
         write_demo_repository(root / "repo", ["iris"])
         registry = Registry(f"sqlite:///{root}/registry.db", root / "artifacts")
         import_repository(root / "repo", registry, actor="fuzzer")
-        self.service = ModelService("iris", ModelConfig.model_validate(registry.model_config("iris")), registry, max_body_bytes=65536)
+        self.service = ModelService("iris", ModelConfig.model_validate(registry.model_config("iris")), registry, limits=LimitOptions(max_body_bytes=65536))
         limits = LimitOptions(max_body_bytes=65536, max_header_bytes=8192, max_tensor_elements=4096)
         self.server = FastServer(ModelApp(self.service), fallback, "/v2/models/iris", limits)
         self.loop = asyncio.new_event_loop()

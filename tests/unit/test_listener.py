@@ -40,7 +40,7 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict, bytes]
 @pytest.fixture
 def serve(demo_registry):
     """Runs ``scenario(reader, writer, server)`` against a FastServer serving iris."""
-    service = ModelService("iris", ModelConfig.model_validate(demo_registry.model_config("iris")), demo_registry, max_body_bytes=10_000)
+    service = ModelService("iris", ModelConfig.model_validate(demo_registry.model_config("iris")), demo_registry, limits=LIMITS)
 
     def run(scenario):
         async def main():

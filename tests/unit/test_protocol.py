@@ -12,6 +12,7 @@ import pytest
 
 from lockgate.server.config import ModelConfig
 from lockgate.server.http import ControlApp, ModelApp, ModelService
+from lockgate.server.limits import DEFAULT_LIMITS, LimitOptions
 from tests.asgi import call
 
 PREFIX = "/v2/models/iris"
@@ -205,7 +206,7 @@ def test_control_app_routes():
 
 
 def test_body_limit_is_413(demo_registry):
-    s = service(demo_registry, "iris", max_body_bytes=100)
+    s = service(demo_registry, "iris", limits=DEFAULT_LIMITS.model_copy(update={"max_body_bytes": 100}))
     try:
         _err(post(s, "/infer", raw=b" " * 5000), 413, "larger than the limit of 100 bytes")
     finally:
@@ -213,7 +214,7 @@ def test_body_limit_is_413(demo_registry):
 
 
 def test_tensor_elements_over_the_limit_are_413_before_any_decode(demo_registry):
-    s = service(demo_registry, "iris", max_tensor_elements=100)
+    s = service(demo_registry, "iris", limits=LimitOptions(max_tensor_elements=100))
     try:
         # 32 x 4 = 128 elements: a batch the model accepts, over this server's limit; the data
         # is short on purpose: the shape alone decides, before the data is looked at.
