@@ -55,8 +55,8 @@ def main() -> int:
     reps, seconds = (1, 5.0) if a.quick else (3, 10.0)
     levels = [1, 64]
     a.out.mkdir(parents=True, exist_ok=True)
-    from lockgate.server.demo import write_demo_repository
-    from lockgate.server.runtime import haproxy_pids
+    from lockgate.server.tools.demo import write_demo_repository
+    from lockgate.server.hosting.serve_compat import haproxy_pids
 
     work = Path(tempfile.mkdtemp(prefix="lockgate-bench-gov-"))
     write_demo_repository(work / "repo", [MODEL])

@@ -110,7 +110,7 @@ def wait_ready(url: str, body: bytes, proc: subprocess.Popen, timeout: float = 1
 
 def stop(proc: subprocess.Popen, haproxy_before: set[int]) -> None:
     """Stop a system and any Serve HAProxy it left behind (Serve's reloads can outlive the run)."""
-    from lockgate.server.runtime import haproxy_pids, stop_haproxy
+    from lockgate.server.hosting.serve_compat import haproxy_pids, stop_haproxy
 
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -232,7 +232,7 @@ def main() -> int:
     seconds = a.seconds or (5.0 if a.quick else 10.0)
     a.out.mkdir(parents=True, exist_ok=True)
 
-    from lockgate.server.demo import write_demo_repository
+    from lockgate.server.tools.demo import write_demo_repository
 
     work = Path(tempfile.mkdtemp(prefix="lockgate-bench-"))
     repo = work / "repo"
@@ -241,7 +241,7 @@ def main() -> int:
     body = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": [round(float(v), 6) for v in row]}]})
     body_path = work / "body.json"
     body_path.write_text(body)
-    from lockgate.server.demo import IMAGE_SIZE
+    from lockgate.server.tools.demo import IMAGE_SIZE
 
     pixels = np.random.default_rng(0).integers(0, 256, (1, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
     w2_header = json.dumps({"inputs": [{"name": "image", "datatype": "UINT8", "shape": list(pixels.shape), "parameters": {"binary_data_size": pixels.nbytes}}],
@@ -263,7 +263,7 @@ def main() -> int:
         base = f"http://127.0.0.1:{ports[system.name]}/v2/models"
         print(f"== {system.name}: starting", flush=True)
         log = open(work / f"{system.name}.log", "w")
-        from lockgate.server.runtime import haproxy_pids
+        from lockgate.server.hosting.serve_compat import haproxy_pids
 
         before = set(haproxy_pids())
         proc = subprocess.Popen(system.command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env={**env, **system.env})

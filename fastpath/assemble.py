@@ -1,21 +1,18 @@
-"""Batch assembly with fused preprocessing: the compiled module, or its numpy twin."""
+"""Batch assembly with fused preprocessing: the compiled module, or its numpy twin (``_select`` picks)."""
 
 from __future__ import annotations
 
-import os
+from typing import TYPE_CHECKING
 
-if os.environ.get("LOCKGATE_NO_EXTENSIONS", "") not in ("", "0"):
-    from ._assemble_py import assemble_into, check_preprocess
+if TYPE_CHECKING:  # both twins have these names and signatures (_assemble.pyi is the compiled one's)
+    from ._assemble import assemble_into, check_preprocess
 
-    IMPLEMENTATION = "python"
+    IMPLEMENTATION: str
 else:
-    try:
-        from ._assemble import assemble_into, check_preprocess
+    from ._select import load
 
-        IMPLEMENTATION = "cython"
-    except ImportError:  # source checkout without a build
-        from ._assemble_py import assemble_into, check_preprocess
-
-        IMPLEMENTATION = "python"
+    _module, IMPLEMENTATION = load("_assemble", "_assemble_py")
+    assemble_into = _module.assemble_into
+    check_preprocess = _module.check_preprocess
 
 __all__ = ["IMPLEMENTATION", "assemble_into", "check_preprocess"]

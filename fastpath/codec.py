@@ -1,28 +1,27 @@
-"""The tensor codec: the compiled module, or its pure-Python twin.
+"""The tensor codec: the compiled module, or its pure-Python twin (``_select`` picks).
 
-``LOCKGATE_NO_EXTENSIONS=1`` selects the twin; so does a build without the
-extension. ``IMPLEMENTATION`` says which one this process loaded.
+``IMPLEMENTATION`` says which one this process loaded.
 """
 
 from __future__ import annotations
 
-import os
+from typing import TYPE_CHECKING
 
 from ._common import DATATYPES, CodecError, Datatype, datatype, element_count
 
-if os.environ.get("LOCKGATE_NO_EXTENSIONS", "") not in ("", "0"):
-    from ._codec_py import decode_binary, decode_json_data, encode_binary, encode_json_data, parse_json
+if TYPE_CHECKING:  # both twins have these names and signatures (_codec.pyi is the compiled one's)
+    from ._codec import decode_binary, decode_json_data, encode_binary, encode_json_data, parse_json
 
-    IMPLEMENTATION = "python"
+    IMPLEMENTATION: str
 else:
-    try:
-        from ._codec import decode_binary, decode_json_data, encode_binary, encode_json_data, parse_json
+    from ._select import load
 
-        IMPLEMENTATION = "cython"
-    except ImportError:  # source checkout without a build
-        from ._codec_py import decode_binary, decode_json_data, encode_binary, encode_json_data, parse_json
-
-        IMPLEMENTATION = "python"
+    _module, IMPLEMENTATION = load("_codec", "_codec_py")
+    decode_binary = _module.decode_binary
+    decode_json_data = _module.decode_json_data
+    encode_binary = _module.encode_binary
+    encode_json_data = _module.encode_json_data
+    parse_json = _module.parse_json
 
 __all__ = [
     "DATATYPES",

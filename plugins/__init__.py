@@ -13,10 +13,12 @@ PROJECT_NAME = "lockgate"
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 
-from ._manager import ENTRY_POINT_GROUP, PLUGIN_API_VERSION, PluginManager, PluginStatus, RecordFailed, build_manager  # noqa: E402
+from ._manager import ENTRY_POINT_GROUP, PLUGIN_API_VERSION, PluginManager, PluginStatus, build_manager  # noqa: E402
+from .errors import RecordFailed  # noqa: E402
 from ._types import (  # noqa: E402
     MODEL_NAME,
     AuditEvent,
+    CommandContext,
     Decision,
     InferenceEvent,
     ModelRegistry,
@@ -25,6 +27,7 @@ from ._types import (  # noqa: E402
     Reference,
     RegistrationCandidate,
     RequestInfo,
+    ServiceLevel,
     Settings,
 )
 
@@ -34,6 +37,7 @@ __all__ = [
     "PLUGIN_API_VERSION",
     "PROJECT_NAME",
     "AuditEvent",
+    "CommandContext",
     "Decision",
     "InferenceEvent",
     "ModelRegistry",
@@ -45,6 +49,7 @@ __all__ = [
     "Reference",
     "RegistrationCandidate",
     "RequestInfo",
+    "ServiceLevel",
     "Settings",
     "build_manager",
     "hookimpl",

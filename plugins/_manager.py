@@ -11,22 +11,24 @@ import inspect
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Generator, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import pluggy
 
 from . import PROJECT_NAME, hookspecs
-from ._types import AuditEvent, Decision, Principal, Settings
+from ._types import AuditEvent, Decision, ModelRegistry, Principal, Settings
+from .errors import RecordFailed
 
-__all__ = ["ENTRY_POINT_GROUP", "PLUGIN_API_VERSION", "PluginManager", "PluginStatus", "RecordFailed"]
+__all__ = ["ENTRY_POINT_GROUP", "PLUGIN_API_VERSION", "PluginManager", "PluginStatus"]
 
 log = logging.getLogger("lockgate.plugins")
 
 ENTRY_POINT_GROUP = "lockgate.plugins"
-PLUGIN_API_VERSION = "1.2"
+PLUGIN_API_VERSION = "1.3"
 ANONYMOUS = Principal("anonymous")
 ALLOWED = Decision(True)
 
@@ -36,10 +38,6 @@ class _Impl(NamedTuple):
     function: Any
     argnames: tuple[str, ...]
     is_async: bool
-
-
-class RecordFailed(Exception):
-    """A recorder could not record an inference request; its answer must not be sent."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,12 +114,31 @@ class PluginManager:
                 self._impl_cache.clear()
                 self._sync_gates = None
                 self._pm.register(plugin, name=name)
-                status = PluginStatus(name, "loaded", source, declared)
+                wrapped = self._wrapped_gatekeepers(name)
+                if wrapped:
+                    self._pm.unregister(name=name)
+                    status = PluginStatus(
+                        name, "failed", source, declared,
+                        f"gatekeeper hook(s) {', '.join(wrapped)} declared as a pluggy wrapper or hookwrapper: a gatekeeper must "
+                        "return its Decision (write it as a plain or async def hookimpl)",
+                    )
+                else:
+                    status = PluginStatus(name, "loaded", source, declared)
             except Exception as e:  # noqa: BLE001 - pluggy validation errors and name clashes
                 status = PluginStatus(name, "failed", source, declared, f"{type(e).__name__}: {e}")
         if status.state == "failed":
             log.warning("plugin %s skipped: %s", name, status.error)
         return status
+
+    def _wrapped_gatekeepers(self, name: str) -> list[str]:
+        """The gatekeeper and recorder hooks that plugin ``name`` implements as a wrapper: its
+        generator would be taken for an abstention, so such a plugin is refused, never run."""
+        found = []
+        for hook_name in (*hookspecs.GATEKEEPERS, *hookspecs.RECORDERS):
+            for impl in getattr(self._pm.hook, hook_name).get_hookimpls():
+                if impl.plugin_name == name and (impl.hookwrapper or impl.wrapper):
+                    found.append(hook_name)
+        return found
 
     def configure(self, settings: Settings) -> None:
         """Call ``lockgate_configure`` on each plugin; one that raises is unregistered and marked failed."""
@@ -142,6 +159,11 @@ class PluginManager:
                 ]
 
     @property
+    def settings(self) -> Settings:
+        """The settings this manager was configured with (empty ones before ``configure``)."""
+        return self._settings if self._settings is not None else Settings("", "")
+
+    @property
     def hook(self) -> Any:
         return self._pm.hook
 
@@ -155,7 +177,7 @@ class PluginManager:
     def failed(self) -> list[PluginStatus]:
         return [s for s in self.statuses if s.state == "failed"]
 
-    # -- calling rules -----------------------------------------------------------------------
+    # -- calling rules ---------------------------------------------------------------------------
 
     def _impls(self, hook_name: str) -> list[_Impl]:
         """The implementations of ``hook_name`` in calling order (last registered first), cached:
@@ -169,7 +191,117 @@ class PluginManager:
             self._impl_cache[hook_name] = found
         return found
 
-    async def _call_gate(self, impl: _Impl, kwargs: dict[str, Any]) -> Any:
+    def request_gates_are_sync(self) -> bool:
+        """True when every authenticate and authorize implementation is a plain function, so
+        ``check_request`` can decide without a coroutine (the common case, and the cheaper one)."""
+        if self._sync_gates is None:
+            self._sync_gates = not any(i.is_async for h in ("lockgate_authenticate", "lockgate_authorize") for i in self._impls(h))
+        return self._sync_gates
+
+    # Each gatekeeper rule below is written once, as a generator that yields the next
+    # implementation to call with its arguments and is sent back the result (or the exception
+    # it raised). Two drivers run the rules: one synchronous (on the event loop for plain
+    # functions, or in a CLI), one asynchronous; so the sync and async paths cannot differ.
+
+    def _request_rules(self, request: Any, action: str) -> _Rules:
+        """authenticate, then authorize: ``(principal, None)`` when allowed; ``(None, deny)``
+        when authentication refused (401, or 503 when it cannot check now); ``(principal,
+        deny)`` when authorization refused (403 unless the plugin said otherwise)."""
+        who = yield from self._authenticate_rules(request)
+        if isinstance(who, Decision):
+            return None, who
+        denied = yield from self._authorize_rules(who, action, request.model, request.version, count=True)
+        return who, denied
+
+    def _authenticate_rules(self, request: Any) -> _Rules:
+        for impl in self._impls("lockgate_authenticate"):
+            result = yield impl, {"request": request}
+            if isinstance(result, BaseException):
+                return self._gate_failed(impl.plugin_name, "authentication", result, status=401)
+            if isinstance(result, Principal):
+                return result
+            if isinstance(result, Decision):
+                if not result.allow:
+                    self.denials[impl.plugin_name] += 1
+                    return Decision(False, result.reason, impl.plugin_name, 503 if result.status == 503 else 401)
+            elif result is not None:
+                return self._gate_failed(impl.plugin_name, "authentication", _not_an_answer(result), status=401)
+        return ANONYMOUS
+
+    def _authorize_rules(self, principal: Principal, action: str, model: str | None, version: str | None, *, count: bool) -> _Rules:
+        kwargs = {"principal": principal, "action": action, "model": model, "version": version}
+        for impl in self._impls("lockgate_authorize"):
+            result = yield impl, kwargs
+            denied = self._deny_of(impl.plugin_name, "authorization", result, count=count)
+            if denied is not None:
+                return denied
+        return None
+
+    def _gatekeeper_rules(self, hook_name: str, what: str, kwargs: dict[str, Any], *, first: bool) -> _Rules:
+        """Every deny of a gatekeeper hook (``first``: stop at the first one)."""
+        denials = []
+        for impl in self._impls(hook_name):
+            result = yield impl, kwargs
+            denied = self._deny_of(impl.plugin_name, what, result, count=True)
+            if denied is not None:
+                denials.append(denied)
+                if first:
+                    break
+        return denials
+
+    def _deny_of(self, plugin: str, what: str, result: Any, *, count: bool) -> Decision | None:
+        """What one gatekeeper's answer means: a deny, or None (allowed or abstained). An
+        exception, or an answer that is neither a Decision nor None, is a deny (fail closed)."""
+        if isinstance(result, BaseException):
+            return self._gate_failed(plugin, what, result, status=403)
+        if isinstance(result, Decision):
+            if result.allow:
+                return None
+            if count:
+                self.denials[plugin] += 1
+            return Decision(False, result.reason, plugin, result.status or 403)
+        if result is None:
+            return None
+        return self._gate_failed(plugin, what, _not_an_answer(result), status=403)
+
+    def _drive(self, rules: _Rules) -> Any:
+        """Run ``rules`` here and now: plain functions are called, ``async def`` gatekeepers
+        run to completion (on a helper thread when this thread runs an event loop)."""
+        try:
+            impl, kwargs = next(rules)
+            while True:
+                try:
+                    result: Any = self._call_sync(impl, kwargs)
+                except Exception as e:  # noqa: BLE001 - the rules decide what it means: a deny
+                    result = e
+                impl, kwargs = rules.send(result)
+        except StopIteration as done:
+            return done.value
+
+    async def _drive_async(self, rules: _Rules) -> Any:
+        try:
+            impl, kwargs = next(rules)
+            while True:
+                try:
+                    result: Any = await self._call_async(impl, kwargs)
+                except Exception as e:  # noqa: BLE001 - the rules decide what it means: a deny
+                    result = e
+                impl, kwargs = rules.send(result)
+        except StopIteration as done:
+            return done.value
+
+    def _call_sync(self, impl: _Impl, kwargs: dict[str, Any]) -> Any:
+        args = [kwargs[k] for k in impl.argnames]
+        start = time.monotonic()
+        result = impl.function(*args)
+        if inspect.isawaitable(result):  # an async gatekeeper, from a synchronous caller
+            result = _run_awaitable(result, self.gate_timeout_s)
+        elapsed = time.monotonic() - start
+        if elapsed > self.gate_timeout_s:
+            raise TimeoutError(f"took {elapsed:.2f} s, over the {self.gate_timeout_s} s limit")
+        return result
+
+    async def _call_async(self, impl: _Impl, kwargs: dict[str, Any]) -> Any:
         args = [kwargs[k] for k in impl.argnames]
         if impl.is_async:
             return await asyncio.wait_for(impl.function(*args), self.gate_timeout_s)
@@ -182,75 +314,18 @@ class PluginManager:
             raise TimeoutError(f"took {elapsed:.2f} s, over the {self.gate_timeout_s} s limit")
         return result
 
-    def request_gates_are_sync(self) -> bool:
-        """True when every authenticate and authorize implementation is a plain function, so
-        ``check_request`` can decide without a coroutine (the common case, and the cheaper one)."""
-        if self._sync_gates is None:
-            self._sync_gates = not any(i.is_async for h in ("lockgate_authenticate", "lockgate_authorize") for i in self._impls(h))
-        return self._sync_gates
-
     def check_request(self, request: Any, action: str) -> tuple[Principal | None, Decision | None]:
-        """``authenticate`` then ``authorize`` in one synchronous call, for plain-function
-        gatekeepers (see ``request_gates_are_sync``), with the same rules as the coroutines:
-        ``(principal, None)`` when allowed; ``(None, deny)`` when authentication refused (401 or
-        503); ``(principal, deny)`` when authorization refused."""
-        who: Principal = ANONYMOUS
-        given = {"request": request}
-        for impl in self._impls("lockgate_authenticate"):
-            try:
-                result = self._call_sync(impl, [given[k] for k in impl.argnames])
-            except Exception as e:  # noqa: BLE001 - fail closed
-                return None, self._gate_failed(impl.plugin_name, "authentication", e, status=401)
-            if isinstance(result, Principal):
-                who = result
-                break
-            if isinstance(result, Decision) and not result.allow:
-                self.denials[impl.plugin_name] += 1
-                return None, Decision(False, result.reason, impl.plugin_name, 503 if result.status == 503 else 401)
-        kwargs = {"principal": who, "action": action, "model": request.model, "version": request.version}
-        for impl in self._impls("lockgate_authorize"):
-            try:
-                result = self._call_sync(impl, [kwargs[k] for k in impl.argnames])
-            except Exception as e:  # noqa: BLE001 - fail closed
-                return who, self._gate_failed(impl.plugin_name, "authorization", e, status=403)
-            if result is not None and isinstance(result, Decision) and not result.allow:
-                self.denials[impl.plugin_name] += 1
-                return who, Decision(False, result.reason, impl.plugin_name, result.status or 403)
-        return who, None
+        """``authenticate`` then ``authorize`` in one synchronous call (see ``_request_rules``).
+        On an event loop, only for plain-function gatekeepers (``request_gates_are_sync``)."""
+        return cast("tuple[Principal | None, Decision | None]", self._drive(self._request_rules(request, action)))
 
     async def check_request_async(self, request: Any, action: str) -> tuple[Principal | None, Decision | None]:
         """``check_request`` for any gatekeepers, async ones included."""
-        who = await self.authenticate(request)
-        if isinstance(who, Decision):
-            return None, who
-        decision = await self.authorize(who, action, request.model, request.version)
-        return who, (None if decision.allow else decision)
-
-    def _call_sync(self, impl: _Impl, args: Any) -> Any:
-        start = time.monotonic()
-        result = impl.function(*args)
-        elapsed = time.monotonic() - start
-        if elapsed > self.gate_timeout_s:
-            raise TimeoutError(f"took {elapsed:.2f} s, over the {self.gate_timeout_s} s limit")
-        return result
+        return cast("tuple[Principal | None, Decision | None]", await self._drive_async(self._request_rules(request, action)))
 
     async def authenticate(self, request: Any) -> Principal | Decision:
         """The caller's Principal, or the first deny. Every abstention: the anonymous principal."""
-        for impl in self._impls("lockgate_authenticate"):
-            try:
-                result = await self._call_gate(impl, {"request": request})
-            except Exception as e:  # noqa: BLE001 - fail closed
-                return self._gate_failed(impl.plugin_name, "authentication", e, status=401)
-            if type(result) is Principal:
-                return result
-            if isinstance(result, Decision):
-                if not result.allow:
-                    self.denials[impl.plugin_name] += 1
-                    # 503: the authenticator cannot check credentials now; anything else is 401.
-                    return Decision(False, result.reason, impl.plugin_name, 503 if result.status == 503 else 401)
-            elif isinstance(result, Principal):
-                return result
-        return ANONYMOUS
+        return cast("Principal | Decision", await self._drive_async(self._authenticate_rules(request)))
 
     async def authorize(
         self, principal: Principal, action: str, model: str | None, version: str | None, *, count: bool = True
@@ -259,33 +334,11 @@ class PluginManager:
 
         ``count=False`` asks without counting a deny as a refusal: for filtering a listing (the
         repository index) to what the caller may see, where a hidden entry is not a refused request."""
-        kwargs = {"principal": principal, "action": action, "model": model, "version": version}
-        for impl in self._impls("lockgate_authorize"):
-            try:
-                result = await self._call_gate(impl, kwargs)
-            except Exception as e:  # noqa: BLE001 - fail closed
-                return self._gate_failed(impl.plugin_name, "authorization", e, status=403)
-            if result is not None and isinstance(result, Decision) and not result.allow:
-                if count:
-                    self.denials[impl.plugin_name] += 1
-                return Decision(False, result.reason, impl.plugin_name, result.status or 403)
-        return ALLOWED
+        denied = await self._drive_async(self._authorize_rules(principal, action, model, version, count=count))
+        return ALLOWED if denied is None else cast(Decision, denied)
 
     def _denials(self, hook_name: str, what: str, kwargs: dict[str, Any], *, first: bool = False) -> list[Decision]:
-        """The denies of every implementation of a synchronous gatekeeper (``first``: stop at one)."""
-        denials = []
-        for impl in self._impls(hook_name):
-            try:
-                result = asyncio.run(self._call_gate(impl, kwargs)) if impl.is_async else impl.function(*[kwargs[k] for k in impl.argnames])
-            except Exception as e:  # noqa: BLE001 - fail closed
-                denials.append(self._gate_failed(impl.plugin_name, what, e))
-            else:
-                if isinstance(result, Decision) and not result.allow:
-                    self.denials[impl.plugin_name] += 1
-                    denials.append(Decision(False, result.reason, impl.plugin_name, result.status))
-            if denials and first:
-                break
-        return denials
+        return cast("list[Decision]", self._drive(self._gatekeeper_rules(hook_name, what, kwargs, first=first)))
 
     def check_registration(self, candidate: Any) -> list[Decision]:
         """Every deny of every registration gatekeeper (empty: allowed). Runs synchronously."""
@@ -295,17 +348,21 @@ class PluginManager:
         """Allow an alias move unless a gatekeeper denies it."""
         kwargs = {"principal": principal, "model": model, "alias": alias, "version": version}
         denials = self._denials("lockgate_check_alias", "alias check", kwargs, first=True)
-        return denials[0] if denials else Decision(True)
+        return denials[0] if denials else ALLOWED
 
     def check_serving(self, record: Any, aliases: list[str]) -> Decision:
         """Allow serving ``record`` unless a gatekeeper denies it."""
         denials = self._denials("lockgate_check_serving", "serving check", {"record": record, "aliases": aliases}, first=True)
-        return denials[0] if denials else Decision(True)
+        return denials[0] if denials else ALLOWED
+
+    def check_startup(self, host: str, insecure: bool) -> list[Decision]:
+        """Every reason a start-up gatekeeper gives for refusing to serve on ``host`` (empty: start)."""
+        return self._denials("lockgate_check_startup", "start-up check", {"host": host, "insecure": insecure})
 
     async def record_inference(self, event: Any) -> None:
         """Hand ``event`` to every recorder and wait for the records they say are pending.
 
-        Raises when a recorder fails or times out: the caller must withhold its answer."""
+        Raises RecordFailed when a recorder fails or times out: the caller must withhold its answer."""
         for impl in self._impls("lockgate_record_inference"):
             try:
                 pending = impl.function(*[{"event": event}[k] for k in impl.argnames])
@@ -325,24 +382,57 @@ class PluginManager:
         log.warning("gatekeeper %s %s: %s", plugin, kind, error)
         return Decision(False, f"{what} by plugin '{plugin}' {kind}; denied", plugin, status)
 
-    def observe(self, hook_name: str, **kwargs: Any) -> None:
-        """Call every implementation of observer ``hook_name``; failures are logged and counted."""
+    def observe(self, hook_name: str, **kwargs: Any) -> list[Any]:
+        """Call every implementation of observer ``hook_name``; failures are logged and counted.
+        Returns the answers that were not None (most observers answer nothing)."""
+        answers = []
         for impl in self._impls(hook_name):
             try:
-                impl.function(*[kwargs[k] for k in impl.argnames])
+                answer = impl.function(*[kwargs[k] for k in impl.argnames])
             except Exception as e:  # noqa: BLE001 - fail open
                 self.errors[impl.plugin_name] += 1
                 log.warning("observer %s.%s failed: %s", impl.plugin_name, hook_name, e)
+            else:
+                if answer is not None:
+                    answers.append(answer)
+        return answers
 
     def audit(self, kind: str, actor: str, **fields: Any) -> None:
         self.observe("lockgate_audit_event", event=AuditEvent(kind, actor, **fields))
 
-    def registry(self) -> Any:
+    def provide(self, hook_name: str, **kwargs: Any) -> Any:
+        """The first non-None answer of provider ``hook_name`` (None when no plugin answers).
+        An exception propagates: the caller asked for something it cannot do without."""
+        return getattr(self._pm.hook, hook_name)(**kwargs)
+
+    def registry(self) -> ModelRegistry:
         """The model registry that a plugin provides; LookupError when none does."""
         found = self._pm.hook.lockgate_model_registry()
         if found is None:
             raise LookupError("no plugin provides a model registry (is the built-in 'registry' plugin blocked?)")
-        return found
+        return cast(ModelRegistry, found)
+
+
+_Rules = Generator[tuple[_Impl, dict[str, Any]], Any, Any]
+
+
+def _not_an_answer(result: Any) -> TypeError:
+    return TypeError(f"a gatekeeper must return a Decision or None (or a Principal, when authenticating), got {type(result).__name__}")
+
+
+def _run_awaitable(awaitable: Any, timeout_s: float) -> Any:
+    """Run an async gatekeeper's awaitable to completion from synchronous code: on this thread
+    when it runs no event loop, else on a helper thread (a loop cannot be re-entered)."""
+
+    async def bounded() -> Any:
+        return await asyncio.wait_for(awaitable, timeout_s)
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(bounded())
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lockgate-gate") as pool:
+        return pool.submit(asyncio.run, bounded()).result()
 
 
 def build_manager(settings: Settings, *, allow: Iterable[str] | None = None, block: Iterable[str] = ()) -> PluginManager:

@@ -11,7 +11,9 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy import event
 
-__all__ = ["ArtifactMismatch", "ArtifactStore", "make_engine", "sha256_file", "writing"]
+from .errors import ArtifactMismatch
+
+__all__ = ["ArtifactStore", "make_engine", "sha256_file", "writing"]
 
 CHUNK = 1 << 20
 
@@ -59,16 +61,6 @@ def sha256_file(path: Path) -> tuple[str, int]:
             h.update(chunk)
             size += len(chunk)
     return h.hexdigest(), size
-
-
-class ArtifactMismatch(Exception):
-    """An artifact's bytes no longer hash to the sha256 it was registered with."""
-
-    def __init__(self, path: Path, expected: str, got: str) -> None:
-        super().__init__(f"artifact {path} has sha256 {got}, but {expected} was registered: it was changed; refusing to load it")
-        self.path = path
-        self.expected = expected
-        self.got = got
 
 
 class ArtifactStore:

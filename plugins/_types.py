@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from ._manager import PluginManager
 
 __all__ = [
     "MODEL_NAME",
     "AuditEvent",
+    "CommandContext",
     "Decision",
     "InferenceEvent",
     "ModelRegistry",
@@ -18,6 +23,7 @@ __all__ = [
     "Reference",
     "RegistrationCandidate",
     "RequestInfo",
+    "ServiceLevel",
     "Settings",
 ]
 
@@ -171,9 +177,39 @@ class AuditEvent:
     detail: Mapping[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class ServiceLevel:
+    """A model's service-level objectives (``lockgate_service_level``): the latency percentile
+    and its bound in milliseconds, the share of requests that may fail (5xx but 503), and the
+    share that must be answered (not 503)."""
+
+    latency_percentile: float = 99.0
+    latency_ms: float = 50.0
+    error_rate: float = 0.01
+    availability: float = 0.999
+
+
+@dataclass(frozen=True, slots=True)
+class CommandContext:
+    """What a plugin's commands get from the command line (``lockgate_register_commands``).
+
+    ``manager(registry_url, artifact_dir)`` builds the plugin manager of the command's
+    process (None: the environment's LOCKGATE_REGISTRY_URL / LOCKGATE_ARTIFACTS, else
+    LOCKGATE_HOME); ``registry_options`` is a click decorator adding ``--registry-url`` and
+    ``--artifacts`` to a command or group, as the built-in commands have them."""
+
+    manager: Callable[[str | None, str | None], PluginManager]
+    registry_options: Callable[[Any], Any]
+
+
 @runtime_checkable
 class ModelRegistry(Protocol):
-    """What the server needs of a registry; the built-in one is ``lockgate.plugins.registry``."""
+    """Every method the server calls on a registry; the built-in one is
+    ``lockgate.plugins.registry``. ``register`` with ``version`` registers that number (a
+    repository import) and returns the existing version unchanged when its sha256 is the
+    same; ``set_alias`` returns the version the alias pointed to before (None: new alias);
+    ``alias_history`` lists moves oldest first as mappings with ``alias``, ``version``,
+    ``previous``, ``set_by`` and ``set_at``; unknown names raise ``LookupError``."""
 
     def list_models(self) -> list[str]: ...
 
@@ -188,3 +224,29 @@ class ModelRegistry(Protocol):
     def resolve(self, name: str, reference: str | None = None) -> ModelVersionRecord: ...
 
     def read_verified(self, record: ModelVersionRecord) -> bytes: ...
+
+    def register(
+        self,
+        path: str | Path,
+        name: str,
+        *,
+        created_by: str,
+        lineage: Mapping[str, Any] | None = None,
+        card: str = "",
+        version: int | None = None,
+        config: Mapping[str, Any] | None = None,
+    ) -> ModelVersionRecord: ...
+
+    def set_alias(self, name: str, alias: str, version: int, *, actor: str) -> int | None: ...
+
+    def alias_history(self, name: str, alias: str | None = None) -> list[dict[str, Any]]: ...
+
+    def alias_at(self, name: str, alias: str, when: float) -> int | None: ...
+
+    def describe(self, record: ModelVersionRecord) -> dict[str, Any]: ...
+
+    def reference(self, name: str, version: int) -> Reference | None: ...
+
+    def set_reference(
+        self, name: str, version: int, sample: Mapping[str, Any], baseline: Mapping[str, Any], *, actor: str, source_sha256: str
+    ) -> None: ...

@@ -1,28 +1,34 @@
 """The hook specifications of lockgate's plugin API (``PLUGIN_API_VERSION``).
 
-Five concerns, each with its calling rule:
+Six concerns, each with its calling rule:
 
-- Lifecycle: ``lockgate_configure`` runs once when a process builds its plugin manager.
-- Model resolution (registry): first non-None result wins.
-- Gatekeepers (authenticate, authorize, registration policy, alias moves, serving): each
-  implementation is called on its own, in turn; any deny wins; an exception or a timeout
-  counts as a deny, and is counted. Request gatekeepers may be ``async def``.
+- Lifecycle: ``lockgate_configure`` runs once when a process builds its plugin manager;
+  ``lockgate_register_commands`` when the ``lockgate`` command line starts;
+  ``lockgate_startup_notes`` when ``lockgate serve`` has started.
+- Providers (registry, audit records, approval states, service levels, baselines, SBOM):
+  first non-None result wins.
+- Gatekeepers (authenticate, authorize, registration policy, alias moves, serving, start):
+  each implementation is called on its own, in turn; any deny wins; an exception or a timeout
+  counts as a deny, and is counted. Any gatekeeper may be ``async def``. A gatekeeper
+  declared as a pluggy wrapper or hookwrapper is refused when its plugin registers: a
+  wrapper's answer is not a Decision, and would pass for an abstention.
 - Recorders (the audit log's inference records): called before a response leaves; the
   response waits for an awaitable they return; an exception withholds the answer (503).
-- Observers (audit, monitoring): each implementation is called on its own; an exception is
-  logged and counted and the request goes on.
+- Observers (audit, monitoring, repository imports): each implementation is called on its
+  own; an exception is logged and counted and the request goes on.
 
 No hook runs per row of a batch: per request at most, and per batch for batch observers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from . import hookspec
 from ._types import (
     AuditEvent,
+    CommandContext,
     Decision,
     InferenceEvent,
     ModelRegistry,
@@ -30,25 +36,37 @@ from ._types import (
     Principal,
     RegistrationCandidate,
     RequestInfo,
+    ServiceLevel,
     Settings,
 )
 
 __all__ = [
     "GATEKEEPERS",
+    "LIFECYCLE",
     "OBSERVERS",
+    "PROVIDERS",
     "RECORDERS",
+    "lockgate_approval_states",
     "lockgate_audit_event",
+    "lockgate_audit_records",
     "lockgate_authenticate",
     "lockgate_authorize",
+    "lockgate_build_baseline",
     "lockgate_check_alias",
     "lockgate_check_registration",
     "lockgate_check_serving",
+    "lockgate_check_startup",
     "lockgate_configure",
+    "lockgate_imported_version",
     "lockgate_model_registry",
     "lockgate_observe_batch",
     "lockgate_observe_inference",
     "lockgate_record_inference",
+    "lockgate_register_commands",
     "lockgate_resolve_model",
+    "lockgate_sbom",
+    "lockgate_service_level",
+    "lockgate_startup_notes",
 ]
 
 GATEKEEPERS = (
@@ -57,9 +75,27 @@ GATEKEEPERS = (
     "lockgate_check_registration",
     "lockgate_check_alias",
     "lockgate_check_serving",
+    "lockgate_check_startup",
 )
 RECORDERS = ("lockgate_record_inference",)
-OBSERVERS = ("lockgate_audit_event", "lockgate_observe_inference", "lockgate_observe_batch")
+OBSERVERS = (
+    "lockgate_audit_event",
+    "lockgate_observe_inference",
+    "lockgate_observe_batch",
+    "lockgate_imported_version",
+    "lockgate_register_commands",
+    "lockgate_startup_notes",
+)
+LIFECYCLE = ("lockgate_configure",)
+PROVIDERS = (
+    "lockgate_model_registry",
+    "lockgate_resolve_model",
+    "lockgate_audit_records",
+    "lockgate_approval_states",
+    "lockgate_service_level",
+    "lockgate_build_baseline",
+    "lockgate_sbom",
+)
 
 
 # -- lifecycle -------------------------------------------------------------------------------
@@ -78,7 +114,26 @@ def lockgate_configure(settings: Settings, manager: Any) -> None:
     """
 
 
-# -- model resolution (registry) ---------------------------------------------------------------
+@hookspec
+def lockgate_register_commands(cli: Any, context: CommandContext) -> None:
+    """Add commands to the ``lockgate`` command line: ``cli`` is its click group.
+
+    Called once when the command line starts, before it parses its arguments (so ``lockgate
+    --help`` lists every command). ``context`` builds the plugin manager a command runs with
+    (``context.manager(registry_url, artifact_dir)``) and carries the shared registry
+    options; ``lockgate.plugins.shared`` has the helpers the built-in commands use (the
+    caller's key check, dates, failing with a message). An exception is logged and counted:
+    the plugin's commands are missing and every other command works.
+    """
+
+
+@hookspec
+def lockgate_startup_notes(host: str) -> list[str] | None:
+    """Lines ``lockgate serve`` prints as warnings once it serves on ``host`` (open mode, say),
+    or None. Called once, after the models are deployed. An exception is logged and counted."""
+
+
+# -- providers: the first non-None answer wins -------------------------------------------------
 
 
 @hookspec(firstresult=True)
@@ -87,7 +142,7 @@ def lockgate_model_registry() -> ModelRegistry | None:
 
     Called when a process first needs the registry (CLI, replica constructor, control app).
     The first non-None answer wins; block the built-in ``registry`` plugin to replace it.
-    An exception propagates: without a registry nothing can be served.
+    An exception propagates to whoever asked: without a registry nothing can be served.
     """
 
 
@@ -97,8 +152,55 @@ def lockgate_resolve_model(name: str, reference: str | None) -> ModelVersionReco
 
     ``reference`` is None (the default alias), an alias name (``"staging"``), or a version
     number as text (``"3"``). Called off the hot path: at load and when aliases change.
-    Raise ``LookupError`` with a readable message when the model or reference is unknown.
+    Raise ``LookupError`` with a readable message when the model or reference is unknown; an
+    exception propagates to whoever asked.
     """
+
+
+@hookspec(firstresult=True)
+def lockgate_audit_records(
+    since: float | None, until: float | None, kind: str | None, model: str | None
+) -> Iterable[Mapping[str, Any]] | None:
+    """The audit log's records from ``since`` to ``until`` (epoch seconds; None: unbounded),
+    of ``kind`` (``infer``, ``register``, ``drift_detected``, ...; None: every kind) and of
+    ``model`` (None: every model), in sequence order; or None when this plugin keeps none.
+
+    Each record is a mapping with at least ``seq``, ``at``, ``kind``, ``actor``, ``model``,
+    ``version`` and ``detail``. Called off the request path (``lockgate report``). An
+    exception propagates to whoever asked.
+    """
+
+
+@hookspec(firstresult=True)
+def lockgate_approval_states(model: str) -> Mapping[int, str] | None:
+    """The approval state of each version of ``model`` that has one (``pending``,
+    ``approved``, ``rejected``, ``revoked``), or None when this plugin keeps no approvals.
+    A version absent from the mapping has no decision yet. Called off the request path (``lockgate
+    report``). An exception propagates to whoever asked."""
+
+
+@hookspec(firstresult=True)
+def lockgate_service_level(model: str) -> ServiceLevel | None:
+    """The service-level objectives of ``model``, or None to let another plugin (or the
+    defaults of ``ServiceLevel``) answer. Called off the request path (``lockgate report``). An
+    exception propagates to whoever asked."""
+
+
+@hookspec(firstresult=True)
+def lockgate_build_baseline(inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The drift baseline of a reference sample: ``inputs`` are the model's inputs by name
+    (numpy, one row per example), ``outputs`` the model's outputs on them. Return a JSON-able
+    mapping with at least ``rows`` and ``features``, or None when this plugin measures no
+    drift. Called when a reference sample is set. An exception propagates to whoever asked: the
+    sample is refused."""
+
+
+@hookspec(firstresult=True)
+def lockgate_sbom(models: Sequence[tuple[ModelVersionRecord, bytes, list[str]]]) -> Mapping[str, Any] | None:
+    """A software bill of materials (CycloneDX JSON) of this runtime and of ``models``: each
+    a version's record, its verified artifact bytes and the aliases pointing to it. None when
+    this plugin makes none (``GET /v2/sbom`` is then 404). Called off the request path (the
+    control replica, ``lockgate sbom``). An exception propagates to whoever asked."""
 
 
 # -- gatekeepers ---------------------------------------------------------------------------------
@@ -109,7 +211,8 @@ def lockgate_authenticate(request: RequestInfo) -> Principal | Decision | None:
     """Say who sends ``request``: a Principal, a deny Decision, or None to abstain.
 
     Runs once per request before the body is decoded. The first Principal returned is the
-    caller; a deny Decision (or an exception, or a timeout) refuses the request with 401.
+    caller; a deny Decision refuses the request with 401. An exception or a timeout counts as a
+    deny (401).
     When every implementation abstains the caller is the anonymous principal.
     """
 
@@ -147,6 +250,17 @@ def lockgate_check_serving(record: ModelVersionRecord, aliases: list[str]) -> De
     Runs off the hot path in every model replica: when a version loads and at each registry
     poll (``alias_poll_s``, 1 s by default). A deny stops the version serving: its requests
     get 503 with the reason until a later poll allows it again. An exception counts as a deny.
+    """
+
+
+@hookspec
+def lockgate_check_startup(host: str, insecure: bool) -> Decision | None:
+    """May ``lockgate serve`` start, listening on ``host``? ``insecure`` is True when the
+    operator asked to serve without credentials beyond loopback (``--insecure``).
+
+    Runs once, before Ray starts. Any deny refuses the start with its reason (exit code 2):
+    a misconfigured plugin that would fail every request, a policy the runtime breaks, open
+    access on a public interface. An exception counts as a deny.
     """
 
 
@@ -202,4 +316,15 @@ def lockgate_observe_batch(
     reused by the next batch, so copy what you keep, and keep the call short, it runs on
     the replica's event loop. An exception is logged and counted. (Plugin API 1.2 added
     ``queued``, ``inputs`` and ``outputs``; an implementation may take any subset.)
+    """
+
+
+@hookspec
+def lockgate_imported_version(name: str, version: int, actor: str) -> None:
+    """Called once per model by a repository import (``lockgate serve --model-repository``,
+    ``lockgate models import-repo``) that registered version ``version`` of ``name``, or found
+    it registered, and is about to point the default alias at it in the name of ``actor``. The governance plugin
+    approves a pending version here while no API key exists (open mode), so a fresh demo
+    serves. The alias move itself still passes the alias gatekeepers. An exception is logged
+    and counted; the import goes on.
     """

@@ -1,6 +1,9 @@
-"""lockgate.server: the Open Inference Protocol v2 server for ONNX models on Ray Serve."""
+"""lockgate.server: the Open Inference Protocol v2 server for ONNX models on Ray Serve.
 
-from ._errors import (
+serving/ is the request path, hosting/ everything that imports Ray, tools/ offline work, cli/
+the command line (docs/architecture.md)."""
+
+from .errors import (
     BadRequest,
     ConfigError,
     DeadlineExceeded,
@@ -14,8 +17,8 @@ from ._errors import (
     StartupError,
     Unavailable,
 )
-from .config import ModelConfig, load_model_config
-from .repository import ModelEntry, scan_repository
+from .serving.config import ModelConfig, load_model_config
+from .tools.repository import ModelEntry, scan_repository
 
 __all__ = [
     "BadRequest",

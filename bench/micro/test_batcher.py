@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import uvloop
 
-from lockgate.server.batching import Batcher
-from lockgate.server.config import DynamicBatchingConfig
+from lockgate.server.serving.batching import Batcher
+from lockgate.server.serving.config import DynamicBatchingConfig
 
 CONCURRENCY = 64
 ROUNDS = 20  # each benchmark call sends CONCURRENCY * ROUNDS requests

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from lockgate.plugins import Settings, build_manager
-from lockgate.server.http import ModelApp, _Outcome
+from lockgate.server.serving.model_app import ModelApp, Outcome
 
 N = 1000  # gates per benchmark call
 
@@ -30,13 +30,13 @@ def gate():
 
 async def _gated(app, scope):
     for _ in range(N):
-        await app._gate(scope, "infer", None, _Outcome())
+        await app._gate(scope, "infer", None, Outcome())
 
 
 async def _plain():
     for _ in range(N):
         await asyncio.sleep(0)
-        _Outcome()
+        Outcome()
 
 
 @pytest.mark.benchmark(group=f"gate: {N} requests, API key checked")

@@ -19,10 +19,11 @@ from typing import IO, Any
 import sqlalchemy as sa
 
 from .._storage import make_engine, writing
+from ..errors import PruneRefused
 from . import _schema as t
 from ._chain import GENESIS, canonical, checkpoint_mac, record_hash
 
-__all__ = ["AuditLog", "CheckpointSink", "PruneRefused", "VerifyReport"]
+__all__ = ["AuditLog", "CheckpointSink", "VerifyReport"]
 
 HEAD_ID = 1
 DAY_S = 86400.0
@@ -85,10 +86,6 @@ class VerifyReport:
     @property
     def ok(self) -> bool:
         return not self.problems
-
-
-class PruneRefused(ValueError):
-    """A prune that would break retention or leave the chain unanchored."""
 
 
 class AuditLog:

@@ -7,20 +7,23 @@ import atexit
 import logging
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from .. import hookimpl
-from .._types import AuditEvent, InferenceEvent, Settings
+from .._options import parse_section
+from .._types import AuditEvent, CommandContext, Decision, InferenceEvent, Settings
+from ..errors import AuditError, ConfigError
 from ._chain import load_or_create_key
 from ._log import AuditLog, CheckpointSink
 from ._sequencer import Sequencer, digest_bodies
 
 __all__ = ["LOCKGATE_PLUGIN_API", "AuditOptions", "AuditPlugin", "plugin"]
 
-LOCKGATE_PLUGIN_API = "1.1"
+LOCKGATE_PLUGIN_API = "1.3"
 
 log = logging.getLogger("lockgate.audit")
 
@@ -86,9 +89,9 @@ class AuditPlugin:
         self.settings = settings
         self.error = None
         try:
-            self.options = AuditOptions.model_validate(dict(settings.options.get("audit", {})))
-        except ValidationError as e:
-            self.error = f"audit options invalid: {e.errors()[0]['loc']}: {e.errors()[0]['msg']}"
+            self.options = parse_section(settings.options, "audit", AuditOptions)
+        except ConfigError as e:
+            self.error = str(e)
             log.error("%s; every record will fail until fixed", self.error)
 
     # -- the store, built on first use -------------------------------------------------------
@@ -96,10 +99,10 @@ class AuditPlugin:
     @property
     def audit_log(self) -> AuditLog:
         if self.error is not None:
-            raise RuntimeError(self.error)
+            raise AuditError(self.error)
         if self._log is None:
             if self.settings is None:
-                raise RuntimeError("the audit plugin is not configured")
+                raise AuditError("the audit plugin is not configured")
             home = Path(self.settings.home or ".")
             key_file = os.environ.get("LOCKGATE_AUDIT_KEY_FILE") or self.options.key_file or str(home / "audit.key")
             sink = CheckpointSink(self.options.checkpoint_path or home / "audit-checkpoints.jsonl", load_or_create_key(key_file))
@@ -184,6 +187,24 @@ class AuditPlugin:
             return sequencer.record(entry)
         sequencer.submit(entry)
         return None
+
+    @hookimpl
+    def lockgate_audit_records(
+        self, since: float | None, until: float | None, kind: str | None, model: str | None
+    ) -> Iterator[dict[str, Any]]:
+        return self.audit_log.records(since=since, until=until, kind=kind, model=model)
+
+    @hookimpl
+    def lockgate_check_startup(self, host: str, insecure: bool) -> Decision | None:
+        if self.error is not None:
+            return Decision.deny(f"refusing to start: {self.error} (every answer would be withheld)")
+        return None
+
+    @hookimpl
+    def lockgate_register_commands(self, cli: Any, context: CommandContext) -> None:
+        from .cli import audit_commands
+
+        cli.add_command(audit_commands(context, self))
 
 
 class _AuditMetrics:

@@ -27,17 +27,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ..errors import AuditError, SequencerStopped
 from ._log import AuditLog
 
-__all__ = ["Sequencer", "SequencerStopped", "digest_bodies"]
+__all__ = ["Sequencer", "digest_bodies"]
 
 log = logging.getLogger("lockgate.audit")
 
 Waiter = Any  # asyncio.Future | concurrent.futures.Future | None
-
-
-class SequencerStopped(RuntimeError):
-    """The sequencer is not running: nothing can be recorded."""
 
 
 class Sequencer:
@@ -296,7 +293,7 @@ def _resolve(items: list[tuple[asyncio.Future, Any]], error: BaseException | Non
         if error is None:
             future.set_result(value)
         else:
-            future.set_exception(RuntimeError(f"audit write failed: {type(error).__name__}: {error}"))
+            future.set_exception(AuditError(f"audit write failed: {type(error).__name__}: {error}"))
 
 
 def digest_bodies(entry: dict[str, Any], payloads: bool) -> dict[str, Any]:

@@ -3,7 +3,8 @@ approval of model versions, the library and operator policy, and the SBOM."""
 
 from __future__ import annotations
 
-from ._approvals import Approval, Approvals, GovernanceError, card_fields
+from ..errors import GovernanceError
+from ._approvals import Approval, Approvals, card_fields
 from ._keys import ROLE_ACTIONS, ROLES, KeyCache, KeyInfo, KeyStore, parse_expiry
 from ._plugin import LOCKGATE_PLUGIN_API, GovernanceOptions, GovernancePlugin, plugin
 from ._policy import Policy, onnxruntime_version

@@ -15,19 +15,12 @@ import sqlalchemy as sa
 import yaml
 
 from .._storage import writing
+from ..errors import GovernanceError
 from . import _schema as t
 
-__all__ = ["Approval", "Approvals", "GovernanceError", "card_fields"]
+__all__ = ["Approval", "Approvals", "card_fields"]
 
 TRANSITIONS = {"approve": ("pending", "approved"), "reject": ("pending", "rejected"), "revoke": ("approved", "revoked")}
-
-
-class GovernanceError(PermissionError):
-    """A governance action refused; ``status`` is the HTTP status it maps to (403, 409, 422)."""
-
-    def __init__(self, message: str, status: int = 403) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 @dataclass(frozen=True, slots=True)

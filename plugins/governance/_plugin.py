@@ -4,22 +4,29 @@ policy. All of its hooks are gatekeepers, so every doubt denies."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from .. import hookimpl
+from .._options import parse_section
 from .._storage import make_engine
-from .._types import Decision, ModelVersionRecord, Principal, RegistrationCandidate, RequestInfo, Settings
-from ._approvals import Approval, Approvals, GovernanceError
+from .._types import CommandContext, Decision, ModelVersionRecord, Principal, RegistrationCandidate, RequestInfo, Settings
+from ..errors import ConfigError, GovernanceError
+from ._approvals import Approval, Approvals
 from ._keys import ROLE_ACTIONS, KeyCache, KeyStore
 from ._policy import Policy
+from ._sbom import build_sbom
 
-__all__ = ["LOCKGATE_PLUGIN_API", "GovernanceOptions", "GovernancePlugin", "plugin"]
+__all__ = ["LOCKGATE_PLUGIN_API", "OPEN_MODE_APPROVER", "GovernanceOptions", "GovernancePlugin", "plugin"]
 
-LOCKGATE_PLUGIN_API = "1.1"
+LOCKGATE_PLUGIN_API = "1.3"
 
 log = logging.getLogger("lockgate.governance")
+
+# Who approves a version imported while no API key exists (open mode).
+OPEN_MODE_APPROVER = "open-mode"
 
 
 class GovernanceOptions(BaseModel):
@@ -65,10 +72,9 @@ class GovernancePlugin:
         self._keys = self._cache = self._approvals = None
         self.error = None
         try:
-            self.options = GovernanceOptions.model_validate(dict(settings.options.get("governance", {})))
-        except ValidationError as e:
-            first = e.errors()[0]
-            self.error = f"governance options invalid at {'.'.join(map(str, first['loc']))}: {first['msg']}"
+            self.options = parse_section(settings.options, "governance", GovernanceOptions)
+        except ConfigError as e:
+            self.error = str(e)
             log.error("%s; every request and control action is refused until fixed", self.error)
 
     # -- stores, built on first use ------------------------------------------------------------
@@ -207,6 +213,51 @@ class GovernancePlugin:
             if protected or not self.options.serve_pending:
                 return Decision.deny(f"version {record.version} of '{record.name}' is not approved", status=503)
         return None
+
+    @hookimpl
+    def lockgate_check_startup(self, host: str, insecure: bool) -> Decision | None:
+        if self.error is not None:
+            return Decision.deny(self.error)
+        problem = self.options.policy.runtime_problem()
+        if problem is not None:
+            return Decision.deny(f"refusing to start: {problem}")
+        loopback = host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
+        if not loopback and not insecure and self.open_mode():
+            return Decision.deny(
+                f"refusing to serve on {host} without API keys: anyone on the network could call every model. "
+                "Create a key (`lockgate keys create --principal NAME --role admin`), bind 127.0.0.1, or pass --insecure"
+            )
+        return None
+
+    @hookimpl
+    def lockgate_startup_notes(self, host: str) -> list[str] | None:
+        if self.error is None and self.open_mode():
+            return [
+                "open mode: no API keys exist, so anyone who can reach this address may call every model; "
+                "create one with `lockgate keys create --principal NAME --role admin`"
+            ]
+        return None
+
+    @hookimpl
+    def lockgate_imported_version(self, name: str, version: int, actor: str) -> None:
+        """In open mode (loopback only, no key yet) an imported version is approved in the name of
+        'open-mode', so the demo serves; the approval is in the audit log like any other."""
+        if self.error is None and self.open_mode() and self.approvals.get(name, version).state == "pending":
+            self.decide("approve", name, version, actor=OPEN_MODE_APPROVER, reason="open mode: no API keys exist; approved on import")
+
+    @hookimpl
+    def lockgate_approval_states(self, model: str) -> dict[int, str] | None:
+        return {version: approval.state for version, approval in self.approvals.states(model).items()}
+
+    @hookimpl
+    def lockgate_sbom(self, models: Sequence[tuple[ModelVersionRecord, bytes, list[str]]]) -> dict[str, Any]:
+        return build_sbom(list(models))
+
+    @hookimpl
+    def lockgate_register_commands(self, cli: Any, context: CommandContext) -> None:
+        from .cli import add_commands
+
+        add_commands(cli, context, self)
 
 
 plugin = GovernancePlugin()

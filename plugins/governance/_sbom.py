@@ -13,7 +13,7 @@ from typing import Any
 import onnx
 
 from .._types import ModelVersionRecord
-from ..registry import onnx_operators, onnx_opsets
+from .._onnx import onnx_operators, onnx_opsets
 
 __all__ = ["SPEC_VERSION", "build_sbom", "model_component", "runtime_components"]
 

@@ -19,16 +19,18 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .. import hookimpl
-from .._types import InferenceEvent, Settings
-from ._drift import columns, compare, output_columns, prepare
+from .._options import parse_section
+from .._types import Decision, InferenceEvent, ServiceLevel, Settings
+from ..errors import ConfigError
+from ._drift import build_baseline, columns, compare, output_columns, prepare
 from ._metrics import LATENCY_BUCKETS, ServingMetrics
 
 __all__ = ["LOCKGATE_PLUGIN_API", "DriftOptions", "MonitoringOptions", "MonitoringPlugin", "Slo", "plugin"]
 
-LOCKGATE_PLUGIN_API = "1.2"
+LOCKGATE_PLUGIN_API = "1.3"
 
 log = logging.getLogger("lockgate.monitoring")
 
@@ -64,7 +66,6 @@ class MonitoringOptions(BaseModel):
     flush_s: float = Field(
         0.5, gt=0, le=60, description="How often a process moves its request and batch tallies into the metric files: a scrape is this late at most."
     )
-    metrics_dir: str | None = Field(None, description="Where a node's processes keep their metric files. Default LOCKGATE_HOME/metrics.")
     latency_buckets: tuple[float, ...] = Field(LATENCY_BUCKETS, min_length=1, description="Histogram buckets of the duration metrics, in seconds.")
     drift: DriftOptions = Field(default_factory=DriftOptions)
     slo: Slo = Field(default_factory=Slo, description="Objectives of every model without its own.")
@@ -72,6 +73,13 @@ class MonitoringOptions(BaseModel):
 
     def slo_for(self, model: str) -> Slo:
         return self.slos.get(model, self.slo)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "metrics_dir" in data:
+            raise ValueError("metrics_dir moved to the server's own section: write 'metrics: {dir: ...}' at the top level instead")
+        return data
 
 
 class _Window:
@@ -105,9 +113,9 @@ class MonitoringPlugin:
         self.manager = manager
         self.error = None
         try:
-            self.options = MonitoringOptions.model_validate(dict(settings.options.get("monitoring", {})))
-        except ValidationError as e:
-            self.error = f"monitoring options invalid: {e.errors()[0]['loc']}: {e.errors()[0]['msg']}"
+            self.options = parse_section(settings.options, "monitoring", MonitoringOptions)
+        except ConfigError as e:
+            self.error = str(e)
             log.error("%s; metrics and drift are off until fixed", self.error)
             self.options = MonitoringOptions(metrics=False, drift=DriftOptions(enabled=False))
 
@@ -122,6 +130,21 @@ class MonitoringPlugin:
         return self._metrics
 
     # -- hooks -------------------------------------------------------------------------------
+
+    @hookimpl
+    def lockgate_check_startup(self, host: str, insecure: bool) -> Decision | None:
+        if self.error is not None:
+            return Decision.deny(f"refusing to start: {self.error}")
+        return None
+
+    @hookimpl
+    def lockgate_service_level(self, model: str) -> ServiceLevel:
+        slo = self.options.slo_for(model)
+        return ServiceLevel(slo.latency_percentile, slo.latency_ms, slo.error_rate, slo.availability)
+
+    @hookimpl
+    def lockgate_build_baseline(self, inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> dict[str, Any]:
+        return build_baseline(inputs, outputs, bins=self.options.drift.bins)
 
     @hookimpl
     def lockgate_observe_inference(self, event: InferenceEvent) -> None:

@@ -10,11 +10,13 @@ from typing import Any
 
 from .. import hookimpl
 from .._types import ModelVersionRecord, Principal, Settings
-from ._store import AliasRefused, RegistrationError, Registry, UnknownModel, onnx_operators, onnx_opsets, onnx_signature
+from .._onnx import onnx_operators, onnx_opsets, onnx_signature
+from ..errors import AliasRefused, RegistrationError, UnknownModel
+from ._store import Registry
 
 __all__ = ["LOCKGATE_PLUGIN_API", "AliasRefused", "RegistrationError", "Registry", "RegistryPlugin", "UnknownModel", "onnx_operators", "onnx_opsets", "onnx_signature", "plugin"]
 
-LOCKGATE_PLUGIN_API = "1.1"
+LOCKGATE_PLUGIN_API = "1.3"
 
 
 class RegistryPlugin:

@@ -12,80 +12,15 @@ from typing import Any
 import onnx
 import sqlalchemy as sa
 
-from .._storage import ArtifactMismatch, ArtifactStore, make_engine, sha256_file, writing
+from .._onnx import onnx_operators, onnx_opsets, onnx_signature
+from .._storage import ArtifactStore, make_engine, sha256_file, writing
+from ..errors import AliasRefused, ArtifactMismatch, RegistrationError, UnknownModel
 from .._types import MODEL_NAME, Decision, ModelVersionRecord, Reference, RegistrationCandidate
 from . import _schema as t
 
-__all__ = ["AliasRefused", "RegistrationError", "Registry", "UnknownModel", "onnx_operators", "onnx_opsets", "onnx_signature"]
+__all__ = ["Registry"]
 
 ALIAS_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
-
-# ONNX tensor element types -> Open Inference Protocol datatypes.
-_ELEM_TO_OIP = {
-    onnx.TensorProto.BOOL: "BOOL",
-    onnx.TensorProto.INT8: "INT8",
-    onnx.TensorProto.INT16: "INT16",
-    onnx.TensorProto.INT32: "INT32",
-    onnx.TensorProto.INT64: "INT64",
-    onnx.TensorProto.UINT8: "UINT8",
-    onnx.TensorProto.UINT16: "UINT16",
-    onnx.TensorProto.UINT32: "UINT32",
-    onnx.TensorProto.UINT64: "UINT64",
-    onnx.TensorProto.FLOAT16: "FP16",
-    onnx.TensorProto.FLOAT: "FP32",
-    onnx.TensorProto.DOUBLE: "FP64",
-    onnx.TensorProto.STRING: "BYTES",
-}
-
-
-class RegistrationError(ValueError):
-    """A registration refused; ``reasons`` lists every reason, and nothing was written."""
-
-    def __init__(self, name: str, reasons: list[str]) -> None:
-        super().__init__(f"cannot register model '{name}': " + "; ".join(reasons))
-        self.name = name
-        self.reasons = reasons
-
-
-class UnknownModel(LookupError):
-    """No such model, version or alias."""
-
-
-class AliasRefused(PermissionError):
-    """An alias move that a gatekeeper refused; ``reason`` says why and ``plugin`` who."""
-
-    def __init__(self, name: str, alias: str, version: int, reason: str, plugin: str) -> None:
-        super().__init__(f"cannot point alias '{alias}' of model '{name}' at version {version}: {reason}")
-        self.reason = reason
-        self.plugin = plugin
-
-
-def _tensors(values: Any, skip: set[str]) -> list[dict[str, Any]]:
-    out = []
-    for v in values:
-        if v.name in skip:
-            continue
-        tt = v.type.tensor_type
-        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tt.shape.dim]
-        out.append({"name": v.name, "datatype": _ELEM_TO_OIP.get(tt.elem_type, f"ONNX:{tt.elem_type}"), "shape": dims})
-    return out
-
-
-def onnx_opsets(model: onnx.ModelProto) -> dict[str, int]:
-    """Opset version by domain, the default domain named 'ai.onnx'."""
-    return {(o.domain or "ai.onnx"): o.version for o in model.opset_import}
-
-
-def onnx_operators(model: onnx.ModelProto) -> frozenset[str]:
-    """Operators of the main graph: 'Op' in the default domain, 'domain::Op' elsewhere."""
-    return frozenset(f"{n.domain}::{n.op_type}" if n.domain else n.op_type for n in model.graph.node)
-
-
-def onnx_signature(model: onnx.ModelProto) -> dict[str, Any]:
-    """Inputs and outputs of the graph (initializers excluded), with -1 for dynamic dimensions."""
-    inits = {i.name for i in model.graph.initializer}
-    return {"inputs": _tensors(model.graph.input, inits), "outputs": _tensors(model.graph.output, set())}
-
 
 def _record(row: Any, store: ArtifactStore) -> ModelVersionRecord:
     return ModelVersionRecord(

@@ -26,12 +26,13 @@ with atheris.instrument_imports(include=["lockgate"]):
     from lockgate.fastpath import _codec, _codec_py
     from lockgate.fastpath._common import CodecError
     from lockgate.plugins.registry import Registry
-    from lockgate.server.config import ModelConfig
-    from lockgate.server.demo import write_demo_repository
-    from lockgate.server.http import ModelApp, ModelService
-    from lockgate.server.limits import LimitOptions
-    from lockgate.server.listener import FastServer, _Protocol
-    from lockgate.server.repository import import_repository
+    from lockgate.server.serving.config import ModelConfig
+    from lockgate.server.tools.demo import write_demo_repository
+    from lockgate.server.serving.model_app import ModelApp
+    from lockgate.server.serving.service import ModelService
+    from lockgate.server.serving.limits import LimitOptions
+    from lockgate.server.serving.listener import FastServer, _Protocol
+    from lockgate.server.tools.repository import import_repository
 
 IRIS = b'{"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [5.1, 3.5, 1.4, 0.2]}]}'
 BINARY = b'{"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "parameters": {"binary_data_size": 16}}], "outputs": [{"name": "probabilities", "parameters": {"binary_data": true}}]}'

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from lockgate.server.runtime import haproxy_retry_on
+from lockgate.server.hosting.serve_compat import haproxy_retry_on
 
 _ports = itertools.count(20000 + (os.getpid() % 400) * 16)
 
@@ -57,7 +57,7 @@ def wait_ready(base: str, proc=None, timeout: float = 180) -> None:
 
 @pytest.fixture(scope="session")
 def demo_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from lockgate.server.demo import write_demo_repository
+    from lockgate.server.tools.demo import write_demo_repository
 
     root = tmp_path_factory.mktemp("repo")
     write_demo_repository(root)
@@ -69,7 +69,7 @@ def settings(tmp_path_factory: pytest.TempPathFactory):
     """Settings of the session's server: a registry of its own (SQLite), polled every 0.2 s."""
     from dataclasses import replace
 
-    from lockgate.server.settings import LockgateSettings
+    from lockgate.server.serving.settings import LockgateSettings
 
     home = tmp_path_factory.mktemp("lockgate-home")
     return replace(LockgateSettings.from_env(home=str(home)), alias_poll_s=0.2)
@@ -100,18 +100,18 @@ def server(demo_repo: Path, settings, manager, registry):
     SO_REUSEPORT, so a `lockgate serve` started while this session served had requests
     answered by this session's replicas. Each server now has its own pair
     (runtime.fallback_proxy_ports); running this session first passes too."""
-    from lockgate.server.config import ModelConfig
-    from lockgate.server.repository import import_repository
-    from lockgate.server.runtime import Runtime
+    from lockgate.server.serving.config import ModelConfig
+    from lockgate.server.tools.repository import import_repository
+    from lockgate.server.hosting.runtime import Runtime
 
     os.environ.update(isolated_haproxy_env())
     # A short client timeout and request deadline, so that test_reliability sees HAProxy drop a
     # stalled client and a dripping one.
     os.environ["RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S"] = "3"
     os.environ["RAY_SERVE_HAPROXY_RETRY_ON"] = haproxy_retry_on(request_timeout_s=6)
-    from lockgate.server._cli_governance import open_mode_approver
+    from lockgate.server.tools.repository import announce_imports
 
-    imported = import_repository(demo_repo, registry, actor="tester", before_alias=open_mode_approver(manager))
+    imported = import_repository(demo_repo, registry, actor="tester", before_alias=announce_imports(manager, "tester"))
     names = sorted({name for name, _, _ in imported})
     port = free_port()
     runtime = Runtime(host="127.0.0.1", port=port, progress=lambda line: None)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from lockgate.server.runtime import haproxy_dir, haproxy_pids
+from lockgate.server.hosting.serve_compat import haproxy_dir, haproxy_pids
 
 from .conftest import free_port, isolated_haproxy_env
 
@@ -69,7 +69,7 @@ def ours(port: int) -> list[int]:
 
 @pytest.fixture(scope="module")
 def iris_repo(tmp_path_factory):
-    from lockgate.server.demo import write_demo_repository
+    from lockgate.server.tools.demo import write_demo_repository
 
     root = tmp_path_factory.mktemp("iris-only")
     write_demo_repository(root, ["iris"])
@@ -125,7 +125,7 @@ def test_haproxy_stats_port_in_use_is_named(iris_repo):
 
 
 def test_a_file_that_is_not_onnx_is_refused_before_ray_starts(tmp_path):
-    from lockgate.server.demo import write_demo_repository
+    from lockgate.server.tools.demo import write_demo_repository
 
     write_demo_repository(tmp_path / "repo", ["iris"])
     broken = tmp_path / "repo" / "broken" / "1"
@@ -141,8 +141,8 @@ def test_a_file_that_is_not_onnx_is_refused_before_ray_starts(tmp_path):
 @pytest.mark.slow
 def test_a_changed_artifact_refuses_to_load_names_the_model_and_is_recorded(tmp_path):
     from lockgate.plugins.registry import Registry
-    from lockgate.server.demo import write_demo_repository
-    from lockgate.server.repository import import_repository
+    from lockgate.server.tools.demo import write_demo_repository
+    from lockgate.server.tools.repository import import_repository
 
     home = tmp_path / "home"
     write_demo_repository(tmp_path / "repo", ["iris"])

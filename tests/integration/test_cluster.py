@@ -27,8 +27,8 @@ import pytest
 import requests
 import yaml
 
-from lockgate.server.demo import build_mlp
-from lockgate.server.runtime import INGRESS_ENV, haproxy_env
+from lockgate.server.tools.demo import build_mlp
+from lockgate.server.hosting.serve_compat import INGRESS_ENV, haproxy_env
 from tests.postgres import fresh_postgres_url
 
 from .conftest import free_port, wait_ready
@@ -145,7 +145,7 @@ def cluster(tmp_path_factory):
     worker_env["RAY_SERVE_WORKER_PROXY_HTTP_PORT"] = str(worker_http)  # its HAProxy, beside the head's on one machine
 
     # The model: the demo MLP, two replicas of 0.3 CPU (both fit on one node of 1 CPU).
-    from lockgate.server.settings import LockgateSettings
+    from lockgate.server.serving.settings import LockgateSettings
 
     settings = LockgateSettings.from_env(home=str(home), registry_url=url, artifact_dir=str(root / "artifacts"))
     manager = settings.manager()

@@ -34,7 +34,7 @@ def plugin_site(tmp_path_factory):
 
 @pytest.mark.slow
 def test_example_plugin_hooks_run_in_a_live_server(plugin_site, tmp_path):
-    from lockgate.server.demo import write_demo_repository
+    from lockgate.server.tools.demo import write_demo_repository
 
     write_demo_repository(tmp_path / "repo", ["iris", "digits"])
     log = tmp_path / "requests.jsonl"

@@ -57,7 +57,7 @@ class Governed:
 
 @pytest.fixture(scope="module")
 def gov(tmp_path_factory):
-    from lockgate.server.demo import write_demo_repository
+    from lockgate.server.tools.demo import write_demo_repository
 
     root = tmp_path_factory.mktemp("governed")
     home = root / "home"

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from lockgate.server.runtime import INGRESS_ENV
+from lockgate.server.hosting.serve_compat import INGRESS_ENV
 
 from .conftest import free_port
 

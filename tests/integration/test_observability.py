@@ -21,9 +21,8 @@ import yaml
 from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.parser import text_string_to_metric_families
 
-from lockgate.server.demo import build_mlp
-from lockgate.server.metrics import metrics_dir
-from lockgate.server.reference import set_reference
+from lockgate.server.tools.demo import build_mlp
+from lockgate.server.tools.reference import set_reference
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 MODEL = "pair"
@@ -85,7 +84,7 @@ def test_one_scrape_counts_every_request_of_both_replicas_exactly(server, pair, 
     assert total(samples, "lockgate_replicas", model=pair) == 2
     # ... and the requests really were spread over the two replica processes
     per_process = {}
-    for path in Path(metrics_dir(settings.home, settings.options)).glob("counter_*.db"):
+    for path in Path(settings.metrics_dir).glob("counter_*.db"):
         counted = 0.0
         for key, value, *_ in MmapedDict.read_all_values_from_file(str(path)):
             metric, _, labels, *_ = json.loads(key)

@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 import requests
 
-from lockgate.server.demo import build_mlp
+from lockgate.server.tools.demo import build_mlp
 
 ROW = np.random.default_rng(3).standard_normal((1, 64)).astype(np.float32)
 BODY = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": ROW.reshape(-1).tolist()}]}
@@ -121,7 +121,7 @@ def test_repository_index_unload_and_load(server, registry):
 def test_an_application_from_the_builder_serves(server, registry, governance, settings, tmp_path, monkeypatch):
     from ray import serve
 
-    from lockgate.server.app import BuildArgs, build
+    from lockgate.server.hosting.app import BuildArgs, build
 
     onnx.save(build_mlp(seed=4), str(tmp_path / "model.onnx"))
     registry.register(tmp_path / "model.onnx", "built", created_by="tester", config={"max_batch_size": 8, "num_cpus": 0.05})

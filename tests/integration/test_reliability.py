@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import requests
 
-from lockgate.server.demo import build_mlp
+from lockgate.server.tools.demo import build_mlp
 
 from .serving import Load, deploy, running
 

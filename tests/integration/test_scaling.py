@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from lockgate.server.demo import build_mlp
+from lockgate.server.tools.demo import build_mlp
 
 from . import serving
 from .serving import ROW, Load, running

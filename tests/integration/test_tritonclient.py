@@ -7,7 +7,7 @@ import onnxruntime as ort
 import pytest
 import tritonclient.http as httpclient
 
-from lockgate.server.demo import IDENTITY_TYPES
+from lockgate.server.tools.demo import IDENTITY_TYPES
 
 NP = {
     "BOOL": np.bool_,
@@ -132,8 +132,8 @@ def test_errors_surface_in_tritonclient(client):
 
 
 def test_uint8_images_as_binary_tensors_normalised_in_the_fast_path(client, demo_repo):
-    from lockgate.server.demo import IMAGE_SCALE, IMAGE_SHIFT
-    from lockgate.server.demo import IMAGE_SIZE as S
+    from lockgate.server.tools.demo import IMAGE_SCALE, IMAGE_SHIFT
+    from lockgate.server.tools.demo import IMAGE_SIZE as S
 
     pixels = np.random.default_rng(11).integers(0, 256, (4, S, S, 3), dtype=np.uint8)
     t = httpclient.InferInput("image", list(pixels.shape), "UINT8")

@@ -20,7 +20,7 @@ def _no_ray(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="session")
 def demo_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from lockgate.server.demo import write_demo_repository
+    from lockgate.server.tools.demo import write_demo_repository
 
     root = tmp_path_factory.mktemp("repo")
     write_demo_repository(root)
@@ -31,7 +31,7 @@ def demo_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def demo_registry(demo_repo: Path, tmp_path_factory: pytest.TempPathFactory):
     """A SQLite registry holding the demo repository, with 'production' on version 1."""
     from lockgate.plugins.registry import Registry
-    from lockgate.server.repository import import_repository
+    from lockgate.server.tools.repository import import_repository
 
     home = tmp_path_factory.mktemp("home")
     registry = Registry(f"sqlite:///{home}/registry.db", home / "artifacts")

@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lockgate.fastpath import _assemble_py
-from lockgate.server.batching import Assembler
-from lockgate.server.model import Preprocess
+from lockgate.server.serving.batching import Assembler
+from lockgate.server.serving.model import Preprocess
 
 try:
     from lockgate.fastpath import _assemble as _assemble_c

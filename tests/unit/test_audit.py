@@ -15,6 +15,7 @@ import time
 import pytest
 import sqlalchemy as sa
 
+from lockgate.plugins.errors import AuditError
 from lockgate.plugins.audit import (
     AuditLog,
     CheckpointSink,
@@ -227,7 +228,7 @@ def test_sync_waiters_fail_when_the_store_fails_and_async_drops_are_counted(make
     sequencer = Sequencer(log, mode="sync")
     assert asyncio.run(_record(sequencer, entry(1))) is None
     sql(log, "DROP TABLE lockgate_audit")
-    with pytest.raises(RuntimeError, match="audit write failed"):
+    with pytest.raises(AuditError, match="audit write failed"):
         asyncio.run(_record(sequencer, entry(2)))
     sequencer.stop()
     with pytest.raises(SequencerStopped):

@@ -18,11 +18,12 @@ import pytest
 import sqlalchemy as sa
 
 from lockgate.plugins import Settings, build_manager
-from lockgate.server._cli_governance import open_mode_approver
-from lockgate.server.config import ModelConfig
-from lockgate.server.demo import write_demo_repository
-from lockgate.server.http import ModelApp, ModelService
-from lockgate.server.repository import import_repository
+from lockgate.server.tools.repository import announce_imports
+from lockgate.server.serving.config import ModelConfig
+from lockgate.server.tools.demo import write_demo_repository
+from lockgate.server.serving.model_app import ModelApp
+from lockgate.server.serving.service import ModelService
+from lockgate.server.tools.repository import import_repository
 from tests.asgi import call
 
 IRIS = b'{"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [5.1, 3.5, 1.4, 0.2]}]}'
@@ -40,7 +41,7 @@ def served(tmp_path):
         options = {"audit": {"mode": mode, "url": audit_url, **audit}}
         manager = build_manager(Settings(f"sqlite:///{home}-registry.db", str(home / "artifacts"), "production", options, str(home)))
         registry = manager.registry()
-        import_repository(tmp_path / "repo", registry, actor="tester", before_alias=open_mode_approver(manager))
+        import_repository(tmp_path / "repo", registry, actor="tester", before_alias=announce_imports(manager, "tester"))
         service = ModelService("iris", ModelConfig.model_validate(registry.model_config("iris")), registry, manager=manager)
         made.append((service, manager))
         return ModelApp(service), manager

@@ -7,8 +7,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from lockgate.server import autoscaling
-from lockgate.server.autoscaling import ONGOING, LoadMeter, policy
+from lockgate.server.hosting import autoscaling
+from lockgate.server.serving import load
+from lockgate.server.hosting.autoscaling import ONGOING, policy
+from lockgate.server.serving.load import LoadMeter
 
 
 class Clock:
@@ -22,7 +24,7 @@ class Clock:
 @pytest.fixture
 def clock(monkeypatch):
     c = Clock()
-    monkeypatch.setattr(autoscaling.time, "monotonic", c)
+    monkeypatch.setattr(load.time, "monotonic", c)
     return c
 
 

@@ -10,9 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from lockgate.server._errors import DeadlineExceeded, Unavailable
-from lockgate.server.batching import Batcher
-from lockgate.server.config import DynamicBatchingConfig
+from lockgate.server.errors import DeadlineExceeded, Unavailable
+from lockgate.server.serving.batching import Batcher
+from lockgate.server.serving.config import DynamicBatchingConfig
 
 
 class Recorder:
@@ -200,7 +200,7 @@ def test_padding_batches_different_lengths_and_cuts_outputs_back():
         return [x * 10, x.sum(axis=1)]
 
     config = DynamicBatchingConfig(padding={"x": 0.0}, padded_outputs=["y"])
-    from lockgate.server.batching import Assembler
+    from lockgate.server.serving.batching import Assembler
 
     async def go():
         b = Batcher(model, ["y", "total"], 8, config, ThreadPoolExecutor(1),

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from lockgate.server.cli import main
-from lockgate.server.demo import build_mlp
+from lockgate.server.tools.demo import build_mlp
 
 
 @pytest.fixture
@@ -77,7 +77,7 @@ def test_errors_are_clear(cli, model_files, tmp_path):
 
 
 def test_import_repo_is_idempotent(cli, tmp_path):
-    from lockgate.server.demo import write_demo_repository
+    from lockgate.server.tools.demo import write_demo_repository
 
     write_demo_repository(tmp_path / "repo", ["mlp", "iris"])
     first = cli("models", "import-repo", str(tmp_path / "repo")).output
@@ -94,7 +94,7 @@ def test_plugins_list_shows_the_builtin_registry(cli):
 def test_register_with_a_reference_sample_stores_it_with_its_baseline(cli, model_files, tmp_path):
     import numpy as np
 
-    from lockgate.server.settings import LockgateSettings
+    from lockgate.server.serving.settings import LockgateSettings
 
     sample = np.random.default_rng(0).standard_normal((500, 64))
     np.savetxt(tmp_path / "ref.csv", sample, delimiter=",", header=",".join(f"f{i}" for i in range(64)), comments="")

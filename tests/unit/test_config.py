@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from lockgate.server._errors import ConfigError
-from lockgate.server.config import ModelConfig, VersionPolicy, load_model_config, parse_model_config
-from lockgate.server.deployment import deployment_options
-from lockgate.server.repository import scan_repository
+from lockgate.server.errors import ConfigError
+from lockgate.server.serving.config import ModelConfig, VersionPolicy, load_model_config, parse_model_config
+from lockgate.server.hosting.deployments import deployment_options
+from lockgate.server.tools.repository import scan_repository
 
 
 def test_unknown_key_names_it_and_the_accepted_ones():
@@ -105,7 +105,7 @@ def test_deployment_options_ask_for_fractional_cpus_and_map_autoscaling():
     from ray.serve.config import AutoscalingConfig
 
     config = AutoscalingConfig(**auto["autoscaling_config"])
-    assert config.policy.policy_function == "lockgate.server.autoscaling:policy"
+    assert config.policy.policy_function == "lockgate.server.hosting.autoscaling:policy"
     assert config.max_replicas == 3 and config.metrics_interval_s < config.look_back_period_s
 
 
@@ -123,9 +123,9 @@ def test_the_example_server_config_is_valid_and_names_every_option():
     from lockgate.plugins.audit import AuditOptions
     from lockgate.plugins.governance import GovernanceOptions, Policy
     from lockgate.plugins.monitoring import DriftOptions, MonitoringOptions, Slo
-    from lockgate.server.explain import ExplainOptions
-    from lockgate.server.limits import LimitOptions
-    from lockgate.server.settings import load_options
+    from lockgate.server.serving.explain import ExplainOptions
+    from lockgate.server.serving.limits import LimitOptions
+    from lockgate.server.serving.settings import MetricsOptions, load_options
 
     path = Path(__file__).resolve().parents[2] / "examples" / "lockgate.yaml"
     options = load_options(str(path), explicit=True)
@@ -135,15 +135,16 @@ def test_the_example_server_config_is_valid_and_names_every_option():
     assert MonitoringOptions.model_validate(options["monitoring"]) == MonitoringOptions()
     assert ExplainOptions.model_validate(options["explain"]) == ExplainOptions()
     assert LimitOptions.model_validate(options["limits"]) == LimitOptions()
+    assert MetricsOptions.model_validate(options["metrics"]) == MetricsOptions()
     text = path.read_text()
     fields = [*GovernanceOptions.model_fields, *Policy.model_fields, *AuditOptions.model_fields, *MonitoringOptions.model_fields]
-    for name in [*fields, *DriftOptions.model_fields, *Slo.model_fields, *ExplainOptions.model_fields, *LimitOptions.model_fields]:
+    for name in [*fields, *DriftOptions.model_fields, *Slo.model_fields, *ExplainOptions.model_fields, *LimitOptions.model_fields, *MetricsOptions.model_fields]:
         assert f"{name}:" in text, f"examples/lockgate.yaml does not mention {name}"
 
 
 def test_a_named_config_file_must_exist_and_be_a_mapping_of_sections(tmp_path):
-    from lockgate.server._errors import ConfigError
-    from lockgate.server.settings import load_options
+    from lockgate.server.errors import ConfigError
+    from lockgate.server.serving.settings import load_options
 
     with pytest.raises(ConfigError, match="does not exist"):
         load_options(str(tmp_path / "missing.yaml"), explicit=True)
@@ -154,8 +155,8 @@ def test_a_named_config_file_must_exist_and_be_a_mapping_of_sections(tmp_path):
 
 
 def test_limit_options_name_what_is_wrong():
-    from lockgate.server._errors import ConfigError
-    from lockgate.server.limits import limit_options
+    from lockgate.server.errors import ConfigError
+    from lockgate.server.serving.limits import limit_options
 
     assert limit_options({"limits": {"max_connections": 10}}).max_connections == 10
     with pytest.raises(ConfigError, match="max_body_bytes: Input should be greater than or equal to 1024"):

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lockgate.server.app import BuildArgs, build
-from lockgate.server.runtime import INGRESS_ENV
+from lockgate.server.hosting.app import BuildArgs, build
+from lockgate.server.hosting.serve_compat import INGRESS_ENV
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 INGRESS = INGRESS_ENV  # what `lockgate serve` sets before Ray starts; a cluster needs the same
@@ -26,7 +26,7 @@ def check_serve_config(doc: dict) -> list:
     apps = config.applications
     assert apps[0].name == "lockgate-control" and apps[0].route_prefix == "/"
     for app in apps:
-        assert app.import_path == "lockgate.server.app:build"
+        assert app.import_path == "lockgate.server.hosting.app:build"
         args = BuildArgs.model_validate(app.args)
         if args.model is not None:
             assert app.route_prefix == f"/v2/models/{args.model}" and app.name == args.model
@@ -86,13 +86,13 @@ def test_the_cluster_launcher_file_passes_rays_schema():
 
 
 def test_the_builder_builds_the_control_and_a_model_application(tmp_path, monkeypatch, demo_repo):
-    from lockgate.server._cli_governance import open_mode_approver
-    from lockgate.server.repository import import_repository
-    from lockgate.server.settings import LockgateSettings
+    from lockgate.server.tools.repository import announce_imports
+    from lockgate.server.tools.repository import import_repository
+    from lockgate.server.serving.settings import LockgateSettings
 
     monkeypatch.setenv("LOCKGATE_HOME", str(tmp_path / "home"))
     manager = LockgateSettings.from_env().manager()
-    import_repository(demo_repo, manager.registry(), actor="tester", before_alias=open_mode_approver(manager))
+    import_repository(demo_repo, manager.registry(), actor="tester", before_alias=announce_imports(manager, "tester"))
     from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
 
     control = build(BuildArgs())

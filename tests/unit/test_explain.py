@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from lockgate.plugins.monitoring import build_baseline
-from lockgate.server.config import ModelConfig
-from lockgate.server.explain import ExplainOptions, kernel_shap
-from lockgate.server.http import ModelApp, ModelService
+from lockgate.server.serving.config import ModelConfig
+from lockgate.server.serving.explain import ExplainOptions, kernel_shap
+from lockgate.server.serving.model_app import ModelApp
+from lockgate.server.serving.service import ModelService
 from tests.asgi import call
 
 

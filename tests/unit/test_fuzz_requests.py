@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lockgate.server.http import ModelApp
+from lockgate.server.serving.model_app import ModelApp
 from tests.asgi import call
 
 from .test_protocol import service

@@ -19,10 +19,11 @@ from lockgate.plugins.governance import GovernanceError, Policy, build_sbom, car
 from lockgate.plugins.governance import _schema as schema
 from lockgate.plugins.registry import AliasRefused, RegistrationError
 from lockgate.server.cli import main
-from lockgate.server.config import ModelConfig
-from lockgate.server.demo import build_iris, build_mlp, write_demo_repository
-from lockgate.server.http import ModelApp, ModelService
-from lockgate.server.repository import import_repository
+from lockgate.server.serving.config import ModelConfig
+from lockgate.server.tools.demo import build_iris, build_mlp, write_demo_repository
+from lockgate.server.serving.model_app import ModelApp
+from lockgate.server.serving.service import ModelService
+from lockgate.server.tools.repository import import_repository
 from tests.asgi import call
 
 IRIS_BODY = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [5.1, 3.5, 1.4, 0.2]}]}).encode()
@@ -328,10 +329,10 @@ def app(make_manager, tmp_path):
     manager = make_manager()
     repo = tmp_path / "repo"
     write_demo_repository(repo, ["iris"])
-    from lockgate.server._cli_governance import open_mode_approver
+    from lockgate.server.tools.repository import announce_imports
 
     registry = manager.registry()
-    import_repository(repo, registry, actor="alice", before_alias=open_mode_approver(manager))
+    import_repository(repo, registry, actor="alice", before_alias=announce_imports(manager, "tester"))
     g = manager.plugin("governance")
     keys = {"admin": g.create_key("root", ["admin"], ["*"], actor="alice")[0]}
     keys["app"] = g.create_key("app", ["invoker"], ["iris"], actor="root")[0]
@@ -413,7 +414,7 @@ def test_serve_refuses_open_mode_off_loopback_and_a_runtime_outside_the_policy(t
 
 
 def test_a_second_authorization_header_makes_the_credentials_malformed(gov):
-    from lockgate.server.http import Headers
+    from lockgate.server.serving.gate import Headers
 
     manager, g = gov
     key, _ = g.create_key("root", ["admin"], ["*"], actor="ops")

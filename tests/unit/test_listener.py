@@ -9,10 +9,11 @@ import time
 
 import pytest
 
-from lockgate.server.config import ModelConfig
-from lockgate.server.http import ModelApp, ModelService
-from lockgate.server.limits import LimitOptions
-from lockgate.server.listener import FastServer
+from lockgate.server.serving.config import ModelConfig
+from lockgate.server.serving.model_app import ModelApp
+from lockgate.server.serving.service import ModelService
+from lockgate.server.serving.limits import LimitOptions
+from lockgate.server.serving.listener import FastServer
 
 LIMITS = LimitOptions(max_body_bytes=10_000, max_header_bytes=4096, request_timeout_s=1.0, idle_timeout_s=2.0, max_connections=8)
 IRIS = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [5.1, 3.5, 1.4, 0.2]}]}).encode()

@@ -11,7 +11,7 @@ import time
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from lockgate.server.metrics import collect
+from lockgate.server.hosting.metrics import collect
 
 WRITER = """
 import os, sys

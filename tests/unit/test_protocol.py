@@ -10,9 +10,11 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from lockgate.server.config import ModelConfig
-from lockgate.server.http import ControlApp, ModelApp, ModelService
-from lockgate.server.limits import DEFAULT_LIMITS, LimitOptions
+from lockgate.server.serving.config import ModelConfig
+from lockgate.server.serving.control_app import ControlApp
+from lockgate.server.serving.model_app import ModelApp
+from lockgate.server.serving.service import ModelService
+from lockgate.server.serving.limits import DEFAULT_LIMITS, LimitOptions
 from tests.asgi import call
 
 PREFIX = "/v2/models/iris"
@@ -226,8 +228,8 @@ def test_tensor_elements_over_the_limit_are_413_before_any_decode(demo_registry)
 
 
 def test_preprocessing_uint8_hwc_is_normalised_in_the_fast_path(services):
-    from lockgate.server.demo import IMAGE_SCALE, IMAGE_SHIFT
-    from lockgate.server.demo import IMAGE_SIZE as S
+    from lockgate.server.tools.demo import IMAGE_SCALE, IMAGE_SHIFT
+    from lockgate.server.tools.demo import IMAGE_SIZE as S
 
     s = services["cnn"]
     meta = get(s, "").json()
@@ -246,7 +248,7 @@ def test_preprocessing_uint8_hwc_is_normalised_in_the_fast_path(services):
 
 @pytest.mark.parametrize("name", ["iris", "cnn", "identity", "mlp"])
 def test_the_printed_example_request_is_accepted(services, demo_registry, name):
-    from lockgate.server.cli import _example
+    from lockgate.server.cli.serve import _example
 
     record = demo_registry.resolve(name)
     body = _example(record, ModelConfig.model_validate(demo_registry.model_config(name))).encode()

@@ -12,7 +12,7 @@ import pytest
 from lockgate.plugins import Decision
 from lockgate.plugins._storage import ArtifactMismatch
 from lockgate.plugins.registry import RegistrationError, Registry, UnknownModel
-from lockgate.server.demo import build_iris, build_mlp
+from lockgate.server.tools.demo import build_iris, build_mlp
 
 
 @pytest.fixture

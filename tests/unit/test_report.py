@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from lockgate.plugins import InferenceEvent
 from lockgate.server.cli import main
-from lockgate.server.demo import build_mlp
+from lockgate.server.tools.demo import build_mlp
 
 SLO = """
 monitoring:
@@ -29,9 +29,9 @@ monitoring:
 @pytest.fixture
 def home(tmp_path, monkeypatch, demo_repo):
     """A home with the demo repository registered, a pending mlp version 2, and a period of traffic."""
-    from lockgate.server._cli_governance import open_mode_approver
-    from lockgate.server.repository import import_repository
-    from lockgate.server.settings import LockgateSettings
+    from lockgate.server.tools.repository import announce_imports
+    from lockgate.server.tools.repository import import_repository
+    from lockgate.server.serving.settings import LockgateSettings
 
     monkeypatch.setenv("LOCKGATE_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("LOCKGATE_ACTOR", "alice")
@@ -39,7 +39,7 @@ def home(tmp_path, monkeypatch, demo_repo):
     (tmp_path / "home" / "lockgate.yaml").write_text(SLO)
     manager = LockgateSettings.from_env().manager()
     registry = manager.registry()
-    import_repository(demo_repo, registry, actor="alice", before_alias=open_mode_approver(manager))
+    import_repository(demo_repo, registry, actor="alice", before_alias=announce_imports(manager, "tester"))
     onnx.save(build_mlp(seed=1), str(tmp_path / "mlp2.onnx"))
     registry.register(tmp_path / "mlp2.onnx", "mlp", created_by="alice")
     now = time.time()

@@ -6,8 +6,9 @@ import socket
 
 import pytest
 
-from lockgate.server._errors import StartupError
-from lockgate.server.runtime import INGRESS_ENV, Runtime, fallback_proxy_ports
+from lockgate.server.errors import StartupError
+from lockgate.server.hosting.runtime import Runtime
+from lockgate.server.hosting.serve_compat import INGRESS_ENV, fallback_proxy_ports
 
 
 def free_port() -> int:

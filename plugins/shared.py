@@ -1,0 +1,34 @@
+"""Helpers shared by the built-in plugins, and offered to anyone's: the one public module they
+import from each other, so no plugin reaches into another's private modules.
+
+- storage: SQLAlchemy engines (SQLite by default, PostgreSQL by URL), write transactions,
+  files stored by sha256;
+- ONNX: a model's signature, opsets and operators;
+- configuration: a section of the server configuration as a pydantic model;
+- commands: the caller's key check, failing with an exit code, dates, KEY=VALUE options.
+"""
+
+from __future__ import annotations
+
+from ._commands import actor, checked_actor, fail, iso_time, key_values, parse_time, registry_options
+from ._onnx import onnx_operators, onnx_opsets, onnx_signature
+from ._options import parse_section
+from ._storage import ArtifactStore, make_engine, sha256_file, writing
+
+__all__ = [
+    "ArtifactStore",
+    "actor",
+    "checked_actor",
+    "fail",
+    "iso_time",
+    "key_values",
+    "make_engine",
+    "onnx_operators",
+    "onnx_opsets",
+    "onnx_signature",
+    "parse_section",
+    "parse_time",
+    "registry_options",
+    "sha256_file",
+    "writing",
+]

@@ -1,0 +1,254 @@
+"""``lockgate models ...`` and ``lockgate plugins ...``: the registry and plugins from the command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import click
+
+from lockgate.plugins.shared import checked_actor, fail, iso_time, key_values, onnx_signature, registry_options
+
+from ..errors import ConfigError, LockgateError
+from ..tools.reference import import_references, read_reference, set_reference
+from ..tools.repository import announce_imports, import_repository
+from .common import manager_from, settings_from
+
+__all__ = ["models", "plugins"]
+
+
+
+
+
+
+
+
+@click.group()
+@registry_options
+@click.pass_context
+def models(ctx: click.Context, registry_url: str | None, artifact_dir: str | None) -> None:
+    """The model registry: register, list, show, aliases and their history."""
+    ctx.obj = {"registry_url": registry_url, "artifact_dir": artifact_dir}
+
+
+@models.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--name", required=True, help="Model name.")
+@click.option("--training-data", default=None, help="Reference to the training data (URI, table, data-set id).")
+@click.option("--training-data-sha256", default=None, help="sha256 of the training data.")
+@click.option("--code-version", default=None, help="Version of the training code (a git commit, a tag).")
+@click.option("--param", "params", multiple=True, help="Training parameter KEY=VALUE (repeatable).")
+@click.option("--metric", "metrics", multiple=True, help="Evaluation metric KEY=VALUE (repeatable).")
+@click.option("--parent-version", type=int, default=None, help="The version this one was derived from.")
+@click.option("--card", "card_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, help="Model card (Markdown or text file).")
+@click.option(
+    "--reference", "reference_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+    help="Reference sample of inputs (.npy, .npz, .csv, .parquet): the drift baseline and the explanations' background.",
+)
+@click.pass_context
+def register(ctx, file, name, training_data, training_data_sha256, code_version, params, metrics, parent_version, card_file, reference_file) -> None:
+    """Register FILE (an ONNX model) as a new immutable version of --name."""
+    lineage = {
+        k: v
+        for k, v in {
+            "training_data": training_data,
+            "training_data_sha256": training_data_sha256,
+            "code_version": code_version,
+            "parameters": key_values(params, "--param") or None,
+            "metrics": key_values(metrics, "--metric") or None,
+            "parent_version": parent_version,
+        }.items()
+        if v is not None
+    }
+    card = card_file.read_text(encoding="utf-8") if card_file else ""
+    manager = manager_from(ctx.obj["registry_url"], ctx.obj["artifact_dir"])
+    who = checked_actor(manager, "register", name)
+    if reference_file is not None:
+        checked_actor(manager, "reference", name)
+        import onnx
+
+        try:
+            signature = onnx_signature(onnx.load(str(file), load_external_data=False))
+        except Exception:  # noqa: BLE001 - not ONNX: the registration below says why
+            signature = None
+        if signature is not None:
+            try:  # before anything is written: a sample that does not fit refuses the registration
+                read_reference(reference_file, signature)
+            except ConfigError as e:
+                fail(e)
+    try:
+        record = manager.registry().register(file, name, created_by=who, lineage=lineage, card=card)
+    except (LockgateError, LookupError) as e:
+        fail(e)
+    click.echo(f"registered {record.name} version {record.version} (sha256 {record.sha256})")
+    if reference_file is not None:
+        _store_reference(manager, name, record.version, reference_file, who)
+
+
+def _store_reference(manager, name: str, version: int, path: Path, who: str) -> None:
+    try:
+        baseline = set_reference(manager, name, version, path, actor=who)
+    except (ConfigError, LookupError) as e:
+        fail(e)
+    click.echo(f"reference sample of {name} version {version}: {baseline['rows']} rows, {len(baseline['features'])} features in the baseline")
+
+
+@models.command()
+@click.argument("name")
+@click.argument("version", type=int)
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.pass_context
+def reference(ctx, name, version, file) -> None:
+    """Set (or replace) the reference sample of NAME VERSION from FILE (.npy, .npz, .csv, .parquet):
+    the drift baseline, and the background of explanations."""
+    manager = manager_from(ctx.obj["registry_url"], ctx.obj["artifact_dir"])
+    who = checked_actor(manager, "reference", name, version)
+    _store_reference(manager, name, version, file, who)
+
+
+@models.command("list")
+@click.pass_context
+def list_(ctx) -> None:
+    """Every model with its versions and aliases."""
+    manager = manager_from(ctx.obj["registry_url"], ctx.obj["artifact_dir"])
+    checked_actor(manager, "metadata")
+    registry = manager.registry()
+    names = registry.list_models()
+    if not names:
+        click.echo("no models registered")
+    for name in names:
+        versions = [v.version for v in registry.versions(name)]
+        aliases = ", ".join(f"{a}={v}" for a, v in sorted(registry.aliases(name).items())) or "-"
+        click.echo(f"{name:<24} versions {','.join(map(str, versions)) or '-':<16} aliases {aliases}")
+
+
+@models.command()
+@click.argument("reference")
+@click.pass_context
+def show(ctx, reference: str) -> None:
+    """Show a version: NAME (the default alias), NAME@ALIAS or NAME:VERSION."""
+    manager = manager_from(ctx.obj["registry_url"], ctx.obj["artifact_dir"])
+    checked_actor(manager, "metadata", reference.split("@")[0].split(":")[0])
+    registry = manager.registry()
+    if "@" in reference:
+        name, ref = reference.split("@", 1)
+    elif ":" in reference:
+        name, ref = reference.split(":", 1)
+        if not ref.isdigit():
+            fail(click.BadParameter(f"version must be a number, got {ref!r}"))
+    else:
+        name, ref = reference, None
+    try:
+        record = manager.hook.lockgate_resolve_model(name=name, reference=ref)
+    except LookupError as e:
+        fail(e)
+    if record is None:
+        fail(LookupError(f"no plugin resolves model '{name}'"))
+    described = registry.describe(record)
+    described["created_at"] = iso_time(record.created_at)
+    click.echo(json.dumps(described, indent=2))
+
+
+@models.group()
+def alias() -> None:
+    """Aliases: names (production, staging, ...) that point to versions."""
+
+
+@alias.command("set")
+@click.argument("name")
+@click.argument("alias_name", metavar="ALIAS")
+@click.argument("version", type=int)
+@click.pass_context
+def alias_set(ctx, name: str, alias_name: str, version: int) -> None:
+    """Point ALIAS of model NAME at VERSION (serving replicas follow within a second)."""
+    manager = manager_from(ctx.obj["registry_url"], ctx.obj["artifact_dir"])
+    who = checked_actor(manager, "alias", name, version)
+    try:
+        previous = manager.registry().set_alias(name, alias_name, version, actor=who)
+    except PermissionError as e:
+        click.secho(f"error: {e}", fg="red", err=True)
+        sys.exit(4)
+    except (LookupError, ValueError, LockgateError) as e:
+        fail(e)
+    was = f" (was {previous})" if previous is not None else ""
+    click.echo(f"{name}@{alias_name} -> version {version}{was}")
+
+
+@models.command()
+@click.argument("name")
+@click.option("--alias", "alias_name", default=None, help="Only this alias.")
+@click.option("--at", "at", default=None, help="Which version each alias pointed to at this time (ISO 8601, UTC if no zone).")
+@click.pass_context
+def history(ctx, name: str, alias_name: str | None, at: str | None) -> None:
+    """Alias history of NAME: every move with who made it and when."""
+    manager = manager_from(ctx.obj["registry_url"], ctx.obj["artifact_dir"])
+    checked_actor(manager, "metadata", name)
+    registry = manager.registry()
+    try:
+        registry.model_config(name)
+    except LookupError as e:
+        fail(e)
+    if at is not None:
+        try:
+            when = datetime.fromisoformat(at)
+        except ValueError:
+            fail(click.BadParameter(f"--at must be ISO 8601, got {at!r}"))
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        aliases = [alias_name] if alias_name else sorted({h["alias"] for h in registry.alias_history(name)})
+        for a in aliases:
+            version = registry.alias_at(name, a, when.timestamp())
+            click.echo(f"{name}@{a} at {when.isoformat()}: {version if version is not None else 'not set'}")
+        return
+    for h in registry.alias_history(name, alias_name):
+        was = f" (was {h['previous']})" if h["previous"] is not None else ""
+        click.echo(f"{iso_time(h['set_at'])}  {h['alias']:<12} -> {h['version']}{was}  by {h['set_by']}")
+
+
+@models.command("import-repo")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.pass_context
+def import_repo(ctx, directory: Path) -> None:
+    """Register every version of a Triton-style model repository DIRECTORY (idempotent)."""
+    settings = settings_from(ctx.obj["registry_url"], ctx.obj["artifact_dir"])
+    manager = settings.manager()
+    who = checked_actor(manager, "register")
+    refused: list[str] = []
+    try:
+        done = import_repository(
+            directory, manager.registry(), actor=who, default_alias=settings.default_alias,
+            before_alias=announce_imports(manager, who), refused=refused,
+        )
+    except LockgateError as e:
+        fail(e)
+    for name, version, new in done:
+        click.echo(f"{'registered' if new else 'already registered'}: {name} version {version}")
+    for line in refused:
+        click.echo(f"not aliased: {line}")
+    for line in import_references(manager, directory, done, actor=who):
+        click.echo(line)
+
+
+@click.group()
+def plugins() -> None:
+    """Installed plugins."""
+
+
+@plugins.command("list")
+def plugins_list() -> None:
+    """Each plugin of the entry-point group 'lockgate.plugins': loaded, failed (why) or blocked."""
+    settings = settings_from(None, None)
+    manager = settings.manager()
+    if not manager.statuses:
+        click.echo("no plugins installed")
+    for s in manager.statuses:
+        line = f"{s.name:<20} {s.state:<8} {s.source}"
+        if s.api_version:
+            line += f"  (plugin API {s.api_version})"
+        if s.error:
+            line += f"\n{'':<21}{s.error}"
+        click.echo(line)
+
+

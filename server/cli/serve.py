@@ -1,0 +1,196 @@
+"""``lockgate serve``, ``lockgate cleanup`` and ``lockgate demo-repo``: running the server."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import click
+
+from lockgate.plugins import PluginManager
+from lockgate.plugins.shared import actor, checked_actor, fail, registry_options
+
+from ..errors import LockgateError, StartupError
+from .common import settings_from
+
+__all__ = ["cleanup", "demo_repo", "serve"]
+
+
+@click.command("demo-repo")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--model", "models", multiple=True, help="Only this demo model (repeatable): iris, digits, mlp, identity.")
+def demo_repo(directory: Path, models: tuple[str, ...]) -> None:
+    """Write the demo model repository into DIRECTORY.
+
+    The models are trained here from data sets that ship inside scikit-learn, or
+    built with onnx.helper; nothing is downloaded.
+    """
+    from ..tools.demo import DEMO_MODELS, write_demo_repository
+
+    unknown = [m for m in models if m not in DEMO_MODELS]
+    if unknown:
+        fail(LockgateError(f"unknown demo model(s) {', '.join(unknown)}; choose from {', '.join(DEMO_MODELS)}"))
+    try:
+        written = write_demo_repository(directory, list(models) or None)
+    except LockgateError as e:
+        fail(e)
+    for path in written:
+        click.echo(f"wrote {path}")
+
+
+def _example(record, config=None) -> str:
+    """A request body that works as printed: the version's signature as clients see it
+    (after the model's declared preprocessing), filled with sample values."""
+    import json
+    import math
+
+    preprocess = config.preprocess if config is not None else {}
+    inputs = []
+    for spec in record.signature["inputs"]:
+        shape, datatype = list(spec["shape"]), spec["datatype"]
+        pre = preprocess.get(spec["name"])
+        if pre is not None:
+            datatype = pre.datatype or datatype
+            if pre.layout == "HWC" and len(shape) == 4:
+                shape = [shape[0], shape[2], shape[3], shape[1]]
+        shape = [1 if d == -1 else d for d in shape]
+        n = math.prod(shape)
+        sample = {"BOOL": True, "BYTES": "text"}.get(datatype, 1.0 if datatype.startswith("FP") else 1)
+        data = [5.1, 3.5, 1.4, 0.2] if record.name == "iris" and n == 4 else [sample] * n
+        inputs.append({"name": spec["name"], "datatype": datatype, "shape": shape, "data": data})
+    return json.dumps({"inputs": inputs}, separators=(",", ":"))
+
+
+@click.command()
+@click.option(
+    "--model-repository",
+    "repository",
+    default=None,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Triton-style model repository to register and serve: <dir>/<model>/<version>/model.onnx and an "
+    "optional config.yaml. Without it, every model of the registry is served.",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535), help="HTTP port.")
+@click.option("--address", default=None, help="Join this running Ray cluster instead of starting a local one.")
+@registry_options
+@click.option("--verbose", is_flag=True, help="Show Ray's and the replicas' logs.")
+@click.option("--insecure", is_flag=True, help="Allow serving without API keys on an interface other than loopback.")
+def serve(
+    repository: Path | None, host: str, port: int, address: str | None, registry_url: str | None, artifact_dir: str | None, verbose: bool, insecure: bool
+) -> None:
+    """Serve models over HTTP (Open Inference Protocol v2).
+
+    Registers the --model-repository into the registry (idempotently; a model without a
+    'production' alias gets it on its highest version), starts a local Ray (or joins
+    --address), deploys one Serve application per model at /v2/models/<name> and the
+    control routes at /v2. Ctrl-C or SIGTERM stops everything it started.
+    """
+    from ..hosting.runtime import Runtime
+    from ..serving.config import ModelConfig
+    from ..serving.explain import explain_options
+    from ..serving.limits import limit_options
+    from ..tools.reference import import_references
+    from ..tools.repository import announce_imports, import_repository
+
+    try:
+        settings = settings_from(registry_url, artifact_dir)
+        manager = settings.manager()
+        _check_startup(manager, host, insecure)
+        explain_options(settings.options)
+        limit_options(settings.options)
+        registry = manager.registry()
+        if repository is not None:
+            refused: list[str] = []
+            who = checked_actor(manager, "register")
+            imported = import_repository(
+                repository, registry, actor=who, default_alias=settings.default_alias,
+                before_alias=announce_imports(manager, who), refused=refused,
+            )
+            for name, version, new in imported:
+                click.echo(f"{'registered' if new else 'already registered'}: {name} version {version}")
+            for line in refused:
+                click.secho(f"not aliased: {line}", fg="yellow")
+            for line in import_references(manager, repository, imported, actor=who):
+                click.echo(line)
+            names = sorted({name for name, _, _ in imported})
+        else:
+            names = [n for n in registry.list_models() if registry.versions(n)]
+        if not names:
+            raise LockgateError("the registry holds no models; give --model-repository or `lockgate models register`")
+        models = {n: ModelConfig.model_validate(registry.model_config(n)) for n in names}
+        shown_name = "iris" if "iris" in names else names[0]
+        shown = manager.hook.lockgate_resolve_model(name=shown_name, reference=None)
+    except (LockgateError, LookupError, ValueError) as e:
+        fail(e)
+    stop = threading.Event()
+
+    def trap() -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+
+    trap()
+    runtime = Runtime(host=host, port=port, address=address, progress=click.echo, verbose=verbose)
+    code = 0
+    try:
+        runtime.start()
+        trap()  # Ray's core worker installs its own SIGTERM handler in ray.init; ours must win
+        if stop.is_set():
+            return
+        runtime.deploy(models, settings)
+        served = {n: registry.aliases(n) for n in models}
+        # The options by digest, not by value: they may hold database URLs with passwords.
+        options = hashlib.sha256(json.dumps(settings.options, sort_keys=True, default=str).encode()).hexdigest()
+        manager.audit("server_start", actor(), detail={"host": host, "port": port, "aliases": served, "options_sha256": options})
+        url_host = f"[{host}]" if ":" in host else ("127.0.0.1" if host in ("0.0.0.0", "") else host)
+        base = f"http://{url_host}:{port}"
+        click.secho(f"lockgate is serving {len(models)} model(s) on {base}", fg="green")
+        for lines in manager.observe("lockgate_startup_notes", host=host):
+            for line in lines:
+                click.secho(f"  {line}", fg="yellow")
+        click.echo(f"  models: {', '.join(models)}; registry: {settings.registry_url}")
+        click.echo("try:")
+        click.echo(f"  curl -s {base}/v2/health/ready")
+        click.echo(f"  curl -s {base}/v2/models/{shown_name}")
+        click.echo(f"  curl -s -X POST {base}/v2/models/{shown_name}/infer -H 'Content-Type: application/json' -d '{_example(shown, models[shown_name])}'")
+        click.echo(f"  curl -s {base}/metrics")
+        click.echo("Ctrl-C stops the server.")
+        while not stop.wait(0.5):
+            pass
+    except LockgateError as e:
+        click.secho(f"error: {e}", fg="red", err=True)
+        code = 2
+    finally:
+        click.echo("shutting down ...")
+        runtime.shutdown()
+        manager.audit("server_stop", actor(), detail={"host": host, "port": port, "exit_code": code})
+        click.echo("stopped.")
+    sys.exit(code)
+
+
+def _check_startup(manager: PluginManager, host: str, insecure: bool) -> None:
+    """Refuse to start when a start-up gatekeeper says so (``lockgate_check_startup``)."""
+    for status in manager.failed():
+        click.secho(f"warning: plugin {status.name} failed: {status.error}", fg="yellow", err=True)
+    if not manager.has("lockgate_authenticate"):
+        click.secho("warning: no authentication plugin is loaded: every caller is anonymous and may do everything", fg="yellow", err=True)
+    denials = manager.check_startup(host, insecure)
+    if denials:
+        raise StartupError("; ".join(d.reason or f"refused by plugin '{d.plugin}'" for d in denials))
+
+
+@click.command()
+def cleanup() -> None:
+    """Stop HAProxy processes left behind by a lockgate or Serve run that was killed."""
+    from ..hosting.serve_compat import orphaned_haproxy_pids, stop_haproxy
+
+    pids = orphaned_haproxy_pids()
+    if not pids:
+        click.echo("nothing to clean up")
+        return
+    stop_haproxy(pids)
+    click.echo(f"stopped HAProxy (pid {', '.join(map(str, pids))})")

@@ -1,0 +1,212 @@
+"""Ray Serve deployments: one application per model, and the control application.
+
+A model application is mounted at ``/v2/models/<name>``; the control application at ``/``
+answers everything else (Serve routes by longest prefix): ``/v2`` and ``/metrics``. Each replica
+builds its plugin manager and ASGI app in its constructor, and Serve's direct ingress
+hands it the requests, so no Serve proxy and no Ray call sits on the request path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from ray import serve
+from ray.serve import Application
+
+from ..errors import LockgateError, ModelLoadError
+from ..serving.config import ModelConfig, parse_model_config
+from ..serving.control_app import ControlApp
+from ..serving.explain import explain_options
+from ..serving.limits import limit_options
+from ..serving.listener import FastServer
+from ..serving.model_app import ModelApp
+from ..serving.service import ModelService
+from ..serving.settings import LockgateSettings
+from . import metrics
+from .autoscaling import ONGOING
+from .serve_compat import ReplicaStartFailed, install_listener, load_failure, serve_status
+
+__all__ = [
+    "CONTROL_APP",
+    "CONTROL_PREFIX",
+    "ControlDeployment",
+    "ModelDeployment",
+    "build_control_app",
+    "build_model_app",
+    "deployment_options",
+    "route_prefix",
+]
+
+CONTROL_APP = "lockgate-control"
+CONTROL_PREFIX = "/"
+AUTOSCALING_POLICY = "lockgate.server.hosting.autoscaling:policy"
+
+
+def route_prefix(model: str) -> str:
+    return f"/v2/models/{model}"
+
+
+@serve.ingress()
+class ModelDeployment:
+    """A replica of one model: its plugin manager, its versions from the registry, its batchers."""
+
+    async def __init__(self, name: str, config: ModelConfig, settings: LockgateSettings) -> None:
+        metrics.enable(settings.metrics_dir)  # before any plugin makes a metric
+        metrics.replica_started(name)
+        try:
+            manager = settings.manager()
+            registry = manager.registry()
+            limits = limit_options(settings.options)
+            self._service = ModelService(
+                name, config, registry, manager=manager, default_alias=settings.default_alias, explain=explain_options(settings.options),
+                limits=limits,
+            )
+        except LockgateError as e:  # the driver reads this from Serve's status (serve_compat.load_failure)
+            raise ReplicaStartFailed(name, e) from None
+        self._app = ModelApp(self._service)
+        if settings.replica_listener:
+            # Serve starts the replica's HTTP server after this constructor: it will be ours.
+            prefix = route_prefix(name)
+            install_listener(lambda serve_app: FastServer(self._app, serve_app, prefix, limits))
+        self._refresher = asyncio.get_running_loop().create_task(self._service.refresh_forever(settings.alias_poll_s))
+
+    def __serve_build_asgi_app__(self) -> ModelApp:
+        return self._app
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """Serve's custom autoscaling metrics (read with an autoscaling_config only): requests
+        this replica held, averaged since the last report (server/autoscaling.py)."""
+        return {} if self._app.load is None else {ONGOING: self._app.load.report()}
+
+
+@serve.ingress()
+class ControlDeployment:
+    """The ``/v2`` routes: health, server metadata, the repository API, OIP 404s for unknown models."""
+
+    def __init__(self, models: list[str], settings: LockgateSettings) -> None:
+        self._settings = settings
+        self._metrics_dir = settings.metrics_dir
+        metrics.enable(self._metrics_dir)
+        self._manager = settings.manager()
+        self._registry = self._manager.registry()
+        self._checked = 0.0
+        self._apps: dict[str, str] = {}
+        self._app = ControlApp(list(models), self._status, repository=self, manager=self._manager, metrics=self._scrape)
+        self._sbom: tuple[Any, dict[str, Any]] | None = None
+
+    def __serve_build_asgi_app__(self) -> ControlApp:
+        return self._app
+
+    async def _status(self) -> dict[str, str]:
+        """Serve's status of each application, refreshed at most once a second."""
+        if time.monotonic() - self._checked > 1.0:
+            status = await asyncio.to_thread(serve_status)
+            self._apps = {name: getattr(app.status, "value", str(app.status)) for name, app in status.items()}
+            self._checked = time.monotonic()
+        return self._apps
+
+    async def _scrape(self) -> bytes:
+        return await asyncio.to_thread(metrics.collect, self._metrics_dir)
+
+    # -- the repository extension, called by ControlApp ------------------------------------------
+
+    async def index(self) -> list[dict[str, Any]]:
+        apps = await self._status()
+        out = []
+        for name in await asyncio.to_thread(self._registry.list_models):
+            aliases = await asyncio.to_thread(self._registry.aliases, name)
+            state = apps.get(name)
+            entry: dict[str, Any] = {"name": name, "state": "READY" if state == "RUNNING" else "UNAVAILABLE"}
+            version = aliases.get(self._settings.default_alias)
+            if version is not None:
+                entry["version"] = str(version)
+            if state not in (None, "RUNNING"):
+                entry["reason"] = state
+            elif state is None:
+                entry["reason"] = "not loaded"
+            out.append(entry)
+        return out
+
+    async def load(self, name: str) -> None:
+        config = parse_model_config(await asyncio.to_thread(self._registry.model_config, name), source=f"model {name}")
+        if not await asyncio.to_thread(self._registry.versions, name):
+            raise ModelLoadError(name, None, "no registered versions")
+        app = build_model_app(name, config, self._settings)
+        try:
+            await asyncio.to_thread(serve.run, app, name=name, route_prefix=route_prefix(name))
+        except Exception as e:  # noqa: BLE001 - whatever Serve raised, the replica's marked failure says why
+            raise load_failure(name, e) from None
+        self._app.models.add(name)
+        self._checked = 0.0
+        self._manager.audit("model_load", "lockgate", model=name)
+
+    async def unload(self, name: str) -> None:
+        await asyncio.to_thread(serve.delete, name)
+        self._app.models.discard(name)
+        self._checked = 0.0
+        self._manager.audit("model_unload", "lockgate", model=name)
+
+    async def sbom(self) -> Any:
+        """The SBOM of the runtime and of every version an alias points to (``lockgate_sbom``);
+        None when no plugin makes one. Rebuilt when the aliases change: reading every artifact
+        and the package list is not for each request."""
+
+        def aliases() -> list[tuple[str, list[tuple[str, int]]]]:
+            return [(name, sorted(self._registry.aliases(name).items())) for name in self._registry.list_models()]
+
+        def build(snapshot: list[tuple[str, list[tuple[str, int]]]]) -> Any:
+            models = []
+            for name, pairs in snapshot:
+                for version in sorted({v for _, v in pairs}):
+                    record = self._registry.get_version(name, version)
+                    models.append((record, self._registry.read_verified(record), [a for a, v in pairs if v == version]))
+            return self._manager.provide("lockgate_sbom", models=models)
+
+        snapshot = await asyncio.to_thread(aliases)
+        if self._sbom is None or self._sbom[0] != snapshot:
+            self._sbom = (snapshot, await asyncio.to_thread(build, snapshot))
+        return self._sbom[1]
+
+    def known(self, name: str) -> bool:
+        return name in self._registry.list_models()
+
+
+def deployment_options(config: ModelConfig) -> dict[str, Any]:
+    """Serve deployment options for a model's config: CPUs, replicas or autoscaling, concurrency."""
+    batch = max(config.max_batch_size or 32, 1)
+    options: dict[str, Any] = {
+        "ray_actor_options": {"num_cpus": config.num_cpus},
+        # The batcher holds the queue; Serve's own limit only has to stay out of its way.
+        "max_ongoing_requests": config.dynamic_batching.max_queue_size + batch,
+    }
+    if config.autoscaling is not None:
+        a = config.autoscaling
+        options["autoscaling_config"] = {
+            "min_replicas": a.min_replicas,
+            "max_replicas": a.max_replicas,
+            "target_ongoing_requests": a.target_ongoing_requests,
+            "upscale_delay_s": a.upscale_delay_s,
+            "downscale_delay_s": a.downscale_delay_s,
+            "downscale_to_zero_delay_s": a.downscale_to_zero_delay_s,
+            "look_back_period_s": a.look_back_period_s,
+            "metrics_interval_s": a.metrics_interval_s,
+            # On the load the replicas count themselves: Serve's count misses the listener's requests.
+            "policy": {"policy_function": AUTOSCALING_POLICY},
+        }
+    else:
+        options["num_replicas"] = config.replicas
+    return options
+
+
+def build_model_app(name: str, config: ModelConfig, settings: LockgateSettings) -> Application:
+    deployment = serve.deployment(ModelDeployment, name=f"model-{name}", **deployment_options(config))
+    return deployment.bind(name, config, settings)
+
+
+def build_control_app(models: list[str], settings: LockgateSettings, num_cpus: float = 0.05) -> Application:
+    deployment = serve.deployment(
+        ControlDeployment, name="control", ray_actor_options={"num_cpus": num_cpus}, max_ongoing_requests=256
+    )
+    return deployment.bind(models, settings)

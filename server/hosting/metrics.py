@@ -1,0 +1,92 @@
+"""Prometheus metrics across processes: every replica writes, one scrape reads them all.
+
+Each lockgate process on a node (model replicas, the control replica) keeps its metric values
+in memory-mapped files of prometheus-client's multiprocess mode, in one folder per node
+(``LOCKGATE_HOME/metrics`` unless the server configuration's ``metrics.dir`` says otherwise;
+``LockgateSettings.metrics_dir``). A scrape merges the files
+of every process, live or gone: counters and histograms keep what a replica that Ray restarted
+had counted, so totals never go back; gauges of processes that are gone are dropped first.
+``/metrics`` on the ingress (the control application) and ``lockgate metrics`` (one exporter
+per node of a cluster) both answer with ``collect``.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+__all__ = ["CONTENT_TYPE", "collect", "enable", "replica_started", "reset"]
+
+log = logging.getLogger("lockgate.server")
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_LIVE_FILE = re.compile(r"^gauge_(?:live\w*)_(\d+)\.db$")
+_replicas: Any = None
+
+
+def enable(directory: str) -> bool:
+    """Switch this process to multiprocess metric values in ``directory``. Call before any
+    metric is made (replica constructors do, before building their plugin manager). False
+    when the process already made metrics of its own kind (a test process): they stay local."""
+    from prometheus_client import values
+
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    current = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if getattr(values.ValueClass, "_multiprocess", False):
+        if current != directory:
+            log.warning("metrics already go to %s, not %s", current, directory)
+        return current == directory
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    values.ValueClass = values.MultiProcessValue()
+    return True
+
+
+def reset(directory: str) -> None:
+    """Start a server with empty metrics: remove the files a previous run left."""
+    for path in glob.glob(os.path.join(directory, "*.db")):
+        os.remove(path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def collect(directory: str) -> bytes:
+    """The text exposition of every process's metrics in ``directory``."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    if not os.path.isdir(directory):
+        return b""
+    for name in os.listdir(directory):
+        match = _LIVE_FILE.match(name)
+        if match and not _alive(int(match.group(1))):
+            try:
+                os.remove(os.path.join(directory, name))
+            except FileNotFoundError:
+                pass
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=directory)
+    return generate_latest(registry)
+
+
+def replica_started(model: str) -> None:
+    """Count this process as a live replica of ``model`` (``lockgate_replicas``)."""
+    global _replicas
+    from prometheus_client import CollectorRegistry, Gauge
+
+    if _replicas is None:
+        _replicas = Gauge(
+            "lockgate_replicas", "Live replicas of each model.", ["model"], multiprocess_mode="livesum", registry=CollectorRegistry()
+        )
+    _replicas.labels(model).set(1)

@@ -1,0 +1,132 @@
+"""Starting and stopping lockgate on Ray: the local cluster or a joined one, the ingress, the apps.
+
+The ingress is Serve's HAProxy with direct ingress to the replicas (see
+docs/ingress.md for the measurements behind the choice). Ray reads the switches
+from the environment when its processes start, so they are set before Ray starts.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..errors import StartupError
+from ..serving.config import ModelConfig
+from ..serving.settings import LockgateSettings
+from .serve_compat import INGRESS_ENV, check, fallback_proxy_ports, haproxy_dir, haproxy_env, haproxy_pids, load_failure, orphaned_haproxy_pids, stop_haproxy
+
+__all__ = ["Runtime", "check_port"]
+
+Progress = Callable[[str], None]
+
+def check_port(host: str, port: int, what: str = "") -> None:
+    """StartupError when ``host:port`` cannot be bound, naming a leftover HAProxy if there is one."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            hint = ""
+            stale = orphaned_haproxy_pids()
+            if stale:
+                hint = (
+                    f"; an HAProxy left by an earlier run holds it (pid {', '.join(map(str, stale))}):"
+                    " `lockgate cleanup` stops it"
+                )
+            label = f" for {what}" if what else ""
+            raise StartupError(f"cannot listen on {host}:{port}{label}: {e.strerror}{hint}") from None
+
+
+@dataclass
+class Runtime:
+    """A running lockgate: Ray (started here or joined), Serve, and one application per model."""
+
+    host: str
+    port: int
+    address: str | None = None
+    progress: Progress = print
+    verbose: bool = False
+    started_ray: bool = False
+    apps: tuple[str, ...] = ()
+    _haproxy_before: frozenset[int] = frozenset()
+
+    def start(self) -> None:
+        import ray
+        from ray import serve
+
+        check()  # every private Ray Serve name lockgate relies on is still where it was
+        if self.address is None:
+            check_port(self.host, self.port)
+            # HAProxy's own stats and metrics listeners (all interfaces; Ray has no address setting).
+            for var, default in (("RAY_SERVE_HAPROXY_STATS_PORT", 8404), ("RAY_SERVE_HAPROXY_METRICS_PORT", 9101)):
+                check_port("0.0.0.0", int(os.environ.get(var, default)), what=f"HAProxy's {var.split('_')[-2].lower()} port (set {var} to move it)")
+            for var, fallback in fallback_proxy_ports(self.port).items():
+                check_port(self.host, fallback, what=f"Serve's fallback proxy ({var.split('_')[-2]}; --port moves it)")
+        if self.address is None:
+            haproxy_dir(self.port).mkdir(mode=0o700, exist_ok=True)
+            for key, value in INGRESS_ENV.items():
+                os.environ.setdefault(key, value)
+            # Always this port's folder: values inherited from a process that ran a server on
+            # another port (a test session, a supervisor) would make two HAProxies share one
+            # config and admin socket.
+            os.environ.update(haproxy_env(self.port))
+            os.environ.update({k: str(v) for k, v in fallback_proxy_ports(self.port).items()})
+        self._haproxy_before = frozenset(haproxy_pids())
+        self.progress(f"starting Ray ({'local' if self.address is None else self.address}) ...")
+        t0 = time.monotonic()
+        try:
+            ray.init(
+                # "local": a Ray of our own, never a cluster some other process left running here.
+                address=self.address or "local",
+                include_dashboard=False,
+                log_to_driver=self.verbose,
+                configure_logging=self.verbose,
+            )
+        except Exception as e:
+            raise StartupError(f"cannot start or join Ray: {e}") from None
+        self.started_ray = self.address is None
+        serve.start(http_options={"host": self.host, "port": self.port})
+        self.progress(f"Ray and Serve up in {time.monotonic() - t0:.1f} s")
+
+    def deploy(self, models: dict[str, ModelConfig], settings: LockgateSettings) -> None:
+        """Deploy the control application, then one application per model, each waited for."""
+        from ray import serve
+
+        from . import metrics
+        from .deployments import CONTROL_APP, CONTROL_PREFIX, build_control_app, build_model_app, route_prefix
+
+        if self.started_ray:  # a server of our own starts with empty metrics; a joined cluster keeps its totals
+            metrics.reset(settings.metrics_dir)
+        serve.run(build_control_app(sorted(models), settings), name=CONTROL_APP, route_prefix=CONTROL_PREFIX)
+        self.apps = (CONTROL_APP,)
+        for name, config in models.items():
+            t0 = time.monotonic()
+            self.progress(f"loading model {name} ...")
+            try:
+                serve.run(build_model_app(name, config, settings), name=name, route_prefix=route_prefix(name))
+            except Exception as e:  # noqa: BLE001 - whatever Serve raised, the replica's marked failure says why
+                raise load_failure(name, e) from None
+            self.apps += (name,)
+            self.progress(f"  {name} ready in {time.monotonic() - t0:.1f} s")
+
+    def shutdown(self) -> None:
+        import ray
+        from ray import serve
+
+        if ray.is_initialized():
+            try:
+                if self.started_ray:
+                    serve.shutdown()
+                else:
+                    for name in self.apps:
+                        serve.delete(name)
+            finally:
+                ray.shutdown()
+        if self.started_ray:
+            # Ours only: whatever HAProxy appeared after this runtime started Ray.
+            stopped = stop_haproxy(sorted(set(haproxy_pids()) - self._haproxy_before))
+            if stopped:
+                self.progress(f"stopped HAProxy (pid {', '.join(map(str, stopped))})")

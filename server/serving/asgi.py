@@ -1,0 +1,110 @@
+"""ASGI helpers shared by the model and control applications: types, body, answers, lifespan."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from ..errors import PayloadTooLarge, RequestError
+
+__all__ = [
+    "CHALLENGE",
+    "JSON_HEADERS",
+    "METRICS_CONTENT_TYPE",
+    "RETRY_AFTER",
+    "SERVER_NAME",
+    "Receive",
+    "Scope",
+    "Send",
+    "error_headers",
+    "header",
+    "json_body",
+    "lifespan",
+    "read_body",
+    "respond",
+    "respond_error",
+    "server_version",
+]
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+Headers = list[tuple[bytes, bytes]]
+
+SERVER_NAME = "lockgate"
+JSON_HEADERS: Headers = [(b"content-type", b"application/json")]
+METRICS_CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+RETRY_AFTER = {"retry-after": "1"}
+CHALLENGE = {"www-authenticate": 'Bearer realm="lockgate"'}
+
+
+def server_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("lockgate")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+async def read_body(receive: Receive, limit: int) -> bytes:
+    """The whole request body; PayloadTooLarge past ``limit`` bytes, ConnectionAbortedError when
+    the client leaves first."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ConnectionAbortedError("client disconnected")
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"request body is larger than the limit of {limit} bytes")
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def respond(send: Send, status: int, body: bytes, headers: Headers) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [*headers, (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def error_headers(error: RequestError) -> Headers:
+    return [*JSON_HEADERS, *((k.encode(), v.encode()) for k, v in error.headers.items())]
+
+
+async def respond_error(send: Send, error: RequestError) -> None:
+    await respond(send, error.status, error.body(), error_headers(error))
+
+
+def json_body(obj: object) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode("utf-8")
+
+
+def header(scope: Scope, name: bytes) -> bytes | None:
+    """The first value of header ``name`` (lower case) in ``scope``, or None."""
+    for k, v in scope.get("headers", ()):
+        if k.lower() == name:
+            return bytes(v)
+    return None
+
+
+async def lifespan(receive: Receive, send: Send) -> None:
+    """Answer the ASGI lifespan protocol: nothing to start or stop."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return

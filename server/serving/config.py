@@ -1,0 +1,276 @@
+"""Model configuration: ``<repository>/<model>/config.yaml`` (or ``config.json``).
+
+Users write these files, so every section is a pydantic model that rejects unknown
+keys with a message naming the key and the accepted ones. Field meanings follow
+Triton's model configuration where Triton has the same idea.
+"""
+
+from __future__ import annotations
+
+import json
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ..errors import ConfigError
+
+__all__ = [
+    "AutoscalingConfig",
+    "DynamicBatchingConfig",
+    "ModelConfig",
+    "OnnxRuntimeConfig",
+    "PreprocessConfig",
+    "VersionPolicy",
+    "load_model_config",
+]
+
+CONFIG_NAMES = ("config.yaml", "config.yml", "config.json")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DynamicBatchingConfig(_Strict):
+    """How requests are gathered into batches (Triton's ``dynamic_batching``)."""
+
+    max_queue_delay_us: int = Field(
+        0,
+        ge=0,
+        description="Longest a request waits for more to join its batch while the model is idle. "
+        "0 dispatches at once when idle; arrivals during a run form the next batch.",
+    )
+    preferred_batch_sizes: list[int] = Field(
+        default_factory=list,
+        description="Batch sizes to dispatch at as soon as they are reached (Triton's meaning).",
+    )
+    max_queue_size: int = Field(
+        1024, ge=1, description="Requests queued beyond this are refused with 503 and Retry-After."
+    )
+    default_timeout_us: int = Field(
+        0,
+        ge=0,
+        description="Deadline for a request that names none (Triton's 'timeout' parameter); 0 for none.",
+    )
+    padding: dict[str, float] = Field(
+        default_factory=dict,
+        description="Inputs whose dynamic non-batch dimensions may differ within a batch, with the value to pad "
+        "them with up to the batch's largest; requests are padded into one batch.",
+    )
+    padded_outputs: list[str] = Field(
+        default_factory=list,
+        description="Outputs cut back to each request's own sizes after a padded batch: their dimensions 1.. "
+        "follow the first padded input's dimensions 1.. (sequence models: [N, L] in, [N, L, ...] out).",
+    )
+    inline_compute_us: int = Field(
+        200,
+        ge=0,
+        description="Batches whose measured compute time (moving average) is below this run on the event loop "
+        "thread, saving the hand-off to the worker thread; longer ones run on the worker so the loop keeps "
+        "accepting requests. 0 always uses the worker.",
+    )
+
+    @model_validator(mode="after")
+    def _positive_sizes(self) -> DynamicBatchingConfig:
+        bad = [s for s in self.preferred_batch_sizes if s < 1]
+        if bad:
+            raise ValueError(f"preferred_batch_sizes must be positive integers, got {bad}")
+        return self
+
+
+class AutoscalingConfig(_Strict):
+    """Replica autoscaling, mapped to Ray Serve's ``autoscaling_config``."""
+
+    min_replicas: int = Field(1, ge=0, description="Fewest replicas; 0 scales to zero when idle.")
+    max_replicas: int = Field(2, ge=1, description="Most replicas.")
+    target_ongoing_requests: float = Field(
+        4.0, gt=0, description="Ongoing requests per replica that autoscaling aims for."
+    )
+    upscale_delay_s: float = Field(5.0, ge=0, description="How long load must stay high before adding.")
+    downscale_delay_s: float = Field(30.0, ge=0, description="How long load must stay low before removing.")
+    downscale_to_zero_delay_s: float | None = Field(
+        None, ge=0, description="How long a model must stay idle before its last replica goes (min_replicas 0); default downscale_delay_s."
+    )
+    look_back_period_s: float = Field(
+        10.0, gt=0, description="Window over which the replicas' load reports are averaged."
+    )
+    metrics_interval_s: float = Field(
+        1.0, gt=0, description="How often each replica sends its load to Serve's controller (below look_back_period_s)."
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AutoscalingConfig:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(
+                f"max_replicas ({self.max_replicas}) must be at least min_replicas ({self.min_replicas})"
+            )
+        if self.metrics_interval_s >= self.look_back_period_s:
+            raise ValueError(
+                f"metrics_interval_s ({self.metrics_interval_s}) must be below look_back_period_s ({self.look_back_period_s})"
+            )
+        return self
+
+
+class CustomOpLibrary(_Strict):
+    """A shared library of custom operators that onnxruntime loads for this model."""
+
+    path: str = Field(..., description="Path of the library (.so) on every node that serves the model.")
+    sha256: str = Field(..., pattern=r"^[0-9a-f]{64}$", description="Its sha256; a library whose bytes differ is not loaded.")
+
+
+class OnnxRuntimeConfig(_Strict):
+    """onnxruntime session options. Defaults suit shared CPUs: one thread, no spinning."""
+
+    intra_op_num_threads: int = Field(1, ge=0, description="Threads inside one operator; 0 lets onnxruntime choose.")
+    inter_op_num_threads: int = Field(1, ge=0, description="Threads across operators (parallel mode only).")
+    allow_spinning: bool = Field(
+        False, description="Let idle worker threads spin; faster on dedicated cores, wasteful on shared ones."
+    )
+    graph_optimization_level: Literal["disable", "basic", "extended", "all"] = Field(
+        "all", description="onnxruntime graph optimisation level."
+    )
+    execution_mode: Literal["sequential", "parallel"] = Field("sequential", description="Operator scheduling.")
+    custom_op_libraries: list[CustomOpLibrary] = Field(
+        [], description="Custom-operator libraries to load; the governance policy must list their sha256."
+    )
+
+
+class _Latest(_Strict):
+    num_versions: int = Field(1, ge=1, description="How many of the highest versions to serve.")
+
+
+class _All(_Strict):
+    pass
+
+
+class _Specific(_Strict):
+    versions: list[int] = Field(..., min_length=1, description="Exactly these versions.")
+
+
+class VersionPolicy(_Strict):
+    """Which versions of a model serve (Triton's ``version_policy``): exactly one of the three."""
+
+    latest: _Latest | None = Field(None, description="Serve the N highest versions.")
+    all: _All | None = Field(None, description="Serve every version in the repository.")
+    specific: _Specific | None = Field(None, description="Serve the listed versions.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> VersionPolicy:
+        chosen = [k for k in ("latest", "all", "specific") if getattr(self, k) is not None]
+        if len(chosen) > 1:
+            raise ValueError(f"give one of latest, all, specific; got {', '.join(chosen)}")
+        if not chosen:
+            object.__setattr__(self, "latest", _Latest())
+        return self
+
+    def select(self, available: list[int]) -> list[int]:
+        """The versions to serve out of ``available``, highest first."""
+        ordered = sorted(set(available), reverse=True)
+        if self.all is not None:
+            return ordered
+        if self.specific is not None:
+            return sorted(set(self.specific.versions) & set(ordered), reverse=True)
+        assert self.latest is not None
+        return ordered[: self.latest.num_versions]
+
+
+class PreprocessConfig(_Strict):
+    """Preprocessing of one input, fused into batch assembly: ``model_input = cast(sent) * scale + shift``."""
+
+    datatype: str | None = Field(
+        None, description="The datatype clients send (e.g. UINT8 for images); unset: the model input's own."
+    )
+    layout: Literal["same", "HWC"] = Field(
+        "same", description="HWC: clients send [N, H, W, C] and the model takes [N, C, H, W]."
+    )
+    scale: list[float] | None = Field(None, description="Per-channel multiplier (channel: the model input's dimension 1).")
+    shift: list[float] | None = Field(None, description="Per-channel addend, after the scale (e.g. -mean/std).")
+
+
+class ModelConfig(_Strict):
+    """One model's serving configuration."""
+
+    name: str | None = Field(None, description="Must match the model's folder name when given.")
+    max_batch_size: int | None = Field(
+        None,
+        ge=0,
+        description="Largest batch (first dimension) of one request and of an assembled batch; 0 disables "
+        "batching. Unset: 32 when every input's first dimension is dynamic in the graph, else 0.",
+    )
+    dynamic_batching: DynamicBatchingConfig = Field(
+        default_factory=DynamicBatchingConfig, description="Dynamic batching options."
+    )
+    replicas: int = Field(1, ge=1, description="Fixed replica count (ignored when autoscaling is set).")
+    autoscaling: AutoscalingConfig | None = Field(None, description="Replica autoscaling instead of a fixed count.")
+    num_cpus: float = Field(
+        0.25, gt=0, description="CPUs each replica reserves in Ray; fractional so several models share a node."
+    )
+    onnxruntime: OnnxRuntimeConfig = Field(default_factory=OnnxRuntimeConfig, description="Session options.")
+    version_policy: VersionPolicy = Field(default_factory=VersionPolicy, description="Which versions serve.")
+    preprocess: dict[str, PreprocessConfig] = Field(
+        default_factory=dict, description="Per model input: what clients send and how it becomes the model's input."
+    )
+
+
+def _accepted_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The keys accepted at ``loc`` (the location of an unknown key) inside ``model``."""
+    current: Any = model
+    for part in loc[:-1]:
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return []
+        field = current.model_fields.get(str(part))
+        if field is None:
+            return []
+        current = field.annotation
+        for arg in typing.get_args(current) or ():
+            if isinstance(arg, type) and issubclass(arg, BaseModel):
+                current = arg
+                break
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
+
+
+def format_validation_error(error: ValidationError, model: type[BaseModel]) -> str:
+    lines = []
+    for e in error.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            accepted = _accepted_keys(model, tuple(e["loc"]))
+            lines.append(f"unknown key '{where}'; accepted keys: {', '.join(accepted)}")
+        else:
+            lines.append(f"{where}: {e['msg']} (got {e.get('input')!r})")
+    return "; ".join(lines)
+
+
+def parse_model_config(raw: Any, *, source: str) -> ModelConfig:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"expected a mapping of keys, got {type(raw).__name__}", source=source)
+    try:
+        return ModelConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, ModelConfig), source=source) from None
+
+
+def load_model_config(model_dir: Path) -> ModelConfig:
+    """Read a model folder's config file; a folder without one gets the defaults."""
+    for name in CONFIG_NAMES:
+        path = model_dir / name
+        if path.is_file():
+            text = path.read_text(encoding="utf-8")
+            try:
+                raw = json.loads(text) if name.endswith(".json") else yaml.safe_load(text)
+            except (json.JSONDecodeError, yaml.YAMLError) as e:
+                raise ConfigError(f"cannot parse: {e}", source=str(path)) from None
+            config = parse_model_config(raw, source=str(path))
+            if config.name is not None and config.name != model_dir.name:
+                raise ConfigError(
+                    f"name {config.name!r} does not match the folder name {model_dir.name!r}", source=str(path)
+                )
+            return config
+    return ModelConfig()

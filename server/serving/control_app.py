@@ -1,0 +1,164 @@
+"""The ASGI application of the control routes: health, server metadata, Triton's repository
+extension, the SBOM, ``/metrics``, and OIP 404s for models that are unknown or not ready."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from lockgate.plugins import PluginManager
+
+from ..errors import LockgateError, MethodNotAllowed, NotFound, RequestError, Unavailable
+from .asgi import (
+    JSON_HEADERS,
+    METRICS_CONTENT_TYPE,
+    SERVER_NAME,
+    Receive,
+    Scope,
+    Send,
+    json_body,
+    lifespan,
+    respond,
+    respond_error,
+    server_version,
+)
+from .gate import gate
+
+__all__ = ["ControlApp"]
+
+log = logging.getLogger("lockgate.server")
+
+
+class ControlApp:
+    """ASGI app for ``/v2``: health, server metadata, Triton's repository extension, and
+    answers for models that are unknown or not ready.
+
+    ``status`` returns Serve's status of each application by name (called at most once a
+    second by the caller's cache). ``repository`` provides ``index()``, ``load(name)``,
+    ``unload(name)``, ``known(name)`` and ``sbom()`` (None: no plugin makes one); without it
+    those routes answer 404.
+    Health and server metadata are open (probes); the repository routes, the SBOM and
+    ``/metrics`` (``metrics`` returns the Prometheus text of the node) pass the gatekeepers
+    of ``manager``.
+    """
+
+    def __init__(
+        self,
+        models: list[str],
+        status: Callable[[], Awaitable[dict[str, str]]] | None = None,
+        repository: Any = None,
+        manager: PluginManager | None = None,
+        metrics: Callable[[], Awaitable[bytes]] | None = None,
+    ) -> None:
+        self.models = set(models)
+        self.metrics = metrics
+        self.status = status
+        self.repository = repository
+        self.manager = manager
+        self.gated = manager is not None and (manager.has("lockgate_authenticate") or manager.has("lockgate_authorize"))
+        self.version = server_version()
+
+    async def _not_ready(self) -> list[str]:
+        if self.status is None:
+            return []
+        apps = await self.status()
+        return sorted(m for m in self.models if apps.get(m) != "RUNNING")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        try:
+            if scope["path"].rstrip("/") == "/metrics":
+                await respond(send, 200, await self._metrics(scope), [(b"content-type", METRICS_CONTENT_TYPE)])
+                return
+            status, body = await self._route(scope)
+        except RequestError as e:
+            await respond_error(send, e)
+            return
+        except Exception as e:
+            log.exception("unhandled error on %s", scope.get("path"))
+            await respond_error(send, RequestError(f"internal error: {type(e).__name__}"))
+            return
+        await respond(send, status, json_body(body), JSON_HEADERS)
+
+    async def _metrics(self, scope: Scope) -> bytes:
+        if scope["method"] not in ("GET", "HEAD"):
+            raise MethodNotAllowed(f"{scope['method']} is not allowed on /metrics; use GET")
+        if self.metrics is None:
+            raise NotFound("this server keeps no metrics")
+        await self._gate(scope, "metrics", None)
+        return await self.metrics()
+
+    async def _route(self, scope: Scope) -> tuple[int, object]:
+        path = scope["path"].rstrip("/") or "/"
+        method = scope["method"]
+        if path.startswith("/v2/repository/"):
+            if method != "POST":
+                raise MethodNotAllowed(f"{method} is not allowed on {path}; use POST")
+            return await self._repository(scope, path[len("/v2/repository/") :])
+        if path == "/v2/sbom":
+            if method not in ("GET", "HEAD"):
+                raise MethodNotAllowed(f"{method} is not allowed on {path}; use GET")
+            if self.repository is None:
+                raise NotFound("this server has no registry to describe")
+            await self._gate(scope, "sbom", None)
+            sbom = await self.repository.sbom()
+            if sbom is None:
+                raise NotFound("no plugin makes an SBOM (is the built-in 'governance' plugin blocked?)")
+            return 200, sbom
+        if path in ("/v2", "/v2/health/live", "/v2/health/ready") and method not in ("GET", "HEAD"):
+            raise MethodNotAllowed(f"{method} is not allowed on {path}; use GET")
+        if path == "/v2":
+            extensions = ["binary_tensor_data"] + (["model_repository"] if self.repository is not None else [])
+            return 200, {"name": SERVER_NAME, "version": self.version, "extensions": extensions}
+        if path == "/v2/health/live":
+            return 200, {"live": True}
+        if path == "/v2/health/ready":
+            waiting = await self._not_ready()
+            if waiting:
+                raise Unavailable(f"not ready: waiting for model(s) {', '.join(waiting)}")
+            return 200, {"ready": True}
+        if path.startswith("/v2/models/"):
+            name = path[len("/v2/models/") :].split("/")[0]
+            if name in self.models:
+                if self.status is None or name in await self._not_ready():
+                    raise Unavailable(f"model '{name}' is not ready yet")
+                # The model's application is up, yet the ingress did not route this to it: the
+                # path only reads as that model's once decoded (an encoded '/', say).
+                raw = scope.get("raw_path", b"").decode("latin-1") or scope["path"]
+                raise NotFound(f"no route {raw}: routes are matched before percent-decoding")
+            known = ", ".join(sorted(self.models)) or "none"
+            raise NotFound(f"unknown model '{name}'; served models: {known}")
+        raise NotFound(f"no route {scope['path']}")
+
+    async def _gate(self, scope: Scope, action: str, model: str | None) -> None:
+        if self.gated:
+            await gate(self.manager, scope, action, model, None)
+
+    async def _repository(self, scope: Scope, rest: str) -> tuple[int, object]:
+        if self.repository is None:
+            raise NotFound("this server has no model repository API")
+        if rest == "index":
+            who = await gate(self.manager, scope, "metadata", None, None) if self.gated else None
+            entries = await self.repository.index()
+            if who is not None:  # only the models this caller may see: a key for one model learns of no other
+                entries = [e for e in entries if (await self.manager.authorize(who, "metadata", e["name"], None, count=False)).allow]
+            return 200, entries
+        parts = rest.split("/")
+        if len(parts) == 3 and parts[0] == "models" and parts[2] in ("load", "unload"):
+            name, action = parts[1], parts[2]
+            await self._gate(scope, action, name)
+            if not await asyncio.to_thread(self.repository.known, name):
+                raise NotFound(f"unknown model '{name}' in the registry")
+            try:
+                await (self.repository.load(name) if action == "load" else self.repository.unload(name))
+            except LockgateError as e:  # a model that cannot load is reported, not fatal
+                log.warning("repository %s of %s failed: %s", action, name, e)
+                raise Unavailable(f"failed to {action} model '{name}': {e}") from None
+            return 200, {}
+        raise NotFound(f"no route /v2/repository/{rest}; routes: index, models/<m>/load, models/<m>/unload")

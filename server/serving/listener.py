@@ -1,0 +1,324 @@
+"""The replica-owned HTTP listener: HAProxy -> this protocol -> ``ModelApp``, nothing between.
+
+Serve's direct ingress starts a uvicorn server in each replica on a port the controller
+assigns and registers that port with HAProxy; every request then crosses Serve's ASGI
+wrapper (metrics, request context, concurrency semaphore). Measured in one replica here,
+that path answers a no-op at about 4k req/s; an httptools protocol in the same replica at
+about 120k (bench/prototypes/replica_listener.py). So a model replica replaces the server
+Serve would start on that port with this one: Serve still assigns the port, registers it
+with HAProxy, health-checks it (``/-/healthz`` and ``/-/routes`` are handed to Serve's own
+ASGI app), drains and stops it (``should_exit``); only the model's routes skip the wrapper.
+
+The hook point is a private Serve name, so it is installed from
+``lockgate.server.hosting.serve_compat.install_listener``, which checks it first; this module
+imports nothing of Ray.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from http import HTTPStatus
+from typing import Any
+
+import httptools
+
+from .limits import DEFAULT_LIMITS, LimitOptions
+
+__all__ = ["FastServer"]
+
+log = logging.getLogger("lockgate.server")
+
+ASGIApp = Callable[[dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]], Awaitable[None]]
+_REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
+_JSON = [(b"content-type", b"application/json")]
+_SWEEP_S = 0.5  # how often connection deadlines are checked
+_LINGER_S = 2.0  # after an error answer, input is read and dropped this long, so the answer is not reset away
+
+
+class _TooLarge(Exception):
+    """Raised from a parser callback: the request is over a limit; answer ``status`` and close."""
+
+    def __init__(self, status: int, message: bytes) -> None:
+        self.status = status
+        self.message = message
+
+
+class FastServer:
+    """A uvicorn.Server stand-in as Serve's replica uses it: ``should_exit`` stops it gracefully."""
+
+    def __init__(self, app: ASGIApp, fallback: ASGIApp, prefix: str, limits: LimitOptions = DEFAULT_LIMITS) -> None:
+        self.app = app
+        self.fallback = fallback
+        self.prefix = prefix
+        self.limits = limits
+        self.max_body = limits.max_body_bytes
+        self.should_exit = False
+        self.connections: set[_Protocol] = set()
+        self.in_flight = 0
+        self.refused = 0  # connections over max_connections
+        self.timed_out = 0  # requests not received within request_timeout_s
+
+    async def serve(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(lambda: _Protocol(self), sock=sock, backlog=2048)
+        swept = time.monotonic()
+        try:
+            while not self.should_exit:
+                await asyncio.sleep(0.05)
+                now = time.monotonic()
+                if now - swept >= _SWEEP_S:
+                    swept = now
+                    self.sweep(now)
+        finally:
+            server.close()
+            for conn in list(self.connections):
+                conn.close_when_idle()
+            for _ in range(200):  # finish in-flight requests, up to 10 s
+                if self.in_flight == 0:
+                    break
+                await asyncio.sleep(0.05)
+            for conn in list(self.connections):
+                conn.transport.close()
+
+    def sweep(self, now: float) -> None:
+        """Close connections past their deadline: 408 for a request still arriving, nothing for an idle one.
+        A connection whose request is being answered has no deadline here."""
+        for conn in list(self.connections):
+            if conn.busy or not conn.deadline or now < conn.deadline:
+                continue
+            if conn.reading:
+                self.timed_out += 1
+                conn._error(408, b"the request did not arrive within %g s" % self.limits.request_timeout_s)
+            else:
+                conn.transport.close()
+
+
+class _Discard:
+    """The parser of a connection that has been answered an error: input is dropped."""
+
+    def feed_data(self, data: bytes) -> None:
+        pass
+
+
+class _Protocol(asyncio.Protocol):
+    __slots__ = (
+        "body", "body_size", "busy", "closing", "deadline", "ended", "headers", "header_bytes", "parser", "pending", "reading",
+        "server", "transport", "url", "client",
+    )
+
+    def __init__(self, server: FastServer) -> None:
+        self.server = server
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.header_bytes = 0
+        self.body: list[bytes] = []
+        self.body_size = 0
+        self.busy = False
+        self.closing = False
+        self.pending: list[tuple] = []  # pipelined requests waiting their turn
+        self.client: tuple | None = None
+        self.reading = False  # between a request's first byte and its last
+        self.ended = False  # an error was answered: nothing more is written
+        self.deadline = 0.0  # time.monotonic() by which the next event must happen
+
+    # -- connection ------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self.transport = transport
+        self.client = transport.get_extra_info("peername")
+        server = self.server
+        if len(server.connections) >= server.limits.max_connections:
+            server.refused += 1
+            body = b'{"error": "the replica holds its limit of %d connections; retry shortly"}' % server.limits.max_connections
+            transport.write(self._head(503, [*_JSON, (b"retry-after", b"1")], len(body), False) + body)
+            self.parser, self.ended = _Discard(), True  # whatever it sent is not served
+            transport.close()
+            return
+        server.connections.add(self)
+        self.deadline = time.monotonic() + server.limits.idle_timeout_s
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.connections.discard(self)
+        self.closing = True
+
+    def close_when_idle(self) -> None:
+        self.closing = True
+        if not self.busy:
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._error(400, b"protocol upgrades are not supported")
+        except httptools.HttpParserError as e:
+            over = e.__context__  # httptools wraps what a callback raised
+            if isinstance(over, _TooLarge):
+                self._error(over.status, over.message)
+            else:
+                self._error(400, f"malformed HTTP request: {e}".encode())
+
+    def _error(self, status: int, message: bytes) -> None:
+        """Answer ``status`` and end the connection. What the client still sends (the rest of a
+        refused body) is read and dropped for a moment: closing with unread input would reset the
+        connection, and the client could lose the answer."""
+        body = b'{"error": "' + message.replace(b'"', b"'") + b'"}'
+        transport = self.transport
+        transport.write(self._head(status, _JSON, len(body), False) + body)
+        self.reading = False
+        self.closing = self.ended = True
+        self.pending = []
+        self.parser = _Discard()
+        self.deadline = time.monotonic() + _LINGER_S
+        if transport.can_write_eof():
+            transport.write_eof()
+        else:
+            transport.close()
+
+    # -- parser callbacks ------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.reading = True
+        self.deadline = time.monotonic() + self.server.limits.request_timeout_s
+        self.url = b""
+        self.headers = []
+        self.header_bytes = 0
+        self.body = []
+        self.body_size = 0
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.header_bytes += len(name) + len(value)
+        limit = self.server.limits.max_header_bytes
+        if self.header_bytes > limit:
+            raise _TooLarge(400, b"the request's headers are larger than the limit of %d bytes" % limit)
+        self.headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        for name, value in self.headers:
+            if name == b"content-length" and value.isdigit() and int(value) > self.server.max_body:
+                # Refused before the body is read, so an oversized upload costs nothing.
+                raise _TooLarge(413, b"request body is larger than the limit of %d bytes" % self.server.max_body)
+            if name == b"expect" and value.lower() == b"100-continue":
+                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def on_body(self, chunk: bytes) -> None:
+        self.body_size += len(chunk)
+        if self.body_size > self.server.max_body:  # a chunked body that grew past the limit
+            raise _TooLarge(413, b"request body is larger than the limit of %d bytes" % self.server.max_body)
+        self.body.append(chunk)
+
+    def on_message_complete(self) -> None:
+        self.reading = False
+        self.deadline = 0.0
+        request = (
+            self.parser.get_method().decode("ascii"),
+            self.url,
+            self.headers,
+            b"".join(self.body) if len(self.body) != 1 else self.body[0],
+            self.body_size,
+            self.parser.should_keep_alive(),
+        )
+        if self.busy:
+            self.pending.append(request)
+            self.transport.pause_reading()
+            return
+        self.busy = True
+        asyncio.get_running_loop().create_task(self._handle(request))
+
+    # -- requests --------------------------------------------------------------------------
+
+    async def _handle(self, request: tuple) -> None:
+        while True:
+            keep_alive = await self._one(*request)
+            if not keep_alive or self.closing:
+                self.busy = False
+                self.transport.close()
+                return
+            if not self.pending:
+                break
+            request = self.pending.pop(0)
+            self.transport.resume_reading()
+        self.busy = False
+        if not self.reading:
+            self.deadline = time.monotonic() + self.server.limits.idle_timeout_s
+
+    async def _one(self, method: str, url: bytes, headers: list, body: bytes, size: int, keep_alive: bool) -> bool:
+        server = self.server
+        server.in_flight += 1
+        try:
+            try:
+                parsed = httptools.parse_url(url)
+            except httptools.HttpParserInvalidURLError:
+                self._write(400, [(b"content-type", b"application/json")], b'{"error": "malformed request URL"}', False, method)
+                return False
+            path = (parsed.path or b"/").decode("latin-1")
+            scope = {
+                "type": "http",
+                "asgi": {"version": "3.0"},
+                "http_version": "1.1",
+                "method": method,
+                "scheme": "http",
+                "path": path,
+                "raw_path": parsed.path or b"/",
+                "root_path": "",
+                "query_string": parsed.query or b"",
+                "headers": headers,
+                "client": self.client,
+                "server": None,
+            }
+            sent: dict[str, Any] = {}
+            delivered = False
+
+            async def receive() -> dict:
+                nonlocal delivered
+                if delivered:
+                    return {"type": "http.disconnect"}
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+
+            async def send(message: dict) -> None:
+                if message["type"] == "http.response.start":
+                    sent["status"] = message["status"]
+                    sent["headers"] = message.get("headers", [])
+                    sent["body"] = []
+                elif message["type"] == "http.response.body":
+                    sent["body"].append(message.get("body", b""))
+
+            app = server.app if path.startswith(server.prefix) else server.fallback
+            try:
+                await app(scope, receive, send)
+            except Exception:  # noqa: BLE001 - the app answers its own errors; this is a bug
+                log.exception("request to %s failed", path)
+                sent = {"status": 500, "headers": [(b"content-type", b"application/json")], "body": [b'{"error": "internal error"}']}
+            if "status" not in sent:
+                sent = {"status": 500, "headers": [(b"content-type", b"application/json")], "body": [b'{"error": "no response"}']}
+            out = b"".join(sent["body"])
+            extra = [(k, v) for k, v in sent["headers"] if k.lower() not in (b"content-length", b"connection")]
+            self._write(sent["status"], extra, out, keep_alive, method)
+            return keep_alive
+        finally:
+            server.in_flight -= 1
+
+    def _head(self, status: int, headers: list, length: int, keep_alive: bool) -> bytes:
+        lines = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Unknown"))]
+        lines += [k + b": " + v + b"\r\n" for k, v in headers]
+        lines.append(b"server: lockgate\r\ncontent-length: %d\r\n" % length)
+        if not keep_alive:
+            lines.append(b"connection: close\r\n")
+        lines.append(b"\r\n")
+        return b"".join(lines)
+
+    def _write(self, status: int, headers: list, body: bytes, keep_alive: bool, method: str) -> None:
+        if self.ended or self.transport.is_closing():
+            return
+        head = self._head(status, headers, len(body), keep_alive)
+        self.transport.write(head if method == "HEAD" else head + body)

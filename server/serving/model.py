@@ -1,0 +1,176 @@
+"""One loaded model version: an onnxruntime session and the signature read from its graph."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument, InvalidGraph
+
+from lockgate.fastpath import DATATYPES
+
+from ..errors import ConfigError, ModelLoadError
+from .config import OnnxRuntimeConfig, PreprocessConfig
+
+__all__ = ["REJECTED_INPUT", "ModelVersion", "Preprocess", "TensorSpec", "load_version", "session_options"]
+
+# What onnxruntime raises for input the model cannot take (a shape or type it rejects): the
+# client's mistake, answered 400. Anything else it raises is the model failing (500).
+REJECTED_INPUT: tuple[type[Exception], ...] = (InvalidArgument, InvalidGraph)
+
+# onnxruntime type strings -> Open Inference Protocol datatypes.
+_ORT_TO_OIP = {
+    "tensor(bool)": "BOOL",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(float16)": "FP16",
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(string)": "BYTES",
+}
+
+_OPT_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Preprocess:
+    """Prepared preprocessing of one input: the model's datatype, per-channel arrays, layout change."""
+
+    model_datatype: str
+    scale: np.ndarray | None
+    shift: np.ndarray | None
+    hwc_to_chw: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """An input or output as the graph declares it; dynamic dimensions are -1."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+    def metadata(self) -> dict[str, object]:
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+
+
+def _spec(node: ort.NodeArg, model: str, version: int) -> TensorSpec:
+    datatype = _ORT_TO_OIP.get(node.type)
+    if datatype is None:
+        raise ModelLoadError(model, version, f"tensor {node.name!r} has type {node.type}, which lockgate cannot serve")
+    shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in (node.shape or ()))
+    return TensorSpec(node.name, datatype, shape)
+
+
+def session_options(config: OnnxRuntimeConfig) -> ort.SessionOptions:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = config.intra_op_num_threads
+    opts.inter_op_num_threads = config.inter_op_num_threads
+    opts.graph_optimization_level = _OPT_LEVELS[config.graph_optimization_level]
+    opts.execution_mode = (
+        ort.ExecutionMode.ORT_PARALLEL if config.execution_mode == "parallel" else ort.ExecutionMode.ORT_SEQUENTIAL
+    )
+    spin = "1" if config.allow_spinning else "0"
+    opts.add_session_config_entry("session.intra_op.allow_spinning", spin)
+    opts.add_session_config_entry("session.inter_op.allow_spinning", spin)
+    for library in config.custom_op_libraries:
+        got = hashlib.sha256(Path(library.path).read_bytes()).hexdigest()
+        if got != library.sha256:
+            raise ValueError(f"custom-op library {library.path} has sha256 {got}, not the configured {library.sha256}; not loading it")
+        opts.register_custom_ops_library(library.path)
+    return opts
+
+
+class ModelVersion:
+    """A served model version. ``run`` is thread-safe (onnxruntime sessions are)."""
+
+    __slots__ = ("graph_inputs", "input_index", "inputs", "name", "output_index", "outputs", "session", "sha256", "version")
+
+    def __init__(self, name: str, version: int, session: ort.InferenceSession, sha256: str = "") -> None:
+        self.name = name
+        self.version = version
+        self.sha256 = sha256
+        self.session = session
+        self.graph_inputs = tuple(_spec(n, name, version) for n in session.get_inputs())
+        self.inputs = self.graph_inputs  # what clients send; differs where preprocessing is declared
+        self.outputs = tuple(_spec(n, name, version) for n in session.get_outputs())
+        self.input_index = {s.name: s for s in self.inputs}
+        self.output_index = {s.name: s for s in self.outputs}
+
+    def batchable(self) -> bool:
+        """True when every input and output has a dynamic first dimension."""
+        return all(s.shape and s.shape[0] == -1 for s in self.graph_inputs + self.outputs)
+
+    def preprocess(self, config: dict[str, PreprocessConfig]) -> dict[str, Preprocess]:
+        """Apply the config's preprocessing to the client-facing signature; return it per input.
+
+        A ConfigError names what does not fit the graph."""
+        prepared: dict[str, Preprocess] = {}
+        graph = {s.name: s for s in self.graph_inputs}
+        for name, pre in config.items():
+            where = f"model {self.name} version {self.version}: preprocess.{name}"
+            spec = graph.get(name)
+            if spec is None:
+                raise ConfigError(f"no such input; the model's inputs are {', '.join(graph)}", source=where)
+            datatype = pre.datatype or spec.datatype
+            if datatype not in DATATYPES or datatype == "BYTES":
+                raise ConfigError(f"datatype {datatype!r} cannot be preprocessed", source=where)
+            shape = spec.shape
+            if pre.layout == "HWC":
+                if len(shape) != 4:
+                    raise ConfigError(f"layout HWC needs a rank-4 [N, C, H, W] input, the model's is {list(shape)}", source=where)
+                shape = (shape[0], shape[2], shape[3], shape[1])
+            channels = spec.shape[1] if len(spec.shape) > 1 else 1
+            scale = shift = None
+            if pre.scale is not None or pre.shift is not None:
+                if spec.datatype != "FP32":
+                    raise ConfigError(f"scale and shift need an FP32 model input, this one is {spec.datatype}", source=where)
+                for label, values in (("scale", pre.scale), ("shift", pre.shift)):
+                    if values is not None and (channels < 1 or len(values) != channels):
+                        raise ConfigError(f"{label} has {len(values)} values; the input has {channels} channels (dimension 1)", source=where)
+                scale = None if pre.scale is None else np.asarray(pre.scale, np.float32)
+                shift = None if pre.shift is None else np.asarray(pre.shift, np.float32)
+            prepared[name] = Preprocess(spec.datatype, scale, shift, pre.layout == "HWC")
+            self.inputs = tuple(TensorSpec(s.name, datatype, shape) if s.name == name else s for s in self.inputs)
+        self.input_index = {s.name: s for s in self.inputs}
+        return prepared
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """All outputs, in graph order."""
+        return self.session.run(None, feeds)
+
+    def metadata(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "versions": [str(self.version)],
+            "platform": "onnxruntime_onnx",
+            "inputs": [s.metadata() for s in self.inputs],
+            "outputs": [s.metadata() for s in self.outputs],
+        }
+
+
+def load_version(name: str, version: int, source: bytes | Path, config: OnnxRuntimeConfig, sha256: str = "") -> ModelVersion:
+    """Load a model (verified bytes, or a file) with onnxruntime; a failure is a ModelLoadError naming it."""
+    try:
+        model = source if isinstance(source, bytes) else str(source)
+        session = ort.InferenceSession(model, sess_options=session_options(config), providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises several unrelated types for a bad file
+        raise ModelLoadError(name, version, str(e)) from None
+    return ModelVersion(name, version, session, sha256)
+
+
+assert set(_ORT_TO_OIP.values()) == set(DATATYPES)

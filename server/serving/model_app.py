@@ -1,0 +1,196 @@
+"""The ASGI application of one model: routes, the gate, recorders and observers around a
+``ModelService``.
+
+Each model's Serve replica hands its requests straight to ``ModelApp`` (through the replica
+listener, behind HAProxy), so nothing but this module's routing sits between the socket and
+the model.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+
+from lockgate.plugins import InferenceEvent, RecordFailed
+
+from ..errors import MethodNotAllowed, NotFound, RequestError, Unavailable
+from .asgi import JSON_HEADERS, RETRY_AFTER, Receive, Scope, Send, error_headers, header, json_body, lifespan, read_body, respond
+from .gate import gate, new_request_id
+from .load import LoadMeter
+from .protocol import HEADER_LENGTH
+from .service import ModelService
+
+__all__ = ["ModelApp", "Outcome"]
+
+log = logging.getLogger("lockgate.server")
+
+_VERSION_ROUTE = re.compile(r"^/versions/([^/]+)(/ready|/infer|/explain)?/?$")
+_HEADER_LENGTH = HEADER_LENGTH.encode()
+
+
+class ModelApp:
+    """ASGI app for one model, mounted at ``/v2/models/<name>``.
+
+    Gatekeepers (authenticate, authorize) run once per request before the body is read.
+    Recorders (the audit log) get every inference request before its response leaves, and
+    the response waits for a record they say is pending; observers run after it was sent.
+    With no such plugins, none of this costs anything.
+    """
+
+    def __init__(self, service: ModelService) -> None:
+        self.service = service
+        manager = service.manager
+        self.manager = manager
+        self.gated = manager is not None and (manager.has("lockgate_authenticate") or manager.has("lockgate_authorize"))
+        self.observed = manager is not None and manager.has("lockgate_observe_inference")
+        self.recorded = manager is not None and manager.has("lockgate_record_inference")
+        # Requests held, read by autoscaling only (server/autoscaling.py); no cost without it.
+        self.load = LoadMeter() if service.config.autoscaling is not None else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        if self.load is None:
+            await self._serve(scope, receive, send)
+            return
+        self.load.enter()
+        try:
+            await self._serve(scope, receive, send)
+        finally:
+            self.load.leave()
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+        start = time.perf_counter()
+        outcome = Outcome()
+        try:
+            status, body, headers = await self._route(scope, receive, outcome)
+        except RequestError as e:
+            outcome.status, outcome.error = e.status, e.message
+            status, body, headers = e.status, e.body(), error_headers(e)
+        except ConnectionAbortedError:
+            outcome.status, outcome.error = 499, "client disconnected before the request was read"
+            if self.recorded and outcome.action:
+                await self._record(outcome, start, None)
+            return
+        except Exception as e:  # a bug of ours: say so, keep the replica up
+            log.exception("unhandled error on %s", scope.get("path"))
+            error = RequestError(f"internal error: {type(e).__name__}")
+            outcome.status, outcome.error = 500, error.message
+            status, body, headers = 500, error.body(), error_headers(error)
+        if outcome.action:
+            headers = [*headers, (b"lockgate-request-id", outcome.request_id.encode())]
+            if self.recorded:
+                withheld = await self._record(outcome, start, body)
+                if withheld is not None:  # observers see what the client got
+                    outcome.status, outcome.error = withheld.status, withheld.message
+                    status, body, headers = withheld.status, withheld.body(), [*error_headers(withheld), headers[-1]]
+        await respond(send, status, body, headers)
+        if self.observed and outcome.action:
+            self.manager.observe("lockgate_observe_inference", event=self._event(outcome, start, body))
+
+    def _event(self, outcome: Outcome, start: float, response: bytes | None) -> InferenceEvent:
+        return InferenceEvent(
+            outcome.request_id, self.service.name, outcome.version, outcome.principal, outcome.status,
+            time.perf_counter() - start, outcome.rows, outcome.error, outcome.client_id, outcome.sha256,
+            outcome.body, response, outcome.decided_by, outcome.started_at, outcome.action, outcome.explains,
+        )
+
+    async def _record(self, outcome: Outcome, start: float, response: bytes | None) -> RequestError | None:
+        """Hand the request to the recorders; the error to send instead when they fail."""
+        try:
+            await self.manager.record_inference(self._event(outcome, start, response))
+        except RecordFailed as e:
+            log.error("answer to request %s withheld: %s", outcome.request_id, e)
+            return Unavailable(f"the request could not be recorded in the audit log, so its answer is withheld ({e})", headers=RETRY_AFTER)
+        return None
+
+    async def _gate(self, scope: Scope, action: str, version: str | None, outcome: Outcome) -> None:
+        try:
+            await gate(self.manager, scope, action, self.service.name, version, outcome)
+        except RequestError as e:
+            outcome.decided_by = e.decided_by
+            raise
+
+    async def _route(self, scope: Scope, receive: Receive, outcome: Outcome) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        path: str = scope["path"]
+        root = scope.get("root_path", "")
+        rest = path[len(root) :] if root and path.startswith(root) else path
+        prefix = f"/v2/models/{self.service.name}"
+        if rest.startswith(prefix):  # mounted without a root_path
+            rest = rest[len(prefix) :]
+        if rest and not rest.startswith("/"):
+            raise NotFound(f"unknown model '{self.service.name}{rest.split('/')[0]}'")
+        method = scope["method"]
+        version: str | None = None
+        action = rest.rstrip("/")
+        match = _VERSION_ROUTE.match(rest)
+        if match:
+            version, action = match.group(1), (match.group(2) or "")
+        if action == "/infer" or action == "/explain":
+            kind = action[1:]
+            outcome.action = kind
+            outcome.request_id = new_request_id()
+            if self.recorded:
+                outcome.started_at = time.time()
+            if method != "POST":
+                raise MethodNotAllowed(f"{method} is not allowed on {action}; use POST")
+            if self.gated:
+                await self._gate(scope, kind, version, outcome)
+            served = await self.service.version(version)
+            outcome.version, outcome.sha256 = served.model.version, served.model.sha256
+            self.service.check_serving(served)
+            body = await read_body(receive, self.service.limits.max_body_bytes)
+            outcome.body = body
+            if kind == "explain":
+                out, request, outcome.explains = await self.service.explain(served, body, header(scope, _HEADER_LENGTH))
+                headers = JSON_HEADERS
+            else:
+                out, headers, request = await self.service.infer(served, body, header(scope, _HEADER_LENGTH))
+            outcome.rows, outcome.client_id = request.rows, request.id
+            return 200, out, headers
+        if action in ("", "/ready"):
+            self._get_only(method)
+            if self.gated:
+                await self._gate(scope, "metadata", version, outcome)
+            if action:
+                self.service.check_serving(await self.service.version(version))
+                answer: object = {"name": self.service.name, "ready": True}
+            else:
+                answer = await self.service.metadata(version)
+            return 200, json_body(answer), JSON_HEADERS
+        raise NotFound(f"no route {path}; model routes are '', /ready, /infer, /explain, optionally after /versions/<v>")
+
+    @staticmethod
+    def _get_only(method: str) -> None:
+        if method not in ("GET", "HEAD"):
+            raise MethodNotAllowed(f"{method} is not allowed here; use GET")
+
+
+
+class Outcome:
+    """What the request came to, for the recorders and observers."""
+
+    __slots__ = (
+        "action", "body", "client_id", "decided_by", "error", "explains", "principal", "request_id", "rows", "sha256", "started_at", "status",
+        "version",
+    )
+
+    def __init__(self) -> None:
+        self.action = ""
+        self.status = 200
+        self.error: str | None = None
+        self.principal = "anonymous"
+        self.request_id = ""
+        self.client_id: str | None = None
+        self.version: int | None = None
+        self.sha256: str | None = None
+        self.body: bytes | None = None
+        self.decided_by: str | None = None
+        self.explains: str | None = None
+        self.started_at = 0.0
+        self.rows = 0
+

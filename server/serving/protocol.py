@@ -1,0 +1,243 @@
+"""Open Inference Protocol v2 inference bodies, with Triton's binary tensor extension.
+
+``parse_infer_request`` turns a request body into typed arrays checked against the
+model's signature; every client mistake is a BadRequest that names the input and
+says what was expected and what came. ``encode_infer_response`` writes the answer
+as JSON, or JSON plus binary tensors when the client asked for them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from lockgate.fastpath import CodecError, decode_binary, decode_json_data, encode_binary, encode_json_data, parse_json
+
+from ..errors import BadRequest, PayloadTooLarge
+from .limits import DEFAULT_LIMITS
+from .model import ModelVersion, TensorSpec
+
+__all__ = ["HEADER_LENGTH", "InferRequest", "encode_infer_response", "parse_infer_request"]
+
+HEADER_LENGTH = "inference-header-content-length"
+
+
+@dataclass(slots=True)
+class InferRequest:
+    """A decoded inference request; ``rows`` is the batch size (1 for models without batching)."""
+
+    id: str | None
+    inputs: dict[str, np.ndarray]
+    outputs: list[tuple[TensorSpec, bool]]  # requested outputs and whether each goes binary
+    parameters: dict[str, Any] | None
+    rows: int
+
+
+def _json(raw: bytes) -> Any:
+    try:
+        return parse_json(raw)
+    except CodecError as e:
+        raise BadRequest(f"malformed JSON body: {e}") from None
+
+
+def _shape(value: Any, where: str) -> tuple[int, ...]:
+    if type(value) is not list or not all(type(d) is int and d >= 0 for d in value):
+        raise BadRequest(f"{where}: 'shape' must be an array of non-negative integers, got {json.dumps(value)[:60]}")
+    return tuple(value)
+
+
+def _parameters(item: dict[str, Any], where: str) -> dict[str, Any]:
+    params = item.get("parameters")
+    if params is None:
+        return {}
+    if type(params) is not dict:
+        raise BadRequest(f"{where}: 'parameters' must be a JSON object")
+    return params
+
+
+def _check_against(spec: TensorSpec, datatype: str, shape: tuple[int, ...]) -> None:
+    if datatype != spec.datatype:
+        raise BadRequest(f"input '{spec.name}': datatype {datatype} does not match the model's {spec.datatype}")
+    if len(shape) != len(spec.shape) or any(w != -1 and w != g for w, g in zip(spec.shape, shape)):
+        raise BadRequest(
+            f"input '{spec.name}': shape {list(shape)} does not match the model's {list(spec.shape)} (-1 is any size)"
+        )
+
+
+def parse_infer_request(
+    body: bytes, header_length: int | None, model: ModelVersion, max_batch_size: int, max_elements: int = DEFAULT_LIMITS.max_tensor_elements
+) -> InferRequest:
+    """Decode ``body`` for ``model``; ``header_length`` is Inference-Header-Content-Length, if sent.
+    A tensor whose shape holds more than ``max_elements`` elements is refused before any decode."""
+    if header_length is not None:
+        if header_length < 0 or header_length > len(body):
+            raise BadRequest(
+                f"Inference-Header-Content-Length is {header_length} but the body has {len(body)} bytes"
+            )
+        doc = _json(body[:header_length])
+        binary = memoryview(body)[header_length:]
+    else:
+        doc = _json(body)
+        binary = None
+    if type(doc) is not dict:
+        raise BadRequest("the request body must be a JSON object")
+    request_id = doc.get("id")
+    if request_id is not None and type(request_id) is not str:
+        raise BadRequest("'id' must be a string")
+    params = _parameters(doc, "request")
+    items = doc.get("inputs")
+    if type(items) is not list or not items:
+        raise BadRequest(f"'inputs' must be a non-empty array; model '{model.name}' takes {_names(model.inputs)}")
+
+    inputs: dict[str, np.ndarray] = {}
+    offset = 0
+    rows = 1
+    batch_dims: set[int] = set()
+    for item in items:
+        if type(item) is not dict:
+            raise BadRequest("each element of 'inputs' must be a JSON object")
+        name = item.get("name")
+        if type(name) is not str:
+            raise BadRequest("an input has no 'name' string")
+        spec = model.input_index.get(name)
+        if spec is None:
+            raise BadRequest(f"unknown input '{name}'; model '{model.name}' takes {_names(model.inputs)}")
+        if name in inputs:
+            raise BadRequest(f"input '{name}' is given twice")
+        datatype = item.get("datatype")
+        if type(datatype) is not str:
+            raise BadRequest(f"input '{name}': 'datatype' must be a string such as \"{spec.datatype}\"")
+        shape = _shape(item.get("shape"), f"input '{name}'")
+        _check_against(spec, datatype, shape)
+        elements = math.prod(shape)
+        if elements > max_elements:
+            raise PayloadTooLarge(f"input '{name}': shape {list(shape)} has {elements} elements, more than the limit of {max_elements}")
+        if max_batch_size > 0:
+            batch_dims.add(shape[0])
+            if shape[0] > max_batch_size:
+                raise BadRequest(
+                    f"input '{name}': batch of {shape[0]} exceeds the model's max_batch_size of {max_batch_size}"
+                )
+        size = _parameters(item, f"input '{name}'").get("binary_data_size")
+        try:
+            if size is not None:
+                if type(size) is not int or size < 0:
+                    raise BadRequest(f"input '{name}': binary_data_size must be a non-negative integer")
+                if binary is None:
+                    raise BadRequest(
+                        f"input '{name}' has binary_data_size but the request has no Inference-Header-Content-Length"
+                    )
+                if offset + size > len(binary):
+                    raise BadRequest(
+                        f"input '{name}': binary_data_size {size} runs past the end of the body "
+                        f"({len(binary) - offset} bytes remain)"
+                    )
+                inputs[name] = decode_binary(binary[offset : offset + size], datatype, shape)
+                offset += size
+            else:
+                if "data" not in item:
+                    raise BadRequest(f"input '{name}' has neither 'data' nor a binary_data_size parameter")
+                inputs[name] = decode_json_data(item["data"], datatype, shape)
+            if spec.datatype == "BYTES":
+                inputs[name] = _as_text(inputs[name], name)
+        except CodecError as e:
+            raise BadRequest(f"input '{name}': {e}") from None
+    missing = [s.name for s in model.inputs if s.name not in inputs]
+    if missing:
+        raise BadRequest(f"missing input{'s' if len(missing) > 1 else ''} {', '.join(repr(m) for m in missing)}"
+                         f" of model '{model.name}'")
+    if binary is not None and offset != len(binary):
+        raise BadRequest(
+            f"the body has {len(binary) - offset} bytes of binary data that no input's binary_data_size accounts for"
+        )
+    if max_batch_size > 0:
+        if len(batch_dims) > 1:
+            raise BadRequest(f"inputs disagree on the batch size (first dimension): {sorted(batch_dims)}")
+        rows = batch_dims.pop()
+
+    default_binary = params.get("binary_data_output") is True
+    requested = doc.get("outputs")
+    outputs: list[tuple[TensorSpec, bool]] = []
+    if requested is None:
+        outputs = [(s, default_binary) for s in model.outputs]
+    else:
+        if type(requested) is not list:
+            raise BadRequest("'outputs' must be an array")
+        for item in requested:
+            if type(item) is not dict or type(item.get("name")) is not str:
+                raise BadRequest("each element of 'outputs' must be an object with a 'name'")
+            spec = model.output_index.get(item["name"])
+            if spec is None:
+                raise BadRequest(
+                    f"unknown output '{item['name']}'; model '{model.name}' gives {_names(model.outputs)}"
+                )
+            flag = _parameters(item, f"output '{spec.name}'").get("binary_data", default_binary)
+            outputs.append((spec, flag is True))
+    return InferRequest(request_id, inputs, outputs, params or None, rows)
+
+
+def _as_text(array: np.ndarray, name: str) -> np.ndarray:
+    """onnxruntime's string tensors take Python str: BYTES elements must be UTF-8 text."""
+    out = np.empty(array.shape, dtype=object)
+    flat_in, flat_out = array.reshape(-1), out.reshape(-1)
+    for i, b in enumerate(flat_in):
+        try:
+            flat_out[i] = b.decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadRequest(f"input '{name}': BYTES element {i} is not UTF-8 text, which ONNX string tensors require") from None
+    return out
+
+
+def _names(specs: tuple[TensorSpec, ...]) -> str:
+    return ", ".join(f"'{s.name}' ({s.datatype} {list(s.shape)})" for s in specs)
+
+
+_PASSED_THROUGH_EXCLUDED = frozenset({"binary_data_output"})
+
+
+def encode_infer_response(
+    request: InferRequest, model_name: str, version: int, results: dict[str, np.ndarray]
+) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """The response body and its content headers for ``results`` (every requested output)."""
+    parts = [b'{"model_name":', json.dumps(model_name).encode(), b',"model_version":"', str(version).encode(), b'"']
+    if request.id is not None:
+        parts += [b',"id":', json.dumps(request.id).encode()]
+    if request.parameters:
+        passed = {k: v for k, v in request.parameters.items() if k not in _PASSED_THROUGH_EXCLUDED}
+        if passed:
+            parts += [b',"parameters":', json.dumps(passed).encode()]
+    parts.append(b',"outputs":[')
+    blobs: list[bytes | memoryview] = []
+    for i, (spec, binary) in enumerate(request.outputs):
+        array = results[spec.name]
+        if i:
+            parts.append(b",")
+        head = b'{"name":%s,"datatype":"%s","shape":%s' % (
+            json.dumps(spec.name).encode(),
+            spec.datatype.encode(),
+            json.dumps(list(array.shape)).replace(" ", "").encode(),
+        )
+        parts.append(head)
+        if binary:
+            blob = encode_binary(array)
+            blobs.append(blob)
+            parts.append(b',"parameters":{"binary_data_size":%d}}' % len(blob))
+        else:
+            try:
+                data = encode_json_data(array)
+            except CodecError as e:
+                raise BadRequest(f"output '{spec.name}': {e}") from None
+            parts += [b',"data":', data, b"}"]
+    parts.append(b"]}")
+    header = b"".join(parts)
+    if not blobs:
+        return header, [(b"content-type", b"application/json")]
+    body = b"".join([header, *blobs])
+    return body, [
+        (b"content-type", b"application/octet-stream"),
+        (HEADER_LENGTH.encode(), str(len(header)).encode()),
+    ]

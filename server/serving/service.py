@@ -1,0 +1,285 @@
+"""A model as one replica serves it: its versions from the registry, each with its batcher."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from lockgate.plugins import PluginManager
+
+from ..errors import BadRequest, ConfigError, ModelFailed, ModelLoadError, NotFound, RequestError, Unavailable
+from .batching import Assembler, Batcher
+from .config import ModelConfig
+from .explain import Explainer, ExplainOptions
+from .limits import DEFAULT_LIMITS, LimitOptions
+from .model import REJECTED_INPUT, ModelVersion, load_version
+from .protocol import InferRequest, encode_infer_response, parse_infer_request
+
+__all__ = ["ModelService", "Served", "json_length"]
+
+log = logging.getLogger("lockgate.server")
+
+
+def json_length(header_length: bytes | None) -> int | None:
+    """The Inference-Header-Content-Length of a binary-tensor request (None: all JSON)."""
+    if header_length is None:
+        return None
+    try:
+        return int(header_length)
+    except ValueError:
+        raise BadRequest(f"Inference-Header-Content-Length must be an integer, got {header_length[:20]!r}") from None
+
+
+class Served:
+    """One loaded version: its session, its batch size and its batcher."""
+
+    __slots__ = ("batcher", "max_batch_size", "model")
+
+    def __init__(self, model: ModelVersion, max_batch_size: int, batcher: Batcher) -> None:
+        self.model = model
+        self.max_batch_size = max_batch_size
+        self.batcher = batcher
+
+
+class ModelService:
+    """One model as a replica serves it: versions from the registry, each with its batcher.
+
+    Loaded at start: every version an alias points to, and those the version policy selects.
+    Any other registered version loads on its first request. Every load reads the artifact
+    through the registry, which checks its sha256. ``refresh_forever`` follows alias moves:
+    a newly aliased version is loaded first, then the alias table is swapped in one
+    assignment, so requests never see a half-done move.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        config: ModelConfig,
+        registry: Any,
+        *,
+        manager: PluginManager | None = None,
+        default_alias: str = "production",
+        explain: ExplainOptions | None = None,
+        limits: LimitOptions = DEFAULT_LIMITS,
+    ) -> None:
+        self.name = name
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"onnxruntime-{name}")
+        self.explainer = Explainer(name, registry, set(config.preprocess), explain or ExplainOptions(), self.executor)
+        self.config = config
+        self.registry = registry
+        self.manager = manager
+        self.default_alias = default_alias
+        self.limits = limits  # body and tensor sizes here; the rest is the listener's
+        self.served: dict[int, Served] = {}
+        self._loading: dict[int, asyncio.Future] = {}
+        records = registry.versions(name)
+        if not records:
+            raise ModelLoadError(name, None, "no registered versions")
+        self.registered = {r.version for r in records}
+        self._registered_at = 0.0  # when a request for an unknown version last asked the registry
+        self.aliases: dict[str, int] = registry.aliases(name)
+        wanted = set(config.version_policy.select(sorted(self.registered))) | set(self.aliases.values())
+        for version in sorted(wanted):
+            self.served[version] = self._load(version)
+        self._batch_observed = manager is not None and manager.has("lockgate_observe_batch")
+        self._serving_checked = manager is not None and manager.has("lockgate_check_serving")
+        self._blocked_lock = threading.Lock()
+        self.blocked: dict[int, str] = {}  # version -> why it may not serve now (serving gatekeepers)
+        self.update_blocked()
+
+    def _load(self, version: int) -> Served:
+        """Read (hash-checked) and load one version; runs off the event loop after start."""
+        record = self.registry.get_version(self.name, version)
+        try:
+            data = self.registry.read_verified(record)
+        except Exception as e:  # noqa: BLE001 - a changed or missing artifact: refused, already recorded
+            raise ModelLoadError(self.name, version, str(e)) from None
+        model = load_version(self.name, version, data, self.config.onnxruntime, record.sha256)
+        preprocess = model.preprocess(self.config.preprocess)
+        size = self._max_batch_size(model)
+        on_batch = self._on_batch(version, [s.name for s in model.outputs]) if self.manager is not None and self.manager.has("lockgate_observe_batch") else None
+        batching = self.config.dynamic_batching
+        self._check_padding(model, batching)
+        assembler = Assembler([s.name for s in model.graph_inputs], preprocess, size, size > 0, batching.padding)
+        dynamic = {s.name: tuple(d == -1 for d in s.shape[1:]) for s in model.graph_inputs}
+        batcher = Batcher(model.run, [s.name for s in model.outputs], size, batching, self.executor, on_batch, assembler, dynamic)
+        return Served(model, size, batcher)
+
+    def _check_padding(self, model: ModelVersion, batching: Any) -> None:
+        graph = {s.name: s for s in model.graph_inputs}
+        outputs = {s.name for s in model.outputs}
+        where = f"model {self.name} version {model.version}: dynamic_batching"
+        for name in batching.padding:
+            spec = graph.get(name)
+            if spec is None:
+                raise ConfigError(f"padding names input '{name}'; the model's inputs are {', '.join(graph)}", source=where)
+            if name in self.config.preprocess:
+                raise ConfigError(f"input '{name}' cannot be both padded and preprocessed", source=where)
+            if -1 not in spec.shape[1:]:
+                raise ConfigError(f"padding input '{name}' has no dynamic non-batch dimension ({list(spec.shape)})", source=where)
+        unknown = [o for o in batching.padded_outputs if o not in outputs]
+        if unknown:
+            raise ConfigError(f"padded_outputs names {', '.join(unknown)}; the model's outputs are {', '.join(sorted(outputs))}", source=where)
+
+    def _on_batch(self, version: int, names: list[str]):
+        manager = self.manager
+
+        def observe(rows: int, requests: int, queue_s: float, compute_s: float, queued: int, feeds: dict, results: list) -> None:
+            manager.observe(
+                "lockgate_observe_batch", model=self.name, version=version, rows=rows, requests=requests, queue_s=queue_s,
+                compute_s=compute_s, queued=queued, inputs=feeds, outputs=dict(zip(names, results)),
+            )
+
+        return observe
+
+    def _max_batch_size(self, model: ModelVersion) -> int:
+        configured = self.config.max_batch_size
+        if configured is None:
+            return 32 if model.batchable() else 0
+        if configured > 0 and not model.batchable():
+            raise ConfigError(
+                f"max_batch_size {configured} needs a dynamic first dimension on every input and output of "
+                f"version {model.version}; set max_batch_size: 0",
+                source=f"model {self.name}",
+            )
+        return configured
+
+    @property
+    def default_version(self) -> int:
+        return self.aliases.get(self.default_alias) or max(self.served)
+
+    async def version(self, text: str | None) -> Served:
+        """The served version for a route's version text (None: the default alias)."""
+        if text is None:
+            return self.served[self.default_version]
+        number = int(text) if text.isdigit() else None
+        if number is not None and number in self.served:
+            return self.served[number]
+        if number is not None and number not in self.registered and time.monotonic() - self._registered_at > 1.0:
+            # Registered since the last refresh? Ask the registry (off the event loop), at most once a
+            # second, so requests for versions that do not exist cannot load the database.
+            self._registered_at = time.monotonic()
+            self.registered = await asyncio.to_thread(lambda: {r.version for r in self.registry.versions(self.name)})
+        if number is None or number not in self.registered:
+            known = ", ".join(str(v) for v in sorted(self.registered))
+            raise NotFound(f"model '{self.name}' has no version '{text}'; registered: {known}")
+        return await self._load_later(number)
+
+    async def _load_later(self, number: int) -> Served:
+        pending = self._loading.get(number)
+        if pending is None:
+            pending = asyncio.ensure_future(asyncio.to_thread(self._load, number))
+            self._loading[number] = pending
+        try:
+            served = await asyncio.shield(pending)
+        except ModelLoadError as e:
+            raise Unavailable(str(e)) from None
+        finally:
+            self._loading.pop(number, None)
+        self.served.setdefault(number, served)
+        await asyncio.to_thread(self.update_blocked)
+        return self.served[number]
+
+    async def refresh(self) -> bool:
+        """Follow the registry: load newly aliased versions, then swap the alias table. True on change."""
+        aliases = await asyncio.to_thread(self.registry.aliases, self.name)
+        if aliases == self.aliases:
+            return False
+        for number in sorted(set(aliases.values()) - set(self.served)):
+            self.registered.add(number)
+            try:
+                await self._load_later(number)
+            except Unavailable as e:
+                log.error("alias move of %s to version %s not applied: %s", self.name, number, e)
+                return False
+        # The serving decisions for the new table are taken before it is swapped in, and both
+        # change together: a request never sees the new alias with the old decisions.
+        await asyncio.to_thread(self.update_blocked, None, aliases)
+        log.info("model %s aliases now %s", self.name, aliases)
+        return True
+
+    def update_blocked(self, records: list[Any] | None = None, aliases: dict[str, int] | None = None) -> None:
+        """Ask the serving gatekeepers about every loaded version under ``aliases`` (default: the
+        current table), then install the decisions, and ``aliases`` when given, together. Runs
+        off the event loop; one call at a time, so a slower call cannot undo a newer one."""
+        with self._blocked_lock:
+            self._update_blocked(records, aliases)
+
+    def _update_blocked(self, records: list[Any] | None, new_aliases: dict[str, int] | None) -> None:
+        aliases = self.aliases if new_aliases is None else new_aliases
+        if not self._serving_checked:
+            self.aliases = aliases
+            return
+        if records is None:
+            records = [self.registry.get_version(self.name, v) for v in self.served]
+        blocked = {}
+        for record in records:
+            if record.version not in self.served:
+                continue
+            pointing = sorted(a for a, v in aliases.items() if v == record.version)
+            decision = self.manager.check_serving(record, pointing)
+            if not decision.allow:
+                blocked[record.version] = decision.reason or f"version {record.version} may not serve"
+        for version in blocked.keys() - self.blocked.keys():
+            log.warning("model %s version %s stops serving: %s", self.name, version, blocked[version])
+            self.manager.audit("serving_stopped", "lockgate", model=self.name, version=version, detail={"reason": blocked[version]})
+        for version in self.blocked.keys() - blocked.keys():
+            self.manager.audit("serving_resumed", "lockgate", model=self.name, version=version)
+        self.blocked, self.aliases = blocked, aliases
+
+    def check_serving(self, served: Served) -> None:
+        """503 when a serving gatekeeper stopped this version (revoked, not approved, ...)."""
+        if self.blocked:
+            reason = self.blocked.get(served.model.version)
+            if reason is not None:
+                raise Unavailable(f"model '{self.name}' version {served.model.version} is not served: {reason}")
+
+    async def refresh_forever(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.refresh()
+                records = await asyncio.to_thread(self.registry.versions, self.name)
+                self.registered = {r.version for r in records}
+                await asyncio.to_thread(self.update_blocked, records)
+            except Exception as e:  # noqa: BLE001 - keep serving what is loaded
+                log.warning("registry refresh for %s failed: %s", self.name, e)
+
+    async def metadata(self, version: str | None) -> dict[str, object]:
+        served = await self.version(version)
+        meta = served.model.metadata()
+        meta["versions"] = [str(v) for v in sorted(self.served)] if version is None else [str(served.model.version)]
+        meta["max_batch_size"] = served.max_batch_size
+        return meta
+
+    async def infer(self, served: Served, body: bytes, header_length: bytes | None) -> tuple[bytes, list, InferRequest]:
+        served.batcher.check_room()
+        request = parse_infer_request(body, json_length(header_length), served.model, served.max_batch_size, self.limits.max_tensor_elements)
+        timeout = None
+        if request.parameters and "timeout" in request.parameters:
+            timeout = request.parameters["timeout"]
+            if type(timeout) is not int or timeout < 0:
+                raise BadRequest("parameter 'timeout' must be a non-negative integer of microseconds")
+        try:
+            results = await served.batcher.submit(request.inputs, request.rows, timeout)
+        except RequestError:
+            raise
+        except REJECTED_INPUT as e:
+            raise BadRequest(f"model '{self.name}' rejected the input: {e}") from None
+        except Exception as e:
+            log.exception("model %s version %s failed", self.name, served.model.version)
+            raise ModelFailed(f"model '{self.name}' version {served.model.version} failed: {type(e).__name__}: {e}") from None
+        body, headers = encode_infer_response(request, self.name, served.model.version, results)
+        return body, headers, request
+
+    async def explain(self, served: Served, body: bytes, header_length: bytes | None) -> tuple[bytes, InferRequest, str | None]:
+        """Attributions for the one row of an OIP request body (see lockgate.server.serving.explain)."""
+        return await self.explainer.explain(served.model, served.max_batch_size, body, json_length(header_length))
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
