@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # `make serve` keeps its registry and artifacts in the checkout, not in ~/.lockgate.
 export LOCKGATE_HOME ?= $(CURDIR)/.lockgate
 
-.PHONY: install serve test bench bench-full bench-micro bench-governance lint audit-deps clean
+.PHONY: install serve test check bench bench-full bench-micro bench-governance lint audit-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,7 @@ $(STAMP): $(BIN)/python pyproject.toml setup.py $(wildcard fastpath/*.pyx fastpa
 
 install: $(STAMP)
 
-$(MODELS)/.built: $(STAMP) server/demo.py
+$(MODELS)/.built: $(STAMP) server/tools/demo.py
 	$(BIN)/lockgate demo-repo $(MODELS)
 	touch $@
 
@@ -51,7 +51,18 @@ audit-deps: install
 	$(BIN)/pip-audit --skip-editable --progress-spinner off --desc on
 
 lint: install
-	$(BIN)/python -m ruff check server fastpath plugins tests bench
+	$(BIN)/python -m ruff check server fastpath plugins tests bench examples
+
+# Format, lint, types and the import rules (docs/architecture.md). mypy and import-linter read the
+# packages as installed (lockgate/server, ...): build/typecheck names the folders so.
+TYPECHECK := build/typecheck
+check: install
+	$(BIN)/python -m ruff format --check server fastpath plugins tests bench examples
+	$(BIN)/python -m ruff check server fastpath plugins tests bench examples
+	mkdir -p $(TYPECHECK)/lockgate
+	for d in server fastpath plugins; do ln -sfn ../../../$$d $(TYPECHECK)/lockgate/$$d; done
+	$(BIN)/mypy -p lockgate.server -p lockgate.fastpath -p lockgate.plugins
+	PYTHONPATH=$(TYPECHECK) $(BIN)/lint-imports --no-cache
 
 clean:
 	rm -rf build dist *.egg-info fastpath/*.c fastpath/*.so fastpath/*.html $(MODELS)

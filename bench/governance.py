@@ -55,13 +55,15 @@ def main() -> int:
     reps, seconds = (1, 5.0) if a.quick else (3, 10.0)
     levels = [1, 64]
     a.out.mkdir(parents=True, exist_ok=True)
-    from lockgate.server.tools.demo import write_demo_repository
     from lockgate.server.hosting.serve_compat import haproxy_pids
+    from lockgate.server.tools.demo import write_demo_repository
 
     work = Path(tempfile.mkdtemp(prefix="lockgate-bench-gov-"))
     write_demo_repository(work / "repo", [MODEL])
     row = np.random.default_rng(0).standard_normal(64).astype(np.float32)
-    body = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": [round(float(v), 6) for v in row]}]})
+    body = json.dumps(
+        {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": [round(float(v), 6) for v in row]}]}
+    )
     body_path = work / "body.json"
     body_path.write_text(body)
     info = machine()
@@ -82,14 +84,22 @@ def main() -> int:
             subprocess.run([*cli, "models", "reference", MODEL, "1", str(reference)], env=env, check=True, capture_output=True)
         authorization = None
         if name not in ("core", "open", "metrics", "metrics+drift"):
-            key = subprocess.run([*cli, "keys", "create", "--principal", "bench", "--role", "admin"], env=env, check=True, capture_output=True, text=True).stdout.strip()
+            key = subprocess.run(
+                [*cli, "keys", "create", "--principal", "bench", "--role", "admin"],
+                env=env,
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout.strip()
             authorization = f"Bearer {key}"
         port = free_port()
         url = f"http://127.0.0.1:{port}/v2/models/{MODEL}/infer"
         print(f"== {name}: starting", flush=True)
         before = set(haproxy_pids())
         log = open(work / f"{name}.log", "w")
-        proc = subprocess.Popen([*cli, "serve", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+        proc = subprocess.Popen(
+            [*cli, "serve", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
+        )
         try:
             wait_ready(url, body.encode(), proc, headers={"Authorization": authorization} if authorization else None)
             wrk(url, body_path, 8, 3, authorization=authorization)  # warm-up
@@ -97,13 +107,18 @@ def main() -> int:
                 for rep in range(reps):
                     r = wrk(url, body_path, c, seconds, authorization=authorization)
                     results.setdefault((name, c), []).append(r)
-                    print(f"   {name} c={c:<3} rep {rep}: {r['rps']:8.0f} req/s  p50 {r['p50_us'] / 1e3:6.3f} ms  p99 {r['p99_us'] / 1e3:7.2f} ms"
-                          f"  errors {r['status_errors'] + r['socket_errors']}", flush=True)
+                    print(
+                        f"   {name} c={c:<3} rep {rep}: {r['rps']:8.0f} req/s  p50 {r['p50_us'] / 1e3:6.3f} ms  p99 {r['p99_us'] / 1e3:7.2f} ms"
+                        f"  errors {r['status_errors'] + r['socket_errors']}",
+                        flush=True,
+                    )
         finally:
             stop(proc, before)
             log.close()
         if audited:
-            audit = subprocess.run([*cli, "audit", "verify"], env={**env, "LOCKGATE_API_KEY": key}, capture_output=True, text=True)
+            audit = subprocess.run(
+                [*cli, "audit", "verify"], env={**env, "LOCKGATE_API_KEY": key}, capture_output=True, text=True
+            )
             print(f"   audit: {audit.stdout.strip().splitlines()[0] if audit.stdout else audit.stderr.strip()}", flush=True)
 
     def median(name: str, c: int, field: str) -> float:
@@ -113,8 +128,10 @@ def main() -> int:
     print(f"{'variant':<14} {'c=1 p50 ms':>10} {'c=1 p99 ms':>10} {'c=64 req/s':>11} {'c=64 p99 ms':>11}")
     for name in chosen:
         if (name, 1) in results and (name, 64) in results:
-            print(f"{name:<14} {median(name, 1, 'p50_us') / 1e3:>10.3f} {median(name, 1, 'p99_us') / 1e3:>10.3f} "
-                  f"{median(name, 64, 'rps'):>11.0f} {median(name, 64, 'p99_us') / 1e3:>11.2f}")
+            print(
+                f"{name:<14} {median(name, 1, 'p50_us') / 1e3:>10.3f} {median(name, 1, 'p99_us') / 1e3:>10.3f} "
+                f"{median(name, 64, 'rps'):>11.0f} {median(name, 64, 'p99_us') / 1e3:>11.2f}"
+            )
     summary = {}
     for name in chosen:
         if name == "core" or (name, 64) not in results or ("core", 64) not in results:
@@ -123,12 +140,16 @@ def main() -> int:
             "c1_p50_added_us": median(name, 1, "p50_us") - median("core", 1, "p50_us"),
             "c64_throughput_vs_core": median(name, 64, "rps") / median("core", 64, "rps"),
         }
-        print(f"{name}: c=1 p50 {summary[name]['c1_p50_added_us']:+.0f} us vs core; c=64 throughput {summary[name]['c64_throughput_vs_core']:.2f}x core")
+        print(
+            f"{name}: c=1 p50 {summary[name]['c1_p50_added_us']:+.0f} us vs core; c=64 throughput {summary[name]['c64_throughput_vs_core']:.2f}x core"
+        )
     info["loadavg_after"] = os.getloadavg()
     print(f"load average before {info['loadavg']}, after {info['loadavg_after']}")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path = a.out / f"governance-{'quick' if a.quick else 'full'}-{stamp}.json"
-    path.write_text(json.dumps({"machine": info, "summary": summary, "runs": {f"{k[0]}@{k[1]}": v for k, v in results.items()}}, indent=2))
+    path.write_text(
+        json.dumps({"machine": info, "summary": summary, "runs": {f"{k[0]}@{k[1]}": v for k, v in results.items()}}, indent=2)
+    )
     print(f"wrote {path}")
     return 0
 

@@ -52,23 +52,66 @@ class System:
     env: dict[str, str] = field(default_factory=dict)
 
 
-def systems(repo: Path, model_path: Path, port_of) -> list[System]:
+def systems(repo: Path, model_path: Path, port_of, baseline: str | None = None) -> list[System]:
     lockgate = [PY, "-m", "lockgate.server.cli", "serve", "--model-repository", str(repo)]
     peer = HERE / "peers"
+    # The serving path as the peers have it: no API keys, no audit log, no metrics
+    # (bench/governance.py measures what those add).
+    blocked = {"LOCKGATE_PLUGINS_BLOCK": "governance,audit,monitoring"}
+    # Another lockgate (an earlier commit installed in its own venv), measured the same way in the same run.
+    base = (
+        [
+            System(
+                "lockgate-base",
+                f"lockgate of {baseline}",
+                [
+                    baseline,
+                    "-m",
+                    "lockgate.server.cli",
+                    "serve",
+                    "--model-repository",
+                    str(repo),
+                    "--port",
+                    port_of("lockgate-base"),
+                ],
+                blocked,
+            )
+        ]
+        if baseline
+        else []
+    )
     return [
-        # The serving path as the peers have it: no API keys, no audit log, no metrics
-        # (bench/governance.py measures what those add).
-        System("lockgate", "lockgate (Serve + HAProxy, direct ingress)", [*lockgate, "--port", port_of("lockgate")],
-               {"LOCKGATE_PLUGINS_BLOCK": "governance,audit,monitoring"}),
-        System("litserve", "LitServe 0.2 (batching: max 32, 2 ms)", [PY, str(peer / "litserve_peer.py"), "--model", str(model_path), "--port", port_of("litserve")]),
-        System("naive", "naive: uvicorn + starlette + onnxruntime", [PY, str(peer / "naive.py"), "--model", str(model_path), "--port", port_of("naive")]),
-        System("serve-stock", "Ray Serve stock (@serve.batch, default proxy)", [PY, str(peer / "serve_batch.py"), "--model", str(model_path), "--port", port_of("serve-stock")]),
-        System("serve-tuned", "Ray Serve tuned (@serve.batch, HAProxy)", [PY, str(peer / "serve_batch.py"), "--tuned", "--model", str(model_path), "--port", port_of("serve-tuned")]),
-        System("http-floor", "limit: minimal asyncio HTTP responder", [PY, str(peer / "floor.py"), "--port", port_of("http-floor")]),
+        System("lockgate", "lockgate (Serve + HAProxy, direct ingress)", [*lockgate, "--port", port_of("lockgate")], blocked),
+        *base,
+        System(
+            "litserve",
+            "LitServe 0.2 (batching: max 32, 2 ms)",
+            [PY, str(peer / "litserve_peer.py"), "--model", str(model_path), "--port", port_of("litserve")],
+        ),
+        System(
+            "naive",
+            "naive: uvicorn + starlette + onnxruntime",
+            [PY, str(peer / "naive.py"), "--model", str(model_path), "--port", port_of("naive")],
+        ),
+        System(
+            "serve-stock",
+            "Ray Serve stock (@serve.batch, default proxy)",
+            [PY, str(peer / "serve_batch.py"), "--model", str(model_path), "--port", port_of("serve-stock")],
+        ),
+        System(
+            "serve-tuned",
+            "Ray Serve tuned (@serve.batch, HAProxy)",
+            [PY, str(peer / "serve_batch.py"), "--tuned", "--model", str(model_path), "--port", port_of("serve-tuned")],
+        ),
+        System(
+            "http-floor", "limit: minimal asyncio HTTP responder", [PY, str(peer / "floor.py"), "--port", port_of("http-floor")]
+        ),
     ]
 
 
-def wrk(url: str, body: Path, connections: int, seconds: float, header_length: int | None = None, authorization: str | None = None) -> dict:
+def wrk(
+    url: str, body: Path, connections: int, seconds: float, header_length: int | None = None, authorization: str | None = None
+) -> dict:
     threads = 1 if connections < 4 else 2
     env = {**os.environ, "BENCH_BODY": str(body)}
     if authorization is not None:
@@ -192,7 +235,9 @@ def plot(summary: dict, order: list[str], levels: list[int], path: Path) -> None
         a.plot(xs, [summary[(name, c)]["rps"] for c in xs], marker="o", label=name)
         b.plot(xs, [summary[(name, c)]["p99_ms"] for c in xs], marker="o", label=name)
     a.set(xlabel="concurrent connections", ylabel="requests/s", title="Throughput", xscale="log", yscale="log", xticks=levels)
-    b.set(xlabel="concurrent connections", ylabel="p99 latency (ms)", title="p99 latency", xscale="log", yscale="log", xticks=levels)
+    b.set(
+        xlabel="concurrent connections", ylabel="p99 latency (ms)", title="p99 latency", xscale="log", yscale="log", xticks=levels
+    )
     for ax in (a, b):
         ax.set_xticklabels([str(c) for c in levels])
         ax.grid(True, alpha=0.3)
@@ -201,7 +246,9 @@ def plot(summary: dict, order: list[str], levels: list[int], path: Path) -> None
     fig.savefig(path, dpi=110)
 
 
-def measure(system: str, url: str, body_path: Path, levels: list[int], reps: int, seconds: float, header_length: int | None = None) -> list[dict]:
+def measure(
+    system: str, url: str, body_path: Path, levels: list[int], reps: int, seconds: float, header_length: int | None = None
+) -> list[dict]:
     rows = []
     wrk(url, body_path, 8, 3, header_length)  # warm-up: models loaded, first batches run
     for c in levels:
@@ -217,10 +264,176 @@ def measure(system: str, url: str, body_path: Path, levels: list[int], reps: int
     return rows
 
 
+def workloads(work: Path) -> tuple[Path, Path, Path, bytes, Path, int]:
+    """The demo repository and the request bodies: W1 (MLP, JSON) and W2 (CNN, binary uint8 image)."""
+    from lockgate.server.tools.demo import IMAGE_SIZE, write_demo_repository
+
+    repo = work / "repo"
+    model_path, cnn_path = write_demo_repository(repo, [MODEL, "cnn"])
+    row = np.random.default_rng(0).standard_normal(64).astype(np.float32)
+    body = json.dumps(
+        {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": [round(float(v), 6) for v in row]}]}
+    )
+    body_path = work / "body.json"
+    body_path.write_text(body)
+    pixels = np.random.default_rng(0).integers(0, 256, (1, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+    w2_header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "image",
+                    "datatype": "UINT8",
+                    "shape": list(pixels.shape),
+                    "parameters": {"binary_data_size": pixels.nbytes},
+                }
+            ],
+            "outputs": [{"name": "logits", "parameters": {"binary_data": True}}],
+        }
+    ).encode()
+    w2_path = work / "w2.bin"
+    w2_path.write_bytes(w2_header + pixels.tobytes())
+    return repo, model_path, cnn_path, body.encode(), body_path, len(w2_header)
+
+
+def run_system(
+    system: System,
+    port: str,
+    work: Path,
+    env: dict,
+    body: bytes,
+    body_path: Path,
+    w2_header: int,
+    levels: list[int],
+    reps: int,
+    seconds: float,
+) -> list[dict]:
+    """Start one system, measure it, stop it; its rows (none when it failed, said so)."""
+    from lockgate.server.hosting.serve_compat import haproxy_pids
+
+    base = f"http://127.0.0.1:{port}/v2/models"
+    print(f"== {system.name}: starting", flush=True)
+    rows: list[dict] = []
+    with open(work / f"{system.name}.log", "w") as log:
+        before = set(haproxy_pids())
+        proc = subprocess.Popen(
+            system.command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env={**env, **system.env}
+        )
+        try:
+            t0 = time.monotonic()
+            wait_ready(f"{base}/{MODEL}/infer", body, proc)
+            print(f"   ready in {time.monotonic() - t0:.1f} s", flush=True)
+            rows += measure(system.name, f"{base}/{MODEL}/infer", body_path, levels, reps, seconds)
+            if system.name == "lockgate":
+                rows += measure("lockgate-W2", f"{base}/cnn/infer", work / "w2.bin", levels, reps, seconds, w2_header)
+        except Exception as e:  # noqa: BLE001 - one system failing must not lose the others' figures
+            print(f"   {system.name} failed: {e}; log: {work / (system.name + '.log')}", flush=True)
+        finally:
+            stop(proc, before)
+    return rows
+
+
+def ratios_of(summary: dict, order: list[str], levels: list[int], raw: list[dict]) -> dict[str, float]:
+    """lockgate against every peer of the run: throughput at the top concurrency, p50 at c=1; W2 against raw onnxruntime."""
+    ratios = {}
+    top = max(levels)
+    for peer in order:
+        if peer in ("lockgate", "lockgate-W2") or ("lockgate", top) not in summary or (peer, top) not in summary:
+            continue
+        ratios[f"W1 throughput c={top} lockgate/{peer}"] = summary[("lockgate", top)]["rps"] / summary[(peer, top)]["rps"]
+        if ("lockgate", 1) in summary and (peer, 1) in summary:
+            ratios[f"W1 p50 c=1 lockgate/{peer}"] = summary[("lockgate", 1)]["p50_ms"] / summary[(peer, 1)]["p50_ms"]
+    raw_cnn = next(r for r in raw if r["model"] == "cnn" and r["batch"] == 4)
+    if ("lockgate-W2", top) in summary:
+        ratios[f"W2 throughput c={top} lockgate/raw onnxruntime batch 4"] = (
+            summary[("lockgate-W2", top)]["rps"] / raw_cnn["rows_per_s"]
+        )
+    return ratios
+
+
+def report(summary: dict, order: list[str], levels: list[int], raw: list[dict], ratios: dict[str, float]) -> None:
+    print()
+    print(f"{'system':<14} {'conc':>4} {'req/s':>9} {'(min-max)':>15} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
+    for name in order:
+        for c in levels:
+            s = summary.get((name, c))
+            if s:
+                print(
+                    f"{name:<14} {c:>4} {s['rps']:>9.0f} {s['rps_min']:>7.0f}-{s['rps_max']:<7.0f} {s['p50_ms']:>8.2f} {s['p99_ms']:>8.2f} {s['errors']:>6}"
+                )
+    for r in raw:
+        print(
+            f"raw onnxruntime {r['model']}, 1 thread, batch {r['batch']}: {r['us_per_batch']:.1f} us/batch, {r['rows_per_s']:.0f} rows/s"
+        )
+    if ratios:
+        print()
+        for k, v in ratios.items():
+            print(f"{k}: {v:.2f}x")
+
+
+def write_results(
+    out: Path,
+    mode: str,
+    rows: list[dict],
+    info: dict,
+    raw: list[dict],
+    ratios: dict,
+    summary: dict,
+    order: list[str],
+    levels: list[int],
+) -> None:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    csv_path = out / f"bench-{mode}-{stamp}.csv"
+    with open(csv_path, "w", newline="") as f:
+        w = csv.DictWriter(
+            f,
+            fieldnames=[
+                "system",
+                "concurrency",
+                "rep",
+                "rps",
+                "p50_us",
+                "p90_us",
+                "p99_us",
+                "mean_us",
+                "max_us",
+                "requests",
+                "status_errors",
+                "socket_errors",
+                "duration_us",
+            ],
+        )
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: r[k] for k in w.fieldnames})
+    (out / f"bench-{mode}-{stamp}.json").write_text(
+        json.dumps(
+            {
+                "machine": info,
+                "raw_onnxruntime": raw,
+                "ratios": ratios,
+                "summary": {f"{k[0]}@{k[1]}": v for k, v in summary.items()},
+            },
+            indent=2,
+        )
+    )
+    png = out / f"bench-{mode}-{stamp}.png"
+    plot(summary, order, levels, png)
+    print(f"wrote {csv_path}, {png}")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="concurrency 1, 32 and 64, one repetition, 5 s each")
-    p.add_argument("--systems", default="", help="comma-separated subset of: lockgate, litserve, naive, serve-stock, serve-tuned, http-floor")
+    p.add_argument(
+        "--systems",
+        default="",
+        help="comma-separated subset of: lockgate, lockgate-base, litserve, naive, serve-stock, serve-tuned, http-floor",
+    )
+    p.add_argument(
+        "--baseline",
+        default=None,
+        help="the Python of another lockgate install (an earlier commit's venv): measured as lockgate-base",
+    )
     p.add_argument("--seconds", type=float, default=None, help="duration of one measurement")
     p.add_argument("--out", type=Path, default=HERE / "results", help="folder for the CSV, JSON and PNG")
     a = p.parse_args()
@@ -232,100 +445,31 @@ def main() -> int:
     seconds = a.seconds or (5.0 if a.quick else 10.0)
     a.out.mkdir(parents=True, exist_ok=True)
 
-    from lockgate.server.tools.demo import write_demo_repository
-
     work = Path(tempfile.mkdtemp(prefix="lockgate-bench-"))
-    repo = work / "repo"
-    model_path, cnn_path = write_demo_repository(repo, [MODEL, "cnn"])
-    row = np.random.default_rng(0).standard_normal(64).astype(np.float32)
-    body = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": [round(float(v), 6) for v in row]}]})
-    body_path = work / "body.json"
-    body_path.write_text(body)
-    from lockgate.server.tools.demo import IMAGE_SIZE
-
-    pixels = np.random.default_rng(0).integers(0, 256, (1, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
-    w2_header = json.dumps({"inputs": [{"name": "image", "datatype": "UINT8", "shape": list(pixels.shape), "parameters": {"binary_data_size": pixels.nbytes}}],
-                            "outputs": [{"name": "logits", "parameters": {"binary_data": True}}]}).encode()
-    w2_path = work / "w2.bin"
-    w2_path.write_bytes(w2_header + pixels.tobytes())
-
+    repo, model_path, cnn_path, body, body_path, w2_header = workloads(work)
     ports: dict[str, str] = {}
-    chosen = systems(repo, model_path, lambda n: ports.setdefault(n, str(free_port())))
+    chosen = systems(repo, model_path, lambda n: ports.setdefault(n, str(free_port())), a.baseline)
     if a.systems:
         wanted = a.systems.split(",")
         chosen = [s for s in chosen if s.name in wanted]
 
     info = machine()
-    print(f"machine: {info['cores']} cores, Python {info['python']}, Ray {info['ray']}, onnxruntime {info['onnxruntime']}, load {info['loadavg']}")
-    rows: list[dict] = []
+    print(
+        f"machine: {info['cores']} cores, Python {info['python']}, Ray {info['ray']}, onnxruntime {info['onnxruntime']}, load {info['loadavg']}"
+    )
     env = {**os.environ, "LOCKGATE_HOME": str(work / "home")}
+    rows: list[dict] = []
     for system in chosen:
-        base = f"http://127.0.0.1:{ports[system.name]}/v2/models"
-        print(f"== {system.name}: starting", flush=True)
-        log = open(work / f"{system.name}.log", "w")
-        from lockgate.server.hosting.serve_compat import haproxy_pids
-
-        before = set(haproxy_pids())
-        proc = subprocess.Popen(system.command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env={**env, **system.env})
-        try:
-            t0 = time.monotonic()
-            wait_ready(f"{base}/{MODEL}/infer", body.encode(), proc)
-            print(f"   ready in {time.monotonic() - t0:.1f} s", flush=True)
-            rows += measure(system.name, f"{base}/{MODEL}/infer", body_path, levels, reps, seconds)
-            if system.name == "lockgate":
-                rows += measure("lockgate-W2", f"{base}/cnn/infer", w2_path, levels, reps, seconds, len(w2_header))
-        except Exception as e:  # one system failing must not lose the others' figures
-            print(f"   {system.name} failed: {e}; log: {work / (system.name + '.log')}", flush=True)
-        finally:
-            stop(proc, before)
-            log.close()
+        rows += run_system(system, ports[system.name], work, env, body, body_path, w2_header, levels, reps, seconds)
 
     raw = [raw_onnxruntime(path, b) for path, sizes in ((model_path, (1, 32)), (cnn_path, (1, 4))) for b in sizes]
     info["loadavg_after"] = os.getloadavg()
     summary = summarize(rows)
     order = [s.name for s in chosen] + (["lockgate-W2"] if any(s.name == "lockgate" for s in chosen) else [])
-
-    print()
-    print(f"{'system':<14} {'conc':>4} {'req/s':>9} {'(min-max)':>15} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
-    for name in order:
-        for c in levels:
-            s = summary.get((name, c))
-            if s:
-                print(f"{name:<14} {c:>4} {s['rps']:>9.0f} {s['rps_min']:>7.0f}-{s['rps_max']:<7.0f} {s['p50_ms']:>8.2f} {s['p99_ms']:>8.2f} {s['errors']:>6}")
-    for r in raw:
-        print(f"raw onnxruntime {r['model']}, 1 thread, batch {r['batch']}: {r['us_per_batch']:.1f} us/batch, {r['rows_per_s']:.0f} rows/s")
-
-    ratios = {}
-    top = max(levels)
-    for peer in order:
-        if peer.startswith("lockgate") or ("lockgate", top) not in summary or (peer, top) not in summary:
-            continue
-        ratios[f"W1 throughput c={top} lockgate/{peer}"] = summary[("lockgate", top)]["rps"] / summary[(peer, top)]["rps"]
-        if ("lockgate", 1) in summary and (peer, 1) in summary:
-            ratios[f"W1 p50 c=1 lockgate/{peer}"] = summary[("lockgate", 1)]["p50_ms"] / summary[(peer, 1)]["p50_ms"]
-    raw_cnn = next(r for r in raw if r["model"] == "cnn" and r["batch"] == 4)
-    if ("lockgate-W2", top) in summary:
-        ratios[f"W2 throughput c={top} lockgate/raw onnxruntime batch 4"] = summary[("lockgate-W2", top)]["rps"] / raw_cnn["rows_per_s"]
-    if ratios:
-        print()
-        for k, v in ratios.items():
-            print(f"{k}: {v:.2f}x")
+    ratios = ratios_of(summary, order, levels, raw)
+    report(summary, order, levels, raw, ratios)
     print(f"load average before {info['loadavg']}, after {info['loadavg_after']}")
-
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    mode = "quick" if a.quick else "full"
-    csv_path = a.out / f"bench-{mode}-{stamp}.csv"
-    with open(csv_path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["system", "concurrency", "rep", "rps", "p50_us", "p90_us", "p99_us", "mean_us", "max_us", "requests", "status_errors", "socket_errors", "duration_us"])
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: r[k] for k in w.fieldnames})
-    (a.out / f"bench-{mode}-{stamp}.json").write_text(
-        json.dumps({"machine": info, "raw_onnxruntime": raw, "ratios": ratios, "summary": {f"{k[0]}@{k[1]}": v for k, v in summary.items()}}, indent=2)
-    )
-    png = a.out / f"bench-{mode}-{stamp}.png"
-    plot(summary, order, levels, png)
-    print(f"wrote {csv_path}, {png}")
+    write_results(a.out, "quick" if a.quick else "full", rows, info, raw, ratios, summary, order, levels)
     shutil.rmtree(work, ignore_errors=True)
     return 0
 

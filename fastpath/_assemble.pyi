@@ -3,7 +3,9 @@ import numpy as np
 
 __all__ = ["assemble_into", "check_preprocess"]
 
-def check_preprocess(out: np.ndarray, src: np.ndarray, scale: np.ndarray | None, shift: np.ndarray | None, hwc_to_chw: bool) -> int: ...
+def check_preprocess(
+    out: np.ndarray, src: np.ndarray, scale: np.ndarray | None, shift: np.ndarray | None, hwc_to_chw: bool
+) -> int: ...
 def assemble_into(
     out: np.ndarray,
     offset: int,

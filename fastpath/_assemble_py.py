@@ -13,11 +13,13 @@ import numpy as np
 __all__ = ["assemble_into", "check_preprocess"]
 
 
-def check_preprocess(out: np.ndarray, src: np.ndarray, scale: np.ndarray | None, shift: np.ndarray | None, hwc_to_chw: bool) -> int:
+def check_preprocess(
+    out: np.ndarray, src: np.ndarray, scale: np.ndarray | None, shift: np.ndarray | None, hwc_to_chw: bool
+) -> int:
     """Validate shapes; return the channel count (1 when no per-channel arrays)."""
     if src.ndim != out.ndim:
         raise ValueError(f"source has rank {src.ndim}, batch buffer rank {out.ndim}")
-    inner = (src.shape[1:] if not hwc_to_chw else (src.shape[-1], *src.shape[1:-1]))
+    inner = src.shape[1:] if not hwc_to_chw else (src.shape[-1], *src.shape[1:-1])
     if tuple(inner) != tuple(out.shape[1:]):
         raise ValueError(f"source rows of shape {list(inner)} do not fit a batch buffer of rows {list(out.shape[1:])}")
     channels = out.shape[1] if out.ndim > 1 else 1

@@ -703,6 +703,8 @@ def decode_binary(object buffer, str name, tuple shape):
     out = np.empty(n, dtype=object)
     pos = 0
     end = view.shape[0]
+    # The same loop, with the same messages, as _codec_py.decode_binary: twins on purpose (the
+    # tests compare them on every input); only the length read differs (memcpy, no GIL work).
     for i in range(n):
         if pos + 4 > end:
             raise CodecError(f"binary BYTES data ends at element {i} of {n}", where="binary data")

@@ -82,9 +82,7 @@ def datatype(name: str) -> Datatype:
     try:
         return DATATYPES[name]
     except (KeyError, TypeError):
-        raise CodecError(
-            f"unknown datatype {name!r}; accepted: {', '.join(DATATYPES)}", where="datatype"
-        ) from None
+        raise CodecError(f"unknown datatype {name!r}; accepted: {', '.join(DATATYPES)}", where="datatype") from None
 
 
 def element_count(shape: tuple[int, ...]) -> int:
@@ -121,9 +119,7 @@ def element_error(dt: Datatype, index: int, value: object) -> CodecError:
 
 
 def shape_error(path: str, got: int, shape: tuple[int, ...], want: int) -> CodecError:
-    return CodecError(
-        f"{path} has {got} elements where shape {list(shape)} expects {want}", where=path
-    )
+    return CodecError(f"{path} has {got} elements where shape {list(shape)} expects {want}", where=path)
 
 
 def encode_bytes_json(flat: np.ndarray) -> bytes:

@@ -1,8 +1,10 @@
-"""The one place that picks which implementation of each kernel module a process loads.
+"""The one place that picks which implementation of the kernels a process loads.
 
-The compiled module, unless ``LOCKGATE_NO_EXTENSIONS`` is set (not '' or '0') or it was not
-built (a source checkout); then its pure-Python twin of the same names. ``codec`` and
-``assemble`` ask here; tests compare both twins and assert which one CI loaded.
+Each kernel module is compiled (``_codec.pyx``, ``_assemble.pyx``) and has a pure-Python twin of
+the same names (``_codec_py.py``, ``_assemble_py.py``). The compiled one loads, unless
+``LOCKGATE_NO_EXTENSIONS`` is set (not '' or '0') or it was not built (a source checkout); then
+the twin does. ``codec`` and ``assemble`` re-export what is chosen here; type checkers see the
+compiled modules' ``.pyi`` stubs. Tests compare both twins and assert which one CI loaded.
 """
 
 from __future__ import annotations
@@ -10,8 +12,20 @@ from __future__ import annotations
 import importlib
 import os
 from types import ModuleType
+from typing import TYPE_CHECKING
 
-__all__ = ["load", "twins_requested"]
+__all__ = [
+    "ASSEMBLE",
+    "CODEC",
+    "assemble_into",
+    "check_preprocess",
+    "decode_binary",
+    "decode_json_data",
+    "encode_binary",
+    "encode_json_data",
+    "parse_json",
+    "twins_requested",
+]
 
 
 def twins_requested() -> bool:
@@ -19,12 +33,28 @@ def twins_requested() -> bool:
     return os.environ.get("LOCKGATE_NO_EXTENSIONS", "") not in ("", "0")
 
 
-def load(compiled: str, twin: str) -> tuple[ModuleType, str]:
-    """The module to use, ``compiled`` or ``twin`` (names inside lockgate.fastpath), and
-    ``"cython"`` or ``"python"`` for which one it is."""
+def _load(compiled: str, twin: str) -> tuple[ModuleType, str]:
     if not twins_requested():
         try:
             return importlib.import_module(f"{__package__}.{compiled}"), "cython"
         except ImportError:  # source checkout without a build
             pass
     return importlib.import_module(f"{__package__}.{twin}"), "python"
+
+
+if TYPE_CHECKING:
+    from ._assemble import assemble_into, check_preprocess
+    from ._codec import decode_binary, decode_json_data, encode_binary, encode_json_data, parse_json
+
+    CODEC: str  # "cython" or "python": which codec loaded
+    ASSEMBLE: str  # the same for batch assembly
+else:
+    _codec, CODEC = _load("_codec", "_codec_py")
+    _assemble, ASSEMBLE = _load("_assemble", "_assemble_py")
+    decode_binary = _codec.decode_binary
+    decode_json_data = _codec.decode_json_data
+    encode_binary = _codec.encode_binary
+    encode_json_data = _codec.encode_json_data
+    parse_json = _codec.parse_json
+    assemble_into = _assemble.assemble_into
+    check_preprocess = _assemble.check_preprocess

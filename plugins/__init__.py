@@ -14,7 +14,6 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 
 from ._manager import ENTRY_POINT_GROUP, PLUGIN_API_VERSION, PluginManager, PluginStatus, build_manager  # noqa: E402
-from .errors import RecordFailed  # noqa: E402
 from ._types import (  # noqa: E402
     MODEL_NAME,
     AuditEvent,
@@ -30,6 +29,7 @@ from ._types import (  # noqa: E402
     ServiceLevel,
     Settings,
 )
+from .errors import RecordFailed  # noqa: E402
 
 __all__ = [
     "ENTRY_POINT_GROUP",

@@ -57,9 +57,16 @@ def checked_actor(manager: Any, action: str, model: str | None = None, version: 
 
 def registry_options(fn: F) -> F:
     """``--registry-url`` and ``--artifacts``, as every command that opens the registry has them."""
-    fn = click.option("--artifacts", "artifact_dir", default=None, help="Artifact folder [env LOCKGATE_ARTIFACTS; default LOCKGATE_HOME/artifacts].")(fn)
     fn = click.option(
-        "--registry-url", default=None, help="SQLAlchemy URL of the registry [env LOCKGATE_REGISTRY_URL; default sqlite in LOCKGATE_HOME]."
+        "--artifacts",
+        "artifact_dir",
+        default=None,
+        help="Artifact folder [env LOCKGATE_ARTIFACTS; default LOCKGATE_HOME/artifacts].",
+    )(fn)
+    fn = click.option(
+        "--registry-url",
+        default=None,
+        help="SQLAlchemy URL of the registry [env LOCKGATE_REGISTRY_URL; default sqlite in LOCKGATE_HOME].",
     )(fn)
     return fn
 

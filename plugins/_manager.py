@@ -106,9 +106,13 @@ class PluginManager:
         """Register ``plugin`` (a module or object with hookimpls) after checking its API version."""
         declared = getattr(plugin, "LOCKGATE_PLUGIN_API", None)
         if not isinstance(declared, str):
-            status = PluginStatus(name, "failed", source, error=f"does not declare LOCKGATE_PLUGIN_API (this server speaks {PLUGIN_API_VERSION})")
+            status = PluginStatus(
+                name, "failed", source, error=f"does not declare LOCKGATE_PLUGIN_API (this server speaks {PLUGIN_API_VERSION})"
+            )
         elif declared.split(".")[0] != PLUGIN_API_VERSION.split(".")[0]:
-            status = PluginStatus(name, "failed", source, declared, f"speaks plugin API {declared}; this server speaks {PLUGIN_API_VERSION}")
+            status = PluginStatus(
+                name, "failed", source, declared, f"speaks plugin API {declared}; this server speaks {PLUGIN_API_VERSION}"
+            )
         else:
             try:
                 self._impl_cache.clear()
@@ -118,7 +122,10 @@ class PluginManager:
                 if wrapped:
                     self._pm.unregister(name=name)
                     status = PluginStatus(
-                        name, "failed", source, declared,
+                        name,
+                        "failed",
+                        source,
+                        declared,
                         f"gatekeeper hook(s) {', '.join(wrapped)} declared as a pluggy wrapper or hookwrapper: a gatekeeper must "
                         "return its Decision (write it as a plain or async def hookimpl)",
                     )
@@ -195,7 +202,9 @@ class PluginManager:
         """True when every authenticate and authorize implementation is a plain function, so
         ``check_request`` can decide without a coroutine (the common case, and the cheaper one)."""
         if self._sync_gates is None:
-            self._sync_gates = not any(i.is_async for h in ("lockgate_authenticate", "lockgate_authorize") for i in self._impls(h))
+            self._sync_gates = not any(
+                i.is_async for h in ("lockgate_authenticate", "lockgate_authorize") for i in self._impls(h)
+            )
         return self._sync_gates
 
     # Each gatekeeper rule below is written once, as a generator that yields the next
@@ -228,7 +237,9 @@ class PluginManager:
                 return self._gate_failed(impl.plugin_name, "authentication", _not_an_answer(result), status=401)
         return ANONYMOUS
 
-    def _authorize_rules(self, principal: Principal, action: str, model: str | None, version: str | None, *, count: bool) -> _Rules:
+    def _authorize_rules(
+        self, principal: Principal, action: str, model: str | None, version: str | None, *, count: bool
+    ) -> _Rules:
         kwargs = {"principal": principal, "action": action, "model": model, "version": version}
         for impl in self._impls("lockgate_authorize"):
             result = yield impl, kwargs
@@ -417,7 +428,9 @@ _Rules = Generator[tuple[_Impl, dict[str, Any]], Any, Any]
 
 
 def _not_an_answer(result: Any) -> TypeError:
-    return TypeError(f"a gatekeeper must return a Decision or None (or a Principal, when authenticating), got {type(result).__name__}")
+    return TypeError(
+        f"a gatekeeper must return a Decision or None (or a Principal, when authenticating), got {type(result).__name__}"
+    )
 
 
 def _run_awaitable(awaitable: Any, timeout_s: float) -> Any:

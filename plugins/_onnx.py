@@ -51,5 +51,3 @@ def onnx_signature(model: onnx.ModelProto) -> dict[str, Any]:
     """Inputs and outputs of the graph (initializers excluded), with -1 for dynamic dimensions."""
     inits = {i.name for i in model.graph.initializer}
     return {"inputs": _tensors(model.graph.input, inits), "outputs": _tensors(model.graph.output, set())}
-
-

@@ -17,7 +17,13 @@ class Response:
 
 
 async def call(
-    app, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None, root_path: str = "", raw_path: bytes | None = None
+    app,
+    method: str,
+    path: str,
+    body: bytes = b"",
+    headers: dict[str, str] | None = None,
+    root_path: str = "",
+    raw_path: bytes | None = None,
 ) -> Response:
     scope = {
         "type": "http",

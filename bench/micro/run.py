@@ -1,6 +1,6 @@
 """Runs the microbenchmarks and prints each compiled kernel's speed-up over its twin, and the batcher's cost.
 
-    python bench/micro/run.py        # make bench-micro
+python bench/micro/run.py        # make bench-micro
 """
 
 from __future__ import annotations
@@ -18,8 +18,22 @@ HERE = Path(__file__).resolve().parent
 def main() -> int:
     out = Path(tempfile.mkdtemp()) / "micro.json"
     code = subprocess.call(
-        [sys.executable, "-m", "pytest", str(HERE), "-q", "-p", "no:cacheprovider", "--benchmark-only",
-         "--benchmark-min-rounds=20", f"--benchmark-json={out}", "-o", "addopts=", "-o", "testpaths="],
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            str(HERE),
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--benchmark-only",
+            "--benchmark-min-rounds=20",
+            f"--benchmark-json={out}",
+            "-o",
+            "addopts=",
+            "-o",
+            "testpaths=",
+        ],
     )
     if code != 0:
         return code
@@ -31,7 +45,9 @@ def main() -> int:
     print()
     for group, times in groups.items():
         if {"cython", "python"} <= times.keys():
-            print(f"{group}: compiled {times['cython'] * 1e6:.1f} us, twin {times['python'] * 1e6:.1f} us -> {times['python'] / times['cython']:.1f}x")
+            print(
+                f"{group}: compiled {times['cython'] * 1e6:.1f} us, twin {times['python'] * 1e6:.1f} us -> {times['python'] / times['cython']:.1f}x"
+            )
         elif {"plain_await", "gate"} <= times.keys():
             n = int(group.split(":")[1].split()[0])
             added = (times["gate"] - times["plain_await"]) / n * 1e6
@@ -39,7 +55,9 @@ def main() -> int:
         elif {"plain_await", "batcher"} <= times.keys():
             n = int(group.split(":")[1].split()[0])
             added = (times["batcher"] - times["plain_await"]) / n * 1e6
-            print(f"{group}: plain await {times['plain_await'] * 1e3:.2f} ms, batcher {times['batcher'] * 1e3:.2f} ms -> {added:.2f} us added per request")
+            print(
+                f"{group}: plain await {times['plain_await'] * 1e3:.2f} ms, batcher {times['batcher'] * 1e3:.2f} ms -> {added:.2f} us added per request"
+            )
     return 0
 
 

@@ -18,7 +18,9 @@ N = 1000  # gates per benchmark call
 @pytest.fixture(scope="module")
 def gate():
     home = tempfile.mkdtemp()
-    manager = build_manager(Settings(f"sqlite:///{home}/g.db", f"{home}/a", "production", {}, home), allow=["registry", "governance"])
+    manager = build_manager(
+        Settings(f"sqlite:///{home}/g.db", f"{home}/a", "production", {}, home), allow=["registry", "governance"]
+    )
     governance = manager.plugin("governance")
     governance.create_key("root", ["admin"], ["*"], actor="bench")
     key, _ = governance.create_key("bench", ["invoker"], ["iris", "digits"], actor="root")

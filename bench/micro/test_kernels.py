@@ -13,7 +13,9 @@ IMPLS = [pytest.param((_codec, _assemble), id="cython"), pytest.param((_codec_py
 ROWS, WIDTH = 32, 512
 rng = np.random.default_rng(0)
 FLOATS = [[round(float(v), 6) for v in row] for row in rng.standard_normal((ROWS, WIDTH))]
-BODIES = [json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, WIDTH], "data": row}]}).encode() for row in FLOATS]
+BODIES = [
+    json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, WIDTH], "data": row}]}).encode() for row in FLOATS
+]
 SCALE = np.full(1, 0.5, np.float32)
 SHIFT = np.full(1, -1.0, np.float32)
 PIXELS = [rng.integers(0, 256, (1, 32, 32, 3), dtype=np.uint8) for _ in range(ROWS)]

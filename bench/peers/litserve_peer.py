@@ -11,7 +11,7 @@ import argparse
 import litserve as ls
 import numpy as np
 import onnxruntime as ort
-from _oip import response  # noqa: E402
+from _oip import response
 
 
 class OnnxAPI(ls.LitAPI):

@@ -12,7 +12,7 @@ import json
 import numpy as np
 import onnxruntime as ort
 import uvicorn
-from _oip import response  # noqa: E402
+from _oip import response
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -28,13 +28,9 @@ def build(model_path: str, name: str) -> Starlette:
 
     async def infer(request: Request) -> Response:
         doc = json.loads(await request.body())
-        feeds = {
-            i["name"]: np.array(i["data"], dtype=np.float32).reshape(i["shape"]) for i in doc["inputs"]
-        }
+        feeds = {i["name"]: np.array(i["data"], dtype=np.float32).reshape(i["shape"]) for i in doc["inputs"]}
         results = session.run(None, feeds)
-        return JSONResponse(
-            response(name, out_names, results)
-        )
+        return JSONResponse(response(name, out_names, results))
 
     async def ready(request: Request) -> Response:
         return JSONResponse({"ready": True})

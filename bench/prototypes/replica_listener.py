@@ -73,7 +73,13 @@ def main() -> None:
                 more = True
                 while more:
                     more = (await receive()).get("more_body", False)
-                await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(BODY)).encode())]})
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 200,
+                        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(BODY)).encode())],
+                    }
+                )
                 await send({"type": "http.response.body", "body": BODY})
 
             return app
@@ -86,13 +92,22 @@ def main() -> None:
     with open(body, "w") as f:
         f.write('{"inputs":[]}')
     rows = []
-    for label, url in (("serve-direct", f"http://127.0.0.1:{serve_port}/noop/x"), ("replica-owned", f"http://127.0.0.1:{own_port}/noop/x")):
+    for label, url in (
+        ("serve-direct", f"http://127.0.0.1:{serve_port}/noop/x"),
+        ("replica-owned", f"http://127.0.0.1:{own_port}/noop/x"),
+    ):
         subprocess.run(["wrk", "-t2", "-c8", "-d2s", "-s", lua, url], capture_output=True, env={**os.environ, "BENCH_BODY": body})
         for c in (1, 32):
-            out = subprocess.run(["wrk", f"-t{1 if c == 1 else 2}", f"-c{c}", "-d5s", "--latency", "-s", lua, url],
-                                 capture_output=True, text=True, env={**os.environ, "BENCH_BODY": body})
+            out = subprocess.run(
+                ["wrk", f"-t{1 if c == 1 else 2}", f"-c{c}", "-d5s", "--latency", "-s", lua, url],
+                capture_output=True,
+                text=True,
+                env={**os.environ, "BENCH_BODY": body},
+            )
             r = json.loads([line for line in out.stdout.splitlines() if line.startswith("{")][-1])
-            rows.append((label, c, r["requests"] / (r["duration_us"] / 1e6), r["p50_us"] / 1e3, r["p99_us"] / 1e3, r["status_errors"]))
+            rows.append(
+                (label, c, r["requests"] / (r["duration_us"] / 1e6), r["p50_us"] / 1e3, r["p99_us"] / 1e3, r["status_errors"])
+            )
     serve.shutdown()
     ray.shutdown()
     print(f"{'path':<14} {'conc':>4} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")

@@ -5,8 +5,8 @@ database. ``AuditLog`` is the store; ``Sequencer`` its writer; options in ``Audi
 
 from __future__ import annotations
 
-from ._chain import GENESIS, canonical, checkpoint_mac, load_or_create_key, record_hash
 from ..errors import PruneRefused, SequencerStopped
+from ._chain import GENESIS, canonical, checkpoint_mac, load_or_create_key, record_hash
 from ._log import AuditLog, CheckpointSink, VerifyReport
 from ._plugin import LOCKGATE_PLUGIN_API, AuditOptions, AuditPlugin, plugin
 from ._sequencer import Sequencer

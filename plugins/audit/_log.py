@@ -51,7 +51,7 @@ class CheckpointSink:
     def read(self) -> tuple[dict[int, dict[str, Any]], list[str]]:
         """Checkpoints by seq whose signature holds, and a problem for each line that does not."""
         good: dict[int, dict[str, Any]] = {}
-        problems = []
+        problems: list[str] = []
         if not self.path.exists():
             return good, problems
         for number, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), 1):
@@ -115,7 +115,9 @@ class AuditLog:
             if c.execute(sa.select(t.head.c.id).where(t.head.c.id == HEAD_ID)).first() is None:
                 try:
                     with c.begin_nested():
-                        c.execute(t.head.insert().values(id=HEAD_ID, seq=0, hash=GENESIS, checkpoint_seq=0, checkpoint_at=time.time()))
+                        c.execute(
+                            t.head.insert().values(id=HEAD_ID, seq=0, hash=GENESIS, checkpoint_seq=0, checkpoint_at=time.time())
+                        )
                 except sa.exc.IntegrityError:  # another process created it
                     pass
 
@@ -171,8 +173,19 @@ class AuditLog:
                 body = canonical({"seq": seq, **entry})
                 digest = record_hash(prev, body)
                 rows.append(
-                    (seq, entry["at"], entry["kind"], entry["actor"], entry.get("model"), entry.get("version"),
-                     entry.get("request_id"), entry.get("client_id"), body, prev, digest)
+                    (
+                        seq,
+                        entry["at"],
+                        entry["kind"],
+                        entry["actor"],
+                        entry.get("model"),
+                        entry.get("version"),
+                        entry.get("request_id"),
+                        entry.get("client_id"),
+                        body,
+                        prev,
+                        digest,
+                    )
                 )
                 prev = digest
             cur.executemany(self._sql_insert, rows)
@@ -263,7 +276,9 @@ class AuditLog:
                         prev = checkpoints[row.seq - 1]["hash"]
                         report.anchored_at = row.seq - 1
                     else:
-                        report.problems.append(f"records before seq {row.seq} are missing and no signed checkpoint anchors seq {row.seq - 1}")
+                        report.problems.append(
+                            f"records before seq {row.seq} are missing and no signed checkpoint anchors seq {row.seq - 1}"
+                        )
                         prev = row.prev_hash
                     expected = row.seq
                 if row.seq != expected:
@@ -275,13 +290,19 @@ class AuditLog:
                 if body.get("seq") != row.seq:
                     report.problems.append(f"record at seq {row.seq} carries seq {body.get('seq')} (records reordered or moved)")
                 if row.prev_hash != prev:
-                    report.problems.append(f"record {row.seq} does not link to the record before it (chain broken: reordered, inserted or deleted)")
+                    report.problems.append(
+                        f"record {row.seq} does not link to the record before it (chain broken: reordered, inserted or deleted)"
+                    )
                 digest = record_hash(row.prev_hash, row.body)
                 if digest != row.hash:
                     report.problems.append(f"record {row.seq} was edited: its content no longer hashes to its stored hash")
-                changed = [k for k in columns if body.get(k) != getattr(row, k) and not (k == "at" and _close(body.get(k), row.at))]
+                changed = [
+                    k for k in columns if body.get(k) != getattr(row, k) and not (k == "at" and _close(body.get(k), row.at))
+                ]
                 if changed:
-                    report.problems.append(f"record {row.seq}: column(s) {', '.join(changed)} differ from the hashed record (edited)")
+                    report.problems.append(
+                        f"record {row.seq}: column(s) {', '.join(changed)} differ from the hashed record (edited)"
+                    )
                 signed = checkpoints.get(row.seq)
                 if signed is not None and signed["hash"] != row.hash:
                     report.problems.append(
@@ -294,7 +315,9 @@ class AuditLog:
         last = report.last or 0
         beyond = [s for s in checkpoints if s > last]
         if beyond:
-            report.problems.append(f"the log ends at seq {last} but a signed checkpoint names seq {max(beyond)}: its tail was cut")
+            report.problems.append(
+                f"the log ends at seq {last} but a signed checkpoint names seq {max(beyond)}: its tail was cut"
+            )
         if head.seq > last:
             report.problems.append(f"the chain head names seq {head.seq} but the log ends at seq {last}: its tail was cut")
         return report
@@ -317,7 +340,8 @@ class AuditLog:
             writer.writerow(
                 {
                     "seq": record["seq"],
-                    "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record["at"])) + f".{int(record['at'] % 1 * 1000):03d}Z",
+                    "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record["at"]))
+                    + f".{int(record['at'] % 1 * 1000):03d}Z",
                     "kind": record["kind"],
                     "actor": record["actor"],
                     "model": record.get("model") or "",
@@ -352,9 +376,11 @@ class AuditLog:
             anchor = 0
             for seq in eligible:
                 at = c.execute(sa.select(t.records.c.at).where(t.records.c.seq == seq)).scalar()
-                if at is not None and at < before and checkpoints[seq]["hash"] == c.execute(
-                    sa.select(t.records.c.hash).where(t.records.c.seq == seq)
-                ).scalar():
+                if (
+                    at is not None
+                    and at < before
+                    and checkpoints[seq]["hash"] == c.execute(sa.select(t.records.c.hash).where(t.records.c.seq == seq)).scalar()
+                ):
                     anchor = seq
             if anchor == 0:
                 return 0, 0
@@ -369,4 +395,3 @@ class AuditLog:
 
 def _close(a: Any, b: Any) -> bool:
     return isinstance(a, (int, float)) and isinstance(b, (int, float)) and abs(a - b) < 1e-6
-

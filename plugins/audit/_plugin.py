@@ -46,16 +46,24 @@ class AuditOptions(BaseModel):
     buffer: int = Field(10_000, ge=1, description="async mode: records held at most; more are dropped and counted.")
     max_group: int = Field(1024, ge=1, description="Records written in one transaction at most (group commit).")
     linger_s: float | None = Field(
-        None, ge=0, le=1, description="How long the writer gathers records before a write. Default: 0 in sync mode, 0.05 in async mode."
+        None,
+        ge=0,
+        le=1,
+        description="How long the writer gathers records before a write. Default: 0 in sync mode, 0.05 in async mode.",
     )
     checkpoint_every: int = Field(1000, ge=1, description="A signed checkpoint at least every N records.")
     checkpoint_interval_s: float = Field(10.0, gt=0, description="... and at least every T seconds while records come.")
-    checkpoint_path: str | None = Field(None, description="The checkpoint sink (JSON lines). Default LOCKGATE_HOME/audit-checkpoints.jsonl.")
+    checkpoint_path: str | None = Field(
+        None, description="The checkpoint sink (JSON lines). Default LOCKGATE_HOME/audit-checkpoints.jsonl."
+    )
     key_file: str | None = Field(
-        None, description="The checkpoint HMAC key (hex), kept out of the database; env LOCKGATE_AUDIT_KEY_FILE; default LOCKGATE_HOME/audit.key."
+        None,
+        description="The checkpoint HMAC key (hex), kept out of the database; env LOCKGATE_AUDIT_KEY_FILE; default LOCKGATE_HOME/audit.key.",
     )
     payloads: bool = Field(False, description="Keep whole request and response bodies (base64), not only their sha256.")
-    retention_days: float = Field(183.0, gt=0, description="Records younger than this are never pruned (EU AI Act art. 19: 6 months at least).")
+    retention_days: float = Field(
+        183.0, gt=0, description="Records younger than this are never pruned (EU AI Act art. 19: 6 months at least)."
+    )
     inference: bool = Field(True, description="Record every inference request (answered, refused, failed).")
 
 
@@ -107,7 +115,10 @@ class AuditPlugin:
             key_file = os.environ.get("LOCKGATE_AUDIT_KEY_FILE") or self.options.key_file or str(home / "audit.key")
             sink = CheckpointSink(self.options.checkpoint_path or home / "audit-checkpoints.jsonl", load_or_create_key(key_file))
             self._log = AuditLog(
-                default_url(self.settings, self.options), sink, durable=self.options.mode == "sync", checkpoint_every=self.options.checkpoint_every
+                default_url(self.settings, self.options),
+                sink,
+                durable=self.options.mode == "sync",
+                checkpoint_every=self.options.checkpoint_every,
             )
         return self._log
 
@@ -121,7 +132,9 @@ class AuditPlugin:
                 buffer=self.options.buffer,
                 max_group=self.options.max_group,
                 checkpoint_interval_s=self.options.checkpoint_interval_s,
-                linger_s=self.options.linger_s if self.options.linger_s is not None else (0.05 if self.options.mode == "async" else 0.0),
+                linger_s=self.options.linger_s
+                if self.options.linger_s is not None
+                else (0.05 if self.options.mode == "async" else 0.0),
                 prepare=lambda entry: digest_bodies(entry, payloads),
                 observe=_AuditMetrics(),
             )
@@ -143,7 +156,14 @@ class AuditPlugin:
     @hookimpl
     def lockgate_audit_event(self, event: AuditEvent) -> None:
         entry = _compact(
-            {"at": time.time(), "kind": event.kind, "actor": event.actor, "model": event.model, "version": event.version, "detail": dict(event.detail)}
+            {
+                "at": time.time(),
+                "kind": event.kind,
+                "actor": event.actor,
+                "model": event.model,
+                "version": event.version,
+                "detail": dict(event.detail),
+            }
         )
         sequencer = self.sequencer
         try:
@@ -219,11 +239,18 @@ class _AuditMetrics:
 
         r = CollectorRegistry()
         self.records = Counter("lockgate_audit_records", "Audit records written.", registry=r)
-        self.failures = Counter("lockgate_audit_write_failures", "Audit writes that failed (retried; sync answers withheld).", registry=r)
+        self.failures = Counter(
+            "lockgate_audit_write_failures", "Audit writes that failed (retried; sync answers withheld).", registry=r
+        )
         self.dropped = Counter("lockgate_audit_dropped_records", "Records dropped by a full async buffer.", registry=r)
-        self.pending = Gauge("lockgate_audit_pending_records", "Records waiting for the audit writer.", multiprocess_mode="livesum", registry=r)
+        self.pending = Gauge(
+            "lockgate_audit_pending_records", "Records waiting for the audit writer.", multiprocess_mode="livesum", registry=r
+        )
         self.lag = Gauge(
-            "lockgate_audit_lag_seconds", "Age of the oldest record of the last group written.", multiprocess_mode="livemax", registry=r
+            "lockgate_audit_lag_seconds",
+            "Age of the oldest record of the last group written.",
+            multiprocess_mode="livemax",
+            registry=r,
         )
         self._made = True
 

@@ -168,7 +168,7 @@ class Sequencer:
             if delay:
                 time.sleep(delay)
             self._loop()
-        except BaseException as e:  # the thread is being killed, or a bug: its group is not lost
+        except BaseException as e:  # noqa: BLE001 - the thread is being killed, or a bug: its group is not lost
             self._abandon(e)
             self._respawn()  # and this thread ends here
 

@@ -94,11 +94,14 @@ class Approvals:
         if action == "approve":
             if actor == registered_by:
                 raise GovernanceError(
-                    f"'{actor}' registered version {version} of '{name}' and cannot approve it: a second person must (four-eyes rule)", 403
+                    f"'{actor}' registered version {version} of '{name}' and cannot approve it: a second person must (four-eyes rule)",
+                    403,
                 )
             missing = [f for f in required_card_fields if _norm(f) not in card_fields(card)]
             if missing:
-                raise GovernanceError(f"version {version} of '{name}' cannot be approved: its model card lacks {', '.join(missing)}", 422)
+                raise GovernanceError(
+                    f"version {version} of '{name}' cannot be approved: its model card lacks {', '.join(missing)}", 422
+                )
         now = time.time()
         with writing(self.engine) as c, c.begin():
             row = c.execute(sa.select(t.approvals).where(t.approvals.c.name == name, t.approvals.c.version == version)).first()
@@ -111,8 +114,12 @@ class Approvals:
             if row is None:
                 c.execute(t.approvals.insert().values(name=name, version=version, **values))
             else:
-                c.execute(t.approvals.update().where(t.approvals.c.name == name, t.approvals.c.version == version).values(**values))
-            c.execute(t.approval_history.insert().values(name=name, version=version, state=after, actor=actor, at=now, reason=reason))
+                c.execute(
+                    t.approvals.update().where(t.approvals.c.name == name, t.approvals.c.version == version).values(**values)
+                )
+            c.execute(
+                t.approval_history.insert().values(name=name, version=version, state=after, actor=actor, at=now, reason=reason)
+            )
         return self.get(name, version)
 
 

@@ -13,6 +13,7 @@ When reloads fail for longer than ``max_stale_s`` the cache refuses every key (f
 from __future__ import annotations
 
 import base64
+import builtins
 import hashlib
 import hmac
 import logging
@@ -47,8 +48,23 @@ ROLE_ACTIONS: dict[str, frozenset[str]] = {
     "approver": frozenset({"metadata", "sbom", "metrics", "report", "approve", "reject", "revoke"}),
     "admin": frozenset(
         {
-            "metadata", "sbom", "metrics", "report", "infer", "explain", "register", "alias", "load", "unload", "reference",
-            "approve", "reject", "revoke", "keys", "audit", "policy",
+            "metadata",
+            "sbom",
+            "metrics",
+            "report",
+            "infer",
+            "explain",
+            "register",
+            "alias",
+            "load",
+            "unload",
+            "reference",
+            "approve",
+            "reject",
+            "revoke",
+            "keys",
+            "audit",
+            "policy",
         }
     ),
 }
@@ -107,7 +123,9 @@ class KeyStore:
         self.engine = engine
         t.metadata.create_all(engine)
 
-    def create(self, principal: str, roles: Iterable[str], models: Iterable[str], *, created_by: str, expires_at: float | None = None) -> tuple[str, KeyInfo]:
+    def create(
+        self, principal: str, roles: Iterable[str], models: Iterable[str], *, created_by: str, expires_at: float | None = None
+    ) -> tuple[str, KeyInfo]:
         roles = tuple(sorted(set(roles)))
         models = tuple(sorted(set(models))) or ("*",)
         unknown = [r for r in roles if r not in ROLE_ACTIONS]
@@ -122,8 +140,15 @@ class KeyStore:
         salt = os.urandom(16).hex()
         now = time.time()
         row = dict(
-            key_id=key_id, salt=salt, digest=_digest(salt, secret), principal=principal, roles=list(roles), models=list(models),
-            created_by=created_by, created_at=now, expires_at=expires_at,
+            key_id=key_id,
+            salt=salt,
+            digest=_digest(salt, secret),
+            principal=principal,
+            roles=list(roles),
+            models=list(models),
+            created_by=created_by,
+            created_at=now,
+            expires_at=expires_at,
         )
         with writing(self.engine) as c, c.begin():
             c.execute(t.api_keys.insert().values(**row))
@@ -147,17 +172,29 @@ class KeyStore:
             if row is None:
                 raise LookupError(f"no API key with id {key_id!r} (see `lockgate keys list`)")
             if row.revoked_at is None:
-                c.execute(t.api_keys.update().where(t.api_keys.c.key_id == key_id).values(revoked_at=time.time(), revoked_by=actor))
+                c.execute(
+                    t.api_keys.update().where(t.api_keys.c.key_id == key_id).values(revoked_at=time.time(), revoked_by=actor)
+                )
             row = c.execute(sa.select(t.api_keys).where(t.api_keys.c.key_id == key_id)).one()
         return _info(row)
 
-    def active_rows(self) -> list[Any]:
+    def active_rows(self) -> builtins.list[Any]:
         with self.engine.connect() as c:
-            return c.execute(sa.select(t.api_keys).where(t.api_keys.c.revoked_at.is_(None))).all()
+            return list(c.execute(sa.select(t.api_keys).where(t.api_keys.c.revoked_at.is_(None))).all())
 
 
 def _info(r: Any) -> KeyInfo:
-    return KeyInfo(r.key_id, r.principal, tuple(r.roles), tuple(r.models), r.created_by, r.created_at, r.expires_at, r.revoked_at, r.revoked_by)
+    return KeyInfo(
+        r.key_id,
+        r.principal,
+        tuple(r.roles),
+        tuple(r.models),
+        r.created_by,
+        r.created_at,
+        r.expires_at,
+        r.revoked_at,
+        r.revoked_by,
+    )
 
 
 class _Entry:

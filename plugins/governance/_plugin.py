@@ -38,11 +38,15 @@ class GovernanceOptions(BaseModel):
     protected_aliases: list[str] = Field(
         ["production"], description="Aliases that may point only to a version approved by someone other than who registered it."
     )
-    required_card_fields: list[str] = Field([], description="Model-card fields that must be filled before a version can be approved.")
+    required_card_fields: list[str] = Field(
+        [], description="Model-card fields that must be filled before a version can be approved."
+    )
     serve_pending: bool = Field(
         True, description="Versions awaiting approval may serve by explicit version or unprotected alias (for evaluation)."
     )
-    key_refresh_s: float = Field(1.0, gt=0, le=5, description="How often each process re-reads the key table: the revocation delay.")
+    key_refresh_s: float = Field(
+        1.0, gt=0, le=5, description="How often each process re-reads the key table: the revocation delay."
+    )
     key_max_stale_s: float = Field(5.0, gt=0, description="Refuse every key when the table could not be read for this long.")
     policy: Policy = Field(default_factory=Policy, description="The library and operator policy.")
 
@@ -111,11 +115,19 @@ class GovernancePlugin:
 
     # -- actions (CLI) ---------------------------------------------------------------------------
 
-    def create_key(self, principal: str, roles: list[str], models: list[str], *, actor: str, expires_at: float | None = None) -> tuple[str, Any]:
+    def create_key(
+        self, principal: str, roles: list[str], models: list[str], *, actor: str, expires_at: float | None = None
+    ) -> tuple[str, Any]:
         if self.open_mode() and "admin" not in roles:
             raise GovernanceError("the first API key must have the admin role: it is the one that creates the others", 409)
         key, info = self.keys.create(principal, roles, models, created_by=actor, expires_at=expires_at)
-        detail = {"key_id": info.key_id, "principal": principal, "roles": list(info.roles), "models": list(info.models), "expires_at": expires_at}
+        detail = {
+            "key_id": info.key_id,
+            "principal": principal,
+            "roles": list(info.roles),
+            "models": list(info.models),
+            "expires_at": expires_at,
+        }
         self.manager.audit("key_create", actor, detail=detail)
         return key, info
 
@@ -129,13 +141,25 @@ class GovernancePlugin:
         record = self.manager.registry().get_version(name, version)
         try:
             result = self.approvals.decide(
-                action, name, version, actor=actor, reason=reason, registered_by=record.created_by, card=record.card,
+                action,
+                name,
+                version,
+                actor=actor,
+                reason=reason,
+                registered_by=record.created_by,
+                card=record.card,
                 required_card_fields=self.options.required_card_fields,
             )
         except GovernanceError as e:
             self.manager.audit(f"{action}_refused", actor, model=name, version=version, detail={"reason": str(e)})
             raise
-        self.manager.audit(action, actor, model=name, version=version, detail={"reason": reason, "sha256": record.sha256, "registered_by": record.created_by})
+        self.manager.audit(
+            action,
+            actor,
+            model=name,
+            version=version,
+            detail={"reason": reason, "sha256": record.sha256, "registered_by": record.created_by},
+        )
         return result
 
     # -- gatekeepers -----------------------------------------------------------------------------
@@ -161,7 +185,11 @@ class GovernancePlugin:
         if self.error is not None:
             return Decision.deny(self.error, status=503)
         if principal.name == "anonymous" and not principal.roles:
-            return None if (self._cache or self.cache).open else Decision.deny("anonymous callers may do nothing once API keys exist", status=401)
+            return (
+                None
+                if (self._cache or self.cache).open
+                else Decision.deny("anonymous callers may do nothing once API keys exist", status=401)
+            )
         actions = principal.attributes.get("actions")
         if actions is None:  # a principal from another authenticator: its roles decide
             actions = frozenset().union(*(ROLE_ACTIONS.get(r, frozenset()) for r in principal.roles))
@@ -243,7 +271,9 @@ class GovernancePlugin:
         """In open mode (loopback only, no key yet) an imported version is approved in the name of
         'open-mode', so the demo serves; the approval is in the audit log like any other."""
         if self.error is None and self.open_mode() and self.approvals.get(name, version).state == "pending":
-            self.decide("approve", name, version, actor=OPEN_MODE_APPROVER, reason="open mode: no API keys exist; approved on import")
+            self.decide(
+                "approve", name, version, actor=OPEN_MODE_APPROVER, reason="open mode: no API keys exist; approved on import"
+            )
 
     @hookimpl
     def lockgate_approval_states(self, model: str) -> dict[int, str] | None:

@@ -30,11 +30,17 @@ class Policy(BaseModel):
         ["ai.onnx", "ai.onnx.ml"], description="Operator domains a model may use ('ai.onnx' is the default domain)."
     )
     opset: OpsetRange = Field(default_factory=OpsetRange, description="Accepted range of the ai.onnx opset.")
-    forbidden_operators: list[str] = Field([], description="Operators refused wherever they appear ('Loop', 'com.example::MyOp').")
-    custom_op_libraries: list[str] = Field([], description="sha256 of the custom-operator libraries that models may load; none by default.")
+    forbidden_operators: list[str] = Field(
+        [], description="Operators refused wherever they appear ('Loop', 'com.example::MyOp')."
+    )
+    custom_op_libraries: list[str] = Field(
+        [], description="sha256 of the custom-operator libraries that models may load; none by default."
+    )
     max_artifact_bytes: int = Field(2 * 1024**3, ge=1, description="Largest ONNX file accepted, in bytes.")
     onnxruntime: str = Field(">=1.20", description="onnxruntime versions allowed at serve time (a PEP 440 specifier).")
-    required_lineage: list[str] = Field([], description="Lineage fields every registration must give (training_data, code_version, ...).")
+    required_lineage: list[str] = Field(
+        [], description="Lineage fields every registration must give (training_data, code_version, ...)."
+    )
 
     @field_validator("onnxruntime")
     @classmethod

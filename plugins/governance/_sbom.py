@@ -12,8 +12,8 @@ from typing import Any
 
 import onnx
 
-from .._types import ModelVersionRecord
 from .._onnx import onnx_operators, onnx_opsets
+from .._types import ModelVersionRecord
 
 __all__ = ["SPEC_VERSION", "build_sbom", "model_component", "runtime_components"]
 
@@ -28,14 +28,17 @@ def runtime_components() -> list[dict[str, Any]]:
     """Every installed distribution, once, sorted by name."""
     seen: dict[str, dict[str, Any]] = {}
     for dist in distributions():
-        name = dist.metadata.get("Name")
+        meta: Any = dist.metadata  # an email.message.Message: .get() is there, the protocol omits it
+        name = meta.get("Name")
         if not name or _purl_name(name) in seen:
             continue
         purl = f"pkg:pypi/{_purl_name(name)}@{dist.version}"
         component: dict[str, Any] = {"type": "library", "bom-ref": purl, "name": name, "version": dist.version, "purl": purl}
-        license_ = dist.metadata.get("License-Expression") or dist.metadata.get("License")
+        license_ = meta.get("License-Expression") or meta.get("License")
         if license_ and len(license_) < 100 and "\n" not in license_:
-            component["licenses"] = [{"expression": license_}] if dist.metadata.get("License-Expression") else [{"license": {"name": license_}}]
+            component["licenses"] = (
+                [{"expression": license_}] if meta.get("License-Expression") else [{"license": {"name": license_}}]
+            )
         seen[_purl_name(name)] = component
     return [seen[k] for k in sorted(seen)]
 
@@ -85,5 +88,7 @@ def build_sbom(models: Iterable[tuple[ModelVersionRecord, bytes, Iterable[str]]]
             "component": {"type": "application", "bom-ref": "lockgate", "name": "lockgate", "version": own},
         },
         "components": libraries + model_parts,
-        "dependencies": [{"ref": "lockgate", "dependsOn": [c["bom-ref"] for c in libraries + model_parts if c["bom-ref"] != "lockgate"]}],
+        "dependencies": [
+            {"ref": "lockgate", "dependsOn": [c["bom-ref"] for c in libraries + model_parts if c["bom-ref"] != "lockgate"]}
+        ],
     }

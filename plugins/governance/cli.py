@@ -45,17 +45,27 @@ def _keys(context: CommandContext, governance: Any) -> click.Group:
 
     @keys.command("create")
     @click.option("--principal", "principal", required=True, help="Who the key belongs to (a person or a service).")
-    @click.option("--role", "roles", multiple=True, required=True, help="viewer, invoker, deployer, approver or admin (repeatable).")
-    @click.option("--models", "models", default="*", show_default=True, help="Comma-separated model names the key may use, or '*'.")
+    @click.option(
+        "--role", "roles", multiple=True, required=True, help="viewer, invoker, deployer, approver or admin (repeatable)."
+    )
+    @click.option(
+        "--models", "models", default="*", show_default=True, help="Comma-separated model names the key may use, or '*'."
+    )
     @click.option("--expires", default=None, help="Expiry: a duration (30d, 12h) or an ISO date; default never.")
     @click.pass_obj
-    def keys_create(args: tuple[str | None, str | None], principal: str, roles: tuple[str, ...], models: str, expires: str | None) -> None:
+    def keys_create(
+        args: tuple[str | None, str | None], principal: str, roles: tuple[str, ...], models: str, expires: str | None
+    ) -> None:
         """Create a key and print it once; only its salted hash is stored."""
         manager = context.manager(*args)
         who = checked_actor(manager, "keys")
         try:
             key, info = governance.create_key(
-                principal, list(roles), [m.strip() for m in models.split(",") if m.strip()], actor=who, expires_at=parse_expiry(expires)
+                principal,
+                list(roles),
+                [m.strip() for m in models.split(",") if m.strip()],
+                actor=who,
+                expires_at=parse_expiry(expires),
             )
         except (ValueError, LockgateError) as e:
             fail(e)
@@ -139,7 +149,9 @@ def _approval_commands(context: CommandContext, governance: Any) -> list[click.C
         for record in versions:
             a = states.get(record.version)
             decided = f"by {a.decided_by} at {iso_time(a.decided_at)}" if a else ""
-            click.echo(f"{name} version {record.version:<4} {(a.state if a else 'pending'):<9} registered by {record.created_by:<16} {decided}")
+            click.echo(
+                f"{name} version {record.version:<4} {(a.state if a else 'pending'):<9} registered by {record.created_by:<16} {decided}"
+            )
 
     return [decide("approve"), decide("reject"), decide("revoke"), approvals_list]
 
@@ -167,9 +179,13 @@ def _policy(context: CommandContext, governance: Any) -> click.Group:
 
     @policy.command("check")
     @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-    @click.option("--lineage", "lineage", multiple=True, help="Lineage field KEY=VALUE the registration would carry (repeatable).")
     @click.option(
-        "--model-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+        "--lineage", "lineage", multiple=True, help="Lineage field KEY=VALUE the registration would carry (repeatable)."
+    )
+    @click.option(
+        "--model-dir",
+        type=click.Path(exists=True, file_okay=False, path_type=Path),
+        default=None,
         help="The model's folder with its config.yaml (custom-op libraries).",
     )
     def policy_check(file: Path, lineage: tuple[str, ...], model_dir: Path | None) -> None:
@@ -185,8 +201,15 @@ def _policy(context: CommandContext, governance: Any) -> click.Group:
             fail(ValueError(f"{file} is not an ONNX model: {type(e).__name__}: {e}"))
         sha, size = sha256_file(file)
         candidate = RegistrationCandidate(
-            name=file.stem, path=str(file), sha256=sha, size=size, signature=onnx_signature(model), created_by="policy-check",
-            lineage=key_values(lineage, "--lineage"), opsets=onnx_opsets(model), operators=onnx_operators(model),
+            name=file.stem,
+            path=str(file),
+            sha256=sha,
+            size=size,
+            signature=onnx_signature(model),
+            created_by="policy-check",
+            lineage=key_values(lineage, "--lineage"),
+            opsets=onnx_opsets(model),
+            operators=onnx_operators(model),
             custom_op_libraries=_custom_op_libraries(model_dir) if model_dir is not None else {},
         )
         reasons = governance.options.policy.check(candidate)
@@ -209,7 +232,9 @@ def _sbom(context: CommandContext) -> click.Command:
     @click.option("--all-versions", is_flag=True, help="Every registered version, not only those an alias points to.")
     @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write here instead of stdout.")
     @context.registry_options
-    def sbom(models: tuple[str, ...], all_versions: bool, out: Path | None, registry_url: str | None, artifact_dir: str | None) -> None:
+    def sbom(
+        models: tuple[str, ...], all_versions: bool, out: Path | None, registry_url: str | None, artifact_dir: str | None
+    ) -> None:
         """CycloneDX 1.5 JSON: this runtime's packages and each served model version (sha256, opsets, operators)."""
         from ._sbom import build_sbom
 

@@ -78,7 +78,9 @@ def _categorical_baseline(values: np.ndarray) -> dict[str, Any]:
     return {"kind": "categorical", "frequencies": {str(k): float(c / counts.sum()) for k, c in zip(keys, counts)}}
 
 
-def build_baseline(inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray] | None = None, bins: int = 10) -> dict[str, Any]:
+def build_baseline(
+    inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray] | None = None, bins: int = 10
+) -> dict[str, Any]:
     """The baseline of a reference sample: inputs (and the model's outputs on them) by name."""
     features = {}
     for name, values in columns(inputs).items():
@@ -119,7 +121,9 @@ def ks_2samp(window: np.ndarray, reference_sorted: np.ndarray) -> tuple[float, f
     w = np.sort(window)
     n, m = w.size, reference_sorted.size
     pooled = np.concatenate([w, reference_sorted])
-    d = float(np.max(np.abs(np.searchsorted(w, pooled, side="right") / n - np.searchsorted(reference_sorted, pooled, side="right") / m)))
+    d = float(
+        np.max(np.abs(np.searchsorted(w, pooled, side="right") / n - np.searchsorted(reference_sorted, pooled, side="right") / m))
+    )
     return d, float(kolmogorov(d * math.sqrt(n * m / (n + m))))
 
 
@@ -142,7 +146,9 @@ def compare(baseline: Mapping[str, Any], window: Mapping[str, np.ndarray]) -> li
             edges = np.asarray(base["edges"], dtype=np.float64)
             actual = np.bincount(np.searchsorted(edges, v, side="right"), minlength=edges.size + 1) / v.size
             statistic, pvalue = ks_2samp(v, np.asarray(base["sample"], dtype=np.float64))
-            out.append(FeatureDrift(name, "numeric", psi(np.asarray(base["expected"], dtype=np.float64), actual), statistic, pvalue))
+            out.append(
+                FeatureDrift(name, "numeric", psi(np.asarray(base["expected"], dtype=np.float64), actual), statistic, pvalue)
+            )
         else:
             freq: dict[str, float] = base["frequencies"]
             keys, counts = np.unique(values.astype(str), return_counts=True)

@@ -43,7 +43,9 @@ class DriftOptions(BaseModel):
     window_rows: int = Field(1000, ge=10, description="Rows in one window; each full window is compared with the baseline.")
     psi_threshold: float = Field(0.2, gt=0, description="A window whose largest feature PSI is above this is drift.")
     bins: int = Field(10, ge=2, le=100, description="Quantile bins per numeric feature in baselines built from now on.")
-    recheck_s: float = Field(30.0, gt=0, description="How often a replica looks again for the baseline of a version that had none.")
+    recheck_s: float = Field(
+        30.0, gt=0, description="How often a replica looks again for the baseline of a version that had none."
+    )
 
 
 class Slo(BaseModel):
@@ -64,9 +66,14 @@ class MonitoringOptions(BaseModel):
 
     metrics: bool = Field(True, description="Write Prometheus metrics.")
     flush_s: float = Field(
-        0.5, gt=0, le=60, description="How often a process moves its request and batch tallies into the metric files: a scrape is this late at most."
+        0.5,
+        gt=0,
+        le=60,
+        description="How often a process moves its request and batch tallies into the metric files: a scrape is this late at most.",
     )
-    latency_buckets: tuple[float, ...] = Field(LATENCY_BUCKETS, min_length=1, description="Histogram buckets of the duration metrics, in seconds.")
+    latency_buckets: tuple[float, ...] = Field(
+        LATENCY_BUCKETS, min_length=1, description="Histogram buckets of the duration metrics, in seconds."
+    )
     drift: DriftOptions = Field(default_factory=DriftOptions)
     slo: Slo = Field(default_factory=Slo, description="Objectives of every model without its own.")
     slos: dict[str, Slo] = Field(default_factory=dict, description="Objectives by model name.")
@@ -78,7 +85,9 @@ class MonitoringOptions(BaseModel):
     @classmethod
     def _moved(cls, data: Any) -> Any:
         if isinstance(data, dict) and "metrics_dir" in data:
-            raise ValueError("metrics_dir moved to the server's own section: write 'metrics: {dir: ...}' at the top level instead")
+            raise ValueError(
+                "metrics_dir moved to the server's own section: write 'metrics: {dir: ...}' at the top level instead"
+            )
         return data
 
 
@@ -160,8 +169,16 @@ class MonitoringPlugin:
 
     @hookimpl
     def lockgate_observe_batch(
-        self, model: str, version: int, rows: int, requests: int, queue_s: float, compute_s: float, queued: int,
-        inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray],
+        self,
+        model: str,
+        version: int,
+        rows: int,
+        requests: int,
+        queue_s: float,
+        compute_s: float,
+        queued: int,
+        inputs: Mapping[str, np.ndarray],
+        outputs: Mapping[str, np.ndarray],
     ) -> None:
         if self.options.metrics:
             self.metrics.add_batch(model, str(version), queue_s, compute_s, rows, queued)
@@ -235,7 +252,7 @@ class MonitoringPlugin:
                     self.flush()
             except LookupError as e:  # no registry here, or the version is gone
                 log.warning("monitoring worker: %s failed: %s", kind or "flush", e)
-            except Exception:  # noqa: BLE001 - an observer fails open; say why
+            except Exception:
                 log.exception("monitoring worker: %s failed", kind or "flush")
 
     def flush(self) -> None:
@@ -259,7 +276,10 @@ class MonitoringPlugin:
         baseline = reference.baseline if reference is not None and reference.baseline.get("features") else None
         if baseline is not None:
             import scipy.special  # noqa: F401 - now, not in the middle of the first window (an import holds the GIL)
-        self._baselines[(model, version)] = (None if baseline is None else prepare(baseline), time.monotonic() + self.options.drift.recheck_s)
+        self._baselines[(model, version)] = (
+            None if baseline is None else prepare(baseline),
+            time.monotonic() + self.options.drift.recheck_s,
+        )
         if baseline is not None:
             log.info("drift baseline of %s version %s: %d features", model, version, len(baseline["features"]))
 
@@ -308,7 +328,9 @@ class MonitoringPlugin:
                 log.warning("drift: %s version %s, PSI %.3f > %.3f (%s)", model, version, worst.psi, threshold, worst.feature)
             else:
                 log.info("drift cleared: %s version %s, PSI %.3f", model, version, worst.psi)
-            self.manager.audit("drift_detected" if over else "drift_cleared", "lockgate", model=model, version=version, detail=detail)
+            self.manager.audit(
+                "drift_detected" if over else "drift_cleared", "lockgate", model=model, version=version, detail=detail
+            )
         return results
 
 

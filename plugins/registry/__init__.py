@@ -9,12 +9,23 @@ from __future__ import annotations
 from typing import Any
 
 from .. import hookimpl
-from .._types import ModelVersionRecord, Principal, Settings
 from .._onnx import onnx_operators, onnx_opsets, onnx_signature
+from .._types import ModelVersionRecord, Principal, Settings
 from ..errors import AliasRefused, RegistrationError, UnknownModel
 from ._store import Registry
 
-__all__ = ["LOCKGATE_PLUGIN_API", "AliasRefused", "RegistrationError", "Registry", "RegistryPlugin", "UnknownModel", "onnx_operators", "onnx_opsets", "onnx_signature", "plugin"]
+__all__ = [
+    "LOCKGATE_PLUGIN_API",
+    "AliasRefused",
+    "RegistrationError",
+    "Registry",
+    "RegistryPlugin",
+    "UnknownModel",
+    "onnx_operators",
+    "onnx_opsets",
+    "onnx_signature",
+    "plugin",
+]
 
 LOCKGATE_PLUGIN_API = "1.3"
 

@@ -14,13 +14,14 @@ import sqlalchemy as sa
 
 from .._onnx import onnx_operators, onnx_opsets, onnx_signature
 from .._storage import ArtifactStore, make_engine, sha256_file, writing
-from ..errors import AliasRefused, ArtifactMismatch, RegistrationError, UnknownModel
 from .._types import MODEL_NAME, Decision, ModelVersionRecord, Reference, RegistrationCandidate
+from ..errors import AliasRefused, ArtifactMismatch, RegistrationError, UnknownModel
 from . import _schema as t
 
 __all__ = ["Registry"]
 
 ALIAS_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
+
 
 def _record(row: Any, store: ArtifactStore) -> ModelVersionRecord:
     return ModelVersionRecord(
@@ -137,17 +138,30 @@ class Registry:
                         now = time.time()
                         current = c.execute(sa.select(t.models.c.config).where(t.models.c.name == name)).first()
                         if current is None:
-                            c.execute(t.models.insert().values(name=name, config=dict(config or {}), created_at=now, created_by=created_by))
+                            c.execute(
+                                t.models.insert().values(
+                                    name=name, config=dict(config or {}), created_at=now, created_by=created_by
+                                )
+                            )
                         elif config is not None and dict(current.config or {}) != dict(config):
                             c.execute(t.models.update().where(t.models.c.name == name).values(config=dict(config)))
                             config_changed = True
                         number = version
                         if number is None:
-                            top = c.execute(sa.select(sa.func.max(t.model_versions.c.version)).where(t.model_versions.c.name == name)).scalar()
+                            top = c.execute(
+                                sa.select(sa.func.max(t.model_versions.c.version)).where(t.model_versions.c.name == name)
+                            ).scalar()
                             number = (top or 0) + 1
                         row = dict(
-                            name=name, version=number, sha256=sha, size=size, signature=candidate.signature,
-                            created_by=created_by, created_at=now, lineage=lineage, card=card,
+                            name=name,
+                            version=number,
+                            sha256=sha,
+                            size=size,
+                            signature=candidate.signature,
+                            created_by=created_by,
+                            created_at=now,
+                            lineage=lineage,
+                            card=card,
                         )
                         c.execute(t.model_versions.insert().values(**row))
                         committed_new = self.store.commit(staged, sha)
@@ -155,7 +169,9 @@ class Registry:
                     break
                 except sa.exc.IntegrityError:
                     if version is not None:
-                        raise RegistrationError(name, [f"version {version} of model '{name}' is already registered with another artifact"]) from None
+                        raise RegistrationError(
+                            name, [f"version {version} of model '{name}' is already registered with another artifact"]
+                        ) from None
                     if committed_new:  # rolled back after the file landed: it belongs to no row
                         self.store.path_for(sha).unlink(missing_ok=True)
                         committed_new = False
@@ -168,8 +184,10 @@ class Registry:
             if committed_new and not self._referenced(sha):
                 self.store.path_for(sha).unlink(missing_ok=True)
             raise
-        record = ModelVersionRecord(artifact_path=str(self.store.path_for(sha)), **row)
-        self._audit("register", created_by, model=name, version=record.version, detail={"sha256": sha, "size": size, "lineage": lineage})
+        record = ModelVersionRecord(artifact_path=str(self.store.path_for(sha)), **row)  # type: ignore[arg-type]
+        self._audit(
+            "register", created_by, model=name, version=record.version, detail={"sha256": sha, "size": size, "lineage": lineage}
+        )
         if config_changed:
             self._audit("config_set", created_by, model=name, version=record.version, detail={"config": dict(config or {})})
         return record
@@ -197,12 +215,16 @@ class Registry:
     def _same_file(self, c: sa.Connection, name: str, sha: str, version: int | None) -> Any:
         if version is None:
             return None
-        row = c.execute(sa.select(t.model_versions).where(t.model_versions.c.name == name, t.model_versions.c.version == version)).first()
+        row = c.execute(
+            sa.select(t.model_versions).where(t.model_versions.c.name == name, t.model_versions.c.version == version)
+        ).first()
         return row if row is not None and row.sha256 == sha else None
 
     def _referenced(self, sha: str) -> bool:
         with self.engine.connect() as c:
-            return c.execute(sa.select(t.model_versions.c.name).where(t.model_versions.c.sha256 == sha).limit(1)).first() is not None
+            return (
+                c.execute(sa.select(t.model_versions.c.name).where(t.model_versions.c.sha256 == sha).limit(1)).first() is not None
+            )
 
     def _refused(self, name: str, actor: str, reasons: list[str]) -> None:
         with writing(self.engine) as c, c.begin():
@@ -212,9 +234,13 @@ class Registry:
 
     @staticmethod
     def _event(c: sa.Connection, kind: str, actor: str, name: str | None, version: int | None, detail: Mapping[str, Any]) -> None:
-        c.execute(t.events.insert().values(at=time.time(), kind=kind, actor=actor, name=name, version=version, detail=dict(detail)))
+        c.execute(
+            t.events.insert().values(at=time.time(), kind=kind, actor=actor, name=name, version=version, detail=dict(detail))
+        )
 
-    def record_event(self, kind: str, actor: str, name: str | None = None, version: int | None = None, detail: Mapping[str, Any] | None = None) -> None:
+    def record_event(
+        self, kind: str, actor: str, name: str | None = None, version: int | None = None, detail: Mapping[str, Any] | None = None
+    ) -> None:
         with writing(self.engine) as c, c.begin():
             self._event(c, kind, actor, name, version, detail or {})
 
@@ -232,13 +258,23 @@ class Registry:
             raise AliasRefused(name, alias, version, decision.reason, decision.plugin)
         with writing(self.engine) as c, c.begin():
             self._version_row(c, name, version)
-            previous = c.execute(sa.select(t.aliases.c.version).where(t.aliases.c.name == name, t.aliases.c.alias == alias)).scalar()
+            previous = c.execute(
+                sa.select(t.aliases.c.version).where(t.aliases.c.name == name, t.aliases.c.alias == alias)
+            ).scalar()
             now = time.time()
             if previous is None:
                 c.execute(t.aliases.insert().values(name=name, alias=alias, version=version, set_by=actor, set_at=now))
             else:
-                c.execute(t.aliases.update().where(t.aliases.c.name == name, t.aliases.c.alias == alias).values(version=version, set_by=actor, set_at=now))
-            c.execute(t.alias_history.insert().values(name=name, alias=alias, version=version, previous=previous, set_by=actor, set_at=now))
+                c.execute(
+                    t.aliases.update()
+                    .where(t.aliases.c.name == name, t.aliases.c.alias == alias)
+                    .values(version=version, set_by=actor, set_at=now)
+                )
+            c.execute(
+                t.alias_history.insert().values(
+                    name=name, alias=alias, version=version, previous=previous, set_by=actor, set_at=now
+                )
+            )
             self._event(c, "alias_set", actor, name, version, {"alias": alias, "previous": previous})
         self._audit("alias_set", actor, model=name, version=version, detail={"alias": alias, "previous": previous})
         return previous
@@ -278,7 +314,7 @@ class Registry:
         if not sample or len(rows) != 1:
             raise ValueError(f"a reference sample needs every input with the same number of rows, got {sorted(rows)}")
         buffer = io.BytesIO()
-        np.savez(buffer, **{k: np.asarray(v) for k, v in sample.items()})
+        np.savez(buffer, **{k: np.asarray(v) for k, v in sample.items()})  # type: ignore[arg-type]
         now = time.time()
         with writing(self.engine) as c, c.begin():
             self._version_row(c, name, version)
@@ -286,11 +322,23 @@ class Registry:
             c.execute(t.references.delete().where(key))
             c.execute(
                 t.references.insert().values(
-                    name=name, version=version, sample=buffer.getvalue(), rows=rows.pop(), baseline=json.loads(json.dumps(baseline)),
-                    source_sha256=source_sha256, set_by=actor, set_at=now,
+                    name=name,
+                    version=version,
+                    sample=buffer.getvalue(),
+                    rows=rows.pop(),
+                    baseline=json.loads(json.dumps(baseline)),
+                    source_sha256=source_sha256,
+                    set_by=actor,
+                    set_at=now,
                 )
             )
-        self._audit("reference_set", actor, model=name, version=version, detail={"source_sha256": source_sha256, "rows": int(next(iter(sample.values())).shape[0])})
+        self._audit(
+            "reference_set",
+            actor,
+            model=name,
+            version=version,
+            detail={"source_sha256": source_sha256, "rows": int(next(iter(sample.values())).shape[0])},
+        )
 
     def reference(self, name: str, version: int) -> Reference | None:
         """The reference sample and baseline of a version, or None when it has none."""
@@ -319,11 +367,15 @@ class Registry:
 
     def versions(self, name: str) -> list[ModelVersionRecord]:
         with self.engine.connect() as c:
-            rows = c.execute(sa.select(t.model_versions).where(t.model_versions.c.name == name).order_by(t.model_versions.c.version)).all()
+            rows = c.execute(
+                sa.select(t.model_versions).where(t.model_versions.c.name == name).order_by(t.model_versions.c.version)
+            ).all()
         return [_record(r, self.store) for r in rows]
 
     def _version_row(self, c: sa.Connection, name: str, version: int) -> Any:
-        row = c.execute(sa.select(t.model_versions).where(t.model_versions.c.name == name, t.model_versions.c.version == version)).first()
+        row = c.execute(
+            sa.select(t.model_versions).where(t.model_versions.c.name == name, t.model_versions.c.version == version)
+        ).first()
         if row is None:
             known = [r.version for r in c.execute(sa.select(t.model_versions.c.version).where(t.model_versions.c.name == name))]
             if not known:

@@ -28,7 +28,7 @@ def metrics(host: str, port: int, once: bool) -> None:
         return
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - the http.server interface
+        def do_GET(self) -> None:
             if self.path.split("?")[0].rstrip("/") != "/metrics":
                 self._send(404, b'{"error":"no route; GET /metrics"}', "application/json")
                 return

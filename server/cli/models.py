@@ -19,12 +19,6 @@ from .common import manager_from, settings_from
 __all__ = ["models", "plugins"]
 
 
-
-
-
-
-
-
 @click.group()
 @registry_options
 @click.pass_context
@@ -42,13 +36,24 @@ def models(ctx: click.Context, registry_url: str | None, artifact_dir: str | Non
 @click.option("--param", "params", multiple=True, help="Training parameter KEY=VALUE (repeatable).")
 @click.option("--metric", "metrics", multiple=True, help="Evaluation metric KEY=VALUE (repeatable).")
 @click.option("--parent-version", type=int, default=None, help="The version this one was derived from.")
-@click.option("--card", "card_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, help="Model card (Markdown or text file).")
 @click.option(
-    "--reference", "reference_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+    "--card",
+    "card_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Model card (Markdown or text file).",
+)
+@click.option(
+    "--reference",
+    "reference_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
     help="Reference sample of inputs (.npy, .npz, .csv, .parquet): the drift baseline and the explanations' background.",
 )
 @click.pass_context
-def register(ctx, file, name, training_data, training_data_sha256, code_version, params, metrics, parent_version, card_file, reference_file) -> None:
+def register(
+    ctx, file, name, training_data, training_data_sha256, code_version, params, metrics, parent_version, card_file, reference_file
+) -> None:
     """Register FILE (an ONNX model) as a new immutable version of --name."""
     lineage = {
         k: v
@@ -92,7 +97,9 @@ def _store_reference(manager, name: str, version: int, path: Path, who: str) -> 
         baseline = set_reference(manager, name, version, path, actor=who)
     except (ConfigError, LookupError) as e:
         fail(e)
-    click.echo(f"reference sample of {name} version {version}: {baseline['rows']} rows, {len(baseline['features'])} features in the baseline")
+    click.echo(
+        f"reference sample of {name} version {version}: {baseline['rows']} rows, {len(baseline['features'])} features in the baseline"
+    )
 
 
 @models.command()
@@ -218,8 +225,12 @@ def import_repo(ctx, directory: Path) -> None:
     refused: list[str] = []
     try:
         done = import_repository(
-            directory, manager.registry(), actor=who, default_alias=settings.default_alias,
-            before_alias=announce_imports(manager, who), refused=refused,
+            directory,
+            manager.registry(),
+            actor=who,
+            default_alias=settings.default_alias,
+            before_alias=announce_imports(manager, who),
+            refused=refused,
         )
     except LockgateError as e:
         fail(e)
@@ -250,5 +261,3 @@ def plugins_list() -> None:
         if s.error:
             line += f"\n{'':<21}{s.error}"
         click.echo(line)
-
-

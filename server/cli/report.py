@@ -17,16 +17,24 @@ __all__ = ["report"]
 @click.option("--since", default="24h", show_default=True, help="Start: ISO 8601 or a span back from now (90m, 24h, 7d).")
 @click.option("--until", default=None, help="End: ISO 8601 or a span back from now [default: now].")
 @click.option("--model", "models", multiple=True, help="Only this model (repeatable) [default: every model].")
-@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path), default=Path("lockgate-report.html"), show_default=True,
-              help="Where to write the HTML report.")
+@click.option(
+    "--html",
+    "html_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("lockgate-report.html"),
+    show_default=True,
+    help="Where to write the HTML report.",
+)
 @registry_options
-def report(since: str, until: str | None, models: tuple[str, ...], html_path: Path, registry_url: str | None, artifact_dir: str | None) -> None:
+def report(
+    since: str, until: str | None, models: tuple[str, ...], html_path: Path, registry_url: str | None, artifact_dir: str | None
+) -> None:
     """Traffic, latency percentiles, error rate, availability and error budget against each
     model's SLO (monitoring.slo / monitoring.slos), drift, versions served, deployment lead
     time and pending approvals, read from the audit log and the registry."""
     from ..tools.report import gather, render_html, render_text
 
-    start, end = parse_time(since, "--since"), parse_time(until, "--until")
+    start, end = parse_time(since, "--since") or 0.0, parse_time(until, "--until")
     manager = manager_from(registry_url, artifact_dir)
     checked_actor(manager, "report")
     try:

@@ -81,7 +81,14 @@ def _example(record, config=None) -> str:
 @click.option("--verbose", is_flag=True, help="Show Ray's and the replicas' logs.")
 @click.option("--insecure", is_flag=True, help="Allow serving without API keys on an interface other than loopback.")
 def serve(
-    repository: Path | None, host: str, port: int, address: str | None, registry_url: str | None, artifact_dir: str | None, verbose: bool, insecure: bool
+    repository: Path | None,
+    host: str,
+    port: int,
+    address: str | None,
+    registry_url: str | None,
+    artifact_dir: str | None,
+    verbose: bool,
+    insecure: bool,
 ) -> None:
     """Serve models over HTTP (Open Inference Protocol v2).
 
@@ -108,8 +115,12 @@ def serve(
             refused: list[str] = []
             who = checked_actor(manager, "register")
             imported = import_repository(
-                repository, registry, actor=who, default_alias=settings.default_alias,
-                before_alias=announce_imports(manager, who), refused=refused,
+                repository,
+                registry,
+                actor=who,
+                default_alias=settings.default_alias,
+                before_alias=announce_imports(manager, who),
+                refused=refused,
             )
             for name, version, new in imported:
                 click.echo(f"{'registered' if new else 'already registered'}: {name} version {version}")
@@ -156,7 +167,9 @@ def serve(
         click.echo("try:")
         click.echo(f"  curl -s {base}/v2/health/ready")
         click.echo(f"  curl -s {base}/v2/models/{shown_name}")
-        click.echo(f"  curl -s -X POST {base}/v2/models/{shown_name}/infer -H 'Content-Type: application/json' -d '{_example(shown, models[shown_name])}'")
+        click.echo(
+            f"  curl -s -X POST {base}/v2/models/{shown_name}/infer -H 'Content-Type: application/json' -d '{_example(shown, models[shown_name])}'"
+        )
         click.echo(f"  curl -s {base}/metrics")
         click.echo("Ctrl-C stops the server.")
         while not stop.wait(0.5):
@@ -177,7 +190,9 @@ def _check_startup(manager: PluginManager, host: str, insecure: bool) -> None:
     for status in manager.failed():
         click.secho(f"warning: plugin {status.name} failed: {status.error}", fg="yellow", err=True)
     if not manager.has("lockgate_authenticate"):
-        click.secho("warning: no authentication plugin is loaded: every caller is anonymous and may do everything", fg="yellow", err=True)
+        click.secho(
+            "warning: no authentication plugin is loaded: every caller is anonymous and may do everything", fg="yellow", err=True
+        )
     denials = manager.check_startup(host, insecure)
     if denials:
         raise StartupError("; ".join(d.reason or f"refused by plugin '{d.plugin}'" for d in denials))

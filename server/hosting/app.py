@@ -52,7 +52,9 @@ def build(args: BuildArgs) -> Application:
         return build_control_app(sorted(models), settings, num_cpus=args.control_cpus)
     if args.models is not None:
         raise ValueError("'models' is for the control application; a model application takes 'model' only")
-    config = parse_model_config(registry.model_config(args.model), source=f"model {args.model}")  # LookupError names the registered ones
+    config = parse_model_config(
+        registry.model_config(args.model), source=f"model {args.model}"
+    )  # LookupError names the registered ones
     if not registry.versions(args.model):
         raise LookupError(f"model '{args.model}' has no registered versions")
     return build_model_app(args.model, config, settings)

@@ -52,7 +52,7 @@ def route_prefix(model: str) -> str:
 class ModelDeployment:
     """A replica of one model: its plugin manager, its versions from the registry, its batchers."""
 
-    async def __init__(self, name: str, config: ModelConfig, settings: LockgateSettings) -> None:
+    async def __init__(self, name: str, config: ModelConfig, settings: LockgateSettings) -> None:  # type: ignore[misc]  # Serve awaits an async constructor
         metrics.enable(settings.metrics_dir)  # before any plugin makes a metric
         metrics.replica_started(name)
         try:
@@ -60,7 +60,12 @@ class ModelDeployment:
             registry = manager.registry()
             limits = limit_options(settings.options)
             self._service = ModelService(
-                name, config, registry, manager=manager, default_alias=settings.default_alias, explain=explain_options(settings.options),
+                name,
+                config,
+                registry,
+                manager=manager,
+                default_alias=settings.default_alias,
+                explain=explain_options(settings.options),
                 limits=limits,
             )
         except LockgateError as e:  # the driver reads this from Serve's status (serve_compat.load_failure)
@@ -202,11 +207,11 @@ def deployment_options(config: ModelConfig) -> dict[str, Any]:
 
 def build_model_app(name: str, config: ModelConfig, settings: LockgateSettings) -> Application:
     deployment = serve.deployment(ModelDeployment, name=f"model-{name}", **deployment_options(config))
-    return deployment.bind(name, config, settings)
+    return deployment.bind(name, config, settings)  # type: ignore[attr-defined]  # serve.deployment's stub types the decorator form
 
 
 def build_control_app(models: list[str], settings: LockgateSettings, num_cpus: float = 0.05) -> Application:
     deployment = serve.deployment(
         ControlDeployment, name="control", ray_actor_options={"num_cpus": num_cpus}, max_ongoing_requests=256
     )
-    return deployment.bind(models, settings)
+    return deployment.bind(models, settings)  # type: ignore[attr-defined]

@@ -87,6 +87,10 @@ def replica_started(model: str) -> None:
 
     if _replicas is None:
         _replicas = Gauge(
-            "lockgate_replicas", "Live replicas of each model.", ["model"], multiprocess_mode="livesum", registry=CollectorRegistry()
+            "lockgate_replicas",
+            "Live replicas of each model.",
+            ["model"],
+            multiprocess_mode="livesum",
+            registry=CollectorRegistry(),
         )
     _replicas.labels(model).set(1)

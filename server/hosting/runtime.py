@@ -16,11 +16,22 @@ from dataclasses import dataclass
 from ..errors import StartupError
 from ..serving.config import ModelConfig
 from ..serving.settings import LockgateSettings
-from .serve_compat import INGRESS_ENV, check, fallback_proxy_ports, haproxy_dir, haproxy_env, haproxy_pids, load_failure, orphaned_haproxy_pids, stop_haproxy
+from .serve_compat import (
+    INGRESS_ENV,
+    check,
+    fallback_proxy_ports,
+    haproxy_dir,
+    haproxy_env,
+    haproxy_pids,
+    load_failure,
+    orphaned_haproxy_pids,
+    stop_haproxy,
+)
 
 __all__ = ["Runtime", "check_port"]
 
 Progress = Callable[[str], None]
+
 
 def check_port(host: str, port: int, what: str = "") -> None:
     """StartupError when ``host:port`` cannot be bound, naming a leftover HAProxy if there is one."""
@@ -62,7 +73,11 @@ class Runtime:
             check_port(self.host, self.port)
             # HAProxy's own stats and metrics listeners (all interfaces; Ray has no address setting).
             for var, default in (("RAY_SERVE_HAPROXY_STATS_PORT", 8404), ("RAY_SERVE_HAPROXY_METRICS_PORT", 9101)):
-                check_port("0.0.0.0", int(os.environ.get(var, default)), what=f"HAProxy's {var.split('_')[-2].lower()} port (set {var} to move it)")
+                check_port(
+                    "0.0.0.0",
+                    int(os.environ.get(var, default)),
+                    what=f"HAProxy's {var.split('_')[-2].lower()} port (set {var} to move it)",
+                )
             for var, fallback in fallback_proxy_ports(self.port).items():
                 check_port(self.host, fallback, what=f"Serve's fallback proxy ({var.split('_')[-2]}; --port moves it)")
         if self.address is None:
@@ -85,7 +100,7 @@ class Runtime:
                 log_to_driver=self.verbose,
                 configure_logging=self.verbose,
             )
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - Ray raises many unrelated types here; each is a failed start
             raise StartupError(f"cannot start or join Ray: {e}") from None
         self.started_ray = self.address is None
         serve.start(http_options={"host": self.host, "port": self.port})

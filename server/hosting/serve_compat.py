@@ -210,7 +210,9 @@ def install_listener(make_server: Any) -> bool:
         return False
     from ray.serve._private import replica
 
-    async def start(serve_app: Any, http_options: Any, *, event_loop: asyncio.AbstractEventLoop, enable_so_reuseport: bool = False) -> Any:
+    async def start(
+        serve_app: Any, http_options: Any, *, event_loop: asyncio.AbstractEventLoop, enable_so_reuseport: bool = False
+    ) -> Any:
         host = http_options.host
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -297,7 +299,13 @@ def check() -> None:
         problems.append(f"ray.serve._private.constants cannot be imported ({e})")
     else:
         source = inspect.getsource(constants)
-        names = [*INGRESS_ENV, *haproxy_env(0), *fallback_proxy_ports(0), "RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT"]
+        names = [
+            *INGRESS_ENV,
+            *haproxy_env(0),
+            *fallback_proxy_ports(0),
+            "RAY_SERVE_HAPROXY_STATS_PORT",
+            "RAY_SERVE_HAPROXY_METRICS_PORT",
+        ]
         missing = [n for n in names if f'"{n}"' not in source]
         if missing:
             problems.append(f"Serve no longer reads {', '.join(missing)} (ray.serve._private.constants)")
@@ -307,6 +315,8 @@ def check() -> None:
         problems.append(f"ray.serve._private.haproxy_templates cannot be imported ({e})")
     else:
         if "retry-on {{ config.retry_on }}" not in inspect.getsource(haproxy_templates):
-            problems.append("Serve's HAProxy template no longer writes RAY_SERVE_HAPROXY_RETRY_ON as 'retry-on {{ config.retry_on }}'")
+            problems.append(
+                "Serve's HAProxy template no longer writes RAY_SERVE_HAPROXY_RETRY_ON as 'retry-on {{ config.retry_on }}'"
+            )
     if problems:
         raise StartupError("this Ray Serve differs from the one lockgate was built against: " + "; ".join(problems))

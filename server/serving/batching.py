@@ -15,6 +15,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
+from typing import Any
 
 import numpy as np
 
@@ -39,13 +40,20 @@ class Assembler:
 
     MAX_SHAPES = 8  # row shapes kept per input (dynamic dimensions); older ones are dropped
 
-    def __init__(self, inputs: list[str], preprocess: dict, max_rows: int, batching: bool, padding: dict[str, float] | None = None) -> None:
+    def __init__(
+        self,
+        inputs: list[str],
+        preprocess: dict[str, Any],
+        max_rows: int,
+        batching: bool,
+        padding: dict[str, float] | None = None,
+    ) -> None:
         self.inputs = inputs
         self.preprocess = preprocess
         self.padding = padding or {}
         self.max_rows = max(max_rows, 1)
         self.batching = batching
-        self._buffers: dict[tuple, np.ndarray] = {}
+        self._buffers: dict[tuple[Any, ...], np.ndarray] = {}
         self.allocations = 0
 
     def _buffer(self, name: str, inner: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
@@ -96,7 +104,8 @@ class Assembler:
         buf.fill(pad)
         offset = 0
         for a in arrays:
-            buf[(slice(offset, offset + a.shape[0]), *(slice(0, d) for d in a.shape[1:]))] = a
+            region = (slice(offset, offset + a.shape[0]), *(slice(0, d) for d in a.shape[1:]))
+            buf[region] = a
             offset += a.shape[0]
         return buf
 
@@ -106,7 +115,15 @@ class _Pending:
 
     __slots__ = ("deadline", "enqueued", "future", "inputs", "key", "rows")
 
-    def __init__(self, inputs: dict[str, np.ndarray], rows: int, key: tuple, future: asyncio.Future, deadline: float, now: float) -> None:
+    def __init__(
+        self,
+        inputs: dict[str, np.ndarray],
+        rows: int,
+        key: tuple[Any, ...],
+        future: asyncio.Future[dict[str, np.ndarray]],
+        deadline: float,
+        now: float,
+    ) -> None:
         self.inputs = inputs
         self.rows = rows
         self.key = key
@@ -128,7 +145,7 @@ class Batcher:
         max_batch_size: int,
         config: DynamicBatchingConfig,
         executor: Executor,
-        on_batch: Callable[[int, int, float, float, int, dict, list], None] | None = None,
+        on_batch: Callable[[int, int, float, float, int, dict[str, np.ndarray], list[np.ndarray]], None] | None = None,
         assembler: Assembler | None = None,
         dynamic_dims: dict[str, tuple[bool, ...]] | None = None,
     ) -> None:
@@ -177,7 +194,7 @@ class Batcher:
         timeout = self._config.default_timeout_us if timeout_us is None else timeout_us
         deadline = now + timeout / 1e6 if timeout > 0 else 0.0
         if not self._batching:
-            key: tuple = ()
+            key: tuple[Any, ...] = ()
         elif self._padded:
             key = tuple([(n, a.dtype.char, self._shape_key(n, a)) for n, a in inputs.items()])
         else:
@@ -192,7 +209,7 @@ class Batcher:
             loop.create_task(self._drain())
         return await pending.future
 
-    def _shape_key(self, name: str, array: np.ndarray) -> tuple:
+    def _shape_key(self, name: str, array: np.ndarray) -> tuple[Any, ...]:
         mask = self._padded.get(name)
         if mask is None or len(mask) != array.ndim - 1:
             return array.shape[1:]
@@ -210,7 +227,9 @@ class Batcher:
                 continue
             if p.deadline and now > p.deadline:
                 p.future.set_exception(
-                    DeadlineExceeded(f"the request's deadline passed after {1e3 * (now - p.enqueued):.1f} ms in the queue; it was not run")
+                    DeadlineExceeded(
+                        f"the request's deadline passed after {1e3 * (now - p.enqueued):.1f} ms in the queue; it was not run"
+                    )
                 )
                 continue
             if not batch or (self._batching and p.key == batch[0].key and rows + p.rows <= self._max_rows):
@@ -295,7 +314,7 @@ class Batcher:
                 await asyncio.sleep(0)
             else:
                 results = await loop.run_in_executor(self._executor, self._run_batch, batch)
-        except Exception as e:  # a model that fails on valid input: every waiter learns why
+        except Exception as e:  # noqa: BLE001 - a model that fails on valid input: every waiter learns why
             for p in batch:
                 if not p.future.done():
                     p.future.set_exception(e)
@@ -308,7 +327,7 @@ class Batcher:
             rows = sum(p.rows for p in batch)
             try:
                 self._on_batch(rows, len(batch), started - batch[0].enqueued, compute, len(self._queue), self._feeds, results)
-            except Exception:  # noqa: BLE001 - observing a batch never holds back its answers
+            except Exception:
                 log.exception("batch observer failed")
         if len(batch) == 1:
             p = batch[0]
@@ -316,16 +335,18 @@ class Batcher:
                 p.future.set_result(dict(zip(self._output_names, results)))
             return
         names = self._output_names
-        cut = self._cut if self._first_padded is not None else ()
+        first_padded = self._first_padded
+        cut = self._cut if first_padded is not None else ()
         start = 0
         for p in batch:
             end = start + p.rows
             if not p.future.done():
                 out = {n: r[start:end] for n, r in zip(names, results)}
-                if cut:  # back to this request's own sizes
-                    own = p.inputs[self._first_padded].shape[1:]
+                if cut and first_padded is not None:  # back to this request's own sizes
+                    own = p.inputs[first_padded].shape[1:]
                     for n in cut:
                         r = out[n]
-                        out[n] = r[(slice(None), *(slice(0, d) for d in own[: r.ndim - 1]))]
+                        own_region = (slice(None), *(slice(0, d) for d in own[: r.ndim - 1]))
+                        out[n] = r[own_region]
                 p.future.set_result(out)
             start = end

@@ -47,9 +47,7 @@ class DynamicBatchingConfig(_Strict):
         default_factory=list,
         description="Batch sizes to dispatch at as soon as they are reached (Triton's meaning).",
     )
-    max_queue_size: int = Field(
-        1024, ge=1, description="Requests queued beyond this are refused with 503 and Retry-After."
-    )
+    max_queue_size: int = Field(1024, ge=1, description="Requests queued beyond this are refused with 503 and Retry-After.")
     default_timeout_us: int = Field(
         0,
         ge=0,
@@ -86,17 +84,15 @@ class AutoscalingConfig(_Strict):
 
     min_replicas: int = Field(1, ge=0, description="Fewest replicas; 0 scales to zero when idle.")
     max_replicas: int = Field(2, ge=1, description="Most replicas.")
-    target_ongoing_requests: float = Field(
-        4.0, gt=0, description="Ongoing requests per replica that autoscaling aims for."
-    )
+    target_ongoing_requests: float = Field(4.0, gt=0, description="Ongoing requests per replica that autoscaling aims for.")
     upscale_delay_s: float = Field(5.0, ge=0, description="How long load must stay high before adding.")
     downscale_delay_s: float = Field(30.0, ge=0, description="How long load must stay low before removing.")
     downscale_to_zero_delay_s: float | None = Field(
-        None, ge=0, description="How long a model must stay idle before its last replica goes (min_replicas 0); default downscale_delay_s."
+        None,
+        ge=0,
+        description="How long a model must stay idle before its last replica goes (min_replicas 0); default downscale_delay_s.",
     )
-    look_back_period_s: float = Field(
-        10.0, gt=0, description="Window over which the replicas' load reports are averaged."
-    )
+    look_back_period_s: float = Field(10.0, gt=0, description="Window over which the replicas' load reports are averaged.")
     metrics_interval_s: float = Field(
         1.0, gt=0, description="How often each replica sends its load to Serve's controller (below look_back_period_s)."
     )
@@ -104,9 +100,7 @@ class AutoscalingConfig(_Strict):
     @model_validator(mode="after")
     def _ordered(self) -> AutoscalingConfig:
         if self.max_replicas < self.min_replicas:
-            raise ValueError(
-                f"max_replicas ({self.max_replicas}) must be at least min_replicas ({self.min_replicas})"
-            )
+            raise ValueError(f"max_replicas ({self.max_replicas}) must be at least min_replicas ({self.min_replicas})")
         if self.metrics_interval_s >= self.look_back_period_s:
             raise ValueError(
                 f"metrics_interval_s ({self.metrics_interval_s}) must be below look_back_period_s ({self.look_back_period_s})"
@@ -183,9 +177,7 @@ class PreprocessConfig(_Strict):
     datatype: str | None = Field(
         None, description="The datatype clients send (e.g. UINT8 for images); unset: the model input's own."
     )
-    layout: Literal["same", "HWC"] = Field(
-        "same", description="HWC: clients send [N, H, W, C] and the model takes [N, C, H, W]."
-    )
+    layout: Literal["same", "HWC"] = Field("same", description="HWC: clients send [N, H, W, C] and the model takes [N, C, H, W].")
     scale: list[float] | None = Field(None, description="Per-channel multiplier (channel: the model input's dimension 1).")
     shift: list[float] | None = Field(None, description="Per-channel addend, after the scale (e.g. -mean/std).")
 
@@ -269,8 +261,6 @@ def load_model_config(model_dir: Path) -> ModelConfig:
                 raise ConfigError(f"cannot parse: {e}", source=str(path)) from None
             config = parse_model_config(raw, source=str(path))
             if config.name is not None and config.name != model_dir.name:
-                raise ConfigError(
-                    f"name {config.name!r} does not match the folder name {model_dir.name!r}", source=str(path)
-                )
+                raise ConfigError(f"name {config.name!r} does not match the folder name {model_dir.name!r}", source=str(path))
             return config
     return ModelConfig()

@@ -56,8 +56,8 @@ class ControlApp:
         self.metrics = metrics
         self.status = status
         self.repository = repository
-        self.manager = manager
-        self.gated = manager is not None and (manager.has("lockgate_authenticate") or manager.has("lockgate_authorize"))
+        self.manager = manager if manager is not None else PluginManager()  # None: no plugins
+        self.gated = self.manager.has("lockgate_authenticate") or self.manager.has("lockgate_authorize")
         self.version = server_version()
 
     async def _not_ready(self) -> list[str]:
@@ -147,7 +147,9 @@ class ControlApp:
             who = await gate(self.manager, scope, "metadata", None, None) if self.gated else None
             entries = await self.repository.index()
             if who is not None:  # only the models this caller may see: a key for one model learns of no other
-                entries = [e for e in entries if (await self.manager.authorize(who, "metadata", e["name"], None, count=False)).allow]
+                entries = [
+                    e for e in entries if (await self.manager.authorize(who, "metadata", e["name"], None, count=False)).allow
+                ]
             return 200, entries
         parts = rest.split("/")
         if len(parts) == 3 and parts[0] == "models" and parts[2] in ("load", "unload"):

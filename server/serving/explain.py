@@ -19,7 +19,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
@@ -42,12 +42,14 @@ class ExplainOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    max_evaluations: int = Field(32768, ge=16, le=1_000_000, description="Model rows one explanation may run at most (its budget).")
+    max_evaluations: int = Field(
+        32768, ge=16, le=1_000_000, description="Model rows one explanation may run at most (its budget)."
+    )
     background_rows: int = Field(16, ge=1, le=1024, description="Rows of the reference sample used as background.")
     seed: int = Field(0, description="Seed of the background choice and of coalition sampling (explanations are reproducible).")
 
 
-def explain_options(options: dict) -> ExplainOptions:
+def explain_options(options: Mapping[str, Any]) -> ExplainOptions:
     """The ``explain`` section of the server configuration; ConfigError says what is wrong."""
     return parse_section(options, "explain", ExplainOptions)
 
@@ -144,7 +146,9 @@ class Explainer:
         self.executor = executor
         self._backgrounds: dict[int, tuple[np.ndarray | None, float]] = {}
 
-    async def explain(self, model: Any, max_batch_size: int, body: bytes, json_length: int | None) -> tuple[bytes, InferRequest, str | None]:
+    async def explain(
+        self, model: Any, max_batch_size: int, body: bytes, json_length: int | None
+    ) -> tuple[bytes, InferRequest, str | None]:
         """Kernel SHAP attributions for the one row of an OIP inference request body, against
         background rows of the version's reference sample, in one onnxruntime run: the
         response body, the decoded request, and the request id it says it explains."""
@@ -153,7 +157,9 @@ class Explainer:
         if max_batch_size <= 0:
             raise BadRequest(f"{where} takes no batch dimension; explanations run many rows at once")
         if len(inputs) != 1 or len(inputs[0].shape) != 2 or inputs[0].name in self.preprocessed:
-            raise BadRequest(f"{where} is not tabular: explanations need one input of shape [batch, features], without preprocessing")
+            raise BadRequest(
+                f"{where} is not tabular: explanations need one input of shape [batch, features], without preprocessing"
+            )
         if not inputs[0].datatype.startswith("FP"):
             raise BadRequest(f"{where}: explanations need a floating-point input, '{inputs[0].name}' is {inputs[0].datatype}")
         request = parse_infer_request(body, json_length, model, max_batch_size)
@@ -163,10 +169,14 @@ class Explainer:
         options = self.options
         budget = params.get("max_evaluations", options.max_evaluations)
         if type(budget) is not int or not 16 <= budget <= options.max_evaluations:
-            raise BadRequest(f"parameter 'max_evaluations' must be an integer in [16, {options.max_evaluations}] (the server's budget)")
+            raise BadRequest(
+                f"parameter 'max_evaluations' must be an integer in [16, {options.max_evaluations}] (the server's budget)"
+            )
         explains = params.get("explains")
         if explains is not None and (type(explains) is not str or not 1 <= len(explains) <= 64):
-            raise BadRequest("parameter 'explains' must be the lockgate-request-id of the request explained (text, 1-64 characters)")
+            raise BadRequest(
+                "parameter 'explains' must be the lockgate-request-id of the request explained (text, 1-64 characters)"
+            )
         floats = [s for s in model.outputs if s.datatype.startswith("FP")]
         wanted = params.get("output", floats[0].name if floats else None)
         output = model.output_index.get(wanted) if isinstance(wanted, str) else None
@@ -181,10 +191,14 @@ class Explainer:
         name = inputs[0].name
         x = np.ascontiguousarray(request.inputs[name][0])
 
-        def compute():
+        def compute() -> Any:
             return kernel_shap(
                 lambda rows: model.run({name: rows})[index].reshape(rows.shape[0], -1),
-                x, background.astype(x.dtype, copy=False), budget, np.random.default_rng(options.seed), target,
+                x,
+                background.astype(x.dtype, copy=False),
+                budget,
+                np.random.default_rng(options.seed),
+                target,
             )
 
         try:

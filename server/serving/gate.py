@@ -32,9 +32,9 @@ class Headers(Mapping[str, str]):
     def __init__(self, raw: Any) -> None:
         self._raw = raw
 
-    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+    def get(self, name: str, default: Any = None) -> Any:
         key = name.lower().encode("latin-1")
-        found = None
+        found: bytes | None = None
         for k, v in self._raw:
             if k == key or k.lower() == key:
                 found = v if found is None else found + b", " + v
@@ -44,15 +44,13 @@ class Headers(Mapping[str, str]):
         value = self.get(name)
         if value is None:
             raise KeyError(name)
-        return value
+        return str(value)
 
     def __iter__(self) -> Iterator[str]:
         return iter(dict.fromkeys(k.decode("latin-1").lower() for k, _ in self._raw))
 
     def __len__(self) -> int:
         return len({k.lower() for k, _ in self._raw})
-
-
 
 
 async def gate(
@@ -63,7 +61,9 @@ async def gate(
     learns who the caller is as soon as authentication says so (for the audit record of a
     request that authorization then refuses)."""
     client = scope.get("client")
-    info = RequestInfo(scope["method"], scope["path"], Headers(scope.get("headers", ())), client[0] if client else None, model, version)
+    info = RequestInfo(
+        scope["method"], scope["path"], Headers(scope.get("headers", ())), client[0] if client else None, model, version
+    )
     if manager.request_gates_are_sync():  # no coroutine per gatekeeper: about half the cost
         who, denied = manager.check_request(info, action)
     else:
@@ -71,7 +71,9 @@ async def gate(
     if who is not None and outcome is not None:
         outcome.principal = who.name
     if denied is not None:
-        fallback = "authentication failed" if who is None else f"'{who.name}' may not {action}" + (f" model '{model}'" if model else "")
+        fallback = (
+            "authentication failed" if who is None else f"'{who.name}' may not {action}" + (f" model '{model}'" if model else "")
+        )
         raise refusal(denied, denied.reason or fallback)
     assert who is not None
     return who

@@ -8,6 +8,9 @@ connection over the limit. HAProxy, in front, has limits of its own (docs/reliab
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from lockgate.plugins.shared import parse_section
@@ -39,6 +42,6 @@ class LimitOptions(BaseModel):
 DEFAULT_LIMITS = LimitOptions()
 
 
-def limit_options(options: dict) -> LimitOptions:
+def limit_options(options: Mapping[str, Any]) -> LimitOptions:
     """The ``limits`` section of the server configuration; ConfigError says what is wrong."""
     return parse_section(options, "limits", LimitOptions)

@@ -20,7 +20,7 @@ import asyncio
 import logging
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from http import HTTPStatus
 from typing import Any
 
@@ -32,7 +32,8 @@ __all__ = ["FastServer"]
 
 log = logging.getLogger("lockgate.server")
 
-ASGIApp = Callable[[dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]], Awaitable[None]]
+Message = MutableMapping[str, Any]
+ASGIApp = Callable[[Message, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Awaitable[None]]
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 _JSON = [(b"content-type", b"application/json")]
 _SWEEP_S = 0.5  # how often connection deadlines are checked
@@ -97,6 +98,10 @@ class FastServer:
                 conn.transport.close()
 
 
+# One parsed request: method, URL, headers, body, its size, keep-alive.
+_Request = tuple[str, bytes, list[tuple[bytes, bytes]], bytes, int, bool]
+
+
 class _Discard:
     """The parser of a connection that has been answered an error: input is dropped."""
 
@@ -106,13 +111,27 @@ class _Discard:
 
 class _Protocol(asyncio.Protocol):
     __slots__ = (
-        "body", "body_size", "busy", "closing", "deadline", "ended", "headers", "header_bytes", "parser", "pending", "reading",
-        "server", "transport", "url", "client",
+        "body",
+        "body_size",
+        "busy",
+        "closing",
+        "deadline",
+        "ended",
+        "headers",
+        "header_bytes",
+        "parser",
+        "pending",
+        "reading",
+        "server",
+        "transport",
+        "url",
+        "client",
     )
 
     def __init__(self, server: FastServer) -> None:
         self.server = server
-        self.parser = httptools.HttpRequestParser(self)
+        # httptools' parser, then a _Discard once an error was answered
+        self.parser: Any = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
@@ -121,8 +140,8 @@ class _Protocol(asyncio.Protocol):
         self.body_size = 0
         self.busy = False
         self.closing = False
-        self.pending: list[tuple] = []  # pipelined requests waiting their turn
-        self.client: tuple | None = None
+        self.pending: list[_Request] = []  # pipelined requests waiting their turn
+        self.client: tuple[str, int] | None = None
         self.reading = False  # between a request's first byte and its last
         self.ended = False  # an error was answered: nothing more is written
         self.deadline = 0.0  # time.monotonic() by which the next event must happen
@@ -236,7 +255,7 @@ class _Protocol(asyncio.Protocol):
 
     # -- requests --------------------------------------------------------------------------
 
-    async def _handle(self, request: tuple) -> None:
+    async def _handle(self, request: _Request) -> None:
         while True:
             keep_alive = await self._one(*request)
             if not keep_alive or self.closing:
@@ -251,7 +270,9 @@ class _Protocol(asyncio.Protocol):
         if not self.reading:
             self.deadline = time.monotonic() + self.server.limits.idle_timeout_s
 
-    async def _one(self, method: str, url: bytes, headers: list, body: bytes, size: int, keep_alive: bool) -> bool:
+    async def _one(
+        self, method: str, url: bytes, headers: list[tuple[bytes, bytes]], body: bytes, size: int, keep_alive: bool
+    ) -> bool:
         server = self.server
         server.in_flight += 1
         try:
@@ -278,14 +299,14 @@ class _Protocol(asyncio.Protocol):
             sent: dict[str, Any] = {}
             delivered = False
 
-            async def receive() -> dict:
+            async def receive() -> Message:
                 nonlocal delivered
                 if delivered:
                     return {"type": "http.disconnect"}
                 delivered = True
                 return {"type": "http.request", "body": body, "more_body": False}
 
-            async def send(message: dict) -> None:
+            async def send(message: Message) -> None:
                 if message["type"] == "http.response.start":
                     sent["status"] = message["status"]
                     sent["headers"] = message.get("headers", [])
@@ -296,9 +317,13 @@ class _Protocol(asyncio.Protocol):
             app = server.app if path.startswith(server.prefix) else server.fallback
             try:
                 await app(scope, receive, send)
-            except Exception:  # noqa: BLE001 - the app answers its own errors; this is a bug
+            except Exception:
                 log.exception("request to %s failed", path)
-                sent = {"status": 500, "headers": [(b"content-type", b"application/json")], "body": [b'{"error": "internal error"}']}
+                sent = {
+                    "status": 500,
+                    "headers": [(b"content-type", b"application/json")],
+                    "body": [b'{"error": "internal error"}'],
+                }
             if "status" not in sent:
                 sent = {"status": 500, "headers": [(b"content-type", b"application/json")], "body": [b'{"error": "no response"}']}
             out = b"".join(sent["body"])
@@ -308,7 +333,7 @@ class _Protocol(asyncio.Protocol):
         finally:
             server.in_flight -= 1
 
-    def _head(self, status: int, headers: list, length: int, keep_alive: bool) -> bytes:
+    def _head(self, status: int, headers: list[tuple[bytes, bytes]], length: int, keep_alive: bool) -> bytes:
         lines = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Unknown"))]
         lines += [k + b": " + v + b"\r\n" for k, v in headers]
         lines.append(b"server: lockgate\r\ncontent-length: %d\r\n" % length)
@@ -317,7 +342,7 @@ class _Protocol(asyncio.Protocol):
         lines.append(b"\r\n")
         return b"".join(lines)
 
-    def _write(self, status: int, headers: list, body: bytes, keep_alive: bool, method: str) -> None:
+    def _write(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, keep_alive: bool, method: str) -> None:
         if self.ended or self.transport.is_closing():
             return
         head = self._head(status, headers, len(body), keep_alive)

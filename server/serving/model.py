@@ -90,7 +90,9 @@ def session_options(config: OnnxRuntimeConfig) -> ort.SessionOptions:
     for library in config.custom_op_libraries:
         got = hashlib.sha256(Path(library.path).read_bytes()).hexdigest()
         if got != library.sha256:
-            raise ValueError(f"custom-op library {library.path} has sha256 {got}, not the configured {library.sha256}; not loading it")
+            raise ValueError(
+                f"custom-op library {library.path} has sha256 {got}, not the configured {library.sha256}; not loading it"
+            )
         opts.register_custom_ops_library(library.path)
     return opts
 
@@ -141,7 +143,9 @@ class ModelVersion:
                     raise ConfigError(f"scale and shift need an FP32 model input, this one is {spec.datatype}", source=where)
                 for label, values in (("scale", pre.scale), ("shift", pre.shift)):
                     if values is not None and (channels < 1 or len(values) != channels):
-                        raise ConfigError(f"{label} has {len(values)} values; the input has {channels} channels (dimension 1)", source=where)
+                        raise ConfigError(
+                            f"{label} has {len(values)} values; the input has {channels} channels (dimension 1)", source=where
+                        )
                 scale = None if pre.scale is None else np.asarray(pre.scale, np.float32)
                 shift = None if pre.shift is None else np.asarray(pre.shift, np.float32)
             prepared[name] = Preprocess(spec.datatype, scale, shift, pre.layout == "HWC")
@@ -151,7 +155,8 @@ class ModelVersion:
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         """All outputs, in graph order."""
-        return self.session.run(None, feeds)
+        results: list[np.ndarray] = self.session.run(None, feeds)
+        return results
 
     def metadata(self) -> dict[str, object]:
         return {
@@ -168,7 +173,7 @@ def load_version(name: str, version: int, source: bytes | Path, config: OnnxRunt
     try:
         model = source if isinstance(source, bytes) else str(source)
         session = ort.InferenceSession(model, sess_options=session_options(config), providers=["CPUExecutionProvider"])
-    except Exception as e:  # onnxruntime raises several unrelated types for a bad file
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises several unrelated types for a bad file
         raise ModelLoadError(name, version, str(e)) from None
     return ModelVersion(name, version, session, sha256)
 

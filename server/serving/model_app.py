@@ -42,9 +42,9 @@ class ModelApp:
         self.service = service
         manager = service.manager
         self.manager = manager
-        self.gated = manager is not None and (manager.has("lockgate_authenticate") or manager.has("lockgate_authorize"))
-        self.observed = manager is not None and manager.has("lockgate_observe_inference")
-        self.recorded = manager is not None and manager.has("lockgate_record_inference")
+        self.gated = manager.has("lockgate_authenticate") or manager.has("lockgate_authorize")
+        self.observed = manager.has("lockgate_observe_inference")
+        self.recorded = manager.has("lockgate_record_inference")
         # Requests held, read by autoscaling only (server/autoscaling.py); no cost without it.
         self.load = LoadMeter() if service.config.autoscaling is not None else None
 
@@ -94,9 +94,22 @@ class ModelApp:
 
     def _event(self, outcome: Outcome, start: float, response: bytes | None) -> InferenceEvent:
         return InferenceEvent(
-            outcome.request_id, self.service.name, outcome.version, outcome.principal, outcome.status,
-            time.perf_counter() - start, outcome.rows, outcome.error, outcome.client_id, outcome.sha256,
-            outcome.body, response, outcome.decided_by, outcome.started_at, outcome.action, outcome.explains,
+            outcome.request_id,
+            self.service.name,
+            outcome.version,
+            outcome.principal,
+            outcome.status,
+            time.perf_counter() - start,
+            outcome.rows,
+            outcome.error,
+            outcome.client_id,
+            outcome.sha256,
+            outcome.body,
+            response,
+            outcome.decided_by,
+            outcome.started_at,
+            outcome.action,
+            outcome.explains,
         )
 
     async def _record(self, outcome: Outcome, start: float, response: bytes | None) -> RequestError | None:
@@ -105,7 +118,9 @@ class ModelApp:
             await self.manager.record_inference(self._event(outcome, start, response))
         except RecordFailed as e:
             log.error("answer to request %s withheld: %s", outcome.request_id, e)
-            return Unavailable(f"the request could not be recorded in the audit log, so its answer is withheld ({e})", headers=RETRY_AFTER)
+            return Unavailable(
+                f"the request could not be recorded in the audit log, so its answer is withheld ({e})", headers=RETRY_AFTER
+            )
         return None
 
     async def _gate(self, scope: Scope, action: str, version: str | None, outcome: Outcome) -> None:
@@ -170,12 +185,22 @@ class ModelApp:
             raise MethodNotAllowed(f"{method} is not allowed here; use GET")
 
 
-
 class Outcome:
     """What the request came to, for the recorders and observers."""
 
     __slots__ = (
-        "action", "body", "client_id", "decided_by", "error", "explains", "principal", "request_id", "rows", "sha256", "started_at", "status",
+        "action",
+        "body",
+        "client_id",
+        "decided_by",
+        "error",
+        "explains",
+        "principal",
+        "request_id",
+        "rows",
+        "sha256",
+        "started_at",
+        "status",
         "version",
     )
 
@@ -193,4 +218,3 @@ class Outcome:
         self.explains: str | None = None
         self.started_at = 0.0
         self.rows = 0
-

@@ -69,22 +69,15 @@ def _check_against(spec: TensorSpec, datatype: str, shape: tuple[int, ...]) -> N
 
 
 def parse_infer_request(
-    body: bytes, header_length: int | None, model: ModelVersion, max_batch_size: int, max_elements: int = DEFAULT_LIMITS.max_tensor_elements
+    body: bytes,
+    header_length: int | None,
+    model: ModelVersion,
+    max_batch_size: int,
+    max_elements: int = DEFAULT_LIMITS.max_tensor_elements,
 ) -> InferRequest:
     """Decode ``body`` for ``model``; ``header_length`` is Inference-Header-Content-Length, if sent.
     A tensor whose shape holds more than ``max_elements`` elements is refused before any decode."""
-    if header_length is not None:
-        if header_length < 0 or header_length > len(body):
-            raise BadRequest(
-                f"Inference-Header-Content-Length is {header_length} but the body has {len(body)} bytes"
-            )
-        doc = _json(body[:header_length])
-        binary = memoryview(body)[header_length:]
-    else:
-        doc = _json(body)
-        binary = None
-    if type(doc) is not dict:
-        raise BadRequest("the request body must be a JSON object")
+    doc, binary = _document(body, header_length)
     request_id = doc.get("id")
     if request_id is not None and type(request_id) is not str:
         raise BadRequest("'id' must be a string")
@@ -92,92 +85,123 @@ def parse_infer_request(
     items = doc.get("inputs")
     if type(items) is not list or not items:
         raise BadRequest(f"'inputs' must be a non-empty array; model '{model.name}' takes {_names(model.inputs)}")
-
     inputs: dict[str, np.ndarray] = {}
     offset = 0
-    rows = 1
     batch_dims: set[int] = set()
     for item in items:
-        if type(item) is not dict:
-            raise BadRequest("each element of 'inputs' must be a JSON object")
-        name = item.get("name")
-        if type(name) is not str:
-            raise BadRequest("an input has no 'name' string")
-        spec = model.input_index.get(name)
-        if spec is None:
-            raise BadRequest(f"unknown input '{name}'; model '{model.name}' takes {_names(model.inputs)}")
-        if name in inputs:
-            raise BadRequest(f"input '{name}' is given twice")
-        datatype = item.get("datatype")
-        if type(datatype) is not str:
-            raise BadRequest(f"input '{name}': 'datatype' must be a string such as \"{spec.datatype}\"")
-        shape = _shape(item.get("shape"), f"input '{name}'")
-        _check_against(spec, datatype, shape)
-        elements = math.prod(shape)
-        if elements > max_elements:
-            raise PayloadTooLarge(f"input '{name}': shape {list(shape)} has {elements} elements, more than the limit of {max_elements}")
+        name, spec, datatype, shape = _declared_input(item, model, inputs, max_elements)
         if max_batch_size > 0:
             batch_dims.add(shape[0])
             if shape[0] > max_batch_size:
-                raise BadRequest(
-                    f"input '{name}': batch of {shape[0]} exceeds the model's max_batch_size of {max_batch_size}"
-                )
-        size = _parameters(item, f"input '{name}'").get("binary_data_size")
-        try:
-            if size is not None:
-                if type(size) is not int or size < 0:
-                    raise BadRequest(f"input '{name}': binary_data_size must be a non-negative integer")
-                if binary is None:
-                    raise BadRequest(
-                        f"input '{name}' has binary_data_size but the request has no Inference-Header-Content-Length"
-                    )
-                if offset + size > len(binary):
-                    raise BadRequest(
-                        f"input '{name}': binary_data_size {size} runs past the end of the body "
-                        f"({len(binary) - offset} bytes remain)"
-                    )
-                inputs[name] = decode_binary(binary[offset : offset + size], datatype, shape)
-                offset += size
-            else:
-                if "data" not in item:
-                    raise BadRequest(f"input '{name}' has neither 'data' nor a binary_data_size parameter")
-                inputs[name] = decode_json_data(item["data"], datatype, shape)
-            if spec.datatype == "BYTES":
-                inputs[name] = _as_text(inputs[name], name)
-        except CodecError as e:
-            raise BadRequest(f"input '{name}': {e}") from None
+                raise BadRequest(f"input '{name}': batch of {shape[0]} exceeds the model's max_batch_size of {max_batch_size}")
+        inputs[name], offset = _decode_input(item, spec, datatype, shape, binary, offset)
     missing = [s.name for s in model.inputs if s.name not in inputs]
     if missing:
-        raise BadRequest(f"missing input{'s' if len(missing) > 1 else ''} {', '.join(repr(m) for m in missing)}"
-                         f" of model '{model.name}'")
+        raise BadRequest(
+            f"missing input{'s' if len(missing) > 1 else ''} {', '.join(repr(m) for m in missing)} of model '{model.name}'"
+        )
     if binary is not None and offset != len(binary):
         raise BadRequest(
             f"the body has {len(binary) - offset} bytes of binary data that no input's binary_data_size accounts for"
         )
+    rows = 1
     if max_batch_size > 0:
         if len(batch_dims) > 1:
             raise BadRequest(f"inputs disagree on the batch size (first dimension): {sorted(batch_dims)}")
         rows = batch_dims.pop()
+    return InferRequest(request_id, inputs, _requested_outputs(doc, model, params), params or None, rows)
 
+
+def _document(body: bytes, header_length: int | None) -> tuple[dict[str, Any], memoryview | None]:
+    """The JSON document of the request, and the binary tensor data after it (None: all JSON)."""
+    if header_length is not None:
+        if header_length < 0 or header_length > len(body):
+            raise BadRequest(f"Inference-Header-Content-Length is {header_length} but the body has {len(body)} bytes")
+        doc = _json(body[:header_length])
+        binary: memoryview | None = memoryview(body)[header_length:]
+    else:
+        doc = _json(body)
+        binary = None
+    if type(doc) is not dict:
+        raise BadRequest("the request body must be a JSON object")
+    return doc, binary
+
+
+def _declared_input(
+    item: Any, model: ModelVersion, seen: dict[str, np.ndarray], max_elements: int
+) -> tuple[str, TensorSpec, str, tuple[int, ...]]:
+    """One element of 'inputs', checked against the model before any data is decoded."""
+    if type(item) is not dict:
+        raise BadRequest("each element of 'inputs' must be a JSON object")
+    name = item.get("name")
+    if type(name) is not str:
+        raise BadRequest("an input has no 'name' string")
+    spec = model.input_index.get(name)
+    if spec is None:
+        raise BadRequest(f"unknown input '{name}'; model '{model.name}' takes {_names(model.inputs)}")
+    if name in seen:
+        raise BadRequest(f"input '{name}' is given twice")
+    datatype = item.get("datatype")
+    if type(datatype) is not str:
+        raise BadRequest(f"input '{name}': 'datatype' must be a string such as \"{spec.datatype}\"")
+    shape = _shape(item.get("shape"), f"input '{name}'")
+    _check_against(spec, datatype, shape)
+    elements = math.prod(shape)
+    if elements > max_elements:
+        raise PayloadTooLarge(
+            f"input '{name}': shape {list(shape)} has {elements} elements, more than the limit of {max_elements}"
+        )
+    return name, spec, datatype, shape
+
+
+def _decode_input(
+    item: dict[str, Any], spec: TensorSpec, datatype: str, shape: tuple[int, ...], binary: memoryview | None, offset: int
+) -> tuple[np.ndarray, int]:
+    """An input's tensor, from its JSON 'data' or from the binary data at ``offset``; and the
+    offset of the next input's binary data."""
+    name = spec.name
+    size = _parameters(item, f"input '{name}'").get("binary_data_size")
+    try:
+        if size is not None:
+            if type(size) is not int or size < 0:
+                raise BadRequest(f"input '{name}': binary_data_size must be a non-negative integer")
+            if binary is None:
+                raise BadRequest(f"input '{name}' has binary_data_size but the request has no Inference-Header-Content-Length")
+            if offset + size > len(binary):
+                raise BadRequest(
+                    f"input '{name}': binary_data_size {size} runs past the end of the body ({len(binary) - offset} bytes remain)"
+                )
+            array = decode_binary(binary[offset : offset + size], datatype, shape)
+            offset += size
+        else:
+            if "data" not in item:
+                raise BadRequest(f"input '{name}' has neither 'data' nor a binary_data_size parameter")
+            array = decode_json_data(item["data"], datatype, shape)
+        if spec.datatype == "BYTES":
+            array = _as_text(array, name)
+    except CodecError as e:
+        raise BadRequest(f"input '{name}': {e}") from None
+    return array, offset
+
+
+def _requested_outputs(doc: dict[str, Any], model: ModelVersion, params: dict[str, Any]) -> list[tuple[TensorSpec, bool]]:
+    """The outputs to send, each with whether it goes as binary data."""
     default_binary = params.get("binary_data_output") is True
     requested = doc.get("outputs")
-    outputs: list[tuple[TensorSpec, bool]] = []
     if requested is None:
-        outputs = [(s, default_binary) for s in model.outputs]
-    else:
-        if type(requested) is not list:
-            raise BadRequest("'outputs' must be an array")
-        for item in requested:
-            if type(item) is not dict or type(item.get("name")) is not str:
-                raise BadRequest("each element of 'outputs' must be an object with a 'name'")
-            spec = model.output_index.get(item["name"])
-            if spec is None:
-                raise BadRequest(
-                    f"unknown output '{item['name']}'; model '{model.name}' gives {_names(model.outputs)}"
-                )
-            flag = _parameters(item, f"output '{spec.name}'").get("binary_data", default_binary)
-            outputs.append((spec, flag is True))
-    return InferRequest(request_id, inputs, outputs, params or None, rows)
+        return [(s, default_binary) for s in model.outputs]
+    if type(requested) is not list:
+        raise BadRequest("'outputs' must be an array")
+    outputs = []
+    for item in requested:
+        if type(item) is not dict or type(item.get("name")) is not str:
+            raise BadRequest("each element of 'outputs' must be an object with a 'name'")
+        spec = model.output_index.get(item["name"])
+        if spec is None:
+            raise BadRequest(f"unknown output '{item['name']}'; model '{model.name}' gives {_names(model.outputs)}")
+        flag = _parameters(item, f"output '{spec.name}'").get("binary_data", default_binary)
+        outputs.append((spec, flag is True))
+    return outputs
 
 
 def _as_text(array: np.ndarray, name: str) -> np.ndarray:

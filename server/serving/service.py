@@ -6,8 +6,11 @@ import asyncio
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+
+import numpy as np
 
 from lockgate.plugins import PluginManager
 
@@ -71,11 +74,13 @@ class ModelService:
         self.explainer = Explainer(name, registry, set(config.preprocess), explain or ExplainOptions(), self.executor)
         self.config = config
         self.registry = registry
-        self.manager = manager
+        self.manager = manager if manager is not None else PluginManager()  # None: no plugins
+        self._batch_observed = self.manager.has("lockgate_observe_batch")
+        self._serving_checked = self.manager.has("lockgate_check_serving")
         self.default_alias = default_alias
         self.limits = limits  # body and tensor sizes here; the rest is the listener's
         self.served: dict[int, Served] = {}
-        self._loading: dict[int, asyncio.Future] = {}
+        self._loading: dict[int, asyncio.Future[Served]] = {}
         records = registry.versions(name)
         if not records:
             raise ModelLoadError(name, None, "no registered versions")
@@ -85,8 +90,6 @@ class ModelService:
         wanted = set(config.version_policy.select(sorted(self.registered))) | set(self.aliases.values())
         for version in sorted(wanted):
             self.served[version] = self._load(version)
-        self._batch_observed = manager is not None and manager.has("lockgate_observe_batch")
-        self._serving_checked = manager is not None and manager.has("lockgate_check_serving")
         self._blocked_lock = threading.Lock()
         self.blocked: dict[int, str] = {}  # version -> why it may not serve now (serving gatekeepers)
         self.update_blocked()
@@ -101,7 +104,7 @@ class ModelService:
         model = load_version(self.name, version, data, self.config.onnxruntime, record.sha256)
         preprocess = model.preprocess(self.config.preprocess)
         size = self._max_batch_size(model)
-        on_batch = self._on_batch(version, [s.name for s in model.outputs]) if self.manager is not None and self.manager.has("lockgate_observe_batch") else None
+        on_batch = self._on_batch(version, [s.name for s in model.outputs]) if self._batch_observed else None
         batching = self.config.dynamic_batching
         self._check_padding(model, batching)
         assembler = Assembler([s.name for s in model.graph_inputs], preprocess, size, size > 0, batching.padding)
@@ -123,15 +126,35 @@ class ModelService:
                 raise ConfigError(f"padding input '{name}' has no dynamic non-batch dimension ({list(spec.shape)})", source=where)
         unknown = [o for o in batching.padded_outputs if o not in outputs]
         if unknown:
-            raise ConfigError(f"padded_outputs names {', '.join(unknown)}; the model's outputs are {', '.join(sorted(outputs))}", source=where)
+            raise ConfigError(
+                f"padded_outputs names {', '.join(unknown)}; the model's outputs are {', '.join(sorted(outputs))}", source=where
+            )
 
-    def _on_batch(self, version: int, names: list[str]):
+    def _on_batch(
+        self, version: int, names: list[str]
+    ) -> Callable[[int, int, float, float, int, dict[str, np.ndarray], list[np.ndarray]], None]:
         manager = self.manager
 
-        def observe(rows: int, requests: int, queue_s: float, compute_s: float, queued: int, feeds: dict, results: list) -> None:
+        def observe(
+            rows: int,
+            requests: int,
+            queue_s: float,
+            compute_s: float,
+            queued: int,
+            feeds: dict[str, np.ndarray],
+            results: list[np.ndarray],
+        ) -> None:
             manager.observe(
-                "lockgate_observe_batch", model=self.name, version=version, rows=rows, requests=requests, queue_s=queue_s,
-                compute_s=compute_s, queued=queued, inputs=feeds, outputs=dict(zip(names, results)),
+                "lockgate_observe_batch",
+                model=self.name,
+                version=version,
+                rows=rows,
+                requests=requests,
+                queue_s=queue_s,
+                compute_s=compute_s,
+                queued=queued,
+                inputs=feeds,
+                outputs=dict(zip(names, results)),
             )
 
         return observe
@@ -226,7 +249,9 @@ class ModelService:
                 blocked[record.version] = decision.reason or f"version {record.version} may not serve"
         for version in blocked.keys() - self.blocked.keys():
             log.warning("model %s version %s stops serving: %s", self.name, version, blocked[version])
-            self.manager.audit("serving_stopped", "lockgate", model=self.name, version=version, detail={"reason": blocked[version]})
+            self.manager.audit(
+                "serving_stopped", "lockgate", model=self.name, version=version, detail={"reason": blocked[version]}
+            )
         for version in self.blocked.keys() - blocked.keys():
             self.manager.audit("serving_resumed", "lockgate", model=self.name, version=version)
         self.blocked, self.aliases = blocked, aliases
@@ -256,9 +281,13 @@ class ModelService:
         meta["max_batch_size"] = served.max_batch_size
         return meta
 
-    async def infer(self, served: Served, body: bytes, header_length: bytes | None) -> tuple[bytes, list, InferRequest]:
+    async def infer(
+        self, served: Served, body: bytes, header_length: bytes | None
+    ) -> tuple[bytes, list[tuple[bytes, bytes]], InferRequest]:
         served.batcher.check_room()
-        request = parse_infer_request(body, json_length(header_length), served.model, served.max_batch_size, self.limits.max_tensor_elements)
+        request = parse_infer_request(
+            body, json_length(header_length), served.model, served.max_batch_size, self.limits.max_tensor_elements
+        )
         timeout = None
         if request.parameters and "timeout" in request.parameters:
             timeout = request.parameters["timeout"]
@@ -282,4 +311,3 @@ class ModelService:
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
-

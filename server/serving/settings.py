@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -26,7 +27,7 @@ def _names(value: str | None) -> tuple[str, ...] | None:
     return tuple(n.strip() for n in value.split(",") if n.strip())
 
 
-def load_options(path: str, *, explicit: bool) -> dict:
+def load_options(path: str, *, explicit: bool) -> dict[str, dict[str, Any]]:
     """The plugin sections of a YAML configuration file: ``{plugin name: {option: value}}``.
 
     A missing default file means no options; a missing file that was named explicitly, or a
@@ -43,7 +44,9 @@ def load_options(path: str, *, explicit: bool) -> dict:
     except yaml.YAMLError as e:
         raise ConfigError(f"not valid YAML: {e}", source=str(file)) from None
     if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
-        raise ConfigError("expected a mapping of plugin name -> mapping of options (for example 'audit: {mode: sync}')", source=str(file))
+        raise ConfigError(
+            "expected a mapping of plugin name -> mapping of options (for example 'audit: {mode: sync}')", source=str(file)
+        )
     return {str(k): dict(v) for k, v in data.items()}
 
 
@@ -84,7 +87,7 @@ class LockgateSettings:
     plugins_block: tuple[str, ...] = ()
     alias_poll_s: float = 1.0
     replica_listener: bool = True
-    options: dict = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, **overrides: object) -> LockgateSettings:
@@ -101,7 +104,7 @@ class LockgateSettings:
             replica_listener=env.get("LOCKGATE_REPLICA_LISTENER", "1") != "0",
             options=load_options(env.get("LOCKGATE_CONFIG") or f"{home}/lockgate.yaml", explicit="LOCKGATE_CONFIG" in env),
         )
-        return replace(base, **{k: v for k, v in overrides.items() if v is not None})
+        return replace(base, **{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]
 
     @property
     def metrics_dir(self) -> str:

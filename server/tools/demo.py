@@ -20,7 +20,17 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import require_extra
 
-__all__ = ["DEMO_MODELS", "IDENTITY_TYPES", "IMAGE_SCALE", "IMAGE_SHIFT", "IMAGE_SIZE", "build_cnn", "build_identity", "build_mlp", "write_demo_repository"]
+__all__ = [
+    "DEMO_MODELS",
+    "IDENTITY_TYPES",
+    "IMAGE_SCALE",
+    "IMAGE_SHIFT",
+    "IMAGE_SIZE",
+    "build_cnn",
+    "build_identity",
+    "build_mlp",
+    "write_demo_repository",
+]
 
 OPSET = 17
 
@@ -92,7 +102,10 @@ def build_cnn(seed: int = 0, size: int | None = None) -> onnx.ModelProto:
 
     inits, nodes, current = [], [], "image"
     for i, (cin, cout, stride) in enumerate(((3, 32, 1), (32, 64, 2), (64, 64, 2))):
-        inits += [numpy_helper.from_array(weights(cout, cin, 3, 3), f"c{i}w"), numpy_helper.from_array(np.zeros(cout, np.float32), f"c{i}b")]
+        inits += [
+            numpy_helper.from_array(weights(cout, cin, 3, 3), f"c{i}w"),
+            numpy_helper.from_array(np.zeros(cout, np.float32), f"c{i}b"),
+        ]
         nodes += [
             helper.make_node("Conv", [current, f"c{i}w", f"c{i}b"], [f"c{i}"], pads=[1, 1, 1, 1], strides=[stride, stride]),
             helper.make_node("Relu", [f"c{i}"], [f"r{i}"]),

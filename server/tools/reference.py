@@ -11,8 +11,8 @@ that the baseline also holds the distribution of its predicted classes.
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,7 +29,9 @@ REFERENCE_FILES = ("reference.npy", "reference.npz", "reference.csv", "reference
 def _one_input(inputs: list[dict[str, Any]], path: Path, what: str) -> dict[str, Any]:
     if len(inputs) != 1:
         names = ", ".join(i["name"] for i in inputs)
-        raise ConfigError(f"{what} gives one array, but the model has inputs {names}; use an .npz with one array per input", source=str(path))
+        raise ConfigError(
+            f"{what} gives one array, but the model has inputs {names}; use an .npz with one array per input", source=str(path)
+        )
     return inputs[0]
 
 
@@ -74,7 +76,8 @@ def read_reference(path: str | Path, signature: dict[str, Any]) -> dict[str, np.
     missing = sorted(set(by_name) - set(arrays))
     if unknown or missing:
         raise ConfigError(
-            f"the sample's arrays ({', '.join(sorted(arrays))}) must be the model's inputs ({', '.join(by_name)})", source=str(path)
+            f"the sample's arrays ({', '.join(sorted(arrays))}) must be the model's inputs ({', '.join(by_name)})",
+            source=str(path),
         )
     rows = {a.shape[0] if a.ndim else 0 for a in arrays.values()}
     if len(rows) != 1 or 0 in rows:
@@ -86,12 +89,16 @@ def read_reference(path: str | Path, signature: dict[str, Any]) -> dict[str, np.
         array = arrays[name][keep]
         shape = spec["shape"]
         if len(shape) != array.ndim or any(d != -1 and d != a for d, a in zip(shape[1:], array.shape[1:])):
-            raise ConfigError(f"input '{name}' has shape {list(shape)} in the model; the sample's is {list(array.shape)}", source=str(path))
+            raise ConfigError(
+                f"input '{name}' has shape {list(shape)} in the model; the sample's is {list(array.shape)}", source=str(path)
+            )
         dtype = DATATYPES.get(spec["datatype"])
         if dtype is None or dtype.name == "BYTES":
             raise ConfigError(f"input '{name}' is {spec['datatype']}: not supported in a reference sample", source=str(path))
         try:
-            out[name] = np.ascontiguousarray(array.astype(dtype.dtype, casting="same_kind" if array.dtype.kind == dtype.dtype.kind else "unsafe"))
+            out[name] = np.ascontiguousarray(
+                array.astype(dtype.dtype, casting="same_kind" if array.dtype.kind == dtype.dtype.kind else "unsafe")
+            )
         except TypeError as e:
             raise ConfigError(f"input '{name}': {e}", source=str(path)) from None
     return out

@@ -15,9 +15,9 @@ import io
 import math
 import time
 from collections import defaultdict
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -109,7 +109,9 @@ def gather(manager: Any, since: float, until: float | None = None, models: list[
     for record in records("infer"):
         if record.get("model") in names:
             detail = record.get("detail", {})
-            rows[record["model"]].append((record["at"], int(detail.get("status", 0)), float(detail.get("latency_ms", 0.0)), record.get("version") or 0))
+            rows[record["model"]].append(
+                (record["at"], int(detail.get("status", 0)), float(detail.get("latency_ms", 0.0)), record.get("version") or 0)
+            )
     crossings = [dict(r) for kind in ("drift_detected", "drift_cleared") for r in records(kind)]
     for record in sorted(crossings, key=lambda r: r["seq"]):
         if record.get("model") in names:
@@ -154,15 +156,37 @@ def _row(m: ModelReport) -> list[str]:
     met = {None: "-", True: "met", False: "MISSED"}[m.latency_met]
     lead = np.median([s for _, s in m.lead_times_s]) if m.lead_times_s else None
     return [
-        m.name, str(m.requests), _ms(m.percentile(50)), _ms(m.percentile(95)), _ms(m.percentile(99)),
-        f"p{m.slo.latency_percentile:g}<={m.slo.latency_ms:g}ms {met}", f"{100 * m.error_rate:.3f}%", f"{100 * m.availability:.3f}%",
-        f"{100 * m.budget_used:.0f}%", "DRIFT" if m.drifting else ("ok" if m.drift else "-"),
-        ",".join(str(v) for v in sorted(m.versions)) or "-", "-" if lead is None else _duration(float(lead)),
+        m.name,
+        str(m.requests),
+        _ms(m.percentile(50)),
+        _ms(m.percentile(95)),
+        _ms(m.percentile(99)),
+        f"p{m.slo.latency_percentile:g}<={m.slo.latency_ms:g}ms {met}",
+        f"{100 * m.error_rate:.3f}%",
+        f"{100 * m.availability:.3f}%",
+        f"{100 * m.budget_used:.0f}%",
+        "DRIFT" if m.drifting else ("ok" if m.drift else "-"),
+        ",".join(str(v) for v in sorted(m.versions)) or "-",
+        "-" if lead is None else _duration(float(lead)),
         ",".join(map(str, m.pending)) or "-",
     ]
 
 
-HEADER = ["model", "requests", "p50 ms", "p95 ms", "p99 ms", "latency SLO", "errors", "availability", "budget", "drift", "versions", "lead time", "pending"]
+HEADER = [
+    "model",
+    "requests",
+    "p50 ms",
+    "p95 ms",
+    "p99 ms",
+    "latency SLO",
+    "errors",
+    "availability",
+    "budget",
+    "drift",
+    "versions",
+    "lead time",
+    "pending",
+]
 
 
 def render_text(report: Report) -> str:
@@ -193,7 +217,9 @@ def _series(m: ModelReport, since: float, until: float) -> dict[str, np.ndarray]
     # error budget spent, cumulative over the period, in % of what the objectives allow
     bad = np.isin(m.status, _FAILED).astype(float) / max(m.slo.error_rate, 1e-12)
     refused = (m.status == 503).astype(float) / max(1.0 - m.slo.availability, 1e-12)
-    burn = np.maximum(np.cumsum(bad), np.cumsum(refused)) / np.arange(1, m.status.size + 1) * 100 if m.status.size else np.array([])
+    burn = (
+        np.maximum(np.cumsum(bad), np.cumsum(refused)) / np.arange(1, m.status.size + 1) * 100 if m.status.size else np.array([])
+    )
     return {"t": edges[:-1], "traffic": traffic, **{f"p{q}": v for q, v in pct.items()}, "errors": errors, "burn": burn}
 
 
@@ -242,7 +268,9 @@ def render_html(report: Report) -> str:
     for m in report.models:
         body.append(f"<section class='model' id='model-{e(m.name)}'><h2>{e(m.name)}</h2>")
         if m.requests:
-            body.append(f"<img class='plot' alt='{e(m.name)} traffic, latency, errors, budget' src='data:image/png;base64,{_plot(m, report.since, report.until)}'>")
+            body.append(
+                f"<img class='plot' alt='{e(m.name)} traffic, latency, errors, budget' src='data:image/png;base64,{_plot(m, report.since, report.until)}'>"
+            )
         else:
             body.append("<p>no requests in this period</p>")
         aliases = ", ".join(f"{a} -> {v}" for a, v in sorted(m.aliases.items())) or "none"
@@ -250,7 +278,8 @@ def render_html(report: Report) -> str:
         body.append(f"<p>aliases now: {e(aliases)}; served: {e(served)}</p>")
         if m.drift:
             items = "".join(
-                f"<li>{e(_iso(d['at']))} {e(d['kind'])} version {d.get('version')}: max PSI {d['detail'].get('max_psi')}</li>" for d in m.drift
+                f"<li>{e(_iso(d['at']))} {e(d['kind'])} version {d.get('version')}: max PSI {d['detail'].get('max_psi')}</li>"
+                for d in m.drift
             )
             body.append(f"<h3>drift</h3><ul>{items}</ul>")
         if m.lead_times_s:

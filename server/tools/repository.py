@@ -50,7 +50,9 @@ def _entry(model_dir: Path) -> ModelEntry:
         if child.is_dir() and child.name.isdigit() and int(child.name) > 0 and (child / MODEL_FILE).is_file():
             available[int(child.name)] = child / MODEL_FILE
     if not available:
-        raise ConfigError(f"model {name!r} has no version folder with a {MODEL_FILE} (expected {name}/1/{MODEL_FILE})", source=str(model_dir))
+        raise ConfigError(
+            f"model {name!r} has no version folder with a {MODEL_FILE} (expected {name}/1/{MODEL_FILE})", source=str(model_dir)
+        )
     chosen = config.version_policy.select(list(available))
     if not chosen:
         raise ConfigError(
@@ -94,7 +96,11 @@ def import_repository(
         before = {v.version: v.sha256 for v in registry.versions(entry.name)}  # one query per model
         for version in sorted(entry.files):
             record = registry.register(
-                entry.files[version], entry.name, created_by=actor, version=version, config=config,
+                entry.files[version],
+                entry.name,
+                created_by=actor,
+                version=version,
+                config=config,
                 lineage={"source": str(entry.files[version].resolve())},
             )
             done.append((entry.name, record.version, before.get(version) != record.sha256))

@@ -27,11 +27,11 @@ with atheris.instrument_imports(include=["lockgate"]):
     from lockgate.fastpath._common import CodecError
     from lockgate.plugins.registry import Registry
     from lockgate.server.serving.config import ModelConfig
-    from lockgate.server.tools.demo import write_demo_repository
-    from lockgate.server.serving.model_app import ModelApp
-    from lockgate.server.serving.service import ModelService
     from lockgate.server.serving.limits import LimitOptions
     from lockgate.server.serving.listener import FastServer, _Protocol
+    from lockgate.server.serving.model_app import ModelApp
+    from lockgate.server.serving.service import ModelService
+    from lockgate.server.tools.demo import write_demo_repository
     from lockgate.server.tools.repository import import_repository
 
 IRIS = b'{"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [5.1, 3.5, 1.4, 0.2]}]}'
@@ -47,7 +47,7 @@ SEEDS = [
     http(BINARY + b"\x00" * 16, b"inference-header-content-length: %d\r\n" % len(BINARY)),
     b"GET /v2/models/iris HTTP/1.1\r\nhost: x\r\n\r\n",
     b"GET /v2/models/iris/versions/1/ready HTTP/1.1\r\n\r\n",
-    b"POST /v2/models/iris/infer HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n5\r\n{\"inp\r\n0\r\n\r\n",
+    b'POST /v2/models/iris/infer HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n5\r\n{"inp\r\n0\r\n\r\n',
     http(b'{"inputs": [{"name": "input", "datatype": "BYTES", "shape": [2], "data": ["a", [1]]}]}'),
     http(IRIS) + http(IRIS, b"connection: close\r\n"),
 ]
@@ -124,7 +124,9 @@ class Harness:
         write_demo_repository(root / "repo", ["iris"])
         registry = Registry(f"sqlite:///{root}/registry.db", root / "artifacts")
         import_repository(root / "repo", registry, actor="fuzzer")
-        self.service = ModelService("iris", ModelConfig.model_validate(registry.model_config("iris")), registry, limits=LimitOptions(max_body_bytes=65536))
+        self.service = ModelService(
+            "iris", ModelConfig.model_validate(registry.model_config("iris")), registry, limits=LimitOptions(max_body_bytes=65536)
+        )
         limits = LimitOptions(max_body_bytes=65536, max_header_bytes=8192, max_tensor_elements=4096)
         self.server = FastServer(ModelApp(self.service), fallback, "/v2/models/iris", limits)
         self.loop = asyncio.new_event_loop()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 import os
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -20,7 +22,7 @@ def free_port() -> int:
     """A port free now that this process never handed out before, from 20000-27999: outside the
     kernel's ephemeral range (32768-60999, where port 0 lands and Ray's processes bind), Ray's
     worker ports (10002-19999) and Serve's direct-ingress replica ports (30000-31000), also once
-    a server adds 500 and 1500 for its fallback proxy (runtime.fallback_proxy_ports). A port
+    a server adds 500 and 1500 for its fallback proxy (serve_compat.fallback_proxy_ports). A port
     from port 0 was once taken by a Ray process before HAProxy bound it, and random picks can
     repeat a port whose server is still stopping; a counter does neither."""
     for port in _ports:
@@ -38,6 +40,20 @@ def free_port() -> int:
 def isolated_haproxy_env() -> dict[str, str]:
     """HAProxy's stats and metrics listeners on free ports, so runs do not collide."""
     return {"RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()), "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port())}
+
+
+def plugin_env(site: Path, **extra: str) -> dict[str, str]:
+    """The environment of a `lockgate` process that also finds the plugins installed in ``site``,
+    with HAProxy's side listeners on free ports."""
+    path = os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])
+    return {**os.environ, **isolated_haproxy_env(), "PYTHONPATH": path, **extra}
+
+
+def lockgate(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
+    """A `lockgate ARGS` process (a server, say) with ``env``, its output in one text pipe."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "lockgate.server.cli", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def wait_ready(base: str, proc=None, timeout: float = 180) -> None:
@@ -99,10 +115,10 @@ def server(demo_repo: Path, settings, manager, registry):
     fixture. They once had to: Serve's fallback proxy bound fixed ports (8500, 9500) with
     SO_REUSEPORT, so a `lockgate serve` started while this session served had requests
     answered by this session's replicas. Each server now has its own pair
-    (runtime.fallback_proxy_ports); running this session first passes too."""
+    (serve_compat.fallback_proxy_ports); running this session first passes too."""
+    from lockgate.server.hosting.runtime import Runtime
     from lockgate.server.serving.config import ModelConfig
     from lockgate.server.tools.repository import import_repository
-    from lockgate.server.hosting.runtime import Runtime
 
     os.environ.update(isolated_haproxy_env())
     # A short client timeout and request deadline, so that test_reliability sees HAProxy drop a

@@ -156,12 +156,14 @@ def test_a_changed_artifact_refuses_to_load_names_the_model_and_is_recorded(tmp_
     env = {"LOCKGATE_HOME": str(home)}
     proc = subprocess.Popen(
         [*LOCKGATE, "serve", "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
         env={**os.environ, **isolated_haproxy_env(), **env},
     )
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 2, out
-    assert "model iris failed to load" in out and "changed" in out, out
+    assert "model iris version 1 failed to load" in out and "changed" in out, out
     refused = registry.events(name="iris", kind="load_refused")
     assert refused and refused[-1]["detail"]["sha256"] == registry.get_version("iris", 1).sha256
     assert port_is_free(port) and ours(port) == []

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from .conftest import free_port, isolated_haproxy_env, wait_ready
+from .conftest import free_port, lockgate, plugin_env, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "lockgate-plugin-example"
@@ -24,7 +23,18 @@ def plugin_site(tmp_path_factory):
     """The example installed with pip into a folder of its own (the test venv stays as it is)."""
     site = tmp_path_factory.mktemp("site")
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--target", str(site), str(EXAMPLE)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(site),
+            str(EXAMPLE),
+        ],
         check=True,
         timeout=300,
     )
@@ -38,23 +48,20 @@ def test_example_plugin_hooks_run_in_a_live_server(plugin_site, tmp_path):
 
     write_demo_repository(tmp_path / "repo", ["iris", "digits"])
     log = tmp_path / "requests.jsonl"
-    env = {
-        **os.environ,
-        **isolated_haproxy_env(),
-        "PYTHONPATH": os.pathsep.join([str(plugin_site), os.environ.get("PYTHONPATH", "")]),
-        "LOCKGATE_EXAMPLE_LOG": str(log),
-        "LOCKGATE_EXAMPLE_DENY_MODELS": "digits",
-        "LOCKGATE_HOME": str(tmp_path / "home"),
-        "PYTHONUNBUFFERED": "1",
-    }
-    listed = subprocess.run([sys.executable, "-m", "lockgate.server.cli", "plugins", "list"], env=env, capture_output=True, text=True, timeout=60)
+    env = plugin_env(
+        plugin_site,
+        LOCKGATE_EXAMPLE_LOG=str(log),
+        LOCKGATE_EXAMPLE_DENY_MODELS="digits",
+        LOCKGATE_HOME=str(tmp_path / "home"),
+        PYTHONUNBUFFERED="1",
+    )
+    listed = subprocess.run(
+        [sys.executable, "-m", "lockgate.server.cli", "plugins", "list"], env=env, capture_output=True, text=True, timeout=60
+    )
     assert "request-log" in listed.stdout and "loaded" in listed.stdout, listed.stdout
 
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "lockgate.server.cli", "serve", "--model-repository", str(tmp_path / "repo"), "--port", str(port)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+    proc = lockgate("serve", "--model-repository", str(tmp_path / "repo"), "--port", str(port), env=env)
     try:
         base = f"http://127.0.0.1:{port}"
         wait_ready(base, proc)
@@ -79,7 +86,9 @@ def test_example_plugin_hooks_run_in_a_live_server(plugin_site, tmp_path):
         proc.communicate(timeout=120)
     inference = [r for r in records if r["record"] == "inference"]
     assert [(r["client_id"], r["status"], r["model"], r["version"]) for r in inference] == [
-        ("ex-1", 200, "iris", 1), (None, 400, "iris", 1), (None, 403, "digits", None)
+        ("ex-1", 200, "iris", 1),
+        (None, 400, "iris", 1),
+        (None, 403, "digits", None),
     ]
     assert all(len(r["request_id"]) == 24 for r in inference)
     assert "unknown input 'nope'" in inference[1]["error"]

@@ -69,13 +69,20 @@ def gov(tmp_path_factory):
     g.cli("models", "import-repo", str(g.repo), actor="alice")  # open mode: approved on import, recorded
     g.keys["admin"] = g.cli("keys", "create", "--principal", "root", "--role", "admin", actor="ops").stdout.strip()
     for name, roles, models in [
-        ("app", ["invoker"], "iris"), ("viewer", ["viewer"], "*"), ("alice", ["deployer", "approver"], "*"), ("bob", ["approver"], "*"),
+        ("app", ["invoker"], "iris"),
+        ("viewer", ["viewer"], "*"),
+        ("alice", ["deployer", "approver"], "*"),
+        ("bob", ["approver"], "*"),
     ]:
-        g.keys[name] = g.cli("keys", "create", "--principal", name, *[f"--role={r}" for r in roles], "--models", models, key="admin").stdout.strip()
+        g.keys[name] = g.cli(
+            "keys", "create", "--principal", name, *[f"--role={r}" for r in roles], "--models", models, key="admin"
+        ).stdout.strip()
     port = free_port()
     g.log = root / "server.log"
     with open(g.log, "w") as log:
-        proc = subprocess.Popen([*LOCKGATE, "serve", "--port", str(port)], env=g.env, stdout=log, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(
+            [*LOCKGATE, "serve", "--port", str(port)], env=g.env, stdout=log, stderr=subprocess.STDOUT, text=True
+        )
     g.base, g.port = f"http://127.0.0.1:{port}", port
     try:
         wait_ready(g.base, proc)
@@ -90,7 +97,9 @@ def test_callers_get_401_403_or_an_answer_with_oip_error_bodies(gov):
     missing = gov.infer(None)
     assert missing.status_code == 401 and missing.json() == {"error": "missing 'Authorization: Bearer <API key>' header"}
     assert missing.headers["WWW-Authenticate"].startswith("Bearer")
-    forged = requests.post(f"{gov.base}/v2/models/iris/infer", json=IRIS, headers={"Authorization": "Bearer lg_0011223344556677_x"}, timeout=10)
+    forged = requests.post(
+        f"{gov.base}/v2/models/iris/infer", json=IRIS, headers={"Authorization": "Bearer lg_0011223344556677_x"}, timeout=10
+    )
     assert forged.status_code == 401 and forged.json() == {"error": "invalid API key"}
     other = gov.infer("app", "digits", DIGITS)
     assert other.status_code == 403 and other.json() == {"error": "'app' is not granted model 'digits'"}
@@ -161,11 +170,22 @@ def test_a_revoked_key_stops_working_within_the_bound(gov):
 
 def test_four_eyes_then_a_revoked_version_stops_serving_within_the_bound(gov):
     v1 = gov.infer("app").json()
-    gov.cli("models", "register", str(gov.repo / "iris" / "1" / "model.onnx"), "--name", "iris", "--training-data", "s3://iris.csv", key="alice")
+    gov.cli(
+        "models",
+        "register",
+        str(gov.repo / "iris" / "1" / "model.onnx"),
+        "--name",
+        "iris",
+        "--training-data",
+        "s3://iris.csv",
+        key="alice",
+    )
     refused = gov.cli("models", "alias", "set", "iris", "production", "2", key="alice", ok=False)
     assert refused.returncode == 4 and "protected alias and version 2 is pending" in refused.stderr
     self_approval = gov.cli("models", "approve", "iris", "2", key="alice", ok=False)
-    assert self_approval.returncode == 4 and "'alice' registered version 2 of 'iris' and cannot approve it" in self_approval.stderr
+    assert (
+        self_approval.returncode == 4 and "'alice' registered version 2 of 'iris' and cannot approve it" in self_approval.stderr
+    )
     gov.cli("models", "approve", "iris", "2", "--reason", "validated", key="bob")
     gov.cli("models", "alias", "set", "iris", "production", "2", key="alice")
     wait_until(lambda: gov.infer("app").json().get("model_version") == "2")
@@ -177,7 +197,9 @@ def test_four_eyes_then_a_revoked_version_stops_serving_within_the_bound(gov):
     print(f"revoked version refused after {took:.2f} s")
     assert took <= BOUND_S
     stopped = gov.infer("app")
-    assert stopped.json() == {"error": "model 'iris' version 2 is not served: version 2 of 'iris' was revoked by bob: drift found"}
+    assert stopped.json() == {
+        "error": "model 'iris' version 2 is not served: version 2 of 'iris' was revoked by bob: drift found"
+    }
     gov.cli("models", "alias", "set", "iris", "production", "1", key="alice")
     wait_until(lambda: gov.infer("app").status_code == 200)
     assert gov.infer("app").json()["outputs"] == v1["outputs"]
@@ -227,7 +249,9 @@ def test_sync_audit_under_load_one_record_per_response_no_gap_no_duplicate(gov):
     started = time.time()
     ids, failed = asyncio.run(_load(gov.base, gov.keys["app"], 64, 60.0))
     assert failed == 0 and len(ids) > 1000 and len(set(ids)) == len(ids)
-    export = gov.cli("audit", "export", "--kind", "infer", "--since", time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(started - 1)), key="admin")
+    export = gov.cli(
+        "audit", "export", "--kind", "infer", "--since", time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(started - 1)), key="admin"
+    )
     records = [json.loads(x) for x in export.stdout.splitlines()]
     wanted = set(ids)
     ours = [r for r in records if r.get("request_id") in wanted]
@@ -240,6 +264,7 @@ def test_sync_audit_under_load_one_record_per_response_no_gap_no_duplicate(gov):
 
 
 # -- attacks: what a caller without the right key tries ------------------------------------------
+
 
 def raw(port: int, method: str, path: str, headers: list[tuple[str, str]], body: bytes = b"") -> tuple[int, bytes]:
     """One request exactly as written (no client normalises the path or merges headers)."""
@@ -262,14 +287,29 @@ def test_path_tricks_do_not_reach_a_model_the_key_is_not_granted(gov):
     key = [("authorization", f"Bearer {gov.keys['app']}")]
     body = json.dumps(DIGITS).encode()
     paths = [
-        "/v2/models/digits/infer", "/v2/models/iris/../digits/infer", "/v2/models/iris/%2e%2e/digits/infer",
-        "/v2/models/iris%2F..%2Fdigits/infer", "/v2/models/iris%2fdigits/infer", "/v2/models/digits%2Finfer",
-        "//v2/models/digits/infer", "/v2/models//digits/infer", "/v2//models/digits/infer", "/v2/models/./digits/infer",
-        "/v2/models/DIGITS/infer", "/v2/models/digits/infer?model=iris", "/v2/models/digits;iris/infer",
-        "/v2/models/iris/versions/1/../../../digits/infer", "/v2/models/iris/versions/1%2F..%2F..%2Fdigits/infer",
-        "/v2/models/iris/versions/..%2f..%2fdigits/infer", "/v2/models/digits/versions/1/infer",
-        "/v2/models/digits%00/infer", "/v2/models/digits/infer#iris", "/V2/models/digits/infer",
-        "/v2/models/iris\\..\\digits/infer", "/v2/models/digits%20/infer", "/v2/models/%64igits/infer",
+        "/v2/models/digits/infer",
+        "/v2/models/iris/../digits/infer",
+        "/v2/models/iris/%2e%2e/digits/infer",
+        "/v2/models/iris%2F..%2Fdigits/infer",
+        "/v2/models/iris%2fdigits/infer",
+        "/v2/models/digits%2Finfer",
+        "//v2/models/digits/infer",
+        "/v2/models//digits/infer",
+        "/v2//models/digits/infer",
+        "/v2/models/./digits/infer",
+        "/v2/models/DIGITS/infer",
+        "/v2/models/digits/infer?model=iris",
+        "/v2/models/digits;iris/infer",
+        "/v2/models/iris/versions/1/../../../digits/infer",
+        "/v2/models/iris/versions/1%2F..%2F..%2Fdigits/infer",
+        "/v2/models/iris/versions/..%2f..%2fdigits/infer",
+        "/v2/models/digits/versions/1/infer",
+        "/v2/models/digits%00/infer",
+        "/v2/models/digits/infer#iris",
+        "/V2/models/digits/infer",
+        "/v2/models/iris\\..\\digits/infer",
+        "/v2/models/digits%20/infer",
+        "/v2/models/%64igits/infer",
     ]
     seen = {}
     for path in paths:
@@ -318,10 +358,16 @@ def test_header_tricks_and_oversized_tokens_are_refused(gov):
 
 def test_one_models_key_does_not_open_another_or_the_control_routes(gov):
     app = gov.headers("app")  # invoker of iris only
-    for method, path in [("POST", "/v2/models/digits/infer"), ("POST", "/v2/models/digits/explain"),
-                         ("GET", "/v2/models/digits"), ("GET", "/v2/models/digits/ready"),
-                         ("POST", "/v2/repository/models/digits/load"), ("POST", "/v2/repository/models/iris/unload"),
-                         ("GET", "/metrics"), ("GET", "/v2/sbom")]:
+    for method, path in [
+        ("POST", "/v2/models/digits/infer"),
+        ("POST", "/v2/models/digits/explain"),
+        ("GET", "/v2/models/digits"),
+        ("GET", "/v2/models/digits/ready"),
+        ("POST", "/v2/repository/models/digits/load"),
+        ("POST", "/v2/repository/models/iris/unload"),
+        ("GET", "/metrics"),
+        ("GET", "/v2/sbom"),
+    ]:
         r = requests.request(method, gov.base + path, json=DIGITS, headers=app, timeout=10)
         assert r.status_code in (403, 404), (method, path, r.status_code, r.text)
     # the repository index lists only what the key may see
@@ -336,7 +382,9 @@ def test_keys_never_appear_in_logs_audit_records_or_the_databases(gov):
     # a failed and a successful use of every key, so each has had a chance to be logged
     for name in list(gov.keys):
         gov.infer(name)
-        raw(gov.port, "POST", "/v2/models/iris/infer", [("authorization", f"Bearer {gov.keys[name]}x")], json.dumps(IRIS).encode())
+        raw(
+            gov.port, "POST", "/v2/models/iris/infer", [("authorization", f"Bearer {gov.keys[name]}x")], json.dumps(IRIS).encode()
+        )
     secrets_ = {name: key.split("_", 2)[2] for name, key in gov.keys.items()}
     places = [gov.log, *gov.home.rglob("*")]
     ray_logs = Path(os.environ.get("RAY_TMPDIR", "/tmp/ray"))
@@ -366,7 +414,14 @@ def listening() -> list[tuple[str, int]]:
             local, state = line.split()[1], line.split()[3]
             if state == "0A":
                 addr, port = local.split(":")
-                found.append(("any" if set(addr) == {"0"} else ("127.0.0.1" if addr in ("0100007F", "00000000000000000000000001000000") else addr), int(port, 16)))
+                found.append(
+                    (
+                        "any"
+                        if set(addr) == {"0"}
+                        else ("127.0.0.1" if addr in ("0100007F", "00000000000000000000000001000000") else addr),
+                        int(port, 16),
+                    )
+                )
     return found
 
 

@@ -89,13 +89,31 @@ def test_wrong_method_is_405(server):
 
 
 def test_a_client_mistake_never_takes_the_replica_down(server):
-    junk = [b"", b"null", b"\x00\xff" * 100, b'{"inputs": {}}', b'{"inputs": [null]}', b'{"inputs":[{"name":"input","datatype":"FP32","shape":[-1,4],"data":[]}]}']
+    junk = [
+        b"",
+        b"null",
+        b"\x00\xff" * 100,
+        b'{"inputs": {}}',
+        b'{"inputs": [null]}',
+        b'{"inputs":[{"name":"input","datatype":"FP32","shape":[-1,4],"data":[]}]}',
+    ]
     for raw in junk:
         r = infer(server, raw=raw)
         assert 400 <= r.status_code < 500, (raw, r.status_code, r.text)
     assert infer(server, IRIS).status_code == 200
 
 
-@pytest.mark.parametrize("path", ["/v2/health/live", "/v2/health/ready", "/v2", "/v2/models/iris", "/v2/models/iris/ready", "/v2/models/iris/versions/1", "/v2/models/iris/versions/1/ready"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v2/health/live",
+        "/v2/health/ready",
+        "/v2",
+        "/v2/models/iris",
+        "/v2/models/iris/ready",
+        "/v2/models/iris/versions/1",
+        "/v2/models/iris/versions/1/ready",
+    ],
+)
 def test_read_routes(server, path):
     assert requests.get(server + path, timeout=5).status_code == 200

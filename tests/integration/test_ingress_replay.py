@@ -1,6 +1,6 @@
 """The ingress's answer when a replica dies holding a request, with HAProxy's config as Serve writes it.
 
-Serve renders its HAProxy config from lockgate's ingress settings (server/runtime.py INGRESS_ENV);
+Serve renders its HAProxy config from lockgate's ingress settings (server/hosting/serve_compat.py INGRESS_ENV);
 this test renders that config with Serve's own generator, runs the HAProxy Serve ships, and puts
 three stand-in replicas behind it: two answer, one reads each inference request in full and closes
 its connection without answering (what a replica killed mid-request does). Every client request,
@@ -73,8 +73,10 @@ class Replica:
                         buf += data
                     head, buf = buf.split(b"\r\n\r\n", 1)
                     lines = head.split(b"\r\n")
-                    length = next((int(v) for k, _, v in (h.partition(b":") for h in lines[1:])
-                                   if k.strip().lower() == b"content-length"), 0)
+                    length = next(
+                        (int(v) for k, _, v in (h.partition(b":") for h in lines[1:]) if k.strip().lower() == b"content-length"),
+                        0,
+                    )
                     while len(buf) < length:
                         data = conn.recv(65536)
                         if not data:
@@ -85,8 +87,10 @@ class Replica:
                         self.inferences += 1
                         if self.dying:
                             return  # closes: the request was read, no answer will come
-                    conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
-                                 b"content-length: %d\r\n\r\n%s" % (len(ANSWER), ANSWER))
+                    conn.sendall(
+                        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                        b"content-length: %d\r\n\r\n%s" % (len(ANSWER), ANSWER)
+                    )
                 except OSError:
                     return
 
@@ -112,7 +116,9 @@ def serve_config(tmp: Path, port: int, replicas: list[Replica], retry_on: str) -
         has_received_servers=True,
     )
     backend = haproxy_mod.BackendConfig(
-        name="m", path_prefix=ROUTE, app_name="m",
+        name="m",
+        path_prefix=ROUTE,
+        app_name="m",
         servers=[haproxy_mod.ServerConfig(name=f"r{i}", host="127.0.0.1", port=r.port) for i, r in enumerate(replicas)],
     )
     path = tmp / "haproxy.cfg"
@@ -193,8 +199,12 @@ def test_without_the_replay_settings_the_dying_replica_is_seen(tmp_path):
     assert failed, seen
     # HAProxy's own 502, rewritten to 500 by Serve's error file, or, on a kept-alive connection,
     # the connection closed without an answer
-    assert set(failed) <= {("first", 500), ("kept-alive", 500), ("kept-alive", "RemoteDisconnected"), ("kept-alive", "ConnectionResetError")}, failed
-
+    assert set(failed) <= {
+        ("first", 500),
+        ("kept-alive", 500),
+        ("kept-alive", "RemoteDisconnected"),
+        ("kept-alive", "ConnectionResetError"),
+    }, failed
 
 
 def test_a_request_larger_than_haproxys_buffer_is_not_replayed(tmp_path):

@@ -52,7 +52,9 @@ def pair(server, registry, governance, manager, tmp_path_factory):
     """The demo MLP as model 'pair': two replicas of 0.1 CPU, a CSV reference sample of N(0,1) rows."""
     folder = tmp_path_factory.mktemp("pair")
     onnx.save(build_mlp(seed=0), str(folder / "model.onnx"))
-    registry.register(folder / "model.onnx", MODEL, created_by="tester", config={"max_batch_size": 32, "replicas": 2, "num_cpus": 0.1})
+    registry.register(
+        folder / "model.onnx", MODEL, created_by="tester", config={"max_batch_size": 32, "replicas": 2, "num_cpus": 0.1}
+    )
     governance.decide("approve", MODEL, 1, actor="reviewer")
     registry.set_alias(MODEL, "production", 1, actor="tester")
     sample = np.random.default_rng(0).standard_normal((3000, 64))
@@ -108,7 +110,9 @@ def drifted(server, pair, manager):
         samples = scrape(server)
         if total(samples, "lockgate_drift_detected", model=pair) >= 1:
             return samples
-    pytest.fail(f"no drift detected in 120 s; drift windows compared: {total(samples, 'lockgate_drift_windows_total', model=pair)}")
+    pytest.fail(
+        f"no drift detected in 120 s; drift windows compared: {total(samples, 'lockgate_drift_windows_total', model=pair)}"
+    )
 
 
 def test_shifted_traffic_is_detected_as_drift_and_audited(pair, drifted, manager):
@@ -150,9 +154,13 @@ def test_an_explanation_adds_up_and_its_audit_record_links_to_the_request(pair, 
     assert record["kind"] == "explain" and record["detail"]["explains"] == request_id and record["detail"]["status"] == 200
     assert next(iter(audit.records(request_id=request_id)))["kind"] == "infer"
     env = {**os.environ, "LOCKGATE_HOME": settings.home}
-    trace = subprocess.run([sys.executable, "-m", "lockgate.server.cli", "audit", "trace", request_id], env=env, capture_output=True, text=True)
+    trace = subprocess.run(
+        [sys.executable, "-m", "lockgate.server.cli", "audit", "trace", request_id], env=env, capture_output=True, text=True
+    )
     assert trace.returncode == 0 and f"explained by {own}" in trace.stdout, trace.stderr
-    back = subprocess.run([sys.executable, "-m", "lockgate.server.cli", "audit", "trace", own], env=env, capture_output=True, text=True)
+    back = subprocess.run(
+        [sys.executable, "-m", "lockgate.server.cli", "audit", "trace", own], env=env, capture_output=True, text=True
+    )
     assert f"explanation {own}" in back.stdout and f"explains request {request_id}" in back.stdout
 
 

@@ -111,7 +111,11 @@ def test_repository_index_unload_and_load(server, registry):
     assert states["digits"] == "UNAVAILABLE"
     assert requests.post(f"{server}/v2/repository/models/digits/load", timeout=300).status_code == 200
     x = np.zeros((1, 64), np.float32).reshape(-1).tolist()
-    back = requests.post(f"{server}/v2/models/digits/infer", json={"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": x}]}, timeout=30)
+    back = requests.post(
+        f"{server}/v2/models/digits/infer",
+        json={"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": x}]},
+        timeout=30,
+    )
     assert back.status_code == 200 and back.json()["model_version"] == "1"
     missing = requests.post(f"{server}/v2/repository/models/ghost/load", timeout=10)
     assert missing.status_code == 404 and "unknown model 'ghost'" in missing.json()["error"]

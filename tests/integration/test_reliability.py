@@ -29,7 +29,11 @@ def port_of(server: str) -> int:
 
 
 def request(path: str, body: bytes, extra: bytes = b"") -> bytes:
-    return b"POST %s HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: %d\r\n%s\r\n" % (path.encode(), len(body), extra) + body
+    return (
+        b"POST %s HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: %d\r\n%s\r\n"
+        % (path.encode(), len(body), extra)
+        + body
+    )
 
 
 def exchange(port: int, data: bytes, timeout: float = 20) -> tuple[bytes, float]:
@@ -52,17 +56,24 @@ def status_of(response: bytes) -> int:
 
 # -- slow and bad clients, at the ingress ----------------------------------------------------------
 
+
 def test_a_stalled_client_is_dropped_by_the_ingress_and_the_model_keeps_serving(server):
     """HAProxy's client timeout (3 s in this session, 60 s by default) ends a request whose
     headers or body stopped coming; the replica is not held."""
     port = port_of(server)
     half_headers = b"POST /v2/models/iris/infer HTTP/1.1\r\nhost: x\r\ncontent-le"
     half_body = request("/v2/models/iris/infer", IRIS)[:-20]
-    results = {}
+    results: dict[str, tuple[bytes, float]] = {}
+    failures: dict[str, BaseException] = {}
     threads = []
     for what, data in (("headers", half_headers), ("body", half_body)):
+
         def run(what=what, data=data):
-            results[what] = exchange(port, data)
+            try:
+                results[what] = exchange(port, data)
+            except BaseException as e:  # noqa: BLE001 - reported in the test's thread below
+                failures[what] = e
+
         threads.append(threading.Thread(target=run))
         threads[-1].start()
     # meanwhile the model answers others
@@ -70,6 +81,9 @@ def test_a_stalled_client_is_dropped_by_the_ingress_and_the_model_keeps_serving(
         assert requests.post(f"{server}/v2/models/iris/infer", data=IRIS, timeout=10).status_code == 200
     for t in threads:
         t.join(30)
+    assert not any(t.is_alive() for t in threads), "a stalled client was not dropped within 30 s"
+    assert not failures, failures
+    assert set(results) == {"headers", "body"}, results
     for what, (answer, took) in results.items():
         assert 2.5 < took < 15, (what, took, answer[:100])
         assert status_of(answer) in (0, 400, 408), (what, answer[:200])  # HAProxy: 408 (headers), 400 (body), or closed
@@ -153,6 +167,7 @@ def test_clients_that_leave_mid_request_leave_no_stuck_slot(server):
 
 
 # -- overload --------------------------------------------------------------------------------------
+
 
 class OpenLoop:
     """Requests at a fixed arrival rate whatever the answers (open loop), over keep-alive
@@ -245,8 +260,15 @@ def rss_mb(pid: int) -> float:
 def test_open_loop_overload_at_twice_capacity_sheds_and_recovers(server, registry, governance, tmp_path):
     name = "heavy"
     # about 3 ms of compute per request, one request per run: a capacity a Python client can exceed
-    deploy(server, registry, governance, tmp_path, name, build_mlp(seed=3, sizes=(64, 2048, 2048, 2048, 2048, 10)),
-           {"max_batch_size": 0, "num_cpus": 0.1, "dynamic_batching": {"max_queue_size": 32}})
+    deploy(
+        server,
+        registry,
+        governance,
+        tmp_path,
+        name,
+        build_mlp(seed=3, sizes=(64, 2048, 2048, 2048, 2048, 10)),
+        {"max_batch_size": 0, "num_cpus": 0.1, "dynamic_batching": {"max_queue_size": 32}},
+    )
     port, path = port_of(server), f"/v2/models/{name}/infer"
     [pid] = replica_pids(name)
     probe = OpenLoop(port, path, ROW)
@@ -286,12 +308,14 @@ def test_open_loop_overload_at_twice_capacity_sheds_and_recovers(server, registr
     p99, p99_first, p99_second = (float(np.percentile(a, 99)) for a in (lat, first, second))
     goodput = codes[200] / 60.0
     growth = max(memory[len(memory) // 2 :]) - max(memory[: len(memory) // 2])
-    print(f"\noverload: capacity {capacity:.0f} req/s (closed loop, 8 clients); offered {rate:.0f} req/s for 60 s "
-          f"(took {took:.1f} s): {codes[200]} admitted ({goodput:.0f}/s), {codes[503]} shed with 503 + Retry-After; "
-          f"admitted p50 {1e3 * np.median(lat):.0f} ms, p99 {1e3 * p99:.0f} ms (first half {1e3 * p99_first:.0f}, "
-          f"second half {1e3 * p99_second:.0f}); replica RSS {memory[0]:.0f} -> {max(memory):.0f} MB "
-          f"(second half vs first {growth:+.1f} MB); {load.opened} connections; "
-          f"after: {Counter(s for s, _ in after)}, max {1e3 * max(e for _, e in after):.0f} ms")
+    print(
+        f"\noverload: capacity {capacity:.0f} req/s (closed loop, 8 clients); offered {rate:.0f} req/s for 60 s "
+        f"(took {took:.1f} s): {codes[200]} admitted ({goodput:.0f}/s), {codes[503]} shed with 503 + Retry-After; "
+        f"admitted p50 {1e3 * np.median(lat):.0f} ms, p99 {1e3 * p99:.0f} ms (first half {1e3 * p99_first:.0f}, "
+        f"second half {1e3 * p99_second:.0f}); replica RSS {memory[0]:.0f} -> {max(memory):.0f} MB "
+        f"(second half vs first {growth:+.1f} MB); {load.opened} connections; "
+        f"after: {Counter(s for s, _ in after)}, max {1e3 * max(e for _, e in after):.0f} ms"
+    )
     # Bounded, not fast: a queue of 32 at ~3 ms is ~0.1 s; unbounded queueing would reach tens of seconds.
     assert p99 < 2.0 and p99_second < 2 * p99_first + 0.25
     assert goodput > 0.4 * capacity  # shedding does not collapse what is served (client and server share 2 cores)
@@ -301,10 +325,15 @@ def test_open_loop_overload_at_twice_capacity_sheds_and_recovers(server, registr
 
 # -- a killed replica ------------------------------------------------------------------------------
 
+
 @pytest.mark.slow
-def test_a_killed_replica_under_load_is_restarted_and_clients_see_only_clean_answers(server, registry, governance, manager, tmp_path):
+def test_a_killed_replica_under_load_is_restarted_and_clients_see_only_clean_answers(
+    server, registry, governance, manager, tmp_path
+):
     name = "victim"
-    deploy(server, registry, governance, tmp_path, name, build_mlp(seed=4), {"max_batch_size": 32, "num_cpus": 0.1, "replicas": 2})
+    deploy(
+        server, registry, governance, tmp_path, name, build_mlp(seed=4), {"max_batch_size": 32, "num_cpus": 0.1, "replicas": 2}
+    )
     url = f"{server}/v2/models/{name}/infer"
     before = replica_pids(name)
     assert len(before) == 2
@@ -334,6 +363,7 @@ def test_a_killed_replica_under_load_is_restarted_and_clients_see_only_clean_ans
     recorded = {r.get("request_id") for r in audit.records(model=name, kind="infer")}
     missing = [rid for rid in answered if rid not in recorded]
     assert not missing, f"{len(missing)} answered requests have no audit record"
-    print(f"\nreplica SIGKILLed under 4 clients: replaced in {back:.1f} s; clients saw {dict(codes)}; "
-          f"{len(answered)} answers, all in the audit log")
-
+    print(
+        f"\nreplica SIGKILLed under 4 clients: replaced in {back:.1f} s; clients saw {dict(codes)}; "
+        f"{len(answered)} answers, all in the audit log"
+    )

@@ -27,15 +27,35 @@ def wait_for(condition, timeout: float, what: str) -> float:
 
 
 def deploy(server: str, registry, governance, folder: Path, name: str, autoscaling: dict) -> None:
-    serving.deploy(server, registry, governance, folder, name, build_mlp(seed=1), {"max_batch_size": 32, "num_cpus": 0.1, "autoscaling": autoscaling})
+    serving.deploy(
+        server,
+        registry,
+        governance,
+        folder,
+        name,
+        build_mlp(seed=1),
+        {"max_batch_size": 32, "num_cpus": 0.1, "autoscaling": autoscaling},
+    )
 
 
 def test_a_model_grows_under_load_and_shrinks_after_it_with_no_failed_request(server, registry, governance, tmp_path):
     name = "elastic"
-    deploy(server, registry, governance, tmp_path, name, {
-        "min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 1,
-        "upscale_delay_s": 1, "downscale_delay_s": 4, "look_back_period_s": 2, "metrics_interval_s": 0.5,
-    })
+    deploy(
+        server,
+        registry,
+        governance,
+        tmp_path,
+        name,
+        {
+            "min_replicas": 1,
+            "max_replicas": 2,
+            "target_ongoing_requests": 1,
+            "upscale_delay_s": 1,
+            "downscale_delay_s": 4,
+            "look_back_period_s": 2,
+            "metrics_interval_s": 0.5,
+        },
+    )
     assert running(name) == 1
     url = f"{server}/v2/models/{name}/infer"
     load = Load(url, threads=8)
@@ -56,17 +76,31 @@ def test_a_model_grows_under_load_and_shrinks_after_it_with_no_failed_request(se
     for _ in range(20):
         trickle[requests.post(url, json=ROW, timeout=30).status_code] += 1
     assert set(trickle) == {200}, trickle
-    print(f"\nautoscaling: 1 -> 2 replicas {grew:.1f} s into the load ({sum(codes.values())} requests, all 200); "
-          f"2 -> 1 {shrank:.1f} s after it ({sum(trickle.values())} requests, all 200)")
+    print(
+        f"\nautoscaling: 1 -> 2 replicas {grew:.1f} s into the load ({sum(codes.values())} requests, all 200); "
+        f"2 -> 1 {shrank:.1f} s after it ({sum(trickle.values())} requests, all 200)"
+    )
 
 
 def test_a_model_scaled_to_zero_answers_its_first_request_after_a_cold_start(server, registry, governance, tmp_path):
     name = "sleepy"
-    deploy(server, registry, governance, tmp_path, name, {
-        "min_replicas": 0, "max_replicas": 1, "target_ongoing_requests": 1,
-        "upscale_delay_s": 0, "downscale_delay_s": 10, "downscale_to_zero_delay_s": 10, "look_back_period_s": 1,
-        "metrics_interval_s": 0.5,
-    })
+    deploy(
+        server,
+        registry,
+        governance,
+        tmp_path,
+        name,
+        {
+            "min_replicas": 0,
+            "max_replicas": 1,
+            "target_ongoing_requests": 1,
+            "upscale_delay_s": 0,
+            "downscale_delay_s": 10,
+            "downscale_to_zero_delay_s": 10,
+            "look_back_period_s": 1,
+            "metrics_interval_s": 0.5,
+        },
+    )
     url = f"{server}/v2/models/{name}/infer"
     colds, directs = [], []
     for _ in range(2):
@@ -79,7 +113,13 @@ def test_a_model_scaled_to_zero_answers_its_first_request_after_a_cold_start(ser
         # The first answer may come through Serve's proxy, HAProxy's fallback while the model
         # has no replica it has checked; then HAProxy sends to the replica's own listener (the
         # replica stays 10 s idle before it goes again). Only a replica answers `server: lockgate`.
-        direct = wait_for(lambda: requests.post(url, json=ROW, timeout=30).headers.get("server") == "lockgate", 30, "HAProxy routing to the new replica")
+        direct = wait_for(
+            lambda: requests.post(url, json=ROW, timeout=30).headers.get("server") == "lockgate",
+            30,
+            "HAProxy routing to the new replica",
+        )
         directs.append(direct)
-    print(f"\ncold start (0 -> 1 replica, first answer): {', '.join(f'{c:.2f} s' for c in colds)}; "
-          f"then through the replica's listener after {', '.join(f'{d:.2f} s' for d in directs)}")
+    print(
+        f"\ncold start (0 -> 1 replica, first answer): {', '.join(f'{c:.2f} s' for c in colds)}; "
+        f"then through the replica's listener after {', '.join(f'{d:.2f} s' for d in directs)}"
+    )

@@ -101,7 +101,14 @@ def test_mixed_json_and_binary_in_one_request(client, demo_repo):
         t = httpclient.InferInput(f"in_{name}", [1, 3], name)
         t.set_data_from_numpy(arr, binary_data=False)
         ins.append(t)
-    out = client.infer("identity", ins, outputs=[httpclient.InferRequestedOutput("out_FP32", binary_data=True), httpclient.InferRequestedOutput("out_INT64", binary_data=False)])
+    out = client.infer(
+        "identity",
+        ins,
+        outputs=[
+            httpclient.InferRequestedOutput("out_FP32", binary_data=True),
+            httpclient.InferRequestedOutput("out_INT64", binary_data=False),
+        ],
+    )
     np.testing.assert_array_equal(out.as_numpy("out_FP32"), x[:1, :3])
     np.testing.assert_array_equal(out.as_numpy("out_INT64"), np.arange(3).reshape(1, 3))
 

@@ -19,7 +19,9 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_wheel_installs_into_a_fresh_venv_and_loads_the_extension(tmp_path):
     dist = tmp_path / "dist"
     source = tmp_path / "source"  # build from a copy: a build writes egg-info and build/ into its tree
-    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".venv", ".git", "build", "dist", "*.egg-info", "*.so", "models", "results"))
+    shutil.copytree(
+        ROOT, source, ignore=shutil.ignore_patterns(".venv", ".git", "build", "dist", "*.egg-info", "*.so", "models", "results")
+    )
     subprocess.run(
         [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist), str(source)],
         check=True,
@@ -38,7 +40,14 @@ def test_wheel_installs_into_a_fresh_venv_and_loads_the_extension(tmp_path):
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=False).create(env_dir)
     python = env_dir / "bin" / "python"
-    site = Path(subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], capture_output=True, text=True, check=True).stdout.strip())
+    site = Path(
+        subprocess.run(
+            [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    )
     # The dependencies come from this test's environment; lockgate itself only from the wheel.
     (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     subprocess.run(

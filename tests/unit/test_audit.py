@@ -15,7 +15,6 @@ import time
 import pytest
 import sqlalchemy as sa
 
-from lockgate.plugins.errors import AuditError
 from lockgate.plugins.audit import (
     AuditLog,
     CheckpointSink,
@@ -27,6 +26,7 @@ from lockgate.plugins.audit import (
 )
 from lockgate.plugins.audit import _schema as t
 from lockgate.plugins.audit._sequencer import digest_bodies
+from lockgate.plugins.errors import AuditError
 
 
 @pytest.fixture
@@ -45,7 +45,16 @@ def make_log(db_url, tmp_path):
 
 
 def entry(i: int, **extra) -> dict:
-    return {"at": time.time(), "kind": "infer", "actor": "tester", "model": "iris", "version": 1, "request_id": f"r{i}", "detail": {"i": i}, **extra}
+    return {
+        "at": time.time(),
+        "kind": "infer",
+        "actor": "tester",
+        "model": "iris",
+        "version": 1,
+        "request_id": f"r{i}",
+        "detail": {"i": i},
+        **extra,
+    }
 
 
 def fill(log: AuditLog, n: int, group: int = 5) -> None:
@@ -156,7 +165,14 @@ def test_a_chain_rewritten_without_the_checkpoint_key_is_detected(make_log):
     for row in rows[4:]:
         body = row.body.replace('"i":4', '"i":400') if row.seq == 5 else row.body
         digest = record_hash(prev, body)
-        sql(log, "UPDATE lockgate_audit SET body = :b, prev_hash = :p, hash = :h WHERE seq = :s", b=body, p=prev, h=digest, s=row.seq)
+        sql(
+            log,
+            "UPDATE lockgate_audit SET body = :b, prev_hash = :p, hash = :h WHERE seq = :s",
+            b=body,
+            p=prev,
+            h=digest,
+            s=row.seq,
+        )
         prev = digest
     sql(log, "UPDATE lockgate_audit_head SET hash = :h", h=prev)
     found = problems(log)
@@ -216,8 +232,10 @@ def test_payload_digests_and_full_payloads():
     e = {"detail": {"input_bytes": b"abc", "output_bytes": b"xyz"}}
     d = digest_bodies(json.loads(json.dumps({"detail": {}})) | e, payloads=False)["detail"]
     assert d == {
-        "input_sha256": "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad", "input_size": 3,
-        "output_sha256": "3608bca1e44ea6c4d268eb6db02260269892c0b42b86bbf1e77a6fa16c3c9282", "output_size": 3,
+        "input_sha256": "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+        "input_size": 3,
+        "output_sha256": "3608bca1e44ea6c4d268eb6db02260269892c0b42b86bbf1e77a6fa16c3c9282",
+        "output_size": 3,
     }
     full = digest_bodies({"detail": {"input_bytes": b"abc"}}, payloads=True)["detail"]
     assert full["input_base64"] == "YWJj"
@@ -265,7 +283,9 @@ while True:
 @pytest.mark.slow
 def test_async_mode_loses_at_most_its_buffer_in_a_crash(make_log, db_url, tmp_path):
     log = make_log()
-    proc = subprocess.Popen([sys.executable, "-c", CRASH_SCRIPT, db_url, str(tmp_path), "2000"], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CRASH_SCRIPT, db_url, str(tmp_path), "2000"], stdout=subprocess.PIPE, text=True
+    )
     last = 0
     while last < 20000:
         line = proc.stdout.readline()

@@ -18,12 +18,11 @@ import pytest
 import sqlalchemy as sa
 
 from lockgate.plugins import Settings, build_manager
-from lockgate.server.tools.repository import announce_imports
 from lockgate.server.serving.config import ModelConfig
-from lockgate.server.tools.demo import write_demo_repository
 from lockgate.server.serving.model_app import ModelApp
 from lockgate.server.serving.service import ModelService
-from lockgate.server.tools.repository import import_repository
+from lockgate.server.tools.demo import write_demo_repository
+from lockgate.server.tools.repository import announce_imports, import_repository
 from tests.asgi import call
 
 IRIS = b'{"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [5.1, 3.5, 1.4, 0.2]}]}'
@@ -39,7 +38,9 @@ def served(tmp_path):
     def make(audit_url: str, mode: str = "sync", **audit):
         home = tmp_path / f"home{len(made)}"
         options = {"audit": {"mode": mode, "url": audit_url, **audit}}
-        manager = build_manager(Settings(f"sqlite:///{home}-registry.db", str(home / "artifacts"), "production", options, str(home)))
+        manager = build_manager(
+            Settings(f"sqlite:///{home}-registry.db", str(home / "artifacts"), "production", options, str(home))
+        )
         registry = manager.registry()
         import_repository(tmp_path / "repo", registry, actor="tester", before_alias=announce_imports(manager, "tester"))
         service = ModelService("iris", ModelConfig.model_validate(registry.model_config("iris")), registry, manager=manager)
@@ -92,7 +93,13 @@ class Killer:
 
     def __init__(self, sequencer, every: int = 7) -> None:
         self.kills, self.on, self.group, self.records = Counter(), True, 0, 0
-        log, take, prepare, append, observe = sequencer.log, sequencer._take, sequencer.prepare, sequencer.log._append, sequencer.observe
+        log, take, prepare, append, observe = (
+            sequencer.log,
+            sequencer._take,
+            sequencer.prepare,
+            sequencer.log._append,
+            sequencer.observe,
+        )
         points = ["while preparing records", "as the transaction opens", "after a written group"]
 
         def due(where: str) -> bool:
@@ -143,8 +150,10 @@ def test_sync_mode_a_killed_writer_costs_503s_never_an_unaudited_answer(served, 
     assert len(kills) == 3 and sequencer.deaths == sum(kills.values()) and codes[200] > 0 and codes[503] > 0
     after = asyncio.run(requests_(app, 64, 8))  # the last writer started by itself: all answered
     assert check(after, manager) == {200: 64}
-    print(f"\nsync: writer killed {dict(kills)} ({sequencer.deaths} deaths) under 16 clients: {dict(codes)}; "
-          f"every answer recorded, chain intact")
+    print(
+        f"\nsync: writer killed {dict(kills)} ({sequencer.deaths} deaths) under 16 clients: {dict(codes)}; "
+        f"every answer recorded, chain intact"
+    )
 
 
 def test_async_mode_a_killed_writer_loses_nothing_and_drops_are_counted(served, tmp_path):
@@ -161,8 +170,10 @@ def test_async_mode_a_killed_writer_loses_nothing_and_drops_are_counted(served, 
     assert codes == {200: 1200} and len(kills) == 3 and sequencer.deaths == sum(kills.values())
     ids = [r.get("request_id") for r in manager.plugin("audit").audit_log.records(kind="infer")]
     assert len(ids) == len(set(ids)) == 1208 - sequencer.dropped, (len(ids), len(set(ids)), sequencer.dropped)
-    print(f"\nasync: writer killed {dict(kills)} ({sequencer.deaths} deaths): 1,200 answered, {len(ids) - 8} recorded once, "
-          f"{sequencer.dropped} dropped by the full buffer (200) and counted")
+    print(
+        f"\nasync: writer killed {dict(kills)} ({sequencer.deaths} deaths): 1,200 answered, {len(ids) - 8} recorded once, "
+        f"{sequencer.dropped} dropped by the full buffer (200) and counted"
+    )
 
 
 def test_a_locked_sqlite_file_is_503_then_recovers(served, tmp_path):

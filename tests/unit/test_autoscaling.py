@@ -7,9 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from lockgate.server.hosting import autoscaling
-from lockgate.server.serving import load
 from lockgate.server.hosting.autoscaling import ONGOING, policy
+from lockgate.server.serving import load
 from lockgate.server.serving.load import LoadMeter
 
 
@@ -30,14 +29,14 @@ def clock(monkeypatch):
 
 def test_the_meter_reports_the_time_average_of_requests_held(clock):
     meter = LoadMeter()
-    meter.enter()             # one request for the whole second
+    meter.enter()  # one request for the whole second
     clock.now += 0.5
-    meter.enter()             # a second one for its last half
+    meter.enter()  # a second one for its last half
     clock.now += 0.5
     assert meter.report() == pytest.approx(1.5)
     meter.leave()
     meter.leave()
-    clock.now += 1.0          # nothing held during the next period
+    clock.now += 1.0  # nothing held during the next period
     assert meter.report() == 0.0 and meter.ongoing == 0
 
 
@@ -75,12 +74,12 @@ def ctx(current: int, target: int, per_replica: dict, serve_count: float = 0.0, 
 @pytest.mark.parametrize(
     ("context", "desired"),
     [
-        (ctx(1, 1, {"r1": 6.0}), 3.0),                  # 6 ongoing, 2 per replica -> 3
-        (ctx(2, 2, {"r1": 1.0, "r2": 1.0}), 1.0),       # load fell: one replica is enough
-        (ctx(2, 2, {"r1": 0.0, "r2": 0.0}), 0.0),       # idle (Serve's bounds keep min_replicas)
+        (ctx(1, 1, {"r1": 6.0}), 3.0),  # 6 ongoing, 2 per replica -> 3
+        (ctx(2, 2, {"r1": 1.0, "r2": 1.0}), 1.0),  # load fell: one replica is enough
+        (ctx(2, 2, {"r1": 0.0, "r2": 0.0}), 0.0),  # idle (Serve's bounds keep min_replicas)
         (ctx(1, 1, {"r1": 0.5}, serve_count=4.0), 2.0),  # requests through Serve's proxy count too
-        (ctx(1, 1, None), 0.0),                          # no report yet
-        (ctx(0, 1, {}), 1),                              # from zero: Serve's own cold-start path decides
+        (ctx(1, 1, None), 0.0),  # no report yet
+        (ctx(0, 1, {}), 1),  # from zero: Serve's own cold-start path decides
     ],
 )
 def test_the_policy_asks_for_ongoing_over_target_replicas(context, desired):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -39,15 +38,15 @@ def rows(n, width=3, start=0.0):
 
 
 def test_lone_request_runs_at_once_even_with_a_large_batch():
+    """An idle model runs a lone request as a batch of one: it never waits for the batch to fill
+    (a batcher that did would never answer; wait_for turns that into a failure, not a hang)."""
     model = Recorder()
 
     async def go():
         b = make(model)
-        t0 = time.monotonic()
-        out = await b.submit(rows(1), 1)
-        return out, time.monotonic() - t0
+        return await asyncio.wait_for(b.submit(rows(1), 1), timeout=30)
 
-    out, _elapsed = asyncio.run(go())
+    out = asyncio.run(go())
     np.testing.assert_array_equal(out["y"], rows(1)["x"] * 2)
     assert model.sizes == [1]
 
@@ -165,15 +164,30 @@ def test_queue_delay_gathers_a_batch_when_idle():
 
 
 def test_model_error_reaches_every_waiter():
+    """Three requests that share one batch: the model raises once, and each of them gets it."""
+    hold = threading.Event()
+    calls: list[int] = []
+
     def broken(feeds):
+        calls.append(feeds["x"].shape[0])
+        if len(calls) == 1:
+            hold.wait(5)  # the first (lone) batch holds the model while three more queue
+            return [feeds["x"] * 2]
         raise RuntimeError("boom")
 
     async def go():
         b = make(broken)
-        with pytest.raises(RuntimeError, match="boom"):
-            await b.submit(rows(1), 1)
+        first = asyncio.ensure_future(b.submit(rows(1), 1))
+        await asyncio.sleep(0.05)
+        waiters = [asyncio.ensure_future(b.submit(rows(1, start=i), 1)) for i in range(3)]
+        await asyncio.sleep(0.05)
+        hold.set()
+        await first
+        return await asyncio.wait_for(asyncio.gather(*waiters, return_exceptions=True), timeout=30)
 
-    asyncio.run(go())
+    results = asyncio.run(go())
+    assert calls == [1, 3]  # the three waited together, as one batch
+    assert len(results) == 3 and all(isinstance(r, RuntimeError) and str(r) == "boom" for r in results), results
 
 
 def test_a_failing_batch_observer_does_not_hold_back_the_answers():
@@ -203,8 +217,15 @@ def test_padding_batches_different_lengths_and_cuts_outputs_back():
     from lockgate.server.serving.batching import Assembler
 
     async def go():
-        b = Batcher(model, ["y", "total"], 8, config, ThreadPoolExecutor(1),
-                    assembler=Assembler(["x"], {}, 8, True, config.padding), dynamic_dims={"x": (True,)})
+        b = Batcher(
+            model,
+            ["y", "total"],
+            8,
+            config,
+            ThreadPoolExecutor(1),
+            assembler=Assembler(["x"], {}, 8, True, config.padding),
+            dynamic_dims={"x": (True,)},
+        )
         first = asyncio.ensure_future(b.submit({"x": np.ones((1, 2), np.float32)}, 1))
         await asyncio.sleep(0.05)
         short = asyncio.ensure_future(b.submit({"x": np.array([[1, 2]], np.float32)}, 1))

@@ -40,11 +40,32 @@ def model_files(tmp_path):
 
 
 def test_register_list_show_alias_history(cli, model_files, tmp_path):
-    out = cli("models", "register", str(model_files[0]), "--name", "mlp", "--training-data", "s3://data/train.csv",
-              "--training-data-sha256", "cd" * 32, "--code-version", "v1.2", "--param", "lr=0.01", "--param", "opt=adam",
-              "--metric", "acc=0.93", "--card", str(tmp_path / "card.md")).output
+    out = cli(
+        "models",
+        "register",
+        str(model_files[0]),
+        "--name",
+        "mlp",
+        "--training-data",
+        "s3://data/train.csv",
+        "--training-data-sha256",
+        "cd" * 32,
+        "--code-version",
+        "v1.2",
+        "--param",
+        "lr=0.01",
+        "--param",
+        "opt=adam",
+        "--metric",
+        "acc=0.93",
+        "--card",
+        str(tmp_path / "card.md"),
+    ).output
     assert "registered mlp version 1" in out
-    assert "registered mlp version 2" in cli("models", "register", str(model_files[1]), "--name", "mlp", "--parent-version", "1").output
+    assert (
+        "registered mlp version 2"
+        in cli("models", "register", str(model_files[1]), "--name", "mlp", "--parent-version", "1").output
+    )
     refused = cli("models", "alias", "set", "mlp", "production", "1", ok=False)
     assert refused.exit_code == 4 and "protected alias and version 1 is pending" in refused.output
     cli("models", "approve", "mlp", "1", actor="bob")
@@ -55,8 +76,13 @@ def test_register_list_show_alias_history(cli, model_files, tmp_path):
     listed = cli("models", "list").output
     assert "mlp" in listed and "1,2" in listed and "production=2" in listed
     shown = json.loads(cli("models", "show", "mlp:1").output)
-    assert shown["lineage"] == {"training_data": "s3://data/train.csv", "training_data_sha256": "cd" * 32, "code_version": "v1.2",
-                                "parameters": {"lr": 0.01, "opt": "adam"}, "metrics": {"acc": 0.93}}
+    assert shown["lineage"] == {
+        "training_data": "s3://data/train.csv",
+        "training_data_sha256": "cd" * 32,
+        "code_version": "v1.2",
+        "parameters": {"lr": 0.01, "opt": "adam"},
+        "metrics": {"acc": 0.93},
+    }
     assert shown["card"].startswith("# MLP") and shown["created_by"] == "alice" and shown["aliases"] == []
     assert json.loads(cli("models", "show", "mlp@production").output)["version"] == 2
     assert json.loads(cli("models", "show", "mlp").output)["lineage"] == {"parent_version": 1}
@@ -73,7 +99,10 @@ def test_errors_are_clear(cli, model_files, tmp_path):
     assert "unknown model 'ghost'" in cli("models", "show", "ghost", ok=False).output
     cli("models", "register", str(model_files[0]), "--name", "mlp")
     assert "has no version 9" in cli("models", "alias", "set", "mlp", "production", "9", ok=False).output
-    assert "expected KEY=VALUE" in cli("models", "register", str(model_files[0]), "--name", "mlp", "--param", "oops", ok=False).output
+    assert (
+        "expected KEY=VALUE"
+        in cli("models", "register", str(model_files[0]), "--name", "mlp", "--param", "oops", ok=False).output
+    )
 
 
 def test_import_repo_is_idempotent(cli, tmp_path):
@@ -103,7 +132,10 @@ def test_register_with_a_reference_sample_stores_it_with_its_baseline(cli, model
     reference = LockgateSettings.from_env().manager().registry().reference("mlp", 1)
     assert reference.rows == 500 and reference.set_by == "alice"
     np.testing.assert_allclose(reference.sample["input"], sample.astype(np.float32))
-    assert reference.baseline["features"]["input[0]"]["kind"] == "numeric" and len(reference.baseline["features"]["input[0]"]["expected"]) == 10
+    assert (
+        reference.baseline["features"]["input[0]"]["kind"] == "numeric"
+        and len(reference.baseline["features"]["input[0]"]["expected"]) == 10
+    )
 
 
 @pytest.mark.parametrize("suffix", [".npy", ".npz", ".parquet"])

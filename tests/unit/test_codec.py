@@ -54,12 +54,18 @@ def assert_same(outcomes):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.skipif(
+    os.environ.get("LOCKGATE_REQUIRE_COMPILED") != "1",
+    reason="LOCKGATE_REQUIRE_COMPILED is not 1 (CI sets it): the twins may be what loaded",
+)
 def test_compiled_codec_is_loaded_when_required():
-    """CI sets LOCKGATE_REQUIRE_COMPILED=1: the compiled codec must be what the package loaded."""
-    if os.environ.get("LOCKGATE_REQUIRE_COMPILED") == "1":
-        assert fastpath.IMPLEMENTATION == "cython"
-        assert _codec_c is not None and _codec_c.__file__.endswith(".so")
-        assert fastpath.decode_json_data is _codec_c.decode_json_data
+    """CI sets LOCKGATE_REQUIRE_COMPILED=1: the compiled kernels must be what the package loaded."""
+    from lockgate.fastpath import _assemble, assemble
+
+    assert fastpath.IMPLEMENTATION == "cython"
+    assert _codec_c is not None and _codec_c.__file__.endswith(".so")
+    assert fastpath.decode_json_data is _codec_c.decode_json_data
+    assert _assemble.__file__.endswith(".so") and assemble.assemble_into is _assemble.assemble_into
 
 
 def test_environment_variable_selects_the_twin():
@@ -134,7 +140,9 @@ def test_decode_json_same_errors_on_arbitrary_input(name, shape, data):
 @settings(max_examples=300, deadline=None)
 @given(
     st.sampled_from(NUMERIC).flatmap(
-        lambda n: hnp.arrays(DATATYPES[n].dtype.newbyteorder("="), hnp.array_shapes(min_dims=1, max_dims=3, min_side=0, max_side=5))
+        lambda n: hnp.arrays(
+            DATATYPES[n].dtype.newbyteorder("="), hnp.array_shapes(min_dims=1, max_dims=3, min_side=0, max_side=5)
+        )
     )
 )
 def test_encode_json_same_text_and_exact_round_trip(arr):
@@ -255,7 +263,10 @@ def same_json(a, b):
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=True) | st.text(max_size=6),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.sampled_from(["data", "name", "x", "\u00e9\\\"k"]), children, max_size=3),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(st.sampled_from(["data", "name", "x", '\u00e9\\"k']), children, max_size=3)
+    ),
     max_leaves=16,
 )
 
@@ -342,7 +353,13 @@ def test_number_edge_cases_decode_alike():
         a = _codec_c.decode_json_data(_codec_c.parse_json(body)["data"], name, (n,))
         b = _codec_py.decode_json_data(_codec_py.parse_json(body)["data"], name, (n,))
         assert a.tobytes() == b.tobytes(), name
-    for name, data in (("INT64", b"[9223372036854775808]"), ("UINT64", b"[18446744073709551616]"), ("UINT64", b"[-1]"), ("INT8", b"[1.0]"), ("FP32", b"[" + b"9" * 400 + b"]")):
+    for name, data in (
+        ("INT64", b"[9223372036854775808]"),
+        ("UINT64", b"[18446744073709551616]"),
+        ("UINT64", b"[-1]"),
+        ("INT8", b"[1.0]"),
+        ("FP32", b"[" + b"9" * 400 + b"]"),
+    ):
         for impl in (_codec_c, _codec_py):
             with pytest.raises(codec.CodecError, match="element 0"):
                 impl.decode_json_data(impl.parse_json(b'{"data": ' + data + b"}")["data"], name, (1,))

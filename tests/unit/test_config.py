@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from lockgate.server.errors import ConfigError
-from lockgate.server.serving.config import ModelConfig, VersionPolicy, load_model_config, parse_model_config
 from lockgate.server.hosting.deployments import deployment_options
+from lockgate.server.serving.config import ModelConfig, VersionPolicy, load_model_config, parse_model_config
 from lockgate.server.tools.repository import scan_repository
 
 
@@ -30,7 +30,10 @@ def test_unknown_nested_key_lists_that_sections_keys():
         ({"max_batch_size": -1}, "max_batch_size"),
         ({"num_cpus": 0}, "num_cpus"),
         ({"autoscaling": {"min_replicas": 3, "max_replicas": 2}}, "max_replicas (2) must be at least min_replicas (3)"),
-        ({"autoscaling": {"look_back_period_s": 1, "metrics_interval_s": 2}}, "metrics_interval_s (2.0) must be below look_back_period_s (1.0)"),
+        (
+            {"autoscaling": {"look_back_period_s": 1, "metrics_interval_s": 2}},
+            "metrics_interval_s (2.0) must be below look_back_period_s (1.0)",
+        ),
         ({"version_policy": {"latest": {}, "all": {}}}, "give one of latest, all, specific"),
         ({"dynamic_batching": {"preferred_batch_sizes": [0]}}, "preferred_batch_sizes"),
         ({"onnxruntime": {"graph_optimization_level": "max"}}, "graph_optimization_level"),
@@ -138,7 +141,14 @@ def test_the_example_server_config_is_valid_and_names_every_option():
     assert MetricsOptions.model_validate(options["metrics"]) == MetricsOptions()
     text = path.read_text()
     fields = [*GovernanceOptions.model_fields, *Policy.model_fields, *AuditOptions.model_fields, *MonitoringOptions.model_fields]
-    for name in [*fields, *DriftOptions.model_fields, *Slo.model_fields, *ExplainOptions.model_fields, *LimitOptions.model_fields, *MetricsOptions.model_fields]:
+    for name in [
+        *fields,
+        *DriftOptions.model_fields,
+        *Slo.model_fields,
+        *ExplainOptions.model_fields,
+        *LimitOptions.model_fields,
+        *MetricsOptions.model_fields,
+    ]:
         assert f"{name}:" in text, f"examples/lockgate.yaml does not mention {name}"
 
 

@@ -77,8 +77,9 @@ def test_the_cluster_launcher_file_passes_rays_schema():
     for command in doc["head_start_ray_commands"][1:] + doc["worker_start_ray_commands"][1:]:
         # the launcher runs each command in bash: let bash read the assignments before `ray start`
         assignments = command.split(" ray start ", 1)[0].replace("\n", " ")
-        out = subprocess.run(["bash", "-c", f"{assignments} env -0"], env={"PATH": os.environ["PATH"]},
-                             capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(
+            ["bash", "-c", f"{assignments} env -0"], env={"PATH": os.environ["PATH"]}, capture_output=True, text=True, check=True
+        ).stdout
         env = dict(line.split("=", 1) for line in out.split("\0") if line.startswith("RAY_"))
         # every node starts with the ingress switches and the token the launcher copied to it
         assert env.pop("RAY_AUTH_MODE") == "token" and env.pop("RAY_AUTH_TOKEN_PATH") in doc["file_mounts"]
@@ -86,9 +87,8 @@ def test_the_cluster_launcher_file_passes_rays_schema():
 
 
 def test_the_builder_builds_the_control_and_a_model_application(tmp_path, monkeypatch, demo_repo):
-    from lockgate.server.tools.repository import announce_imports
-    from lockgate.server.tools.repository import import_repository
     from lockgate.server.serving.settings import LockgateSettings
+    from lockgate.server.tools.repository import announce_imports, import_repository
 
     monkeypatch.setenv("LOCKGATE_HOME", str(tmp_path / "home"))
     manager = LockgateSettings.from_env().manager()

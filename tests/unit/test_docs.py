@@ -53,7 +53,13 @@ def test_every_hook_has_exactly_one_kind_and_its_docstring_states_that_kinds_exc
 def test_every_hook_sits_in_the_docs_calling_rules_row_of_its_kind():
     table = DOC.read_text().split("## Calling rules", 1)[1].split("## Hooks", 1)[0]
     rows = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| ") and "`lockgate_" in line}
-    by_kind = {"LIFECYCLE": "lifecycle", "PROVIDERS": "providers", "GATEKEEPERS": "gatekeepers", "RECORDERS": "recorders", "OBSERVERS": "observers"}
+    by_kind = {
+        "LIFECYCLE": "lifecycle",
+        "PROVIDERS": "providers",
+        "GATEKEEPERS": "gatekeepers",
+        "RECORDERS": "recorders",
+        "OBSERVERS": "observers",
+    }
     for kind, row_name in by_kind.items():
         for name in getattr(hookspecs, kind):
             assert f"`{name}`" in rows[row_name], f"docs/plugins.md's {row_name} row lacks {name}"

@@ -64,9 +64,16 @@ def explained(demo_registry):
     rng = np.random.default_rng(5)
     for name, features in (("mlp", 64), ("iris", 4)):
         sample = rng.normal(size=(200, features)).astype(np.float32)
-        demo_registry.set_reference(name, 1, {"input": sample}, build_baseline({"input": sample}), actor="tester", source_sha256="0" * 64)
+        demo_registry.set_reference(
+            name, 1, {"input": sample}, build_baseline({"input": sample}), actor="tester", source_sha256="0" * 64
+        )
     made = {
-        n: ModelService(n, ModelConfig.model_validate(demo_registry.model_config(n)), demo_registry, explain=ExplainOptions(max_evaluations=4096))
+        n: ModelService(
+            n,
+            ModelConfig.model_validate(demo_registry.model_config(n)),
+            demo_registry,
+            explain=ExplainOptions(max_evaluations=4096),
+        )
         for n in ("mlp", "iris", "digits", "identity")
     }
     yield made
@@ -75,7 +82,15 @@ def explained(demo_registry):
 
 
 def post(service, path, doc):
-    return asyncio.run(call(ModelApp(service), "POST", f"/v2/models/{service.name}{path}", json.dumps(doc).encode(), root_path=f"/v2/models/{service.name}"))
+    return asyncio.run(
+        call(
+            ModelApp(service),
+            "POST",
+            f"/v2/models/{service.name}{path}",
+            json.dumps(doc).encode(),
+            root_path=f"/v2/models/{service.name}",
+        )
+    )
 
 
 def row(n, seed=0):

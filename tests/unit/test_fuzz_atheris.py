@@ -18,9 +18,19 @@ def test_coverage_guided_fuzzing_finds_no_crash_500_hang_or_codec_disagreement(t
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     done = subprocess.run(
-        [sys.executable, str(HARNESS), f"-max_total_time={budget}", "-rss_limit_mb=2048", "-timeout=10",
-         f"-artifact_prefix={tmp_path}/", str(corpus)],
-        capture_output=True, text=True, timeout=budget + 300, cwd=tmp_path,
+        [
+            sys.executable,
+            str(HARNESS),
+            f"-max_total_time={budget}",
+            "-rss_limit_mb=2048",
+            "-timeout=10",
+            f"-artifact_prefix={tmp_path}/",
+            str(corpus),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=budget + 300,
+        cwd=tmp_path,
         env={**os.environ, "PYTHONPATH": str(HARNESS.parents[2])},
     )
     log = done.stderr
@@ -31,5 +41,7 @@ def test_coverage_guided_fuzzing_finds_no_crash_500_hang_or_codec_disagreement(t
     coverage = re.findall(r"cov: (\d+)", log)
     rss = max(int(x) for x in re.findall(r"rss: (\d+)Mb", log))
     assert runs > 1000 and reached and "200:" in reached[-1], log[-2000:]
-    print(f"\natheris: {runs} inputs in {budget} s, coverage {coverage[-1] if coverage else '?'} edges, "
-          f"corpus {len(list(corpus.iterdir()))} inputs, peak RSS {rss} MB; answers {reached[-1]}")
+    print(
+        f"\natheris: {runs} inputs in {budget} s, coverage {coverage[-1] if coverage else '?'} edges, "
+        f"corpus {len(list(corpus.iterdir()))} inputs, peak RSS {rss} MB; answers {reached[-1]}"
+    )

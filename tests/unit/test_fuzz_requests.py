@@ -18,13 +18,35 @@ from tests.asgi import call
 from .test_protocol import service
 
 CLIENT_ERRORS = {400, 404, 405, 413}
-DATATYPES = ["FP32", "FP64", "FP16", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT64", "BOOL", "BYTES", "BF16", "fp32", "", "COMPLEX"]
+DATATYPES = [
+    "FP32",
+    "FP64",
+    "FP16",
+    "INT8",
+    "INT16",
+    "INT32",
+    "INT64",
+    "UINT8",
+    "UINT64",
+    "BOOL",
+    "BYTES",
+    "BF16",
+    "fp32",
+    "",
+    "COMPLEX",
+]
 
 scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=True, allow_infinity=True),
-    st.text(max_size=8), st.binary(max_size=8).map(lambda b: b.hex()),
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=8),
+    st.binary(max_size=8).map(lambda b: b.hex()),
 )
-json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=6), inner, max_size=4), max_leaves=24)
+json_values = st.recursive(
+    scalars, lambda inner: st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=6), inner, max_size=4), max_leaves=24
+)
 shapes = st.one_of(st.lists(st.integers(-3, 6), max_size=4), json_values, st.lists(st.integers(0, 2**40), min_size=1, max_size=3))
 tensors = st.fixed_dictionaries(
     {},
@@ -32,8 +54,14 @@ tensors = st.fixed_dictionaries(
         "name": st.one_of(st.just("input"), st.text(max_size=10), json_values),
         "datatype": st.one_of(st.sampled_from(DATATYPES), json_values),
         "shape": shapes,
-        "data": st.one_of(st.lists(st.floats(allow_nan=False, width=32), max_size=12), json_values, st.lists(st.lists(st.integers(-5, 5), max_size=4), max_size=4)),
-        "parameters": st.one_of(st.dictionaries(st.sampled_from(["binary_data_size", "binary_data", "x"]), json_values, max_size=2), json_values),
+        "data": st.one_of(
+            st.lists(st.floats(allow_nan=False, width=32), max_size=12),
+            json_values,
+            st.lists(st.lists(st.integers(-5, 5), max_size=4), max_size=4),
+        ),
+        "parameters": st.one_of(
+            st.dictionaries(st.sampled_from(["binary_data_size", "binary_data", "x"]), json_values, max_size=2), json_values
+        ),
     },
 )
 documents = st.fixed_dictionaries(
@@ -41,7 +69,15 @@ documents = st.fixed_dictionaries(
     optional={
         "id": json_values,
         "inputs": st.one_of(st.lists(tensors, max_size=3), json_values),
-        "outputs": st.one_of(st.lists(st.fixed_dictionaries({"name": st.one_of(st.just("output"), st.text(max_size=8))}, optional={"parameters": json_values}), max_size=2), json_values),
+        "outputs": st.one_of(
+            st.lists(
+                st.fixed_dictionaries(
+                    {"name": st.one_of(st.just("output"), st.text(max_size=8))}, optional={"parameters": json_values}
+                ),
+                max_size=2,
+            ),
+            json_values,
+        ),
         "parameters": json_values,
     },
 )
@@ -68,7 +104,9 @@ def check(r) -> None:
 
 GOOD = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [5.1, 3.5, 1.4, 0.2]}]}).encode()
 
-FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 
 
 @FUZZ
@@ -95,7 +133,10 @@ def test_binary_extension_framing(iris, doc, declared, tail):
 
 
 @FUZZ
-@given(path=st.text(alphabet=st.characters(codec="ascii"), max_size=40), method=st.sampled_from(["GET", "POST", "PUT", "DELETE", "HEAD", "PATCH"]))
+@given(
+    path=st.text(alphabet=st.characters(codec="ascii"), max_size=40),
+    method=st.sampled_from(["GET", "POST", "PUT", "DELETE", "HEAD", "PATCH"]),
+)
 def test_paths_and_methods(iris, path, method):
     r = send(iris, GOOD, path="/" + path, method=method)
     check(r)

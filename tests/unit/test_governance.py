@@ -20,13 +20,15 @@ from lockgate.plugins.governance import _schema as schema
 from lockgate.plugins.registry import AliasRefused, RegistrationError
 from lockgate.server.cli import main
 from lockgate.server.serving.config import ModelConfig
-from lockgate.server.tools.demo import build_iris, build_mlp, write_demo_repository
 from lockgate.server.serving.model_app import ModelApp
 from lockgate.server.serving.service import ModelService
+from lockgate.server.tools.demo import build_iris, build_mlp, write_demo_repository
 from lockgate.server.tools.repository import import_repository
 from tests.asgi import call
 
-IRIS_BODY = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [5.1, 3.5, 1.4, 0.2]}]}).encode()
+IRIS_BODY = json.dumps(
+    {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [5.1, 3.5, 1.4, 0.2]}]}
+).encode()
 
 
 @pytest.fixture
@@ -94,7 +96,11 @@ def test_authentication_outcomes(gov):
     g.cache.reload()
     assert authenticate(manager, key).name == "root"
     missing = authenticate(manager)
-    assert (missing.allow, missing.status, missing.plugin) == (False, 401, "governance") and "missing 'Authorization" in missing.reason
+    assert (missing.allow, missing.status, missing.plugin) == (
+        False,
+        401,
+        "governance",
+    ) and "missing 'Authorization" in missing.reason
     wrong = key[:-4] + ("AAAA" if not key.endswith("AAAA") else "BBBB")
     unknown = "lg_0000000000000000_" + key.split("_", 2)[2]
     assert authenticate(manager, wrong).reason == authenticate(manager, unknown).reason == "invalid API key"
@@ -135,7 +141,10 @@ def test_roles_and_model_grants(gov):
     keys = {
         name: g.create_key(name, roles, models, actor="root")[0]
         for name, roles, models in [
-            ("viewer", ["viewer"], ["*"]), ("app", ["invoker"], ["iris"]), ("dep", ["deployer"], ["*"]), ("appr", ["approver"], ["*"])
+            ("viewer", ["viewer"], ["*"]),
+            ("app", ["invoker"], ["iris"]),
+            ("dep", ["deployer"], ["*"]),
+            ("appr", ["approver"], ["*"]),
         ]
     }
     g.cache.reload()
@@ -148,8 +157,10 @@ def test_roles_and_model_grants(gov):
         if authorize(manager, who[name], action, model).allow
     }
     assert allowed == {
-        ("viewer", "metadata", "iris"), ("viewer", "metadata", "digits"),
-        ("app", "metadata", "iris"), ("app", "infer", "iris"),
+        ("viewer", "metadata", "iris"),
+        ("viewer", "metadata", "digits"),
+        ("app", "metadata", "iris"),
+        ("app", "infer", "iris"),
         *{("dep", a, m) for a in ("metadata", "register", "alias") for m in ("iris", "digits")},
         *{("appr", a, m) for a in ("metadata", "approve") for m in ("iris", "digits")},
     }
@@ -199,10 +210,18 @@ def test_four_eyes_approval(registered):
     assert e.value.status == 422
     assert g.decide("reject", "mlp", 2, actor="bob").state == "rejected"
     assert g.decide("revoke", "mlp", 1, actor="carol", reason="bias found").state == "revoked"
-    kinds = [(r["kind"], r["actor"], r.get("version")) for r in manager.plugin("audit").audit_log.records() if r["kind"] != "register"]
+    kinds = [
+        (r["kind"], r["actor"], r.get("version")) for r in manager.plugin("audit").audit_log.records() if r["kind"] != "register"
+    ]
     assert kinds == [
-        ("alias_refused", "alice", 1), ("alias_set", "alice", 1), ("approve_refused", "alice", 1), ("approve", "bob", 1),
-        ("approve_refused", "carol", 1), ("alias_set", "alice", 1), ("approve_refused", "bob", 2), ("reject", "bob", 2),
+        ("alias_refused", "alice", 1),
+        ("alias_set", "alice", 1),
+        ("approve_refused", "alice", 1),
+        ("approve", "bob", 1),
+        ("approve_refused", "carol", 1),
+        ("alias_set", "alice", 1),
+        ("approve_refused", "bob", 2),
+        ("reject", "bob", 2),
         ("revoke", "carol", 1),
     ]
     assert [h["state"] for h in g.approvals.history("mlp")] == ["approved", "rejected", "revoked"]
@@ -247,12 +266,21 @@ def custom_model() -> onnx.ModelProto:
 
 def test_policy_lists_every_reason():
     policy = Policy(
-        opset={"min": 14, "max": 20}, forbidden_operators=["Relu"], max_artifact_bytes=10,
-        required_lineage=["training_data", "code_version"], custom_op_libraries=["a" * 64],
+        opset={"min": 14, "max": 20},
+        forbidden_operators=["Relu"],
+        max_artifact_bytes=10,
+        required_lineage=["training_data", "code_version"],
+        custom_op_libraries=["a" * 64],
     )
     model = custom_model()
     candidate = RegistrationCandidate(
-        name="m", path="m.onnx", sha256="0" * 64, size=100, signature={}, created_by="a", lineage={"code_version": "v1"},
+        name="m",
+        path="m.onnx",
+        sha256="0" * 64,
+        size=100,
+        signature={},
+        created_by="a",
+        lineage={"code_version": "v1"},
         opsets={(o.domain or "ai.onnx"): o.version for o in model.opset_import},
         operators=frozenset(f"{n.domain}::{n.op_type}" if n.domain else n.op_type for n in model.graph.node),
         custom_op_libraries={"/opt/libsecret.so": "b" * 64},
@@ -285,7 +313,9 @@ def test_registration_runs_the_policy_and_writes_nothing_when_refused(make_manag
 def test_policy_check_is_a_dry_run(tmp_path, monkeypatch):
     monkeypatch.setenv("LOCKGATE_HOME", str(tmp_path / "home"))
     (tmp_path / "home").mkdir()
-    (tmp_path / "home" / "lockgate.yaml").write_text("governance:\n  policy:\n    forbidden_operators: [Relu]\n    required_lineage: [training_data]\n")
+    (tmp_path / "home" / "lockgate.yaml").write_text(
+        "governance:\n  policy:\n    forbidden_operators: [Relu]\n    required_lineage: [training_data]\n"
+    )
     onnx.save(custom_model(), str(tmp_path / "custom.onnx"))
     onnx.save(build_iris(), str(tmp_path / "iris.onnx"))
     runner = CliRunner()
@@ -318,7 +348,9 @@ def test_sbom_is_valid_cyclonedx_with_runtime_and_models(tmp_path):
     assert iris["hashes"] == [{"alg": "SHA-256", "content": "ab" * 32}]
     props = {p["name"]: p["value"] for p in iris["properties"]}
     assert props["lockgate:aliases"] == "production" and "lockgate:opset:ai.onnx" in props
-    assert set(props["lockgate:operators"].split(",")) == {n.op_type if not n.domain else f"{n.domain}::{n.op_type}" for n in model.graph.node}
+    assert set(props["lockgate:operators"].split(",")) == {
+        n.op_type if not n.domain else f"{n.domain}::{n.op_type}" for n in model.graph.node
+    }
 
 
 # -- what a request sees -------------------------------------------------------------------------------------
@@ -360,7 +392,10 @@ def test_requests_get_401_403_or_an_answer_and_every_one_is_recorded(app):
     assert ok.status == 200 and len(ok.headers["lockgate-request-id"]) == 24
     records = [r for r in manager.plugin("audit").audit_log.records(kind="infer")]
     assert [(r["actor"], r["detail"]["status"], r["detail"].get("decided_by")) for r in records] == [
-        ("anonymous", 401, "governance"), ("anonymous", 401, "governance"), ("other", 403, "governance"), ("app", 200, None)
+        ("anonymous", 401, "governance"),
+        ("anonymous", 401, "governance"),
+        ("other", 403, "governance"),
+        ("app", 200, None),
     ]
     answered = records[-1]
     assert answered["request_id"] == ok.headers["lockgate-request-id"] and answered["version"] == 1
@@ -391,7 +426,9 @@ def test_a_revoked_version_stops_serving(app):
     manager.plugin("governance").decide("revoke", "iris", 1, actor="bob", reason="bias")
     model_app.service.update_blocked()
     r = infer(model_app, keys["app"])
-    assert r.status == 503 and r.json() == {"error": "model 'iris' version 1 is not served: version 1 of 'iris' was revoked by bob: bias"}
+    assert r.status == 503 and r.json() == {
+        "error": "model 'iris' version 1 is not served: version 1 of 'iris' was revoked by bob: bias"
+    }
     stopped = list(manager.plugin("audit").audit_log.records(kind="serving_stopped"))
     assert stopped and stopped[0]["version"] == 1
 

@@ -10,10 +10,10 @@ import time
 import pytest
 
 from lockgate.server.serving.config import ModelConfig
-from lockgate.server.serving.model_app import ModelApp
-from lockgate.server.serving.service import ModelService
 from lockgate.server.serving.limits import LimitOptions
 from lockgate.server.serving.listener import FastServer
+from lockgate.server.serving.model_app import ModelApp
+from lockgate.server.serving.service import ModelService
 
 LIMITS = LimitOptions(max_body_bytes=10_000, max_header_bytes=4096, request_timeout_s=1.0, idle_timeout_s=2.0, max_connections=8)
 IRIS = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [5.1, 3.5, 1.4, 0.2]}]}).encode()
@@ -26,7 +26,10 @@ async def fallback(scope, receive, send):
 
 
 def post(path: str, body: bytes, extra: str = "") -> bytes:
-    return f"POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n{extra}\r\n".encode() + body
+    return (
+        f"POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n{extra}\r\n".encode()
+        + body
+    )
 
 
 async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict, bytes]:
@@ -67,7 +70,11 @@ def serve(demo_registry):
 
 def test_keep_alive_and_pipelined_requests_answer_in_order(serve):
     async def scenario(reader, writer, server):
-        writer.write(post("/v2/models/iris/infer", IRIS) + post("/v2/models/iris/versions/9/infer", IRIS) + b"GET /v2/models/iris/ready HTTP/1.1\r\nhost: x\r\n\r\n")
+        writer.write(
+            post("/v2/models/iris/infer", IRIS)
+            + post("/v2/models/iris/versions/9/infer", IRIS)
+            + b"GET /v2/models/iris/ready HTTP/1.1\r\nhost: x\r\n\r\n"
+        )
         return [await read_response(reader) for _ in range(3)]
 
     (s1, h1, b1), (s2, _, b2), (s3, _, b3) = serve(scenario)
@@ -165,7 +172,9 @@ def test_headers_over_the_limit_are_400_naming_it(serve):
     assert status == 400 and json.loads(body)["error"] == "the request's headers are larger than the limit of 4096 bytes"
 
 
-@pytest.mark.parametrize("partial", [b"POST /v2/models/iris/in", post("/v2/models/iris/infer", IRIS)[:-20]], ids=["headers", "body"])
+@pytest.mark.parametrize(
+    "partial", [b"POST /v2/models/iris/in", post("/v2/models/iris/infer", IRIS)[:-20]], ids=["headers", "body"]
+)
 def test_a_request_that_arrives_too_slowly_is_408(serve, partial):
     async def scenario(reader, writer, server):
         t0 = time.monotonic()

@@ -30,7 +30,12 @@ def samples(text: str) -> dict[str, float]:
 
 def test_counters_add_up_across_processes_and_dead_gauges_go(tmp_path):
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
-    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(n)], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for n in (3, 4)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(n)], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        for n in (3, 4)
+    ]
     for p in procs:
         assert p.stdout.readline().strip() == "ready"
     both = samples(collect(str(tmp_path)).decode())
@@ -45,16 +50,22 @@ def test_the_metrics_command_serves_the_nodes_folder(tmp_path):
     home = tmp_path / "home"
     env = {**os.environ, "LOCKGATE_HOME": str(home), "PROMETHEUS_MULTIPROC_DIR": str(home / "metrics")}
     (home / "metrics").mkdir(parents=True)
-    writer = subprocess.Popen([sys.executable, "-c", WRITER, "5"], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER, "5"], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     assert writer.stdout.readline().strip() == "ready"
-    once = subprocess.run([sys.executable, "-m", "lockgate.server.cli", "metrics", "--once"], env=env, capture_output=True, text=True, check=True)
+    once = subprocess.run(
+        [sys.executable, "-m", "lockgate.server.cli", "metrics", "--once"], env=env, capture_output=True, text=True, check=True
+    )
     assert samples(once.stdout)["lockgate_requests_total"] == 5
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "lockgate.server.cli", "metrics", "--port", str(port)], env=env, stdout=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "lockgate.server.cli", "metrics", "--port", str(port)], env=env, stdout=subprocess.PIPE, text=True
+    )
     try:
         end = time.monotonic() + 20
         while True:

@@ -53,8 +53,16 @@ def feed(manager, rows: np.ndarray, batch: int = 32) -> None:
     for i in range(0, len(rows), batch):
         x = rows[i : i + batch]
         manager.observe(
-            "lockgate_observe_batch", model="m", version=1, rows=len(x), requests=len(x), queue_s=0.0, compute_s=0.0001,
-            queued=0, inputs={"x": x}, outputs={"scores": classifier(x)},
+            "lockgate_observe_batch",
+            model="m",
+            version=1,
+            rows=len(x),
+            requests=len(x),
+            queue_s=0.0,
+            compute_s=0.0001,
+            queued=0,
+            inputs={"x": x},
+            outputs={"scores": classifier(x)},
         )
 
 
@@ -183,7 +191,12 @@ def test_tallies_written_at_a_flush_equal_observing_each_value():
     m.flush()
 
     def buckets(h):
-        return [(s.labels.get("le"), s.value) for metric in h.collect() for s in metric.samples if s.name.endswith(("_bucket", "_count", "_sum"))]
+        return [
+            (s.labels.get("le"), s.value)
+            for metric in h.collect()
+            for s in metric.samples
+            if s.name.endswith(("_bucket", "_count", "_sum"))
+        ]
 
     expected = buckets(reference)
     assert buckets(m.latency.labels("m", "1")) == expected

@@ -44,7 +44,13 @@ def fake_dist(tmp_path, monkeypatch):
 def test_discovery_reports_each_failure_and_keeps_the_rest(fake_dist):
     fake_dist(
         "lgtest-dist",
-        {"good": "lgtest_good", "broken": "lgtest_broken", "old": "lgtest_old", "silent": "lgtest_silent", "unwanted": "lgtest_good:Other"},
+        {
+            "good": "lgtest_good",
+            "broken": "lgtest_broken",
+            "old": "lgtest_old",
+            "silent": "lgtest_silent",
+            "unwanted": "lgtest_good:Other",
+        },
         {
             "lgtest_good": """
                 from lockgate.plugins import hookimpl
@@ -64,7 +70,10 @@ def test_discovery_reports_each_failure_and_keeps_the_rest(fake_dist):
     statuses = {s.name: s for s in m.load_entry_points()}
     assert statuses["good"].state == "loaded" and statuses["good"].api_version == "1.2"
     assert statuses["broken"].state == "failed" and "missing dependency: foo" in statuses["broken"].error
-    assert statuses["old"].state == "failed" and f"speaks plugin API 0.9; this server speaks {PLUGIN_API_VERSION}" in statuses["old"].error
+    assert (
+        statuses["old"].state == "failed"
+        and f"speaks plugin API 0.9; this server speaks {PLUGIN_API_VERSION}" in statuses["old"].error
+    )
     assert statuses["silent"].state == "failed" and "does not declare LOCKGATE_PLUGIN_API" in statuses["silent"].error
     assert statuses["unwanted"].state == "blocked"
     assert m.has("lockgate_observe_inference")
@@ -95,7 +104,9 @@ def test_configure_failure_unregisters_the_plugin(tmp_path):
         raise RuntimeError("cannot reach my service")
 
     m = PluginManager()
-    m.statuses.append(m.register(plugin(lockgate_configure=lockgate_configure, lockgate_observe_inference=lambda event: None), "flaky"))
+    m.statuses.append(
+        m.register(plugin(lockgate_configure=lockgate_configure, lockgate_observe_inference=lambda event: None), "flaky")
+    )
     m.configure(Settings(f"sqlite:///{tmp_path}/r.db", str(tmp_path)))
     assert m.statuses[0].state == "failed" and "cannot reach my service" in m.statuses[0].error
     assert not m.has("lockgate_observe_inference")
@@ -163,7 +174,11 @@ def test_gatekeeper_exception_and_timeout_deny_and_are_counted():
     def broken(principal, action, model, version):
         raise KeyError("boom")
 
-    for name, impl, fragment in (("slow", slow, "timed out"), ("sleepy", sleepy, "timed out"), ("broken", broken, "failed (KeyError)")):
+    for name, impl, fragment in (
+        ("slow", slow, "timed out"),
+        ("sleepy", sleepy, "timed out"),
+        ("broken", broken, "failed (KeyError)"),
+    ):
         m = PluginManager(gate_timeout_s=0.02)
         m.register(plugin(lockgate_authorize=impl), name)
         d = run(m.authorize(Principal("x"), "infer", "m", None))
@@ -190,3 +205,91 @@ def test_registration_gatekeepers_collect_every_deny():
     m.register(plugin(lockgate_check_registration=lambda candidate: [][1]), "buggy")
     reasons = sorted(d.reason for d in m.check_registration(object()))
     assert reasons[1] == "too large" and "registration check by plugin 'buggy' failed (IndexError)" in reasons[0]
+
+
+def test_a_gatekeeper_written_as_a_wrapper_is_refused_at_registration():
+    """pluggy would hand a wrapper's generator back as its answer, which is no Decision: such a
+    plugin would fail open, so it is refused before any hook runs, saying why."""
+    for kind in ("wrapper", "hookwrapper"):
+
+        class Wrapping:
+            LOCKGATE_PLUGIN_API = "1.0"
+
+            @hookimpl(**{kind: True})
+            def lockgate_authorize(self, principal, action, model, version):
+                yield
+
+        m = PluginManager()
+        status = m.register(Wrapping(), f"wrapping-{kind}")
+        assert status.state == "failed", status
+        assert "lockgate_authorize" in status.error and "wrapper or hookwrapper" in status.error
+        assert not m.has("lockgate_authorize")
+        assert asyncio.run(m.authorize(Principal("bob"), "infer", "m", None)).allow  # nothing of it runs
+
+
+def test_an_answer_that_is_not_a_decision_is_a_deny_on_the_sync_and_the_async_path():
+    m = PluginManager()
+    m.register(plugin(lockgate_authorize=lambda principal, action, model, version: True), "truthy")
+    who, denied = m.check_request(REQUEST, "infer")
+    assert who is not None and denied is not None and "truthy" in denied.reason and denied.status == 403
+    who, denied_async = asyncio.run(m.check_request_async(REQUEST, "infer"))
+    assert denied_async == denied
+    assert m.errors["truthy"] == 2
+
+
+def test_async_gatekeepers_work_on_every_gatekeeper_hook():
+    """From plain code and from inside a running event loop (a replica's constructor checks
+    serving on its loop): an async gatekeeper is awaited, never taken for an abstention."""
+
+    async def deny(**_):
+        await asyncio.sleep(0)
+        return Decision.deny("async says no")
+
+    m = PluginManager()
+    m.register(
+        plugin(
+            lockgate_check_registration=lambda candidate: deny(),
+            lockgate_check_alias=lambda principal, model, alias, version: deny(),
+            lockgate_check_serving=lambda record, aliases: deny(),
+            lockgate_check_startup=lambda host, insecure: deny(),
+            lockgate_authorize=lambda principal, action, model, version: deny(),
+        ),
+        "async-gates",
+    )
+
+    def every_check() -> list[Decision]:
+        return [
+            *m.check_registration(object()),
+            m.check_alias(Principal("bob"), "m", "production", 1),
+            m.check_serving(object(), []),
+            *m.check_startup("127.0.0.1", False),
+            m.check_request(REQUEST, "infer")[1],
+        ]
+
+    async def on_a_loop() -> list[Decision]:
+        return every_check()
+
+    for decisions in (every_check(), asyncio.run(on_a_loop())):
+        assert len(decisions) == 5
+        assert all(not d.allow and d.reason == "async says no" and d.plugin == "async-gates" for d in decisions), decisions
+
+
+def test_async_def_hookimpls_are_awaited_on_the_request_path():
+    class AsyncGate:
+        LOCKGATE_PLUGIN_API = "1.0"
+
+        @hookimpl
+        async def lockgate_authenticate(self, request):
+            await asyncio.sleep(0)
+            return Principal("carol", frozenset({"invoker"}))
+
+        @hookimpl
+        async def lockgate_authorize(self, principal, action, model, version):
+            return None if principal.name == "carol" else Decision.deny("not carol")
+
+    m = PluginManager()
+    m.register(AsyncGate(), "async-gate")
+    assert not m.request_gates_are_sync()
+    who, denied = asyncio.run(m.check_request_async(REQUEST, "infer"))
+    assert who == Principal("carol", frozenset({"invoker"})) and denied is None
+    assert m.check_request(REQUEST, "infer") == (who, None)  # the synchronous driver awaits them too

@@ -12,9 +12,9 @@ import pytest
 
 from lockgate.server.serving.config import ModelConfig
 from lockgate.server.serving.control_app import ControlApp
+from lockgate.server.serving.limits import DEFAULT_LIMITS, LimitOptions
 from lockgate.server.serving.model_app import ModelApp
 from lockgate.server.serving.service import ModelService
-from lockgate.server.serving.limits import DEFAULT_LIMITS, LimitOptions
 from tests.asgi import call
 
 PREFIX = "/v2/models/iris"
@@ -35,7 +35,9 @@ def services(demo_registry):
 def post(service, path, doc=None, raw=None, headers=None):
     body = raw if raw is not None else json.dumps(doc).encode()
     app = ModelApp(service)
-    return asyncio.run(call(app, "POST", f"/v2/models/{service.name}{path}", body, headers, root_path=f"/v2/models/{service.name}"))
+    return asyncio.run(
+        call(app, "POST", f"/v2/models/{service.name}{path}", body, headers, root_path=f"/v2/models/{service.name}")
+    )
 
 
 def get(service, path):
@@ -83,7 +85,9 @@ def test_binary_output_and_mixed_binary_input(services):
         else:
             value = {"BOOL": True, "BYTES": "hi"}.get(spec.datatype, 1)
             inputs.append({"name": spec.name, "datatype": spec.datatype, "shape": [1, 2], "data": [value, value]})
-    header = json.dumps({"inputs": inputs, "outputs": [{"name": "out_FP32", "parameters": {"binary_data": True}}, {"name": "out_BYTES"}]}).encode()
+    header = json.dumps(
+        {"inputs": inputs, "outputs": [{"name": "out_FP32", "parameters": {"binary_data": True}}, {"name": "out_BYTES"}]}
+    ).encode()
     r = post(s, "/infer", raw=header + blob, headers={"Inference-Header-Content-Length": str(len(header))})
     assert r.status == 200, r.body
     n = int(r.headers["inference-header-content-length"])
@@ -159,12 +163,20 @@ def test_malformed_bodies_are_400(services, raw, headers, fragments):
 
 def test_binary_framing_errors_are_400(services):
     s = services["iris"]
-    header = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "parameters": {"binary_data_size": 16}}]}).encode()
+    header = json.dumps(
+        {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "parameters": {"binary_data_size": 16}}]}
+    ).encode()
     h = {"Inference-Header-Content-Length": str(len(header))}
     _err(post(s, "/infer", raw=header + b"\0" * 12, headers=h), 400, "binary_data_size 16 runs past the end", "12 bytes remain")
     _err(post(s, "/infer", raw=header + b"\0" * 20, headers=h), 400, "4 bytes of binary data")
-    bad = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "parameters": {"binary_data_size": 12}}]}).encode()
-    _err(post(s, "/infer", raw=bad + b"\0" * 12, headers={"Inference-Header-Content-Length": str(len(bad))}), 400, "needs 16 bytes, got 12")
+    bad = json.dumps(
+        {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "parameters": {"binary_data_size": 12}}]}
+    ).encode()
+    _err(
+        post(s, "/infer", raw=bad + b"\0" * 12, headers={"Inference-Header-Content-Length": str(len(bad))}),
+        400,
+        "needs 16 bytes, got 12",
+    )
     _err(post(s, "/infer", raw=header), 400, "no Inference-Header-Content-Length")
     msg = _err(post(s, "/infer", raw=struct.pack("<4f", 1, 2, 3, 4), headers=h), 400)
     assert "Inference-Header-Content-Length" in msg
@@ -201,8 +213,18 @@ def test_control_app_routes():
     assert asyncio.run(call(ControlApp(["iris"], running), "GET", "/v2/health/ready")).status == 200
     # a running model's path that reached the control routes was not the model's route before
     # decoding (the ingress routes on the raw path): 404, not "not ready"
-    r = asyncio.run(call(ControlApp(["iris"], running), "POST", "/v2/models/iris/../digits/infer", raw_path=b"/v2/models/iris%2F..%2Fdigits/infer"))
-    assert r.status == 404 and r.json()["error"] == "no route /v2/models/iris%2F..%2Fdigits/infer: routes are matched before percent-decoding"
+    r = asyncio.run(
+        call(
+            ControlApp(["iris"], running),
+            "POST",
+            "/v2/models/iris/../digits/infer",
+            raw_path=b"/v2/models/iris%2F..%2Fdigits/infer",
+        )
+    )
+    assert (
+        r.status == 404
+        and r.json()["error"] == "no route /v2/models/iris%2F..%2Fdigits/infer: routes are matched before percent-decoding"
+    )
     r = asyncio.run(call(app, "POST", "/v2/repository/index"))
     assert r.status == 404 and "no model repository API" in r.json()["error"]
 
@@ -235,7 +257,13 @@ def test_preprocessing_uint8_hwc_is_normalised_in_the_fast_path(services):
     meta = get(s, "").json()
     assert meta["inputs"] == [{"name": "image", "datatype": "UINT8", "shape": [-1, S, S, 3]}]
     pixels = np.random.default_rng(5).integers(0, 256, (2, S, S, 3), dtype=np.uint8)
-    header = json.dumps({"inputs": [{"name": "image", "datatype": "UINT8", "shape": [2, S, S, 3], "parameters": {"binary_data_size": pixels.nbytes}}]}).encode()
+    header = json.dumps(
+        {
+            "inputs": [
+                {"name": "image", "datatype": "UINT8", "shape": [2, S, S, 3], "parameters": {"binary_data_size": pixels.nbytes}}
+            ]
+        }
+    ).encode()
     r = post(s, "/infer", raw=header + pixels.tobytes(), headers={"Inference-Header-Content-Length": str(len(header))})
     assert r.status == 200, r.body
     x = pixels.astype(np.float32).transpose(0, 3, 1, 2) * np.array(IMAGE_SCALE, np.float32).reshape(1, 3, 1, 1)

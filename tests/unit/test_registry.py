@@ -56,7 +56,13 @@ def artifacts(tmp_path):
 
 def test_register_records_everything(make_registry, files):
     r = make_registry()
-    lineage = {"training_data": "s3://bucket/iris.csv", "training_data_sha256": "ab" * 32, "code_version": "abc123", "parameters": {"C": 1.0}, "metrics": {"accuracy": 0.97}}
+    lineage = {
+        "training_data": "s3://bucket/iris.csv",
+        "training_data_sha256": "ab" * 32,
+        "code_version": "abc123",
+        "parameters": {"C": 1.0},
+        "metrics": {"accuracy": 0.97},
+    }
     rec = r.register(files / "iris.onnx", "iris", created_by="alice", lineage=lineage, card="# Iris\nA classifier.")
     assert (rec.name, rec.version, rec.created_by) == ("iris", 1, "alice")
     assert len(rec.sha256) == 64 and rec.size == (files / "iris.onnx").stat().st_size
@@ -104,7 +110,11 @@ def test_concurrent_registrations_from_separate_registries(make_registry, files)
 
 @pytest.mark.parametrize(
     "name,fragment",
-    [("text.onnx", "is not an ONNX model"), ("truncated.onnx", "not an ONNX model (or is truncated)"), ("checker.onnx", "fails onnx.checker")],
+    [
+        ("text.onnx", "is not an ONNX model"),
+        ("truncated.onnx", "not an ONNX model (or is truncated)"),
+        ("checker.onnx", "fails onnx.checker"),
+    ],
 )
 def test_bad_files_are_refused_and_leave_nothing(make_registry, files, tmp_path, name, fragment):
     r = make_registry()

@@ -29,9 +29,8 @@ monitoring:
 @pytest.fixture
 def home(tmp_path, monkeypatch, demo_repo):
     """A home with the demo repository registered, a pending mlp version 2, and a period of traffic."""
-    from lockgate.server.tools.repository import announce_imports
-    from lockgate.server.tools.repository import import_repository
     from lockgate.server.serving.settings import LockgateSettings
+    from lockgate.server.tools.repository import announce_imports, import_repository
 
     monkeypatch.setenv("LOCKGATE_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("LOCKGATE_ACTOR", "alice")
@@ -71,7 +70,26 @@ def columns(output: str, model: str) -> list[str]:
 
 def test_the_table_gives_each_models_slo_figures(home):
     out = run("--since", "2h", "--html", str(home / "r.html"))
-    iris = dict(zip(["model", "requests", "p50", "p95", "p99", "slo", "errors", "availability", "budget", "drift", "versions", "lead", "pending"], columns(out, "iris")))
+    iris = dict(
+        zip(
+            [
+                "model",
+                "requests",
+                "p50",
+                "p95",
+                "p99",
+                "slo",
+                "errors",
+                "availability",
+                "budget",
+                "drift",
+                "versions",
+                "lead",
+                "pending",
+            ],
+            columns(out, "iris"),
+        )
+    )
     answered = np.arange(1, 91, dtype=float)  # latencies (ms) of the 90 answered requests
     assert iris["requests"] == "100"
     assert float(iris["p50"]) == pytest.approx(np.percentile(answered, 50), abs=0.01)
@@ -109,7 +127,9 @@ def test_the_html_report_renders_its_plots_in_a_headless_browser(home):
     body = re.search(r"<body[^>]*>", dom.stdout).group(0)
     assert 'data-plots="2"' in body and 'data-rendered="2"' in body, body  # both plots decoded
     shot = home / "shot.png"
-    subprocess.run([*common, f"--screenshot={shot}", "--window-size=1200,1400", page.as_uri()], capture_output=True, timeout=120, check=True)
+    subprocess.run(
+        [*common, f"--screenshot={shot}", "--window-size=1200,1400", page.as_uri()], capture_output=True, timeout=120, check=True
+    )
     import matplotlib.image
 
     pixels = matplotlib.image.imread(str(shot))[..., :3]

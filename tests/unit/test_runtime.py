@@ -7,8 +7,9 @@ import socket
 import pytest
 
 from lockgate.server.errors import StartupError
+from lockgate.server.hosting import serve_compat
 from lockgate.server.hosting.runtime import Runtime
-from lockgate.server.hosting.serve_compat import INGRESS_ENV, fallback_proxy_ports
+from lockgate.server.hosting.serve_compat import fallback_proxy_ports
 
 
 def free_port() -> int:
@@ -35,7 +36,46 @@ def test_a_server_refuses_to_start_when_its_fallback_proxy_port_is_taken(monkeyp
             Runtime(host="127.0.0.1", port=port, progress=lambda line: None).start()
 
 
-def test_haproxy_replays_only_requests_no_replica_answered():
-    policy, *options = INGRESS_ENV["RAY_SERVE_HAPROXY_RETRY_ON"].split("\n")
-    assert policy.split() == ["conn-failure", "empty-response"]
-    assert [o.strip() for o in options] == ["option http-buffer-request", "timeout http-request 30s"]
+def test_every_private_serve_name_lockgate_touches_is_where_it_was():
+    """Fails (never skips) when the installed Ray moved one of them: serve_compat.check names it."""
+    serve_compat.check()
+
+
+def test_the_check_names_a_moved_replica_hook(monkeypatch):
+    from ray.serve._private import replica
+
+    async def moved(app, options, *, loop):  # a changed signature
+        raise AssertionError("never called")
+
+    monkeypatch.setattr(replica, "start_asgi_http_server", moved)
+    with pytest.raises(StartupError, match=r"start_asgi_http_server takes \(app, options, loop\)"):
+        serve_compat.check()
+    monkeypatch.delattr(replica, "start_asgi_http_server")
+    with pytest.raises(StartupError, match="start_asgi_http_server no longer exists"):
+        serve_compat.check()
+
+
+def test_the_check_names_a_ray_outside_the_tested_range(monkeypatch):
+    import ray
+
+    monkeypatch.setattr(ray, "__version__", "2.61.0")
+    with pytest.raises(StartupError, match=r"Ray 2.61.0 is outside the tested range >=2.60,<2.61"):
+        serve_compat.check()
+
+
+def test_the_check_names_an_environment_variable_serve_stopped_reading(monkeypatch):
+    monkeypatch.setitem(serve_compat.INGRESS_ENV, "RAY_SERVE_NO_SUCH_SETTING", "1")
+    with pytest.raises(StartupError, match="Serve no longer reads RAY_SERVE_NO_SUCH_SETTING"):
+        serve_compat.check()
+
+
+def test_a_replica_start_failure_crosses_serves_status_text_whole():
+    """What a replica raises reaches the driver only as traceback text in Serve's status; the
+    marked line brings back the model, version and reason."""
+    from lockgate.server.errors import ModelLoadError
+
+    failure = serve_compat.ReplicaStartFailed("iris", ModelLoadError("iris", 3, "artifact changed"))
+    text = f"Traceback (most recent call last):\n  ...\nlockgate...ReplicaStartFailed: {failure}\n"
+    error = serve_compat.load_failure("no-such-app-here", RuntimeError(text))
+    assert (error.model, error.version, error.reason) == ("iris", 3, "artifact changed")
+    assert str(error) == "model iris version 3 failed to load: artifact changed"
