@@ -23,6 +23,7 @@ from .serve_compat import (
     haproxy_dir,
     haproxy_env,
     haproxy_pids,
+    haproxy_side_ports,
     load_failure,
     orphaned_haproxy_pids,
     stop_haproxy,
@@ -72,12 +73,8 @@ class Runtime:
         if self.address is None:
             check_port(self.host, self.port)
             # HAProxy's own stats and metrics listeners (all interfaces; Ray has no address setting).
-            for var, default in (("RAY_SERVE_HAPROXY_STATS_PORT", 8404), ("RAY_SERVE_HAPROXY_METRICS_PORT", 9101)):
-                check_port(
-                    "0.0.0.0",
-                    int(os.environ.get(var, default)),
-                    what=f"HAProxy's {var.split('_')[-2].lower()} port (set {var} to move it)",
-                )
+            for what, (var, port) in haproxy_side_ports().items():
+                check_port("0.0.0.0", port, what=f"HAProxy's {what} port (set {var} to move it)")
             for var, fallback in fallback_proxy_ports(self.port).items():
                 check_port(self.host, fallback, what=f"Serve's fallback proxy ({var.split('_')[-2]}; --port moves it)")
         if self.address is None:

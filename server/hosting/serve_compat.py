@@ -6,7 +6,7 @@ lockgate depends on these (ray[serve] is pinned to the range they were checked a
   its own HTTP listener in place of the uvicorn server Serve starts (``install_listener``);
 - the ``RAY_SERVE_*`` environment variables of Serve's HAProxy ingress and fallback proxy,
   read by ``ray.serve._private.constants`` (``INGRESS_ENV``, ``haproxy_env``,
-  ``fallback_proxy_ports``);
+  ``fallback_proxy_ports``, ``haproxy_side_ports``);
 - Serve's HAProxy template writing ``RAY_SERVE_HAPROXY_RETRY_ON`` verbatim after
   ``retry-on`` in its defaults section, so extra lines ride on that value
   (``haproxy_retry_on``; tests/integration/test_ingress_replay.py renders the config);
@@ -48,6 +48,7 @@ __all__ = [
     "haproxy_env",
     "haproxy_pids",
     "haproxy_retry_on",
+    "haproxy_side_ports",
     "install_listener",
     "load_failure",
     "orphaned_haproxy_pids",
@@ -130,6 +131,16 @@ def haproxy_env(port: int) -> dict[str, str]:
         "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(base),
         "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(base / "server-state"),
     }
+
+
+# HAProxy's stats and metrics listeners: Serve's variables and its defaults for them.
+_HAPROXY_SIDE_PORTS = {"stats": ("RAY_SERVE_HAPROXY_STATS_PORT", 8404), "metrics": ("RAY_SERVE_HAPROXY_METRICS_PORT", 9101)}
+
+
+def haproxy_side_ports() -> dict[str, tuple[str, int]]:
+    """The ports HAProxy's stats and metrics listeners will take, by what they are: the variable
+    that moves each and the port this environment gives it."""
+    return {what: (var, int(os.environ.get(var, default))) for what, (var, default) in _HAPROXY_SIDE_PORTS.items()}
 
 
 def haproxy_pids() -> list[int]:
@@ -303,8 +314,7 @@ def check() -> None:
             *INGRESS_ENV,
             *haproxy_env(0),
             *fallback_proxy_ports(0),
-            "RAY_SERVE_HAPROXY_STATS_PORT",
-            "RAY_SERVE_HAPROXY_METRICS_PORT",
+            *(var for var, _ in _HAPROXY_SIDE_PORTS.values()),
         ]
         missing = [n for n in names if f'"{n}"' not in source]
         if missing:
