@@ -8,6 +8,7 @@ import click
 
 from lockgate.plugins.shared import checked_actor, fail, parse_time, registry_options
 
+from ..errors import LockgateError
 from .common import manager_from
 
 __all__ = ["report"]
@@ -43,8 +44,9 @@ def report(
         if unknown:
             raise LookupError(f"unknown model(s) {', '.join(unknown)}; registered: {', '.join(known) or 'none'}")
         result = gather(manager, start, end, list(models) or None)
-    except LookupError as e:
+        page = render_html(result)
+    except (LookupError, LockgateError) as e:
         fail(e)
     click.echo(render_text(result))
-    html_path.write_text(render_html(result), encoding="utf-8")
+    html_path.write_text(page, encoding="utf-8")
     click.echo(f"HTML report: {html_path}")

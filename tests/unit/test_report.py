@@ -137,3 +137,16 @@ def test_the_html_report_renders_its_plots_in_a_headless_browser(home):
     assert len(colours) > 50, "the page looks blank"  # text, table lines and the plots' colours
     plot_blue = np.all(np.abs(pixels - np.array([0x1F, 0x77, 0xB4]) / 255) < 0.08, axis=-1)
     assert plot_blue.sum() > 200, "the traffic line of the first plot is not on screen"
+
+
+def test_the_report_without_its_extra_names_the_extra(home, monkeypatch):
+    """matplotlib is the [report] extra: without it `lockgate report` says what to install, and
+    writes nothing."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if it were not installed: importing it raises
+    result = CliRunner().invoke(main, ["report", "--since", "2h", "--html", str(home / "r.html")])
+    assert result.exit_code == 2, result.output
+    assert "the HTML report's plots needs the package 'matplotlib'" in result.output
+    assert "pip install 'lockgate[report]'" in result.output
+    assert not (home / "r.html").exists()
