@@ -82,7 +82,7 @@ class ModelDeployment:
 
     def record_autoscaling_stats(self) -> dict[str, float]:
         """Serve's custom autoscaling metrics (read with an autoscaling_config only): requests
-        this replica held, averaged since the last report (server/autoscaling.py)."""
+        this replica held, averaged since the last report (server/hosting/autoscaling.py)."""
         return {} if self._app.load is None else {ONGOING: self._app.load.report()}
 
 

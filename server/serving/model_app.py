@@ -45,7 +45,7 @@ class ModelApp:
         self.gated = manager.has("lockgate_authenticate") or manager.has("lockgate_authorize")
         self.observed = manager.has("lockgate_observe_inference")
         self.recorded = manager.has("lockgate_record_inference")
-        # Requests held, read by autoscaling only (server/autoscaling.py); no cost without it.
+        # Requests held, read by autoscaling only (server/hosting/autoscaling.py); no cost without it.
         self.load = LoadMeter() if service.config.autoscaling is not None else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
