@@ -209,7 +209,9 @@ class ModelRegistry(Protocol):
     repository import) and returns the existing version unchanged when its sha256 is the
     same; ``set_alias`` returns the version the alias pointed to before (None: new alias);
     ``alias_history`` lists moves oldest first as mappings with ``alias``, ``version``,
-    ``previous``, ``set_by`` and ``set_at``; unknown names raise ``LookupError``."""
+    ``previous``, ``set_by`` and ``set_at``; unknown names raise ``LookupError``. A registry that
+    keeps no reference samples answers None from ``reference`` and raises ``RegistryError``
+    from ``set_reference``."""
 
     def list_models(self) -> list[str]: ...
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, require_extra
+from ..errors import ConfigError, LockgateError, require_extra
 
 __all__ = ["MAX_ROWS", "REFERENCE_FILES", "import_references", "read_reference", "set_reference"]
 
@@ -131,8 +131,6 @@ def import_references(manager: Any, root: str | Path, imported: list[tuple[str, 
     """For each imported version whose folder holds a ``reference.*`` file and that has no
     reference sample yet, store it. Returns a line per version set (or refused, with why)."""
     registry = manager.registry()
-    if not hasattr(registry, "reference"):
-        return []
     said = []
     for name, version, _ in imported:
         folder = Path(root) / name / str(version)
@@ -141,7 +139,7 @@ def import_references(manager: Any, root: str | Path, imported: list[tuple[str, 
             continue
         try:
             baseline = set_reference(manager, name, version, found, actor=actor)
-        except ConfigError as e:
+        except LockgateError as e:  # a sample that does not fit, or a registry that keeps none
             said.append(f"reference sample of {name} version {version} not set: {e}")
             continue
         said.append(f"reference sample of {name} version {version}: {baseline['rows']} rows from {found.name}")

@@ -25,7 +25,7 @@ MINIMAL_REGISTRY = textwrap.dedent(
     import fcntl, hashlib, json, os, shutil, time
     from pathlib import Path
 
-    from lockgate.plugins import ModelVersionRecord, hookimpl
+    from lockgate.plugins import ModelVersionRecord, Reference, hookimpl
     from lockgate.plugins.errors import ArtifactMismatch, UnknownModel
     from lockgate.plugins.shared import onnx_signature
 
@@ -104,7 +104,7 @@ MINIMAL_REGISTRY = textwrap.dedent(
             signature = onnx_signature(onnx.load_from_string(raw))
 
             def add(data):
-                model = data.setdefault(name, {"versions": {}, "aliases": {}, "history": [], "config": {}})
+                model = data.setdefault(name, {"versions": {}, "aliases": {}, "history": [], "config": {}, "references": {}})
                 model["config"] = dict(config or model["config"])
                 number = version or max(map(int, model["versions"]), default=0) + 1
                 existing = model["versions"].get(str(number))
@@ -140,10 +140,30 @@ MINIMAL_REGISTRY = textwrap.dedent(
             return {"name": record.name, "version": record.version, "sha256": record.sha256}
 
         def reference(self, name, version):
-            return None
+            import numpy as np
+
+            meta = self._model(self._read(), name)["references"].get(str(version))
+            if meta is None:
+                return None
+            with np.load(self.root / meta["file"], allow_pickle=False) as data:
+                sample = {k: data[k] for k in data.files}
+            return Reference(name, version, sample, meta["baseline"], meta["rows"], meta["source_sha256"], meta["set_by"], meta["set_at"])
 
         def set_reference(self, name, version, sample, baseline, *, actor, source_sha256):
-            raise NotImplementedError("this registry keeps no reference samples")
+            import numpy as np
+
+            self.get_version(name, version)
+            file = f"reference-{name}-{version}.npz"
+            np.savez(self.root / file, **{k: np.asarray(v) for k, v in sample.items()})
+            rows = int(np.asarray(next(iter(sample.values()))).shape[0])
+
+            def store(data):
+                data[name]["references"][str(version)] = {
+                    "file": file, "baseline": json.loads(json.dumps(baseline)), "rows": rows, "source_sha256": source_sha256,
+                    "set_by": actor, "set_at": time.time(),
+                }
+
+            self._change(store)
 
 
     class Plugin:
@@ -219,4 +239,6 @@ def test_serve_model_repository_runs_on_a_replacement_registry(plugin_site: Path
     # Everything went into the replacement: the built-in registry's database was never made.
     assert (home / "minimal-registry" / "registry.json").exists(), out
     assert "registered: iris version 1" in out, out
+    assert "reference sample of iris version 1: 150 rows" in out, out  # the repository's reference.npy, stored in it
+    assert (home / "minimal-registry" / "reference-iris-1.npz").exists()
     assert not (home / "artifacts").exists(), out

@@ -10,7 +10,7 @@ import onnx
 import pytest
 
 from lockgate.plugins import Decision
-from lockgate.plugins._storage import ArtifactMismatch
+from lockgate.plugins.errors import ArtifactMismatch
 from lockgate.plugins.registry import RegistrationError, Registry, UnknownModel
 from lockgate.server.tools.demo import build_iris, build_mlp
 
@@ -209,3 +209,43 @@ def test_a_changed_artifact_is_refused_and_recorded(make_registry, files):
         r.read_verified(rec)
     refused = r.events(name="m", kind="load_refused")
     assert len(refused) == 1 and refused[0]["detail"]["sha256"] == rec.sha256
+
+
+def test_a_registry_that_keeps_no_reference_samples_is_reported_not_fatal(demo_registry, demo_repo):
+    """A replacement registry may keep no reference samples (set_reference raises RegistryError):
+    a repository import says so for each sample it could not store and goes on."""
+    from lockgate.plugins import PluginManager, hookimpl
+    from lockgate.plugins.errors import RegistryError
+    from lockgate.server.tools.reference import import_references
+
+    class NoSamples:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def reference(self, name, version):
+            return None
+
+        def set_reference(self, *args, **kwargs):
+            raise RegistryError("this registry keeps no reference samples")
+
+    class Provider:
+        LOCKGATE_PLUGIN_API = "1.3"
+
+        @hookimpl
+        def lockgate_model_registry(self):
+            return NoSamples(demo_registry)
+
+        @hookimpl
+        def lockgate_build_baseline(self, inputs, outputs):
+            return {"rows": len(next(iter(inputs.values()))), "features": {}}
+
+    manager = PluginManager()
+    manager.register(Provider(), "no-samples")
+    said = import_references(manager, demo_repo, [("iris", 1, True), ("mlp", 1, True)], actor="tester")
+    assert said == [
+        "reference sample of iris version 1 not set: this registry keeps no reference samples",
+        "reference sample of mlp version 1 not set: this registry keeps no reference samples",
+    ]
