@@ -323,8 +323,8 @@ def run_system(
             wait_ready(f"{base}/{MODEL}/infer", body, proc)
             print(f"   ready in {time.monotonic() - t0:.1f} s", flush=True)
             rows += measure(system.name, f"{base}/{MODEL}/infer", body_path, levels, reps, seconds)
-            if system.name == "lockgate":
-                rows += measure("lockgate-W2", f"{base}/cnn/infer", work / "w2.bin", levels, reps, seconds, w2_header)
+            if system.name.startswith("lockgate"):
+                rows += measure(f"{system.name}-W2", f"{base}/cnn/infer", work / "w2.bin", levels, reps, seconds, w2_header)
         except Exception as e:  # noqa: BLE001 - one system failing must not lose the others' figures
             print(f"   {system.name} failed: {e}; log: {work / (system.name + '.log')}", flush=True)
         finally:
@@ -337,7 +337,7 @@ def ratios_of(summary: dict, order: list[str], levels: list[int], raw: list[dict
     ratios = {}
     top = max(levels)
     for peer in order:
-        if peer in ("lockgate", "lockgate-W2") or ("lockgate", top) not in summary or (peer, top) not in summary:
+        if peer == "lockgate" or peer.endswith("-W2") or ("lockgate", top) not in summary or (peer, top) not in summary:
             continue
         ratios[f"W1 throughput c={top} lockgate/{peer}"] = summary[("lockgate", top)]["rps"] / summary[(peer, top)]["rps"]
         if ("lockgate", 1) in summary and (peer, 1) in summary:
@@ -347,6 +347,10 @@ def ratios_of(summary: dict, order: list[str], levels: list[int], raw: list[dict
         ratios[f"W2 throughput c={top} lockgate/raw onnxruntime batch 4"] = (
             summary[("lockgate-W2", top)]["rps"] / raw_cnn["rows_per_s"]
         )
+        if ("lockgate-base-W2", top) in summary:
+            ratios[f"W2 throughput c={top} lockgate/lockgate-base"] = (
+                summary[("lockgate-W2", top)]["rps"] / summary[("lockgate-base-W2", top)]["rps"]
+            )
     return ratios
 
 
@@ -465,7 +469,7 @@ def main() -> int:
     raw = [raw_onnxruntime(path, b) for path, sizes in ((model_path, (1, 32)), (cnn_path, (1, 4))) for b in sizes]
     info["loadavg_after"] = os.getloadavg()
     summary = summarize(rows)
-    order = [s.name for s in chosen] + (["lockgate-W2"] if any(s.name == "lockgate" for s in chosen) else [])
+    order = [s.name for s in chosen] + [f"{s.name}-W2" for s in chosen if s.name.startswith("lockgate")]
     ratios = ratios_of(summary, order, levels, raw)
     report(summary, order, levels, raw, ratios)
     print(f"load average before {info['loadavg']}, after {info['loadavg_after']}")
