@@ -30,7 +30,7 @@ from typing import Any
 from ..errors import AuditError, SequencerStopped
 from ._log import AuditLog
 
-__all__ = ["Sequencer", "digest_bodies"]
+__all__ = ["Sequencer", "digest_bodies", "unrecordable"]
 
 log = logging.getLogger("lockgate.audit")
 
@@ -72,6 +72,7 @@ class Sequencer:
         self.written = 0
         self.dropped = 0
         self.failed_writes = 0
+        self.replaced = 0  # records that could not be stored, each replaced by one saying so
         self.groups = 0
         self.deaths = 0  # writer threads that died (killed, or a bug); each starts the next one
         self._streak = 0  # deaths since the last written group
@@ -219,29 +220,55 @@ class Sequencer:
             real = [(e, w) for e, w in group if "__flush__" not in e]
             try:
                 seqs = self._seqs = self.log.append([self.prepare(e) for e, _ in real]) if real else []
-            except Exception as e:  # noqa: BLE001 - the store failed: waiters fail, async entries wait
+                error: Exception | None = None
+            except Exception as e:  # noqa: BLE001 - a record or the store failed: one at a time tells which
+                error = e
+                seqs = self._seqs = self._one_by_one(real)
+            written, unwritten = real[: len(seqs)], real[len(seqs) :]
+            self.written += len(seqs)
+            _settle([(w, s) for (_, w), s in zip(written, seqs) if w is not None] + [(w, 0) for _, w in flushes], None)
+            if unwritten:  # the store failed: sync waiters fail, async entries wait for the next try
+                assert error is not None
                 self.failed_writes += 1
-                self.last_error = f"{type(e).__name__}: {e}"
-                log.warning("audit write of %d records failed: %s", len(real), self.last_error)
-                _settle([(w, None) for _, w in real if w is not None], e)
-                retry = [(e_, w) for e_, w in real if w is None]
+                self.last_error = f"{type(error).__name__}: {error}"
+                log.warning("audit write of %d records failed: %s", len(unwritten), self.last_error)
+                _settle([(w, None) for _, w in unwritten if w is not None], error)
+                retry = [(e_, w) for e_, w in unwritten if w is None]
                 if len(retry) > self.buffer:
                     self.dropped += len(retry) - self.buffer
                     retry = retry[: self.buffer]
-                _settle([(w, 0) for _, w in flushes], None)
                 self._group = retry  # the sync waiters have their answer; the async entries wait
-                self._observe(0, real, failed=True)
+                self._observe(len(seqs), real, failed=True)
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 1.0)
                 continue
             backoff = 0.01
             self._streak = 0
-            self.written += len(seqs)
             self.groups += 1
-            _settle([(w, s) for (_, w), s in zip(real, seqs) if w is not None] + [(w, 0) for _, w in flushes], None)
             self._group = []
             self._observe(len(seqs), real, failed=False)
             self._checkpoint()
+
+    def _one_by_one(self, group: list[tuple[dict[str, Any], Waiter]]) -> list[int]:
+        """Write a group that failed as a whole one record at a time, so that one record that
+        cannot be stored (text no database or hash takes) can never stall or poison the chain:
+        such a record is replaced by one saying so, with what can be kept of it. Returns the
+        seqs of the records written, in order; it stops at the first record whose replacement
+        fails too, for then the store itself is failing."""
+        seqs: list[int] = []
+        for entry, _ in group:
+            try:
+                seqs += self.log.append([self.prepare(entry)])
+                continue
+            except Exception as e:  # noqa: BLE001 - this record, or the store: its replacement tells
+                problem = e
+            try:
+                seqs += self.log.append([unrecordable(entry, problem)])
+            except Exception:  # noqa: BLE001 - the store fails, not the record: the caller retries
+                return seqs
+            self.replaced += 1
+            log.error("an audit record could not be stored (%s); a record saying so stands in its place", type(problem).__name__)
+        return seqs
 
     @property
     def pending(self) -> int:
@@ -294,6 +321,41 @@ def _resolve(items: list[tuple[asyncio.Future, Any]], error: BaseException | Non
             future.set_result(value)
         else:
             future.set_exception(AuditError(f"audit write failed: {type(error).__name__}: {error}"))
+
+
+def unrecordable(entry: dict[str, Any], error: BaseException) -> dict[str, Any]:
+    """The record that stands in for ``entry`` when it cannot be stored: its time, kind, model,
+    version, status and a digest of its request id, and why (the error's type; its message may
+    hold the very text that could not be stored)."""
+    detail = entry.get("detail") or {}
+    request_id = entry.get("request_id")
+    kept: dict[str, Any] = {"reason": f"the record could not be stored: {type(error).__name__}"}
+    if isinstance(entry.get("kind"), str) and _storable(entry["kind"]):
+        kept["kind"] = entry["kind"]
+    if type(detail.get("status")) is int:
+        kept["status"] = detail["status"]
+    if isinstance(request_id, str):
+        kept["request_id_sha256"] = hashlib.sha256(request_id.encode("utf-8", "surrogatepass")).hexdigest()
+    record: dict[str, Any] = {
+        "at": float(entry.get("at") or time.time()),
+        "kind": "unrecordable",
+        "actor": "lockgate",
+        "detail": kept,
+    }
+    if isinstance(entry.get("model"), str) and _storable(entry["model"]):
+        record["model"] = entry["model"]
+    if type(entry.get("version")) is int:
+        record["version"] = entry["version"]
+    return record
+
+
+def _storable(text: str) -> bool:
+    """Text every store and the hash take: UTF-8 (no lone surrogate), no NUL, not too long."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in text and len(text) <= 256
 
 
 def digest_bodies(entry: dict[str, Any], payloads: bool) -> dict[str, Any]:

@@ -78,9 +78,7 @@ def parse_infer_request(
     """Decode ``body`` for ``model``; ``header_length`` is Inference-Header-Content-Length, if sent.
     A tensor whose shape holds more than ``max_elements`` elements is refused before any decode."""
     doc, binary = _document(body, header_length)
-    request_id = doc.get("id")
-    if request_id is not None and type(request_id) is not str:
-        raise BadRequest("'id' must be a string")
+    request_id = _request_id(doc.get("id"))
     params = _parameters(doc, "request")
     items = doc.get("inputs")
     if type(items) is not list or not items:
@@ -110,6 +108,27 @@ def parse_infer_request(
             raise BadRequest(f"inputs disagree on the batch size (first dimension): {sorted(batch_dims)}")
         rows = batch_dims.pop()
     return InferRequest(request_id, inputs, _requested_outputs(doc, model, params), params or None, rows)
+
+
+MAX_ID_LENGTH = 256
+
+
+def _request_id(value: Any) -> str | None:
+    """The client's request id: it goes into the audit record, so it must be text that can be
+    stored and hashed anywhere (UTF-8, no NUL, at most MAX_ID_LENGTH characters)."""
+    if value is None:
+        return None
+    if type(value) is not str:
+        raise BadRequest("'id' must be a string")
+    if len(value) > MAX_ID_LENGTH:
+        raise BadRequest(f"'id' is {len(value)} characters long; at most {MAX_ID_LENGTH} are accepted")
+    if "\x00" in value:
+        raise BadRequest("'id' must not contain NUL (\\u0000)")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise BadRequest(f"'id' holds a lone UTF-16 surrogate at character {e.start}, which is not text") from None
+    return value
 
 
 def _document(body: bytes, header_length: int | None) -> tuple[dict[str, Any], memoryview | None]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import json
 import os
@@ -300,3 +301,54 @@ def test_async_mode_loses_at_most_its_buffer_in_a_crash(make_log, db_url, tmp_pa
     assert lost <= 2000 + 256 + 500, (accepted, written)  # buffer + one group in flight + our read lag
     report = log.verify()
     assert report.ok, report.problems  # what was written is a whole chain
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_one_record_that_cannot_be_stored_never_stalls_or_poisons_the_chain(make_log, mode):
+    """A lone surrogate in a record's text cannot be encoded for the hash (nor stored by
+    PostgreSQL): the group it shares is written record by record, and the bad record is replaced
+    by one saying so. Before, the whole group failed (sync: every waiter got 503) or was retried
+    forever (async: nothing more was written)."""
+    log = make_log()
+    sequencer = Sequencer(log, mode=mode, max_group=64, linger_s=0.05 if mode == "async" else 0.0)
+    bad = entry(3, client_id="\ud800", detail={"error": "unknown input '\ud800'", "status": 400})
+    entries = [entry(1), entry(2), bad, entry(4), entry(5)]
+    if mode == "sync":
+
+        async def together() -> list:
+            return await asyncio.gather(*(sequencer.record(e) for e in entries))
+
+        seqs = asyncio.run(together())
+        assert sorted(seqs) == seqs and len(set(seqs)) == 5  # every waiter answered, the bad one too
+    else:
+        for e in entries:
+            sequencer.submit(e)
+        assert sequencer.flush(10)
+        sequencer.submit(entry(6))  # and the writer goes on
+        assert sequencer.flush(10)
+    sequencer.stop()
+    records = list(log.records())
+    kinds = [r["kind"] for r in records]
+    assert kinds.count("infer") == (4 if mode == "sync" else 5) and kinds.count("unrecordable") == 1, kinds
+    stand_in = next(r for r in records if r["kind"] == "unrecordable")
+    assert stand_in["detail"] == {
+        "reason": "the record could not be stored: UnicodeEncodeError",
+        "kind": "infer",
+        "status": 400,
+        "request_id_sha256": hashlib.sha256(b"r3").hexdigest(),
+    }
+    assert stand_in["model"] == "iris" and stand_in["version"] == 1
+    assert sequencer.replaced == 1
+    assert log.verify().ok, log.verify().problems
+
+
+def test_a_failing_store_is_not_taken_for_a_bad_record(make_log):
+    """When the store itself fails, no record is replaced: the waiters fail (sync) as before."""
+    log = make_log()
+    sequencer = Sequencer(log, mode="sync")
+    assert asyncio.run(_record(sequencer, entry(1))) is None
+    sql(log, "DROP TABLE lockgate_audit")
+    with pytest.raises(AuditError, match="audit write failed"):
+        asyncio.run(_record(sequencer, entry(2)))
+    assert sequencer.replaced == 0
+    sequencer.stop()

@@ -259,3 +259,26 @@ def test_a_postgresql_restart_is_503_then_the_log_reconnects(served):
     check(responses + after, manager)
     assert Counter(r.status for r in after) == {200: 16}
     print(f"\nPostgreSQL restart: {dict(codes)} during it; then 16/16 answered")
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_request_whose_text_cannot_be_recorded_costs_nobody_else_an_answer(served, tmp_path, mode):
+    """An input name with a lone surrogate goes into the 400's message, and so into the audit
+    record, where it cannot be hashed: that record is replaced by one saying so, and the
+    requests that share its group are answered and recorded as usual."""
+    app, manager = served(f"sqlite:///{tmp_path}/audit-{mode}.db", mode)
+    bad = b'{"inputs": [{"name": "\\ud800", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}'
+
+    async def mixed() -> list:
+        calls = [call(app, "POST", "/v2/models/iris/infer", IRIS) for _ in range(6)]
+        calls.insert(3, call(app, "POST", "/v2/models/iris/infer", bad))
+        return await asyncio.gather(*calls)
+
+    responses = asyncio.run(mixed())
+    assert [r.status for r in responses] == [200, 200, 200, 400, 200, 200, 200], [r.body for r in responses]
+    audit = manager.plugin("audit")
+    assert audit.sequencer.flush(10)
+    log = audit.audit_log
+    assert log.count("infer") == 6 and log.count("unrecordable") == 1
+    assert next(log.records(kind="unrecordable"))["detail"]["status"] == 400
+    assert log.verify().ok

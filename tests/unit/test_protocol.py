@@ -131,6 +131,9 @@ def _err(r, status, *fragments):
         (lambda d: d.update(outputs=[{"name": "nope"}]), ["unknown output 'nope'", "'label'"]),
         (lambda d: d["inputs"].append(dict(d["inputs"][0])), ["given twice"]),
         (lambda d: d.update(id=5), ["'id' must be a string"]),
+        (lambda d: d.update(id="\ud800"), ["'id' holds a lone UTF-16 surrogate at character 0"]),
+        (lambda d: d.update(id="a\x00b"), ["'id' must not contain NUL"]),
+        (lambda d: d.update(id="x" * 257), ["'id' is 257 characters long; at most 256"]),
         (lambda d: d.update(parameters={"timeout": -1}), ["timeout"]),
     ],
 )
