@@ -86,6 +86,7 @@ class ModelService:
             raise ModelLoadError(name, None, "no registered versions")
         self.registered = {r.version for r in records}
         self._registered_at = 0.0  # when a request for an unknown version last asked the registry
+        self._registry_asked: asyncio.Future[set[int]] | None = None  # that question, while it is open
         self.aliases: dict[str, int] = registry.aliases(name)
         wanted = set(config.version_policy.select(sorted(self.registered))) | set(self.aliases.values())
         for version in sorted(wanted):
@@ -182,15 +183,30 @@ class ModelService:
         number = int(text) if text.isdigit() else None
         if number is not None and number in self.served:
             return self.served[number]
-        if number is not None and number not in self.registered and time.monotonic() - self._registered_at > 1.0:
-            # Registered since the last refresh? Ask the registry (off the event loop), at most once a
-            # second, so requests for versions that do not exist cannot load the database.
-            self._registered_at = time.monotonic()
-            self.registered = await asyncio.to_thread(lambda: {r.version for r in self.registry.versions(self.name)})
+        if number is not None and number not in self.registered:
+            await self._ask_registry()
         if number is None or number not in self.registered:
             known = ", ".join(str(v) for v in sorted(self.registered))
             raise NotFound(f"model '{self.name}' has no version '{text}'; registered: {known}")
         return await self._load_later(number)
+
+    async def _ask_registry(self) -> None:
+        """Registered since the last refresh? Ask the registry (off the event loop), at most once a
+        second, so requests for versions that do not exist cannot load the database; requests
+        that come while it is asked wait for the same answer."""
+        if self._registry_asked is None and time.monotonic() - self._registered_at > 1.0:
+            self._registered_at = time.monotonic()
+            self._registry_asked = asyncio.ensure_future(
+                asyncio.to_thread(lambda: {r.version for r in self.registry.versions(self.name)})
+            )
+        asked = self._registry_asked
+        if asked is None:
+            return
+        try:
+            self.registered = await asyncio.shield(asked)
+        finally:
+            if self._registry_asked is asked and asked.done():
+                self._registry_asked = None
 
     async def _load_later(self, number: int) -> Served:
         pending = self._loading.get(number)
@@ -203,8 +219,10 @@ class ModelService:
             raise Unavailable(str(e)) from None
         finally:
             self._loading.pop(number, None)
-        self.served.setdefault(number, served)
-        await asyncio.to_thread(self.update_blocked)
+        if number not in self.served:
+            # Decided before it is published: a version a gatekeeper refuses never answers, not
+            # even while the decision is being taken.
+            await asyncio.to_thread(self.update_blocked, None, None, {number: served})
         return self.served[number]
 
     async def refresh(self) -> bool:
@@ -225,23 +243,31 @@ class ModelService:
         log.info("model %s aliases now %s", self.name, aliases)
         return True
 
-    def update_blocked(self, records: list[Any] | None = None, aliases: dict[str, int] | None = None) -> None:
-        """Ask the serving gatekeepers about every loaded version under ``aliases`` (default: the
-        current table), then install the decisions, and ``aliases`` when given, together. Runs
-        off the event loop; one call at a time, so a slower call cannot undo a newer one."""
+    def update_blocked(
+        self, records: list[Any] | None = None, aliases: dict[str, int] | None = None, adding: dict[int, Served] | None = None
+    ) -> None:
+        """Ask the serving gatekeepers about every loaded version, and the ``adding`` ones, under
+        ``aliases`` (default: the current table), then install the decisions, ``aliases`` when
+        given, and the added versions, in that order. Runs off the event loop; one call at a
+        time, so a slower call cannot undo a newer one."""
         with self._blocked_lock:
-            self._update_blocked(records, aliases)
+            self._update_blocked(records, aliases, adding)
 
-    def _update_blocked(self, records: list[Any] | None, new_aliases: dict[str, int] | None) -> None:
+    def _update_blocked(
+        self, records: list[Any] | None, new_aliases: dict[str, int] | None, adding: dict[int, Served] | None
+    ) -> None:
         aliases = self.aliases if new_aliases is None else new_aliases
+        adding = {v: s for v, s in (adding or {}).items() if v not in self.served}
         if not self._serving_checked:
             self.aliases = aliases
+            self.served.update(adding)
             return
+        served = {**self.served, **adding}
         if records is None:
-            records = [self.registry.get_version(self.name, v) for v in self.served]
+            records = [self.registry.get_version(self.name, v) for v in served]
         blocked = {}
         for record in records:
-            if record.version not in self.served:
+            if record.version not in served:
                 continue
             pointing = sorted(a for a, v in aliases.items() if v == record.version)
             decision = self.manager.check_serving(record, pointing)
@@ -255,6 +281,7 @@ class ModelService:
         for version in self.blocked.keys() - blocked.keys():
             self.manager.audit("serving_resumed", "lockgate", model=self.name, version=version)
         self.blocked, self.aliases = blocked, aliases
+        self.served.update(adding)  # after the decisions: a request that sees the version sees them
 
     def check_serving(self, served: Served) -> None:
         """503 when a serving gatekeeper stopped this version (revoked, not approved, ...)."""

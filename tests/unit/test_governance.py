@@ -8,13 +8,15 @@ import json
 import time
 from pathlib import Path
 
+import collections
+
 import onnx
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 from onnx import TensorProto, helper
 
-from lockgate.plugins import Principal, RegistrationCandidate, RequestInfo, Settings, build_manager
+from lockgate.plugins import Principal, RegistrationCandidate, RequestInfo, Settings, build_manager, hookimpl
 from lockgate.plugins.governance import GovernanceError, Policy, build_sbom, card_fields
 from lockgate.plugins.governance import _schema as schema
 from lockgate.plugins.registry import AliasRefused, RegistrationError
@@ -461,3 +463,41 @@ def test_a_second_authorization_header_makes_the_credentials_malformed(gov):
     assert asyncio.run(manager.authenticate(RequestInfo("POST", "/", one, None, "iris", None))).name == "root"
     denied = asyncio.run(manager.authenticate(RequestInfo("POST", "/", two, None, "iris", None)))
     assert (denied.allow, denied.status, denied.reason) == (False, 401, "invalid API key")
+
+
+def test_a_rejected_version_never_answers_while_it_loads_on_demand(app, tmp_path):
+    """Version 2 is registered and rejected, not loaded: its first requests load it. The serving
+    decision is taken before the loaded version is published, so none of them gets an answer
+    (before: 3 of 400 got 200 while the decision was pending)."""
+    model_app, keys, manager = app
+    registry = manager.registry()
+    path = tmp_path / "iris2.onnx"
+    model = onnx.load(str(tmp_path / "repo" / "iris" / "1" / "model.onnx"))
+    model.doc_string = "version 2"  # other bytes, the same model
+    onnx.save(model, str(path))
+    assert registry.register(path, "iris", created_by="alice").version == 2
+    manager.plugin("governance").decide("reject", "iris", 2, actor="bob", reason="failed review")
+    headers = {"authorization": f"Bearer {keys['app']}"}
+
+    class SlowToDecide:  # a serving gatekeeper that takes its time (a remote policy service, say)
+        LOCKGATE_PLUGIN_API = "1.3"
+
+        @hookimpl
+        def lockgate_check_serving(self, record, aliases):
+            time.sleep(0.3)
+
+    assert manager.register(SlowToDecide(), "slow-to-decide").state == "loaded"
+
+    async def client(out: list, start_s: float) -> None:  # one request after the other, as a kept-alive client sends them
+        await asyncio.sleep(start_s)
+        for _ in range(50):
+            out.append((await call(model_app, "POST", "/v2/models/iris/versions/2/infer", IRIS_BODY, headers)).status)
+            await asyncio.sleep(0.005)
+
+    async def clients() -> list:
+        out: list = []
+        await asyncio.gather(*(client(out, 0.05 * i) for i in range(8)))
+        return out
+
+    statuses = collections.Counter(asyncio.run(clients()))
+    assert statuses == {503: 400}, statuses
