@@ -4,11 +4,10 @@ what a request sees of them (the model app driven in-process)."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import time
 from pathlib import Path
-
-import collections
 
 import onnx
 import pytest
