@@ -16,6 +16,7 @@ hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 from ._manager import ENTRY_POINT_GROUP, PLUGIN_API_VERSION, PluginManager, PluginStatus, build_manager  # noqa: E402
 from ._types import (  # noqa: E402
     MODEL_NAME,
+    RESERVED_MODEL_NAMES,
     AuditEvent,
     CommandContext,
     Decision,
@@ -28,12 +29,14 @@ from ._types import (  # noqa: E402
     RequestInfo,
     ServiceLevel,
     Settings,
+    model_name_problem,
 )
 from .errors import RecordFailed  # noqa: E402
 
 __all__ = [
     "ENTRY_POINT_GROUP",
     "MODEL_NAME",
+    "RESERVED_MODEL_NAMES",
     "PLUGIN_API_VERSION",
     "PROJECT_NAME",
     "AuditEvent",
@@ -54,4 +57,5 @@ __all__ = [
     "build_manager",
     "hookimpl",
     "hookspec",
+    "model_name_problem",
 ]

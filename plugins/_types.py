@@ -13,6 +13,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MODEL_NAME",
+    "RESERVED_MODEL_NAMES",
     "AuditEvent",
     "CommandContext",
     "Decision",
@@ -25,11 +26,25 @@ __all__ = [
     "RequestInfo",
     "ServiceLevel",
     "Settings",
+    "model_name_problem",
 ]
 
 
 # A model name: it is a URL path segment and a Serve application name.
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+# Names no model may take: the control application's Serve name (a model so named would replace
+# it), and the path segments of the control routes.
+RESERVED_MODEL_NAMES = frozenset({"lockgate-control"})
+
+
+def model_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a model, or None when it can."""
+    if not MODEL_NAME.match(name):
+        return f"name {name!r}: use letters, digits, '_', '.', '-' (up to 128, starting with a letter or digit)"
+    if name.lower() in RESERVED_MODEL_NAMES:
+        return f"name {name!r} is reserved (lockgate's own Serve application); reserved names: {', '.join(sorted(RESERVED_MODEL_NAMES))}"
+    return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from .._onnx import onnx_operators, onnx_opsets, onnx_signature
 from .._storage import ArtifactStore, make_engine, sha256_file, writing
-from .._types import MODEL_NAME, Decision, ModelVersionRecord, Reference, RegistrationCandidate
+from .._types import Decision, ModelVersionRecord, Reference, RegistrationCandidate, model_name_problem
 from ..errors import AliasRefused, ArtifactMismatch, RegistrationError, UnknownModel
 from . import _schema as t
 
@@ -70,8 +70,9 @@ class Registry:
 
     def _validate(self, path: Path, name: str) -> tuple[onnx.ModelProto, list[str]]:
         reasons: list[str] = []
-        if not MODEL_NAME.match(name):
-            reasons.append(f"name {name!r}: use letters, digits, '_', '.', '-' (up to 128, starting with a letter or digit)")
+        problem = model_name_problem(name)
+        if problem is not None:
+            reasons.append(problem)
         if not path.is_file():
             return onnx.ModelProto(), [*reasons, f"{path} is not a file"]
         if path.stat().st_size == 0:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lockgate.plugins import MODEL_NAME
+from lockgate.plugins import MODEL_NAME, model_name_problem
 
 from ..errors import ConfigError
 from ..serving.config import ModelConfig, load_model_config
@@ -39,11 +39,9 @@ class ModelEntry:
 
 def _entry(model_dir: Path) -> ModelEntry:
     name = model_dir.name
-    if not MODEL_NAME.match(name):
-        raise ConfigError(
-            "a model name is letters, digits, '_', '.', '-' (starting with a letter or digit), up to 128 characters",
-            source=str(model_dir),
-        )
+    problem = model_name_problem(name)
+    if problem is not None:
+        raise ConfigError(problem, source=str(model_dir))
     config = load_model_config(model_dir)
     available: dict[int, Path] = {}
     for child in model_dir.iterdir():

@@ -249,3 +249,21 @@ def test_a_registry_that_keeps_no_reference_samples_is_reported_not_fatal(demo_r
         "reference sample of iris version 1 not set: this registry keeps no reference samples",
         "reference sample of mlp version 1 not set: this registry keeps no reference samples",
     ]
+
+
+def test_the_control_applications_name_is_reserved(make_registry, files, tmp_path):
+    """A model named like the control application would replace it in Serve (one app per name)."""
+    from lockgate.plugins import RESERVED_MODEL_NAMES
+    from lockgate.server.errors import ConfigError
+    from lockgate.server.hosting.deployments import CONTROL_APP
+    from lockgate.server.tools.repository import scan_repository
+
+    assert CONTROL_APP in RESERVED_MODEL_NAMES
+    registry = make_registry()
+    with pytest.raises(RegistrationError, match="name 'lockgate-control' is reserved"):
+        registry.register(files / "iris.onnx", "lockgate-control", created_by="alice")
+    assert "lockgate-control" not in registry.list_models()
+    (tmp_path / "repo" / "lockgate-control" / "1").mkdir(parents=True)
+    (tmp_path / "repo" / "lockgate-control" / "1" / "model.onnx").write_bytes((files / "iris.onnx").read_bytes())
+    with pytest.raises(ConfigError, match="reserved"):
+        scan_repository(tmp_path / "repo")
