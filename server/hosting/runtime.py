@@ -20,12 +20,12 @@ from .serve_compat import (
     INGRESS_ENV,
     check,
     fallback_proxy_ports,
-    haproxy_dir,
     haproxy_env,
     haproxy_pids,
     haproxy_side_ports,
     load_failure,
     orphaned_haproxy_pids,
+    prepare_haproxy_dir,
     stop_haproxy,
 )
 
@@ -78,7 +78,7 @@ class Runtime:
             for var, fallback in fallback_proxy_ports(self.port).items():
                 check_port(self.host, fallback, what=f"Serve's fallback proxy ({var.split('_')[-2]}; --port moves it)")
         if self.address is None:
-            haproxy_dir(self.port).mkdir(mode=0o700, exist_ok=True)
+            prepare_haproxy_dir(self.port)
             for key, value in INGRESS_ENV.items():
                 os.environ.setdefault(key, value)
             # Always this port's folder: values inherited from a process that ran a server on

@@ -29,6 +29,7 @@ import os
 import re
 import signal
 import socket
+import stat
 import tempfile
 import time
 from pathlib import Path
@@ -52,6 +53,7 @@ __all__ = [
     "install_listener",
     "load_failure",
     "orphaned_haproxy_pids",
+    "prepare_haproxy_dir",
     "serve_status",
     "stop_haproxy",
 ]
@@ -104,6 +106,33 @@ INGRESS_ENV = {
 
 # Serve's own default HAProxy folder, and ours (one per port, so two servers on one machine do not collide).
 _HAPROXY_MARKERS = (b"haproxy-serve", b"lockgate-haproxy-")
+
+
+def prepare_haproxy_dir(port: int) -> Path:
+    """Make this port's HAProxy folder, or check the one that is there: it will hold HAProxy's
+    admin socket (mode 666, level admin, able to hand out the listening sockets), so it must be
+    a real folder owned by this user that no one else can enter. StartupError otherwise: a
+    folder another local user made first would let them take the server's sockets."""
+    path = haproxy_dir(port)
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    info = path.lstat()
+    if not stat.S_ISDIR(info.st_mode):
+        raise StartupError(
+            f"{path} is not a folder (a link or a file is there); remove it, it is HAProxy's folder for port {port}"
+        )
+    if info.st_uid != os.getuid():
+        raise StartupError(
+            f"{path} belongs to user id {info.st_uid}, not to this user; remove it: it would hold HAProxy's admin socket"
+        )
+    if info.st_mode & 0o077:
+        raise StartupError(
+            f"{path} has mode {stat.S_IMODE(info.st_mode):o}: others could reach HAProxy's admin socket in it; "
+            "remove it, or chmod 700 it"
+        )
+    return path
 
 
 def haproxy_dir(port: int) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 
 import pytest
@@ -79,3 +80,31 @@ def test_a_replica_start_failure_crosses_serves_status_text_whole():
     error = serve_compat.load_failure("no-such-app-here", RuntimeError(text))
     assert (error.model, error.version, error.reason) == ("iris", 3, "artifact changed")
     assert str(error) == "model iris version 3 failed to load: artifact changed"
+
+
+def test_a_haproxy_folder_someone_else_could_reach_is_refused(monkeypatch, tmp_path):
+    """HAProxy's admin socket (mode 666, level admin) lives in this folder: one made first by
+    another local user, or open to others, would hand them the server's listening sockets."""
+    monkeypatch.setattr(serve_compat.tempfile, "gettempdir", lambda: str(tmp_path))
+    made = serve_compat.prepare_haproxy_dir(8000)
+    assert made == tmp_path / "lockgate-haproxy-8000" and (made.stat().st_mode & 0o777) == 0o700
+    assert serve_compat.prepare_haproxy_dir(8000) == made  # ours, as it should be: used again
+    open_folder = tmp_path / "lockgate-haproxy-8001"
+    open_folder.mkdir()
+    open_folder.chmod(0o777)
+    with pytest.raises(StartupError, match="has mode 777: others could reach HAProxy's admin socket"):
+        serve_compat.prepare_haproxy_dir(8001)
+    (tmp_path / "elsewhere").mkdir(mode=0o700)
+    (tmp_path / "lockgate-haproxy-8002").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(StartupError, match="is not a folder"):
+        serve_compat.prepare_haproxy_dir(8002)
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="only root can give a folder to another user (CI runs as root)")
+def test_a_haproxy_folder_another_user_made_is_refused(monkeypatch, tmp_path):
+    monkeypatch.setattr(serve_compat.tempfile, "gettempdir", lambda: str(tmp_path))
+    theirs = tmp_path / "lockgate-haproxy-8003"
+    theirs.mkdir(mode=0o700)
+    os.chown(theirs, 65534, 65534)  # as the user nobody would have made it
+    with pytest.raises(StartupError, match="belongs to user id 65534, not to this user"):
+        serve_compat.prepare_haproxy_dir(8003)
