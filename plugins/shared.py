@@ -3,7 +3,7 @@ import from each other, so no plugin reaches into another's private modules.
 
 - storage: SQLAlchemy engines (SQLite by default, PostgreSQL by URL), write transactions,
   files stored by sha256;
-- ONNX: a model's signature, opsets and operators;
+- ONNX: a model's signature, opsets, operators in every graph, tensors with external data;
 - configuration: a section of the server configuration as a pydantic model;
 - commands: the caller's key check, failing with an exit code, dates, KEY=VALUE options.
 """
@@ -11,7 +11,7 @@ import from each other, so no plugin reaches into another's private modules.
 from __future__ import annotations
 
 from ._commands import actor, checked_actor, fail, iso_time, key_values, parse_time, registry_options
-from ._onnx import onnx_operators, onnx_opsets, onnx_signature
+from ._onnx import external_data_tensors, onnx_nodes, onnx_operators, onnx_opsets, onnx_signature
 from ._options import parse_section
 from ._storage import ArtifactStore, make_engine, sha256_file, writing
 
@@ -19,10 +19,12 @@ __all__ = [
     "ArtifactStore",
     "actor",
     "checked_actor",
+    "external_data_tensors",
     "fail",
     "iso_time",
     "key_values",
     "make_engine",
+    "onnx_nodes",
     "onnx_operators",
     "onnx_opsets",
     "onnx_signature",

@@ -12,7 +12,17 @@ import click
 
 from .._types import CommandContext, RegistrationCandidate
 from ..errors import GovernanceError, LockgateError
-from ..shared import checked_actor, fail, iso_time, key_values, onnx_operators, onnx_opsets, onnx_signature, sha256_file
+from ..shared import (
+    checked_actor,
+    external_data_tensors,
+    fail,
+    iso_time,
+    key_values,
+    onnx_operators,
+    onnx_opsets,
+    onnx_signature,
+    sha256_file,
+)
 from ._keys import parse_expiry
 
 __all__ = ["add_commands"]
@@ -196,7 +206,7 @@ def _policy(context: CommandContext, governance: Any) -> click.Group:
         if governance.error:
             fail(LockgateError(governance.error))
         try:
-            model = onnx.load(str(file))
+            model = onnx.load(str(file), load_external_data=False)
         except Exception as e:  # noqa: BLE001 - protobuf raises several types
             fail(ValueError(f"{file} is not an ONNX model: {type(e).__name__}: {e}"))
         sha, size = sha256_file(file)
@@ -213,6 +223,11 @@ def _policy(context: CommandContext, governance: Any) -> click.Group:
             custom_op_libraries=_custom_op_libraries(model_dir) if model_dir is not None else {},
         )
         reasons = governance.options.policy.check(candidate)
+        external = external_data_tensors(model)
+        if external:
+            reasons.append(
+                f"keeps tensor data outside the model file (external data: {', '.join(external[:5])}); lockgate refuses it"
+            )
         runtime = governance.options.policy.runtime_problem()
         if runtime:
             reasons.append(f"serving: {runtime}")

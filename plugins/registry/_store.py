@@ -12,7 +12,7 @@ from typing import Any
 import onnx
 import sqlalchemy as sa
 
-from .._onnx import onnx_operators, onnx_opsets, onnx_signature
+from .._onnx import external_data_tensors, onnx_operators, onnx_opsets, onnx_signature
 from .._storage import ArtifactStore, make_engine, sha256_file, writing
 from .._types import Decision, ModelVersionRecord, Reference, RegistrationCandidate, model_name_problem
 from ..errors import AliasRefused, ArtifactMismatch, RegistrationError, UnknownModel
@@ -78,9 +78,18 @@ class Registry:
         if path.stat().st_size == 0:
             return onnx.ModelProto(), [*reasons, f"{path} is empty"]
         try:
-            model = onnx.load(str(path))
+            # Never the external data: its locations are the file's word, and could name any file here.
+            model = onnx.load(str(path), load_external_data=False)
         except Exception as e:  # noqa: BLE001 - protobuf raises several types
             return onnx.ModelProto(), [*reasons, f"{path.name} is not an ONNX model (or is truncated): {type(e).__name__}: {e}"]
+        external = external_data_tensors(model)
+        if external:
+            return model, [
+                *reasons,
+                f"{path.name} keeps tensor data outside the model file (external data: {', '.join(external[:5])}"
+                f"{', ...' if len(external) > 5 else ''}); only the model file is stored and hashed, so save the model "
+                "with its data inside (onnx.save_model(model, path, save_as_external_data=False))",
+            ]
         try:
             onnx.checker.check_model(model, full_check=True)
         except Exception as e:  # noqa: BLE001

@@ -7,10 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument, InvalidGraph
 
 from lockgate.fastpath import DATATYPES
+from lockgate.plugins.shared import external_data_tensors
 
 from ..errors import ConfigError, ModelLoadError
 from .config import OnnxRuntimeConfig, PreprocessConfig
@@ -169,7 +171,22 @@ class ModelVersion:
 
 
 def load_version(name: str, version: int, source: bytes | Path, config: OnnxRuntimeConfig, sha256: str = "") -> ModelVersion:
-    """Load a model (verified bytes, or a file) with onnxruntime; a failure is a ModelLoadError naming it."""
+    """Load a model (verified bytes, or a file) with onnxruntime; a failure is a ModelLoadError naming it.
+
+    A model that keeps tensor data outside its file is refused here too, whatever registered it:
+    onnxruntime would read that data from wherever the file says, relative to this process."""
+    try:
+        proto = (
+            onnx.load_model_from_string(source) if isinstance(source, bytes) else onnx.load(str(source), load_external_data=False)
+        )
+    except Exception as e:  # noqa: BLE001 - protobuf raises several types for a bad file
+        raise ModelLoadError(name, version, f"not an ONNX model: {type(e).__name__}: {e}") from None
+    external = external_data_tensors(proto)
+    if external:
+        raise ModelLoadError(
+            name, version, f"it keeps tensor data outside the model file, which is refused: {', '.join(external[:5])}"
+        )
+    del proto
     try:
         model = source if isinstance(source, bytes) else str(source)
         session = ort.InferenceSession(model, sess_options=session_options(config), providers=["CPUExecutionProvider"])
