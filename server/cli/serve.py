@@ -163,7 +163,7 @@ def serve(
         for lines in manager.observe("lockgate_startup_notes", host=host):
             for line in lines:
                 click.secho(f"  {line}", fg="yellow")
-        click.echo(f"  models: {', '.join(models)}; registry: {settings.registry_url}")
+        click.echo(f"  models: {', '.join(models)}; registry: {_without_password(settings.registry_url)}")
         click.echo("try:")
         click.echo(f"  curl -s {base}/v2/health/ready")
         click.echo(f"  curl -s {base}/v2/models/{shown_name}")
@@ -183,6 +183,16 @@ def serve(
         manager.audit("server_stop", actor(), detail={"host": host, "port": port, "exit_code": code})
         click.echo("stopped.")
     sys.exit(code)
+
+
+def _without_password(url: str) -> str:
+    """A database URL as it may be printed: its password masked."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - not a URL SQLAlchemy reads: print none of it
+        return "(a URL SQLAlchemy cannot read)"
 
 
 def _check_startup(manager: PluginManager, host: str, insecure: bool) -> None:

@@ -267,3 +267,28 @@ def test_the_control_applications_name_is_reserved(make_registry, files, tmp_pat
     (tmp_path / "repo" / "lockgate-control" / "1" / "model.onnx").write_bytes((files / "iris.onnx").read_bytes())
     with pytest.raises(ConfigError, match="reserved"):
         scan_repository(tmp_path / "repo")
+
+
+def test_sqlite_databases_are_created_owner_only(tmp_path):
+    """The registry, keys, approvals and audit log are in these files: 0600, as the audit key."""
+    from lockgate.plugins.shared import make_engine
+
+    url = f"sqlite:///{tmp_path}/fresh/registry.db"
+    engine = make_engine(url)
+    with engine.begin() as c:
+        c.exec_driver_sql("CREATE TABLE t (x INTEGER)")
+        c.exec_driver_sql("INSERT INTO t VALUES (1)")
+    engine.dispose()
+    for name in ("registry.db", "registry.db-wal", "registry.db-shm"):
+        path = tmp_path / "fresh" / name
+        if path.exists():
+            assert (path.stat().st_mode & 0o777) == 0o600, (name, oct(path.stat().st_mode))
+    assert (tmp_path / "fresh" / "registry.db").exists()
+
+
+def test_serve_prints_the_registry_url_without_its_password():
+    from lockgate.server.cli.serve import _without_password
+
+    shown = _without_password("postgresql+psycopg://lockgate:s3cret@db.internal:5432/lockgate")
+    assert "s3cret" not in shown and shown == "postgresql+psycopg://lockgate:***@db.internal:5432/lockgate"
+    assert _without_password("sqlite:////var/lib/lockgate/registry.db") == "sqlite:////var/lib/lockgate/registry.db"
