@@ -11,7 +11,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -129,17 +129,19 @@ class AuditLog:
             q = q.with_for_update()
         return c.execute(q).one()
 
-    def append(self, entries: list[dict[str, Any]]) -> list[int]:
+    def append(self, entries: list[dict[str, Any]], seal: Callable[[], None] | None = None) -> list[int]:
         """Append ``entries`` (record fields without seq) as one transaction; their seqs.
 
         Every entry has ``at``, ``kind``, ``actor`` and optional ``model``, ``version``,
         ``request_id``, ``client_id``, ``detail``. The group goes through one DBAPI
         connection kept by this log, with one executemany: the write path is the sequencer's
-        hot path, and SQLAlchemy's statement layer cost more than the commit itself."""
+        hot path, and SQLAlchemy's statement layer cost more than the commit itself.
+        ``seal`` is called once the store is locked for the write, just before the entries are
+        read: what changes them after it is not written."""
         with self._writer_lock:
             connection = self._writer()
             try:
-                return self._append(connection, entries)
+                return self._append(connection, entries, seal)
             except BaseException:
                 self._drop_writer()
                 raise
@@ -159,13 +161,15 @@ class AuditLog:
             finally:
                 raw.close()
 
-    def _append(self, connection: Any, entries: list[dict[str, Any]]) -> list[int]:
+    def _append(self, connection: Any, entries: list[dict[str, Any]], seal: Callable[[], None] | None) -> list[int]:
         cur = connection.cursor()
         try:
             if self._sqlite:
                 cur.execute("BEGIN IMMEDIATE")
             cur.execute(self._sql_head)
             head_seq, prev, checkpoint_seq = cur.fetchone()
+            if seal is not None:
+                seal()
             seq = head_seq
             rows = []
             for entry in entries:

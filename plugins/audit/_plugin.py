@@ -204,9 +204,31 @@ class AuditPlugin:
         )
         sequencer = self.sequencer
         if self.options.mode == "sync":
-            return sequencer.record(entry)
+            pending = sequencer.record(entry)
+            pending.add_done_callback(lambda done: self._withheld(entry) if done.cancelled() else None)
+            return pending
         sequencer.submit(entry)
         return None
+
+    def _withheld(self, entry: dict[str, Any]) -> None:
+        """The record was not durable within the recorder's timeout, so the server withheld the
+        answer (503): the record must say what the client got, not what the model computed.
+        Amended in place while it is not written yet, else followed by a record saying so."""
+        withheld = "the answer was withheld: its audit record was not durable within the recorder timeout"
+
+        def to_withheld(e: dict[str, Any]) -> None:
+            detail = e.setdefault("detail", {})
+            detail.update(status=503, error=withheld)
+            for key in ("output_bytes", "output_sha256", "output_size", "output_base64"):
+                detail.pop(key, None)
+
+        if self.sequencer.amend(entry, to_withheld):
+            return
+        follow_up = {key: entry[key] for key in ("kind", "actor", "model", "version", "request_id", "client_id") if key in entry}
+        follow_up.update(
+            at=time.time(), kind="answer_withheld", detail={"status": 503, "error": withheld, "of_kind": entry.get("kind")}
+        )
+        self.sequencer.submit(follow_up, droppable=False)
 
     @hookimpl
     def lockgate_audit_records(

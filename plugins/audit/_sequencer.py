@@ -78,6 +78,7 @@ class Sequencer:
         self._streak = 0  # deaths since the last written group
         self.last_error: str | None = None
         self._group: list[tuple[dict[str, Any], Waiter]] = []  # what the writer holds: not lost if it dies
+        self._sealed = False  # the store is locked for the writer's group: its entries are final
         self._seqs: list[int] | None = None  # set once that group is written
 
     # -- producers ---------------------------------------------------------------------------
@@ -208,6 +209,7 @@ class Sequencer:
         backoff = 0.01
         while True:
             self._seqs = None
+            self._sealed = False
             self._group = group = retry
             self._take(group, wait=not retry)
             retry = []
@@ -219,7 +221,7 @@ class Sequencer:
             flushes = [(e, w) for e, w in group if "__flush__" in e]
             real = [(e, w) for e, w in group if "__flush__" not in e]
             try:
-                seqs = self._seqs = self.log.append([self.prepare(e) for e, _ in real]) if real else []
+                seqs = self._seqs = self.log.append([self.prepare(e) for e, _ in real], self._seal) if real else []
                 error: Exception | None = None
             except Exception as e:  # noqa: BLE001 - a record or the store failed: one at a time tells which
                 error = e
@@ -258,7 +260,7 @@ class Sequencer:
         seqs: list[int] = []
         for entry, _ in group:
             try:
-                seqs += self.log.append([self.prepare(entry)])
+                seqs += self.log.append([self.prepare(entry)], self._seal)
                 continue
             except Exception as e:  # noqa: BLE001 - this record, or the store: its replacement tells
                 problem = e
@@ -269,6 +271,22 @@ class Sequencer:
             self.replaced += 1
             log.error("an audit record could not be stored (%s); a record saying so stands in its place", type(problem).__name__)
         return seqs
+
+    def _seal(self) -> None:
+        """The store is locked for the writer's group: from now on it is written as it is."""
+        with self._ready:
+            self._sealed = True
+
+    def amend(self, entry: dict[str, Any], change: Callable[[dict[str, Any]], None]) -> bool:
+        """Apply ``change`` to ``entry`` if it is not written yet: still queued, or held by the
+        writer before the store was locked for it. False when it is too late (being written, or
+        written): the caller records the change as a record of its own."""
+        with self._ready:
+            held = any(e is entry for e, _ in self._group) and not self._sealed
+            if held or any(e is entry for e, _ in self._queue):
+                change(entry)
+                return True
+        return False
 
     @property
     def pending(self) -> int:

@@ -188,10 +188,19 @@ def test_a_locked_sqlite_file_is_503_then_recovers(served, tmp_path):
         waited = time.monotonic() - t0
         c.exec_driver_sql("ROLLBACK")
     assert Counter(r.status for r in locked) == {503: 8}
-    # the records of the refused requests may still be written once the lock is gone: they say 200
-    # but nobody received that answer. What matters: no answer left without its record.
     after = asyncio.run(requests_(app, 16, 4))
     check(locked + after, manager)
+    # The refused requests' records are written once the lock is gone, and say what their
+    # clients got: 503, withheld, no output digest (they said 200 and the model's answer before).
+    log = manager.plugin("audit").audit_log
+    withheld = {r.headers["lockgate-request-id"] for r in locked}
+    for record in log.records(kind="infer"):
+        if record["request_id"] in withheld:
+            detail = record["detail"]
+            assert detail["status"] == 503 and "withheld" in detail["error"] and "output_sha256" not in detail, record
+            withheld.discard(record["request_id"])
+    follow_ups = {r["request_id"] for r in log.records(kind="answer_withheld")}
+    assert withheld <= follow_ups, withheld - follow_ups  # the few being written at that moment: followed up
     assert Counter(r.status for r in after) == {200: 16}
     print(f"\nlocked SQLite: 8 requests answered 503 after {waited:.1f} s (the recorder's timeout); then 16/16 answered")
 
