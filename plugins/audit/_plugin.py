@@ -224,10 +224,12 @@ class AuditPlugin:
 
         if self.sequencer.amend(entry, to_withheld):
             return
-        follow_up = {key: entry[key] for key in ("kind", "actor", "model", "version", "request_id", "client_id") if key in entry}
-        follow_up.update(
-            at=time.time(), kind="answer_withheld", detail={"status": 503, "error": withheld, "of_kind": entry.get("kind")}
-        )
+        follow_up: dict[str, Any] = {
+            key: entry[key] for key in ("actor", "model", "version", "request_id", "client_id") if key in entry
+        }
+        follow_up["at"] = time.time()
+        follow_up["kind"] = "answer_withheld"
+        follow_up["detail"] = {"status": 503, "error": withheld, "of_kind": entry.get("kind")}
         self.sequencer.submit(follow_up, droppable=False)
 
     @hookimpl
