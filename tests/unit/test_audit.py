@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hashlib
 import io
 import json
@@ -352,3 +353,27 @@ def test_a_failing_store_is_not_taken_for_a_bad_record(make_log):
         asyncio.run(_record(sequencer, entry(2)))
     assert sequencer.replaced == 0
     sequencer.stop()
+
+
+def test_an_entry_can_be_amended_until_the_store_is_locked_for_it(make_log):
+    """Queued, or held by a writer still waiting for the store: the change is written. Written
+    (or being written): too late, and the caller records the change as a record of its own."""
+    log = make_log()
+    sequencer = Sequencer(log, mode="sync")
+    written = entry(1)
+    sequencer.record_blocking(written)
+    assert not sequencer.amend(written, lambda e: e["detail"].update(status=503))
+    locker = sa.create_engine(log.url, connect_args={"timeout": 0}) if log.url.startswith("sqlite") else None
+    if locker is None:
+        pytest.skip("holding the store locked is shown on SQLite")
+    with locker.connect() as c:
+        c.exec_driver_sql("BEGIN EXCLUSIVE")  # the writer waits for the store with this entry in hand
+        waiting = entry(2)
+        done = sequencer.submit(waiting, concurrent.futures.Future())
+        time.sleep(0.3)
+        assert done and sequencer.amend(waiting, lambda e: e["detail"].update(status=503))
+        c.exec_driver_sql("ROLLBACK")
+    assert sequencer.flush(30)
+    sequencer.stop()
+    statuses = {r["request_id"]: r["detail"].get("status") for r in log.records()}
+    assert statuses == {"r1": None, "r2": 503}
