@@ -16,11 +16,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["GENESIS", "canonical", "checkpoint_mac", "load_or_create_key", "record_hash"]
+__all__ = ["GENESIS", "canonical", "checkpoint_mac", "load_or_create_key", "prune_mac", "record_hash"]
 
 GENESIS = "0" * 64
 RECORD_DOMAIN = b"lockgate/audit/record/v1\x00"
 CHECKPOINT_DOMAIN = b"lockgate/audit/checkpoint/v1\x00"
+PRUNE_DOMAIN = b"lockgate/audit/prune/v1\x00"
+PRUNE_FIELDS = ("pruned_through", "hash", "at", "cutoff", "retention_days")
 
 
 def canonical(obj: Any) -> str:
@@ -36,6 +38,13 @@ def record_hash(prev_hash: str, body: str) -> str:
 def checkpoint_mac(key: bytes, checkpoint: dict[str, Any]) -> str:
     fields = {k: checkpoint[k] for k in ("seq", "hash", "at")}
     return hmac.new(key, CHECKPOINT_DOMAIN + canonical(fields).encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def prune_mac(key: bytes, marker: dict[str, Any]) -> str:
+    """The signature of a prune marker: which records were deleted, the hash of the last one,
+    when, the cut-off and the retention period in force."""
+    fields = {k: marker[k] for k in PRUNE_FIELDS}
+    return hmac.new(key, PRUNE_DOMAIN + canonical(fields).encode("utf-8"), hashlib.sha256).hexdigest()
 
 
 def load_or_create_key(path: str | Path) -> bytes:

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from .._storage import make_engine, writing
 from ..errors import PruneRefused
 from . import _schema as t
-from ._chain import GENESIS, canonical, checkpoint_mac, record_hash
+from ._chain import GENESIS, canonical, checkpoint_mac, prune_mac, record_hash
 
 __all__ = ["AuditLog", "CheckpointSink", "VerifyReport"]
 
@@ -37,16 +37,49 @@ class CheckpointSink:
         self.key = key
 
     def append(self, seq: int, hash_: str, at: float) -> dict[str, Any]:
-        checkpoint = {"seq": seq, "hash": hash_, "at": at}
+        checkpoint: dict[str, Any] = {"seq": seq, "hash": hash_, "at": at}
         checkpoint["mac"] = checkpoint_mac(self.key, checkpoint)
+        self._write(checkpoint)
+        return checkpoint
+
+    def _write(self, line: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
-            os.write(fd, (canonical(checkpoint) + "\n").encode("utf-8"))
+            os.write(fd, (canonical(line) + "\n").encode("utf-8"))
             os.fsync(fd)
         finally:
             os.close(fd)
-        return checkpoint
+
+    def mark_prune(self, pruned_through: int, hash_: str, cutoff: float, retention_days: float, at: float) -> dict[str, Any]:
+        """Sign that records up to ``pruned_through`` (whose hash was ``hash_``) were deleted, at
+        ``at``, with this cut-off under this retention period: the one anchor verify accepts
+        for a chain that no longer starts at record 1."""
+        marker: dict[str, Any] = {
+            "pruned_through": pruned_through,
+            "hash": hash_,
+            "at": at,
+            "cutoff": cutoff,
+            "retention_days": retention_days,
+        }
+        marker["mac"] = prune_mac(self.key, marker)
+        self._write(marker)
+        return marker
+
+    def markers(self) -> dict[int, dict[str, Any]]:
+        """The signed prune markers, by the last seq each deleted (unsigned ones are ignored)."""
+        found: dict[int, dict[str, Any]] = {}
+        for line in self._lines():
+            try:
+                marker = json.loads(line)
+                if "pruned_through" in marker and prune_mac(self.key, marker) == marker.get("mac"):
+                    found[int(marker["pruned_through"])] = marker
+            except (ValueError, KeyError, TypeError):
+                continue
+        return found
+
+    def _lines(self) -> list[str]:
+        return [line for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()] if self.path.exists() else []
 
     def read(self) -> tuple[dict[int, dict[str, Any]], list[str]]:
         """Checkpoints by seq whose signature holds, and a problem for each line that does not."""
@@ -59,6 +92,11 @@ class CheckpointSink:
                 continue
             try:
                 checkpoint = json.loads(line)
+                if "pruned_through" in checkpoint:  # a prune marker: markers() reads those
+                    valid = prune_mac(self.key, checkpoint) == checkpoint.get("mac")
+                    if not valid:
+                        problems.append(f"prune marker on line {number} of {self.path} has a bad signature or format")
+                    continue
                 valid = checkpoint_mac(self.key, checkpoint) == checkpoint.get("mac")
             except (ValueError, KeyError, TypeError):
                 valid = False
@@ -259,10 +297,13 @@ class AuditLog:
 
     # -- verification ------------------------------------------------------------------------
 
-    def verify(self) -> VerifyReport:
-        """Walk the chain: every hash, every link, no gap, the signed checkpoints, the tail."""
+    def verify(self, retention_days: float | None = None) -> VerifyReport:
+        """Walk the chain: every hash, every link, no gap, the signed checkpoints, the tail. A
+        chain that does not start at record 1 must start right after a signed prune marker, one
+        that kept ``retention_days`` (when given) when it was made."""
         report = VerifyReport()
         checkpoints, problems = self.sink.read()
+        markers = self.sink.markers()
         report.problems.extend(problems)
         report.checkpoints = len(checkpoints)
         columns = ("at", "kind", "actor", "model", "version", "request_id", "client_id")
@@ -272,17 +313,10 @@ class AuditLog:
         with self.engine.connect() as c:
             head = c.execute(sa.select(t.head).where(t.head.c.id == HEAD_ID)).one()
             for row in c.execution_options(yield_per=2000).execute(q):
-                if expected is None:  # the first record left: genesis, or anchored by a checkpoint
+                if expected is None:  # the first record left: genesis, or anchored by a prune marker
                     report.first = row.seq
-                    if row.seq == 1:
-                        prev = GENESIS
-                    elif row.seq - 1 in checkpoints:
-                        prev = checkpoints[row.seq - 1]["hash"]
-                        report.anchored_at = row.seq - 1
-                    else:
-                        report.problems.append(
-                            f"records before seq {row.seq} are missing and no signed checkpoint anchors seq {row.seq - 1}"
-                        )
+                    prev = GENESIS if row.seq == 1 else self._anchor(row.seq, markers, retention_days, report)
+                    if prev is None:
                         prev = row.prev_hash
                     expected = row.seq
                 if row.seq != expected:
@@ -325,6 +359,22 @@ class AuditLog:
         if head.seq > last:
             report.problems.append(f"the chain head names seq {head.seq} but the log ends at seq {last}: its tail was cut")
         return report
+
+    @staticmethod
+    def _anchor(first: int, markers: dict[int, dict[str, Any]], retention_days: float | None, report: VerifyReport) -> str | None:
+        """The hash the first record left must link to: its prune marker's (None: a problem)."""
+        marker = markers.get(first - 1)
+        if marker is None:
+            report.problems.append(
+                f"records before seq {first} are missing and no signed prune marker says they were pruned (deleted outside `audit prune`)"
+            )
+            return None
+        report.anchored_at = first - 1
+        if retention_days is not None and marker["cutoff"] > marker["at"] - retention_days * DAY_S:
+            report.problems.append(
+                f"the prune of records up to seq {first - 1} cut records younger than the retention period ({retention_days:g} days)"
+            )
+        return str(marker["hash"])
 
     # -- export and retention ----------------------------------------------------------------
 
@@ -388,6 +438,9 @@ class AuditLog:
                     anchor = seq
             if anchor == 0:
                 return 0, 0
+            # Signed before the delete commits: a marker whose delete failed names records that
+            # are still there, which verify ignores; a delete without its marker would not verify.
+            self.sink.mark_prune(anchor, checkpoints[anchor]["hash"], before, retention_days, now)
             deleted = c.execute(t.records.delete().where(t.records.c.seq <= anchor)).rowcount
         return int(deleted or 0), anchor
 

@@ -65,7 +65,7 @@ def _audit_group() -> None:
 def verify(env: _Env) -> None:
     """Check every record's hash and link, the sequence, and the signed checkpoints."""
     env.open()
-    report = env.plugin.audit_log.verify()
+    report = env.plugin.audit_log.verify(retention_days=env.plugin.options.retention_days)
     where = f"seq {report.first}..{report.last}" if report.records else "no records"
     anchor = f", anchored at checkpoint {report.anchored_at}" if report.anchored_at else ""
     click.echo(f"{report.records} records ({where}{anchor}), {report.checkpoints} signed checkpoints")

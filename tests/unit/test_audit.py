@@ -214,7 +214,30 @@ def test_retention_prunes_to_a_checkpoint_and_the_rest_still_verifies(make_log):
     assert report.ok, report.problems
     assert (report.first, report.anchored_at, report.records) == (31, 30, 12)
     sql(log, "DELETE FROM lockgate_audit WHERE seq = 31")  # deleting at the new start is still caught
-    assert "no signed checkpoint anchors seq 31" in problems(log)
+    assert "records before seq 32 are missing and no signed prune marker says they were pruned" in problems(log)
+
+
+def test_a_prefix_deleted_up_to_a_checkpoint_outside_prune_is_caught(make_log):
+    """A signed checkpoint is no licence to delete what precedes it: only a prune marker is
+    (before, verify took any checkpoint as the start of the chain)."""
+    log = make_log(checkpoint_every=10)
+    fill(log, 25)
+    assert 10 in log.sink.read()[0]
+    sql(log, "DELETE FROM lockgate_audit WHERE seq <= 10")
+    assert "records before seq 11 are missing and no signed prune marker says they were pruned" in problems(log)
+
+
+def test_a_prune_that_cut_into_the_retention_period_is_caught(make_log):
+    """The marker records the cut-off and the retention period of its prune: verify, told the
+    retention in force, refuses a chain pruned short of it."""
+    log = make_log(checkpoint_every=10)
+    old = time.time() - 60 * 86400
+    log.append([entry(i, at=old + i) for i in range(12)])
+    fill(log, 3)
+    assert log.prune(time.time() - 40 * 86400, retention_days=30) == (12, 12)  # a 30-day retention then
+    assert log.verify(retention_days=30).ok
+    report = log.verify(retention_days=183)
+    assert report.problems == ["the prune of records up to seq 12 cut records younger than the retention period (183 days)"]
 
 
 def test_export_filters_and_formats(make_log):
