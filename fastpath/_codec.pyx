@@ -26,7 +26,9 @@ from libc.stdlib cimport free, malloc, realloc, strtoll, strtoull
 from libc.string cimport memcpy
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 
-from ._common import CodecError, datatype, element_count, element_error, encode_bytes_json, shape_error
+from ._common import TOO_MANY_DIGITS, CodecError, datatype, element_count, element_error, encode_bytes_json, shape_error
+
+DEF MAX_INT_DIGITS = 4300  # _common.MAX_INT_DIGITS, as a compile-time constant
 
 cnp.import_array()
 
@@ -277,6 +279,9 @@ cdef class _Parser:
                 raise self.fail("invalid number")
             while self.i < self.n and 48 <= self.s[self.i] <= 57:
                 self.i += 1
+        if kind[0] == T_INT and self.i - start - (self.s[start] == 45) > MAX_INT_DIGITS:
+            # Python turns no longer text into an int; refused where the twin's json.loads refuses it.
+            raise CodecError(TOO_MANY_DIGITS, where="body")
         return start
 
     cdef object string(self):

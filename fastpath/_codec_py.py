@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from ._common import (
+    TOO_MANY_DIGITS,
     CodecError,
     Datatype,
     datatype,
@@ -41,6 +42,8 @@ def parse_json(raw: bytes | bytearray | memoryview) -> object:
         raise CodecError(f"{e.msg} at byte {at}", where="body") from None
     except RecursionError:
         raise CodecError("nesting too deep", where="body") from None
+    except ValueError:  # json.loads turns an integer of more than MAX_INT_DIGITS digits into this
+        raise CodecError(TOO_MANY_DIGITS, where="body") from None
 
 
 def _check(dt: Datatype, index: int, x: object) -> object:

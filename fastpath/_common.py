@@ -12,6 +12,8 @@ import numpy as np
 
 __all__ = [
     "DATATYPES",
+    "MAX_INT_DIGITS",
+    "TOO_MANY_DIGITS",
     "CodecError",
     "Datatype",
     "datatype",
@@ -21,6 +23,12 @@ __all__ = [
     "encode_bytes_json",
     "shape_error",
 ]
+
+
+# Python's int() refuses text of more digits than this (sys.get_int_max_str_digits()); both twins
+# refuse such a JSON integer at parse time with TOO_MANY_DIGITS.
+MAX_INT_DIGITS = 4300
+TOO_MANY_DIGITS = f"a number has more than {MAX_INT_DIGITS} digits, more than Python turns into an integer"
 
 
 class CodecError(ValueError):

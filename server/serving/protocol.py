@@ -56,7 +56,19 @@ def _parameters(item: dict[str, Any], where: str) -> dict[str, Any]:
         return {}
     if type(params) is not dict:
         raise BadRequest(f"{where}: 'parameters' must be a JSON object")
-    return params
+    return {k: _plain(v) for k, v in params.items()}
+
+
+def _plain(value: Any) -> Any:
+    """A parameter's value as plain JSON values: the compiled parser keeps any array under a
+    'data' key as spans of the body (it cannot know it is not tensor data), the twin as a list."""
+    if type(value) is dict:
+        return {k: _plain(v) for k, v in value.items()}
+    if type(value) is list:
+        return [_plain(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return [_plain(v) for v in value.tolist()]
 
 
 def _check_against(spec: TensorSpec, datatype: str, shape: tuple[int, ...]) -> None:
@@ -166,6 +178,11 @@ def _declared_input(
     shape = _shape(item.get("shape"), f"input '{name}'")
     _check_against(spec, datatype, shape)
     elements = math.prod(shape)
+    too_wide = next((d for d in shape if d > max_elements), None)
+    if too_wide is not None:  # even in an empty tensor: no dimension holds more than the limit
+        raise PayloadTooLarge(
+            f"input '{name}': shape {list(shape)} has a dimension of {too_wide}, more than the limit of {max_elements}"
+        )
     if elements > max_elements:
         raise PayloadTooLarge(
             f"input '{name}': shape {list(shape)} has {elements} elements, more than the limit of {max_elements}"

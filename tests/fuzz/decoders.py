@@ -50,6 +50,11 @@ SEEDS = [
     b'POST /v2/models/iris/infer HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n5\r\n{"inp\r\n0\r\n\r\n',
     http(b'{"inputs": [{"name": "input", "datatype": "BYTES", "shape": [2], "data": ["a", [1]]}]}'),
     http(IRIS) + http(IRIS, b"connection: close\r\n"),
+    # The classes that once answered 500 (or split the twins): huge integers, lone surrogates,
+    # array- and object-valued parameters, extreme shapes.
+    http(b'{"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [' + b"9" * 4400 + b", 1, 2, 3]}]}"),
+    http(b'{"id": "\\ud800", "parameters": {"data": [1, 2], "timeout": {"a": 1}, "x": ' + b"9" * 4400 + b"}, " + IRIS[1:]),
+    http(b'{"inputs": [{"name": "input", "datatype": "FP32", "shape": [0, 4611686018427387904], "data": []}]}'),
 ]
 
 

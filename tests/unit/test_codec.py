@@ -363,3 +363,25 @@ def test_number_edge_cases_decode_alike():
         for impl in (_codec_c, _codec_py):
             with pytest.raises(codec.CodecError, match="element 0"):
                 impl.decode_json_data(impl.parse_json(b'{"data": ' + data + b"}")["data"], name, (1,))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"x": ' + b"9" * 4301 + b"}",
+        b'{"data": [1, -'
+        + b"9" * 4301
+        + b"]}",  # a tensor's numbers are spans in the compiled twin: refused at parse all the same
+        b"[" + b"1" * 5000 + b"]",
+    ],
+)
+def test_an_integer_python_cannot_convert_is_a_codec_error_in_both_twins(impl, body):
+    with pytest.raises(codec.CodecError) as e:
+        impl.parse_json(body)
+    assert str(e.value) == "a number has more than 4300 digits, more than Python turns into an integer"
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_integers_up_to_the_limit_still_parse(impl):
+    assert impl.parse_json(b'{"x": -' + b"9" * 4300 + b"}") == {"x": -int("9" * 4300)}
