@@ -12,10 +12,10 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from ._types import RequestInfo
+from ._types import Principal, RequestInfo
 from .errors import LockgateError
 
-__all__ = ["actor", "checked_actor", "fail", "iso_time", "key_values", "parse_time", "registry_options"]
+__all__ = ["actor", "checked_actor", "checked_principal", "fail", "iso_time", "key_values", "parse_time", "registry_options"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -42,6 +42,13 @@ def checked_actor(manager: Any, action: str, model: str | None = None, version: 
     one whose role allows the action, and the key's principal is the actor of the record.
     While none exist (open mode) the actor is LOCKGATE_ACTOR or the OS user. Exits 3 when
     not authenticated, 4 when not allowed."""
+    who = checked_principal(manager, action, model, version)
+    return actor() if who.name == "anonymous" else str(who.name)
+
+
+def checked_principal(manager: Any, action: str, model: str | None = None, version: int | None = None) -> Principal:
+    """``checked_actor``'s caller as the gatekeepers know them: name, roles, attributes (the
+    models a key is granted, say)."""
     key = os.environ.get("LOCKGATE_API_KEY")
     headers = {"authorization": f"Bearer {key}"} if key else {}
     info = RequestInfo("CLI", f"lockgate {action}", headers, "cli", model, None if version is None else str(version))
@@ -52,7 +59,7 @@ def checked_actor(manager: Any, action: str, model: str | None = None, version: 
     if denied is not None:
         click.secho(f"error: forbidden: {denied.reason}", fg="red", err=True)
         sys.exit(4)
-    return actor() if who.name == "anonymous" else str(who.name)
+    return who
 
 
 def registry_options(fn: F) -> F:

@@ -10,7 +10,7 @@ import from each other, so no plugin reaches into another's private modules.
 
 from __future__ import annotations
 
-from ._commands import actor, checked_actor, fail, iso_time, key_values, parse_time, registry_options
+from ._commands import actor, checked_actor, checked_principal, fail, iso_time, key_values, parse_time, registry_options
 from ._onnx import external_data_tensors, onnx_nodes, onnx_operators, onnx_opsets, onnx_signature
 from ._options import parse_section
 from ._storage import ArtifactStore, make_engine, sha256_file, writing
@@ -19,6 +19,7 @@ __all__ = [
     "ArtifactStore",
     "actor",
     "checked_actor",
+    "checked_principal",
     "external_data_tensors",
     "fail",
     "iso_time",

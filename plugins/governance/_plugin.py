@@ -116,10 +116,21 @@ class GovernancePlugin:
     # -- actions (CLI) ---------------------------------------------------------------------------
 
     def create_key(
-        self, principal: str, roles: list[str], models: list[str], *, actor: str, expires_at: float | None = None
+        self,
+        principal: str,
+        roles: list[str],
+        models: list[str],
+        *,
+        actor: str,
+        expires_at: float | None = None,
+        creator: Principal | None = None,
     ) -> tuple[str, Any]:
+        """Create a key; ``creator`` (the caller's principal, once keys exist) bounds what it may
+        hold: no action the creator's roles lack, no model the creator is not granted."""
         if self.open_mode() and "admin" not in roles:
             raise GovernanceError("the first API key must have the admin role: it is the one that creates the others", 409)
+        if creator is not None and not self.open_mode():
+            _within(creator, roles, models)
         key, info = self.keys.create(principal, roles, models, created_by=actor, expires_at=expires_at)
         detail = {
             "key_id": info.key_id,
@@ -288,6 +299,26 @@ class GovernancePlugin:
         from .cli import add_commands
 
         add_commands(cli, context, self)
+
+
+def _within(creator: Principal, roles: list[str], models: list[str]) -> None:
+    """GovernanceError unless a key of ``roles`` and ``models`` grants nothing ``creator`` lacks."""
+    held = creator.attributes.get("actions")
+    if held is None:
+        held = frozenset().union(*(ROLE_ACTIONS.get(r, frozenset()) for r in creator.roles))
+    wanted = frozenset().union(*(ROLE_ACTIONS.get(r, frozenset()) for r in roles))
+    if not wanted <= held:
+        raise GovernanceError(
+            f"'{creator.name}' may not create a key that may {', '.join(sorted(wanted - held))}: its own roles cannot"
+        )
+    granted = creator.attributes.get("models")
+    if granted is not None:
+        asked = {m.strip() for m in models if m.strip()} or {"*"}
+        if "*" in asked or not asked <= granted:
+            beyond = "every model" if "*" in asked else ", ".join(sorted(asked - granted))
+            raise GovernanceError(
+                f"'{creator.name}' is granted {', '.join(sorted(granted))} only and may not create a key for {beyond}"
+            )
 
 
 plugin = GovernancePlugin()

@@ -13,7 +13,9 @@ import click
 from .._types import CommandContext, RegistrationCandidate
 from ..errors import GovernanceError, LockgateError
 from ..shared import (
+    actor,
     checked_actor,
+    checked_principal,
     external_data_tensors,
     fail,
     iso_time,
@@ -68,7 +70,8 @@ def _keys(context: CommandContext, governance: Any) -> click.Group:
     ) -> None:
         """Create a key and print it once; only its salted hash is stored."""
         manager = context.manager(*args)
-        who = checked_actor(manager, "keys")
+        creator = checked_principal(manager, "keys")
+        who = actor() if creator.name == "anonymous" else creator.name
         try:
             key, info = governance.create_key(
                 principal,
@@ -76,6 +79,7 @@ def _keys(context: CommandContext, governance: Any) -> click.Group:
                 [m.strip() for m in models.split(",") if m.strip()],
                 actor=who,
                 expires_at=parse_expiry(expires),
+                creator=creator,
             )
         except (ValueError, LockgateError) as e:
             fail(e)

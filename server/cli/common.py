@@ -3,12 +3,15 @@ plugins' commands get (``lockgate_register_commands``)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from lockgate.plugins import CommandContext, PluginManager
-from lockgate.plugins.shared import registry_options
+from lockgate.plugins.shared import checked_actor, registry_options
 
 from ..serving.settings import LockgateSettings
+from ..tools.repository import scan_repository
 
-__all__ = ["CONTEXT", "manager_from", "settings_from"]
+__all__ = ["CONTEXT", "import_actor", "manager_from", "settings_from"]
 
 
 def settings_from(registry_url: str | None, artifact_dir: str | None) -> LockgateSettings:
@@ -22,3 +25,14 @@ def manager_from(registry_url: str | None, artifact_dir: str | None) -> PluginMa
 
 
 CONTEXT = CommandContext(manager=manager_from, registry_options=registry_options)
+
+
+def import_actor(manager: PluginManager, repository: Path) -> str:
+    """Who imports ``repository``, after the gatekeepers agreed that they may register every
+    model in it: a key granted some models imports those, not the others (and does not rewrite
+    their configuration). Exits 3 or 4 naming the first model refused."""
+    names = [entry.name for entry in scan_repository(repository)]
+    who = checked_actor(manager, "register")
+    for name in names:
+        checked_actor(manager, "register", name)
+    return who

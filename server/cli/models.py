@@ -14,7 +14,7 @@ from lockgate.plugins.shared import checked_actor, fail, iso_time, key_values, o
 from ..errors import ConfigError, LockgateError
 from ..tools.reference import import_references, read_reference, set_reference
 from ..tools.repository import announce_imports, import_repository
-from .common import manager_from, settings_from
+from .common import import_actor, manager_from, settings_from
 
 __all__ = ["models", "plugins"]
 
@@ -221,7 +221,7 @@ def import_repo(ctx, directory: Path) -> None:
     """Register every version of a Triton-style model repository DIRECTORY (idempotent)."""
     settings = settings_from(ctx.obj["registry_url"], ctx.obj["artifact_dir"])
     manager = settings.manager()
-    who = checked_actor(manager, "register")
+    who = import_actor(manager, directory)
     refused: list[str] = []
     try:
         done = import_repository(

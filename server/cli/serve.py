@@ -12,10 +12,10 @@ from pathlib import Path
 import click
 
 from lockgate.plugins import PluginManager
-from lockgate.plugins.shared import actor, checked_actor, fail, registry_options
+from lockgate.plugins.shared import actor, fail, registry_options
 
 from ..errors import LockgateError, StartupError
-from .common import settings_from
+from .common import import_actor, settings_from
 
 __all__ = ["cleanup", "demo_repo", "serve"]
 
@@ -113,7 +113,7 @@ def serve(
         registry = manager.registry()
         if repository is not None:
             refused: list[str] = []
-            who = checked_actor(manager, "register")
+            who = import_actor(manager, repository)
             imported = import_repository(
                 repository,
                 registry,

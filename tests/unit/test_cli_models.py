@@ -178,3 +178,44 @@ def test_import_repo_stores_the_reference_samples_kept_next_to_model_files(cli, 
     assert "reference sample of mlp version 1: 2000 rows" in out and "reference sample of cnn" not in out
     again = cli("models", "import-repo", str(demo_repo)).output
     assert "reference sample" not in again  # kept, not replaced
+
+
+def _key(cli, *args: str) -> str:
+    """A new API key (the command prints it once, on its own line)."""
+    out = cli("keys", "create", *args).output
+    return next(line for line in out.splitlines() if line.startswith("lg_"))
+
+
+def test_a_key_granted_some_models_imports_only_those(cli, tmp_path, monkeypatch):
+    """import-repo (and serve --model-repository) ask the register grant for every model they
+    would write: before, a deployer granted iris registered digits, and rewrote its config."""
+    from lockgate.server.tools.demo import write_demo_repository
+
+    write_demo_repository(tmp_path / "repo", ["iris", "digits"])
+    admin = _key(cli, "--principal", "root", "--role", "admin")
+    monkeypatch.setenv("LOCKGATE_API_KEY", admin)
+    deployer = _key(cli, "--principal", "ci", "--role", "deployer", "--models", "iris")
+    monkeypatch.setenv("LOCKGATE_API_KEY", deployer)
+    refused = cli("models", "import-repo", str(tmp_path / "repo"), ok=False)
+    assert refused.exit_code == 4 and "'ci' is not granted model 'digits'" in refused.output, refused.output
+    monkeypatch.setenv("LOCKGATE_API_KEY", admin)
+    assert "no models registered" in cli("models", "list").output  # nothing was written, iris included
+    write_demo_repository(tmp_path / "only-iris", ["iris"])
+    monkeypatch.setenv("LOCKGATE_API_KEY", deployer)
+    assert "registered: iris version 1" in cli("models", "import-repo", str(tmp_path / "only-iris")).output
+
+
+def test_a_new_key_holds_no_more_than_its_creator(cli, monkeypatch):
+    """An admin granted one model cannot mint a key for every model, nor for another one."""
+    root = _key(cli, "--principal", "root", "--role", "admin")
+    monkeypatch.setenv("LOCKGATE_API_KEY", root)
+    iris_admin = _key(cli, "--principal", "iris-admin", "--role", "admin", "--models", "iris")
+    monkeypatch.setenv("LOCKGATE_API_KEY", iris_admin)
+    for models, beyond in (("*", "every model"), ("iris,digits", "digits")):
+        refused = cli("keys", "create", "--principal", "x", "--role", "invoker", "--models", models, ok=False)
+        assert refused.exit_code == 4, refused.output
+        assert f"'iris-admin' is granted iris only and may not create a key for {beyond}" in refused.output
+    assert _key(cli, "--principal", "app", "--role", "invoker", "--models", "iris").startswith("lg_")
+    monkeypatch.setenv("LOCKGATE_API_KEY", _key(cli, "--principal", "viewer-maker", "--role", "viewer", "--models", "iris"))
+    refused = cli("keys", "create", "--principal", "y", "--role", "admin", "--models", "iris", ok=False)
+    assert refused.exit_code == 4  # a viewer may not create keys at all
