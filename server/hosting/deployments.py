@@ -74,7 +74,7 @@ class ModelDeployment:
         if settings.replica_listener:
             # Serve starts the replica's HTTP server after this constructor: it will be ours.
             prefix = route_prefix(name)
-            install_listener(lambda serve_app: FastServer(self._app, serve_app, prefix, limits))
+            install_listener(lambda serve_app: FastServer(self._app, serve_app, prefix, limits, precheck=self._app.precheck))
         self._refresher = asyncio.get_running_loop().create_task(self._service.refresh_forever(settings.alias_poll_s))
 
     def __serve_build_asgi_app__(self) -> ModelApp:

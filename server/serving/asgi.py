@@ -12,6 +12,7 @@ __all__ = [
     "CHALLENGE",
     "JSON_HEADERS",
     "METRICS_CONTENT_TYPE",
+    "PRECHECK",
     "RETRY_AFTER",
     "SERVER_NAME",
     "Receive",
@@ -33,6 +34,8 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 Headers = list[tuple[bytes, bytes]]
 
 SERVER_NAME = "lockgate"
+# The scope key under which the replica listener hands the model app the gate's early answer.
+PRECHECK = "lockgate.precheck"
 JSON_HEADERS: Headers = [(b"content-type", b"application/json")]
 METRICS_CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 RETRY_AFTER = {"retry-after": "1"}

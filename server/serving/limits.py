@@ -25,6 +25,7 @@ class LimitOptions(BaseModel):
 
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Largest request body (413 above it; Triton's default).")
     max_header_bytes: int = Field(64 * 1024, ge=1024, description="Largest sum of header names and values (400 above it).")
+    max_url_bytes: int = Field(8 * 1024, ge=256, description="Longest request URL (414 above it).")
     max_tensor_elements: int = Field(
         16 * 1024 * 1024, ge=1, description="Most elements in one input tensor, by its declared shape (413 above it)."
     )

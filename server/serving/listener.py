@@ -26,6 +26,7 @@ from typing import Any
 
 import httptools
 
+from .asgi import PRECHECK
 from .limits import DEFAULT_LIMITS, LimitOptions
 
 __all__ = ["FastServer"]
@@ -51,11 +52,21 @@ class _TooLarge(Exception):
 class FastServer:
     """A uvicorn.Server stand-in as Serve's replica uses it: ``should_exit`` stops it gracefully."""
 
-    def __init__(self, app: ASGIApp, fallback: ASGIApp, prefix: str, limits: LimitOptions = DEFAULT_LIMITS) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        fallback: ASGIApp,
+        prefix: str,
+        limits: LimitOptions = DEFAULT_LIMITS,
+        precheck: Callable[[Message], Any] | None = None,
+    ) -> None:
         self.app = app
         self.fallback = fallback
         self.prefix = prefix
         self.limits = limits
+        # Asked when a request for ``app`` has its headers in (``ModelApp.precheck``): None to go
+        # on, or an answer with a ``refusal``; a refused request's body is dropped, not read.
+        self.precheck = precheck
         self.max_body = limits.max_body_bytes
         self.should_exit = False
         self.connections: set[_Protocol] = set()
@@ -98,8 +109,9 @@ class FastServer:
                 conn.transport.close()
 
 
-# One parsed request: method, URL, headers, body, its size, keep-alive.
-_Request = tuple[str, bytes, list[tuple[bytes, bytes]], bytes, int, bool]
+# One parsed request: method, URL, headers, body, its size, keep-alive, the precheck's answer.
+_Request = tuple[str, bytes, list[tuple[bytes, bytes]], bytes, int, bool, Any]
+_HEAD_SLICE = 4096  # while a request's head arrives, it is fed to the parser this much at a time
 
 
 class _Discard:
@@ -114,17 +126,22 @@ class _Protocol(asyncio.Protocol):
         "body",
         "body_size",
         "busy",
+        "checked",
         "closing",
         "deadline",
+        "dropping",
         "ended",
+        "head_bytes",
         "headers",
         "header_bytes",
+        "in_head",
         "parser",
         "pending",
         "reading",
         "server",
         "transport",
         "url",
+        "url_parts",
         "client",
     )
 
@@ -134,8 +151,13 @@ class _Protocol(asyncio.Protocol):
         self.parser: Any = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.url = b""
+        self.url_parts: list[bytes] = []
         self.headers: list[tuple[bytes, bytes]] = []
         self.header_bytes = 0
+        self.in_head = True  # between a request's first byte and the end of its headers
+        self.head_bytes = 0  # bytes fed to the parser since the head began
+        self.checked: Any = None  # the precheck's answer for the request being read
+        self.dropping = False  # the request was refused at its headers: its body is dropped
         self.body: list[bytes] = []
         self.body_size = 0
         self.busy = False
@@ -172,8 +194,27 @@ class _Protocol(asyncio.Protocol):
             self.transport.close()
 
     def data_received(self, data: bytes) -> None:
+        if self.dropping:
+            return
         try:
+            # While a head arrives it is fed a slice at a time and counted, so an endless URL or
+            # header is cut at the limit: the parser never gathers more of it than that.
+            limit = self.server.limits.max_header_bytes + self.server.limits.max_url_bytes + _HEAD_SLICE
+            while self.in_head and len(data) > _HEAD_SLICE and not (self.dropping or self.ended):
+                piece, data = data[:_HEAD_SLICE], data[_HEAD_SLICE:]
+                self.head_bytes += len(piece)
+                if self.head_bytes > limit:
+                    raise _TooLarge(431, b"the request's head (URL and headers) is larger than the limit of %d bytes" % limit)
+                self.parser.feed_data(piece)
+            if self.dropping or self.ended:
+                return
+            if self.in_head:
+                self.head_bytes += len(data)
+                if self.head_bytes > limit:
+                    raise _TooLarge(431, b"the request's head (URL and headers) is larger than the limit of %d bytes" % limit)
             self.parser.feed_data(data)
+        except _TooLarge as limit_hit:
+            self._error(limit_hit.status, limit_hit.message)
         except httptools.HttpParserUpgrade:
             self._error(400, b"protocol upgrades are not supported")
         except httptools.HttpParserError as e:
@@ -187,6 +228,8 @@ class _Protocol(asyncio.Protocol):
         """Answer ``status`` and end the connection. What the client still sends (the rest of a
         refused body) is read and dropped for a moment: closing with unread input would reset the
         connection, and the client could lose the answer."""
+        if self.ended:  # answered already: whatever else it sent is dropped
+            return
         body = b'{"error": "' + message.replace(b'"', b"'") + b'"}'
         transport = self.transport
         transport.write(self._head(status, _JSON, len(body), False) + body)
@@ -206,13 +249,17 @@ class _Protocol(asyncio.Protocol):
         self.reading = True
         self.deadline = time.monotonic() + self.server.limits.request_timeout_s
         self.url = b""
+        self.url_parts = []
         self.headers = []
         self.header_bytes = 0
         self.body = []
         self.body_size = 0
+        self.checked = None
 
     def on_url(self, url: bytes) -> None:
-        self.url += url
+        self.url_parts.append(url)  # gathered once at the end of the head: no quadratic concatenation
+        if sum(map(len, self.url_parts)) > self.server.limits.max_url_bytes:
+            raise _TooLarge(414, b"the request URL is longer than the limit of %d bytes" % self.server.limits.max_url_bytes)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.header_bytes += len(name) + len(value)
@@ -222,20 +269,50 @@ class _Protocol(asyncio.Protocol):
         self.headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
+        self.in_head, self.head_bytes = False, 0
+        self.url = b"".join(self.url_parts)
         for name, value in self.headers:
             if name == b"content-length" and value.isdigit() and int(value) > self.server.max_body:
                 # Refused before the body is read, so an oversized upload costs nothing.
                 raise _TooLarge(413, b"request body is larger than the limit of %d bytes" % self.server.max_body)
+        server = self.server
+        if server.precheck is not None:
+            path = self.url.split(b"?", 1)[0].decode("latin-1")
+            if path.startswith(server.prefix):
+                method = self.parser.get_method().decode("ascii")
+                self.checked = server.precheck({"method": method, "path": path, "headers": self.headers, "client": self.client})
+                if self.checked is not None and self.checked.refusal is not None:
+                    self._refused_at_head(method)
+                    return
+        for name, value in self.headers:
             if name == b"expect" and value.lower() == b"100-continue":
                 self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
+    def _refused_at_head(self, method: str) -> None:
+        """The gate refused the request from its headers: answer it now (through the app, which
+        records the refusal) and drop its body unread; the connection ends after the answer."""
+        self.dropping = True
+        self.reading = False
+        self.deadline = 0.0
+        request = (method, self.url, self.headers, b"", 0, False, self.checked)
+        if self.busy:
+            self.pending.append(request)
+            return
+        self.busy = True
+        asyncio.get_running_loop().create_task(self._handle(request))
+
     def on_body(self, chunk: bytes) -> None:
+        if self.dropping:
+            return
         self.body_size += len(chunk)
         if self.body_size > self.server.max_body:  # a chunked body that grew past the limit
             raise _TooLarge(413, b"request body is larger than the limit of %d bytes" % self.server.max_body)
         self.body.append(chunk)
 
     def on_message_complete(self) -> None:
+        if self.dropping:
+            return
+        self.in_head = True
         self.reading = False
         self.deadline = 0.0
         request = (
@@ -245,6 +322,7 @@ class _Protocol(asyncio.Protocol):
             b"".join(self.body) if len(self.body) != 1 else self.body[0],
             self.body_size,
             self.parser.should_keep_alive(),
+            self.checked,
         )
         if self.busy:
             self.pending.append(request)
@@ -260,6 +338,13 @@ class _Protocol(asyncio.Protocol):
             keep_alive = await self._one(*request)
             if not keep_alive or self.closing:
                 self.busy = False
+                if self.dropping:  # its body is still coming: read and drop it a moment, or the answer is reset away
+                    self.ended = True
+                    self.parser = _Discard()
+                    self.deadline = time.monotonic() + _LINGER_S
+                    if self.transport.can_write_eof():
+                        self.transport.write_eof()
+                        return
                 self.transport.close()
                 return
             if not self.pending:
@@ -271,7 +356,7 @@ class _Protocol(asyncio.Protocol):
             self.deadline = time.monotonic() + self.server.limits.idle_timeout_s
 
     async def _one(
-        self, method: str, url: bytes, headers: list[tuple[bytes, bytes]], body: bytes, size: int, keep_alive: bool
+        self, method: str, url: bytes, headers: list[tuple[bytes, bytes]], body: bytes, size: int, keep_alive: bool, checked: Any
     ) -> bool:
         server = self.server
         server.in_flight += 1
@@ -296,6 +381,8 @@ class _Protocol(asyncio.Protocol):
                 "client": self.client,
                 "server": None,
             }
+            if checked is not None:
+                scope[PRECHECK] = checked
             sent: dict[str, Any] = {}
             delivered = False
 

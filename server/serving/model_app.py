@@ -11,17 +11,41 @@ from __future__ import annotations
 import logging
 import re
 import time
+from dataclasses import dataclass
 
 from lockgate.plugins import InferenceEvent, RecordFailed
 
 from ..errors import MethodNotAllowed, NotFound, RequestError, Unavailable
-from .asgi import JSON_HEADERS, RETRY_AFTER, Receive, Scope, Send, error_headers, header, json_body, lifespan, read_body, respond
-from .gate import gate, new_request_id
+from .asgi import (
+    JSON_HEADERS,
+    PRECHECK,
+    RETRY_AFTER,
+    Receive,
+    Scope,
+    Send,
+    error_headers,
+    header,
+    json_body,
+    lifespan,
+    read_body,
+    respond,
+)
+from .gate import gate, gate_now, new_request_id
 from .load import LoadMeter
 from .protocol import HEADER_LENGTH
 from .service import ModelService
 
-__all__ = ["ModelApp", "Outcome"]
+__all__ = ["PRECHECK", "ModelApp", "Outcome", "Precheck"]
+
+
+@dataclass(frozen=True, slots=True)
+class Precheck:
+    """The gate's answer to a request whose headers are in (``ModelApp.precheck``): the caller's
+    name as far as authentication got, and the refusal, if it was refused."""
+
+    principal: str
+    refusal: RequestError | None
+
 
 log = logging.getLogger("lockgate.server")
 
@@ -130,7 +154,8 @@ class ModelApp:
             outcome.decided_by = e.decided_by
             raise
 
-    async def _route(self, scope: Scope, receive: Receive, outcome: Outcome) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    def _target(self, scope: Scope) -> tuple[str, str | None]:
+        """The route's action ('', '/ready', '/infer', '/explain' or an unknown rest) and version text."""
         path: str = scope["path"]
         root = scope.get("root_path", "")
         rest = path[len(root) :] if root and path.startswith(root) else path
@@ -139,12 +164,34 @@ class ModelApp:
             rest = rest[len(prefix) :]
         if rest and not rest.startswith("/"):
             raise NotFound(f"unknown model '{self.service.name}{rest.split('/')[0]}'")
-        method = scope["method"]
-        version: str | None = None
-        action = rest.rstrip("/")
         match = _VERSION_ROUTE.match(rest)
         if match:
-            version, action = match.group(1), (match.group(2) or "")
+            return match.group(2) or "", match.group(1)
+        return rest.rstrip("/"), None
+
+    def precheck(self, scope: Scope) -> Precheck | None:
+        """The gate of an inference request, asked by the replica listener as soon as its headers
+        are in: a refused request's body is never read (nor buffered). None when there is
+        nothing to ask now: no gatekeepers, async ones (they run in the request), another route."""
+        if not self.gated or scope["method"] != "POST" or not self.manager.request_gates_are_sync():
+            return None
+        try:
+            action, version = self._target(scope)
+        except NotFound:
+            return None
+        if action not in ("/infer", "/explain"):
+            return None
+        outcome = Outcome()
+        try:
+            gate_now(self.manager, scope, action[1:], self.service.name, version, outcome)
+        except RequestError as e:
+            return Precheck(outcome.principal, e)
+        return Precheck(outcome.principal, None)
+
+    async def _route(self, scope: Scope, receive: Receive, outcome: Outcome) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        path: str = scope["path"]
+        method = scope["method"]
+        action, version = self._target(scope)
         if action == "/infer" or action == "/explain":
             kind = action[1:]
             outcome.action = kind
@@ -154,7 +201,14 @@ class ModelApp:
             if method != "POST":
                 raise MethodNotAllowed(f"{method} is not allowed on {action}; use POST")
             if self.gated:
-                await self._gate(scope, kind, version, outcome)
+                early: Precheck | None = scope.get(PRECHECK)
+                if early is None:
+                    await self._gate(scope, kind, version, outcome)
+                else:  # the listener asked the gate when the headers were in
+                    outcome.principal = early.principal
+                    if early.refusal is not None:
+                        outcome.decided_by = early.refusal.decided_by
+                        raise early.refusal
             served = await self.service.version(version)
             outcome.version, outcome.sha256 = served.model.version, served.model.sha256
             self.service.check_serving(served)

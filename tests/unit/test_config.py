@@ -75,7 +75,7 @@ def test_repository_layout(tmp_path):
     "setup,fragment",
     [
         (lambda r: (r / "empty").mkdir(), "has no version folder"),
-        (lambda r: _model(r, "bad name", [1]), "a model name is"),
+        (lambda r: _model(r, "bad name", [1]), "name 'bad name': use letters, digits"),
         (lambda r: _model(r, "c", [1], "name: other\n"), "does not match the folder name"),
         (lambda r: _model(r, "d", [1], "replicas: [\n"), "cannot parse"),
         (lambda r: _model(r, "e", [1], "version_policy:\n  specific:\n    versions: [4]\n"), "selects none"),

@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from lockgate.plugins import Decision, PluginManager, Principal, hookimpl
 from lockgate.server.serving.config import ModelConfig
 from lockgate.server.serving.limits import LimitOptions
 from lockgate.server.serving.listener import FastServer
@@ -240,3 +241,110 @@ def test_clients_that_leave_mid_request_leave_nothing_behind(serve):
         return server.in_flight, len(server.connections), depth, (await read_response(reader))[0]
 
     assert serve(scenario) == (0, 1, 0, 200)
+
+
+class Gatekeeper:
+    """Lets 'Bearer ok' in, refuses everyone else (401); counts the checks and records requests."""
+
+    LOCKGATE_PLUGIN_API = "1.3"
+
+    def __init__(self) -> None:
+        self.checks = 0
+        self.recorded: list = []
+
+    @hookimpl
+    def lockgate_authenticate(self, request):
+        self.checks += 1
+        if request.headers.get("authorization") == "Bearer ok":
+            return Principal("app", frozenset({"invoker"}))
+        return Decision.deny("missing or wrong key")
+
+    @hookimpl
+    def lockgate_record_inference(self, event):
+        self.recorded.append(event)
+
+
+@pytest.fixture
+def gated(demo_registry):
+    """``run(scenario, limits)`` against a FastServer whose model app has a gatekeeper and a recorder."""
+    keeper = Gatekeeper()
+    manager = PluginManager()
+    manager.register(keeper, "keeper")
+    big = LimitOptions(max_body_bytes=64 * 1024 * 1024, max_header_bytes=4096, max_url_bytes=1024, request_timeout_s=30.0)
+    service = ModelService(
+        "iris", ModelConfig.model_validate(demo_registry.model_config("iris")), demo_registry, manager=manager, limits=big
+    )
+    app = ModelApp(service)
+
+    def run(scenario):
+        async def main():
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            server = FastServer(app, fallback, "/v2/models/iris", big, precheck=app.precheck)
+            task = asyncio.get_running_loop().create_task(server.serve(sock))
+            await asyncio.sleep(0.05)
+            reader, writer = await asyncio.open_connection("127.0.0.1", sock.getsockname()[1])
+            try:
+                return await scenario(reader, writer, server)
+            finally:
+                writer.close()
+                server.should_exit = True
+                await asyncio.wait_for(task, 5)
+
+        return asyncio.run(main())
+
+    yield run, keeper
+    service.close()
+
+
+def test_a_refused_request_is_answered_from_its_headers_and_its_body_is_never_read(gated):
+    """The gate runs when the headers are in: a caller without a key who announces 60 MB gets
+    401 at once, the body is neither awaited nor buffered, and the refusal is recorded."""
+    run, keeper = gated
+
+    async def scenario(reader, writer, server):
+        writer.write(b"POST /v2/models/iris/infer HTTP/1.1\r\nhost: x\r\ncontent-length: 60000000\r\n\r\n" + b"x" * 65536)
+        await writer.drain()
+        status, headers, body = await asyncio.wait_for(read_response(reader), 5)  # 60 MB never sent
+        held = [conn.body_size for conn in server.connections]
+        return status, headers, json.loads(body), held
+
+    status, headers, body, held = run(scenario)
+    assert status == 401 and body == {"error": "missing or wrong key"} and headers["connection"] == "close"
+    assert held == [0]  # nothing of the body was kept
+    assert [(e.status, e.decided_by) for e in keeper.recorded] == [(401, "keeper")]
+
+
+def test_an_allowed_request_is_gated_once(gated):
+    run, keeper = gated
+
+    async def scenario(reader, writer, server):
+        writer.write(post("/v2/models/iris/infer", IRIS, "authorization: Bearer ok\r\n"))
+        return await read_response(reader)
+
+    status, _, _ = run(scenario)
+    assert status == 200 and keeper.checks == 1
+    assert [(e.status, e.principal) for e in keeper.recorded] == [(200, "app")]
+
+
+def test_an_endless_url_or_header_is_cut_at_the_limit_as_it_arrives(gated):
+    run, _ = gated
+
+    async def long_url(reader, writer, server):
+        writer.write(b"GET /v2/models/iris/" + b"a" * 5000 + b" HTTP/1.1\r\nhost: x\r\n\r\n")
+        return await asyncio.wait_for(read_response(reader), 5)
+
+    async def endless_header(reader, writer, server):
+        writer.write(b"GET /v2/models/iris HTTP/1.1\r\nx-filler: ")
+        for _ in range(64):  # 4 MiB of one header value that never ends
+            writer.write(b"y" * 65536)
+            try:
+                await writer.drain()
+            except ConnectionError:
+                break
+        return await asyncio.wait_for(read_response(reader), 5)
+
+    status, _, body = run(long_url)
+    assert status == 414 and b"longer than the limit of 1024 bytes" in body
+    status, _, body = run(endless_header)
+    assert status == 431 and b"head (URL and headers) is larger than the limit" in body
