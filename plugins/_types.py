@@ -55,6 +55,10 @@ class Settings:
     ``default_alias`` the alias that ``/v2/models/<m>/infer`` serves; ``options`` the
     per-plugin sections of the server configuration, by plugin name; ``home`` the folder
     where plugins keep their local files (keys, checkpoints) unless configured otherwise.
+    ``anonymous``: callers without credentials may act while no API key exists (open mode).
+    Only ``lockgate serve`` on a loopback-only address (or with ``--insecure``) and the local
+    command line set it; every other process, a Serve config's builder or KubeRay included,
+    refuses anonymous callers even before the first key exists.
     """
 
     registry_url: str
@@ -62,6 +66,7 @@ class Settings:
     default_alias: str = "production"
     options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     home: str = ""
+    anonymous: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,7 @@ N = 1000  # gates per benchmark call
 def gate():
     home = tempfile.mkdtemp()
     manager = build_manager(
-        Settings(f"sqlite:///{home}/g.db", f"{home}/a", "production", {}, home), allow=["registry", "governance"]
+        Settings(f"sqlite:///{home}/g.db", f"{home}/a", "production", {}, home, anonymous=True), allow=["registry", "governance"]
     )
     governance = manager.plugin("governance")
     governance.create_key("root", ["admin"], ["*"], actor="bench")

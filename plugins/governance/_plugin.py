@@ -109,9 +109,17 @@ class GovernancePlugin:
             self._approvals = Approvals(self.keys.engine)
         return self._approvals
 
-    def open_mode(self) -> bool:
+    def no_keys(self) -> bool:
         """True while no API key was ever created."""
         return not self.keys.any()
+
+    def open_mode(self) -> bool:
+        """True while no API key was ever created and this process may take anonymous callers
+        (``Settings.anonymous``: a loopback-only ``lockgate serve``, or the local command line)."""
+        return self.settings is not None and self.settings.anonymous and self.no_keys()
+
+    def _anonymous_ok(self, cache: Any) -> bool:
+        return bool(cache.open) and self.settings is not None and self.settings.anonymous
 
     # -- actions (CLI) ---------------------------------------------------------------------------
 
@@ -127,9 +135,10 @@ class GovernancePlugin:
     ) -> tuple[str, Any]:
         """Create a key; ``creator`` (the caller's principal, once keys exist) bounds what it may
         hold: no action the creator's roles lack, no model the creator is not granted."""
-        if self.open_mode() and "admin" not in roles:
+        first = self.no_keys()
+        if first and "admin" not in roles:
             raise GovernanceError("the first API key must have the admin role: it is the one that creates the others", 409)
-        if creator is not None and not self.open_mode():
+        if creator is not None and not first:
             _within(creator, roles, models)
         key, info = self.keys.create(principal, roles, models, created_by=actor, expires_at=expires_at)
         detail = {
@@ -184,7 +193,14 @@ class GovernancePlugin:
             return Decision.deny("cannot check API keys now: the key store has not been readable for a while", status=503)
         header = request.headers.get("authorization")
         if header is None:
-            return None if cache.open else Decision.deny("missing 'Authorization: Bearer <API key>' header")
+            if self._anonymous_ok(cache):
+                return None
+            if cache.open:
+                return Decision.deny(
+                    "no API key exists yet, and this server takes no anonymous callers (open mode is for a loopback-only "
+                    "`lockgate serve`): create one with `lockgate keys create --principal NAME --role admin`"
+                )
+            return Decision.deny("missing 'Authorization: Bearer <API key>' header")
         scheme, _, token = header.strip().partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             return Decision.deny("the Authorization header must read 'Bearer <API key>'")
@@ -196,11 +212,9 @@ class GovernancePlugin:
         if self.error is not None:
             return Decision.deny(self.error, status=503)
         if principal.name == "anonymous" and not principal.roles:
-            return (
-                None
-                if (self._cache or self.cache).open
-                else Decision.deny("anonymous callers may do nothing once API keys exist", status=401)
-            )
+            if self._anonymous_ok(self._cache or self.cache):
+                return None
+            return Decision.deny("anonymous callers may do nothing here: send an API key", status=401)
         actions = principal.attributes.get("actions")
         if actions is None:  # a principal from another authenticator: its roles decide
             actions = frozenset().union(*(ROLE_ACTIONS.get(r, frozenset()) for r in principal.roles))
@@ -261,7 +275,7 @@ class GovernancePlugin:
         if problem is not None:
             return Decision.deny(f"refusing to start: {problem}")
         loopback = host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
-        if not loopback and not insecure and self.open_mode():
+        if not loopback and not insecure and self.no_keys():
             return Decision.deny(
                 f"refusing to serve on {host} without API keys: anyone on the network could call every model. "
                 "Create a key (`lockgate keys create --principal NAME --role admin`), bind 127.0.0.1, or pass --insecure"

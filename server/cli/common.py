@@ -11,12 +11,19 @@ from lockgate.plugins.shared import checked_actor, registry_options
 from ..serving.settings import LockgateSettings
 from ..tools.repository import scan_repository
 
-__all__ = ["CONTEXT", "import_actor", "manager_from", "settings_from"]
+__all__ = ["CONTEXT", "import_actor", "is_loopback", "manager_from", "settings_from"]
 
 
 def settings_from(registry_url: str | None, artifact_dir: str | None) -> LockgateSettings:
-    """The settings of this process's environment, with the command's registry options."""
-    return LockgateSettings.from_env(registry_url=registry_url, artifact_dir=artifact_dir)
+    """The settings of this process's environment, with the command's registry options. A
+    command runs on this machine with this user's access to the database, so it may act
+    anonymously while no API key exists (the first key is made so)."""
+    return LockgateSettings.from_env(registry_url=registry_url, artifact_dir=artifact_dir, anonymous=True)
+
+
+def is_loopback(host: str) -> bool:
+    """True for an address only this machine reaches."""
+    return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
 
 
 def manager_from(registry_url: str | None, artifact_dir: str | None) -> PluginManager:

@@ -7,6 +7,7 @@ import json
 import signal
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -15,7 +16,7 @@ from lockgate.plugins import PluginManager
 from lockgate.plugins.shared import actor, fail, registry_options
 
 from ..errors import LockgateError, StartupError
-from .common import import_actor, settings_from
+from .common import import_actor, is_loopback, settings_from
 
 __all__ = ["cleanup", "demo_repo", "serve"]
 
@@ -105,7 +106,9 @@ def serve(
     from ..tools.repository import announce_imports, import_repository
 
     try:
-        settings = settings_from(registry_url, artifact_dir)
+        # Anonymous callers (open mode, while no API key exists) only on a loopback-only server,
+        # or when the operator said --insecure; the replicas enforce it (Settings.anonymous).
+        settings = replace(settings_from(registry_url, artifact_dir), anonymous=is_loopback(host) or insecure)
         manager = settings.manager()
         _check_startup(manager, host, insecure)
         explain_options(settings.options)

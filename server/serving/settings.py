@@ -88,6 +88,7 @@ class LockgateSettings:
     alias_poll_s: float = 1.0
     replica_listener: bool = True
     options: dict[str, Any] = field(default_factory=dict)
+    anonymous: bool = False  # open mode allowed (plugins' Settings.anonymous); set by lockgate serve and the CLI only
 
     @classmethod
     def from_env(cls, **overrides: object) -> LockgateSettings:
@@ -113,7 +114,7 @@ class LockgateSettings:
         return str(Path(configured or Path(self.home) / "metrics").expanduser().resolve())
 
     def plugin_settings(self) -> Settings:
-        return Settings(self.registry_url, self.artifact_dir, self.default_alias, self.options, self.home)
+        return Settings(self.registry_url, self.artifact_dir, self.default_alias, self.options, self.home, self.anonymous)
 
     def manager(self) -> PluginManager:
         """This process's plugin manager: entry points loaded, plugins configured."""

@@ -88,7 +88,7 @@ def settings(tmp_path_factory: pytest.TempPathFactory):
     from lockgate.server.serving.settings import LockgateSettings
 
     home = tmp_path_factory.mktemp("lockgate-home")
-    return replace(LockgateSettings.from_env(home=str(home)), alias_poll_s=0.2)
+    return replace(LockgateSettings.from_env(home=str(home)), alias_poll_s=0.2, anonymous=True)  # a loopback server
 
 
 @pytest.fixture(scope="session")

@@ -160,7 +160,11 @@ def cluster(tmp_path_factory):
     registry.register(
         folder / "model.onnx", MODEL, created_by="tester", config={"max_batch_size": 32, "replicas": 2, "num_cpus": 0.3}
     )
-    manager.plugin("governance").decide("approve", MODEL, 1, actor="reviewer")
+    governance = manager.plugin("governance")
+    governance.decide("approve", MODEL, 1, actor="reviewer")
+    # A server deployed from a Serve config takes no anonymous callers, keys or not: the test has one.
+    key, _ = governance.create_key("tester", ["admin"], ["*"], actor="tester")
+    auth = {"authorization": f"Bearer {key}"}
     registry.set_alias(MODEL, "production", 1, actor="tester")
 
     # The Serve config file of examples/, pointed at this cluster's database, port and model.
@@ -206,12 +210,12 @@ def cluster(tmp_path_factory):
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             if (
-                requests.get(f"{heads[0]}/v2/models/{MODEL}/ready", timeout=5).status_code == 200
+                requests.get(f"{heads[0]}/v2/models/{MODEL}/ready", headers=auth, timeout=5).status_code == 200
                 and len(replica_nodes(dashboard, head_env)) == 2
             ):
                 break
             time.sleep(1)
-        yield {"head": heads[0], "worker": heads[1], "dashboard": dashboard, "env": head_env, "haproxy_log": syslog}
+        yield {"head": heads[0], "worker": heads[1], "dashboard": dashboard, "env": head_env, "haproxy_log": syslog, "auth": auth}
     finally:
         for node in ("worker", "head"):
             kill_node(node)
@@ -223,7 +227,7 @@ def test_replicas_spread_over_both_nodes_and_either_ingress_answers(cluster):
     assert len(nodes) == 2 and len(set(nodes)) == 2, nodes
     for base in (cluster["head"], cluster["worker"]):
         for _ in range(20):
-            r = requests.post(f"{base}/v2/models/{MODEL}/infer", json=ROW, timeout=30)
+            r = requests.post(f"{base}/v2/models/{MODEL}/infer", json=ROW, headers=cluster["auth"], timeout=30)
             assert r.status_code == 200 and r.headers["server"] == "lockgate", (base, r.status_code, r.text)
             assert len(r.json()["outputs"][0]["data"]) == 10
 
@@ -241,6 +245,7 @@ def test_a_killed_node_loses_no_answer_and_no_audit_record(cluster):
 
     def client() -> None:
         with requests.Session() as session:
+            session.headers.update(cluster["auth"])
             while not stop.is_set():
                 try:
                     r = session.post(url, json=ROW, timeout=60)
@@ -297,7 +302,10 @@ def test_a_killed_node_loses_no_answer_and_no_audit_record(cluster):
     assert set(codes) <= {200, 503}, (codes, errors, unusual)
     assert codes[200] > 0
     # every answered request is in the audit log (PostgreSQL), and the chain verifies
-    env = cluster["env"]
+    env = {
+        **cluster["env"],
+        "LOCKGATE_API_KEY": cluster["auth"]["authorization"].split(" ", 1)[1],
+    }  # keys exist: the CLI needs one
     lockgate = str(BIN / "lockgate")
     export = subprocess.run(
         [lockgate, "audit", "export", "--kind", "infer", "--model", MODEL, "--format", "jsonl"],

@@ -39,7 +39,7 @@ def served(tmp_path):
         home = tmp_path / f"home{len(made)}"
         options = {"audit": {"mode": mode, "url": audit_url, **audit}}
         manager = build_manager(
-            Settings(f"sqlite:///{home}-registry.db", str(home / "artifacts"), "production", options, str(home))
+            Settings(f"sqlite:///{home}-registry.db", str(home / "artifacts"), "production", options, str(home), anonymous=True)
         )
         registry = manager.registry()
         import_repository(tmp_path / "repo", registry, actor="tester", before_alias=announce_imports(manager, "tester"))

@@ -91,7 +91,7 @@ def test_the_builder_builds_the_control_and_a_model_application(tmp_path, monkey
     from lockgate.server.tools.repository import announce_imports, import_repository
 
     monkeypatch.setenv("LOCKGATE_HOME", str(tmp_path / "home"))
-    manager = LockgateSettings.from_env().manager()
+    manager = LockgateSettings.from_env(anonymous=True).manager()
     import_repository(demo_repo, manager.registry(), actor="tester", before_alias=announce_imports(manager, "tester"))
     from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
 

@@ -37,7 +37,7 @@ def make_manager(db_url, tmp_path):
     managers = []
 
     def make(**options):
-        settings = Settings(db_url, str(tmp_path / "artifacts"), "production", options, str(tmp_path / "home"))
+        settings = Settings(db_url, str(tmp_path / "artifacts"), "production", options, str(tmp_path / "home"), anonymous=True)
         manager = build_manager(settings)
         managers.append(manager)
         return manager
@@ -500,3 +500,20 @@ def test_a_rejected_version_never_answers_while_it_loads_on_demand(app, tmp_path
 
     statuses = collections.Counter(asyncio.run(clients()))
     assert statuses == {503: 400}, statuses
+
+
+def test_anonymous_callers_are_refused_where_open_mode_was_not_chosen(db_url, tmp_path):
+    """No key exists, yet a server built from a Serve config (KubeRay, serve deploy) takes no
+    anonymous callers: open mode is a setting lockgate serve makes for a loopback-only server
+    (Settings.anonymous), not the absence of keys."""
+    settings = Settings(db_url, str(tmp_path / "artifacts"), "production", {}, str(tmp_path / "home"))
+    manager = build_manager(settings)
+    try:
+        assert not manager.plugin("governance").open_mode()
+        who, denied = manager.check_request(RequestInfo("POST", "/v2/models/iris/infer", {}, "10.0.0.9", "iris", None), "infer")
+        assert who is None and denied is not None and denied.status == 401
+        assert "no API key exists yet, and this server takes no anonymous callers" in denied.reason
+        denied_sbom = asyncio.run(manager.authorize(Principal("anonymous"), "sbom", None, None))
+        assert not denied_sbom.allow and denied_sbom.status == 401
+    finally:
+        manager.plugin("audit").close()

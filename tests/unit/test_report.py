@@ -36,7 +36,7 @@ def home(tmp_path, monkeypatch, demo_repo):
     monkeypatch.setenv("LOCKGATE_ACTOR", "alice")
     (tmp_path / "home").mkdir()
     (tmp_path / "home" / "lockgate.yaml").write_text(SLO)
-    manager = LockgateSettings.from_env().manager()
+    manager = LockgateSettings.from_env(anonymous=True).manager()
     registry = manager.registry()
     import_repository(demo_repo, registry, actor="alice", before_alias=announce_imports(manager, "tester"))
     onnx.save(build_mlp(seed=1), str(tmp_path / "mlp2.onnx"))
