@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from lockgate.plugins.shared import parse_section
 
 from ..errors import BadRequest, Conflict, ModelFailed
-from .protocol import InferRequest, parse_infer_request
+from .protocol import InferRequest, parse_off_loop
 
 __all__ = ["Explainer", "Explanation", "ExplainOptions", "explain_options", "kernel_shap"]
 
@@ -147,7 +147,7 @@ class Explainer:
         self._backgrounds: dict[int, tuple[np.ndarray | None, float]] = {}
 
     async def explain(
-        self, model: Any, max_batch_size: int, body: bytes, json_length: int | None
+        self, model: Any, max_batch_size: int, body: bytes, json_length: int | None, max_elements: int
     ) -> tuple[bytes, InferRequest, str | None]:
         """Kernel SHAP attributions for the one row of an OIP inference request body, against
         background rows of the version's reference sample, in one onnxruntime run: the
@@ -162,7 +162,7 @@ class Explainer:
             )
         if not inputs[0].datatype.startswith("FP"):
             raise BadRequest(f"{where}: explanations need a floating-point input, '{inputs[0].name}' is {inputs[0].datatype}")
-        request = parse_infer_request(body, json_length, model, max_batch_size)
+        request = await parse_off_loop(body, json_length, model, max_batch_size, max_elements)
         if request.rows != 1:
             raise BadRequest(f"an explanation is of one row; the request has {request.rows}")
         params = dict(request.parameters or {})

@@ -8,6 +8,7 @@ as JSON, or JSON plus binary tensors when the client asked for them.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from ..errors import BadRequest, PayloadTooLarge
 from .limits import DEFAULT_LIMITS
 from .model import ModelVersion, TensorSpec
 
-__all__ = ["HEADER_LENGTH", "InferRequest", "encode_infer_response", "parse_infer_request"]
+__all__ = ["HEADER_LENGTH", "OFF_LOOP_BYTES", "InferRequest", "encode_infer_response", "parse_infer_request", "parse_off_loop"]
 
 HEADER_LENGTH = "inference-header-content-length"
 
@@ -78,6 +79,25 @@ def _check_against(spec: TensorSpec, datatype: str, shape: tuple[int, ...]) -> N
         raise BadRequest(
             f"input '{spec.name}': shape {list(shape)} does not match the model's {list(spec.shape)} (-1 is any size)"
         )
+
+
+# A body larger than this is decoded on a worker thread: decoding tens of MB of JSON takes
+# seconds, which the event loop (every other request of the replica) must not wait for. Below it,
+# the hand-over would cost more than the decode.
+OFF_LOOP_BYTES = 1 << 20
+
+
+async def parse_off_loop(
+    body: bytes,
+    header_length: int | None,
+    model: ModelVersion,
+    max_batch_size: int,
+    max_elements: int = DEFAULT_LIMITS.max_tensor_elements,
+) -> InferRequest:
+    """``parse_infer_request``, on a worker thread for a body over OFF_LOOP_BYTES."""
+    if len(body) <= OFF_LOOP_BYTES:
+        return parse_infer_request(body, header_length, model, max_batch_size, max_elements)
+    return await asyncio.to_thread(parse_infer_request, body, header_length, model, max_batch_size, max_elements)
 
 
 def parse_infer_request(

@@ -20,7 +20,7 @@ from .config import ModelConfig
 from .explain import Explainer, ExplainOptions
 from .limits import DEFAULT_LIMITS, LimitOptions
 from .model import REJECTED_INPUT, ModelVersion, load_version
-from .protocol import InferRequest, encode_infer_response, parse_infer_request
+from .protocol import InferRequest, encode_infer_response, parse_off_loop
 
 __all__ = ["ModelService", "Served", "json_length"]
 
@@ -312,7 +312,7 @@ class ModelService:
         self, served: Served, body: bytes, header_length: bytes | None
     ) -> tuple[bytes, list[tuple[bytes, bytes]], InferRequest]:
         served.batcher.check_room()
-        request = parse_infer_request(
+        request = await parse_off_loop(
             body, json_length(header_length), served.model, served.max_batch_size, self.limits.max_tensor_elements
         )
         timeout = None
@@ -334,7 +334,9 @@ class ModelService:
 
     async def explain(self, served: Served, body: bytes, header_length: bytes | None) -> tuple[bytes, InferRequest, str | None]:
         """Attributions for the one row of an OIP request body (see lockgate.server.serving.explain)."""
-        return await self.explainer.explain(served.model, served.max_batch_size, body, json_length(header_length))
+        return await self.explainer.explain(
+            served.model, served.max_batch_size, body, json_length(header_length), self.limits.max_tensor_elements
+        )
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)

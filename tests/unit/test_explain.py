@@ -152,3 +152,41 @@ def test_explain_mistakes_are_named(explained, name, doc, status, message):
 def test_explain_wants_post(explained):
     r = asyncio.run(call(ModelApp(explained["mlp"]), "GET", "/v2/models/mlp/explain", root_path="/v2/models/mlp"))
     assert r.status == 405 and "use POST" in r.json()["error"]
+
+
+def test_explain_applies_the_tensor_element_limit(explained, demo_registry):
+    """/explain decodes its request like /infer, within max_tensor_elements (it ignored it)."""
+    from lockgate.server.serving.limits import LimitOptions
+
+    small = ModelService(
+        "iris",
+        ModelConfig.model_validate(demo_registry.model_config("iris")),
+        demo_registry,
+        limits=LimitOptions(max_tensor_elements=3),
+    )
+    try:
+        r = post(small, "/explain", request(row(4)))
+    finally:
+        small.close()
+    assert r.status == 413 and "more than the limit of 3" in r.json()["error"], r.body
+
+
+def test_a_large_body_is_decoded_off_the_event_loop(explained, monkeypatch):
+    """Tens of MB of JSON take seconds to decode: not on the loop every other request waits on."""
+    import threading
+
+    from lockgate.server.serving import protocol
+
+    threads: list[str] = []
+    real = protocol.parse_infer_request
+
+    def spy(*args, **kwargs):
+        threads.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(protocol, "parse_infer_request", spy)
+    small = request(row(4))
+    large = {**small, "parameters": {"padding": "x" * (protocol.OFF_LOOP_BYTES + 1)}}
+    assert post(explained["iris"], "/infer", small).status == 200
+    assert post(explained["iris"], "/infer", large).status == 200
+    assert threads[0] == "MainThread" and threads[1] != "MainThread", threads
