@@ -81,6 +81,11 @@ def _check_against(spec: TensorSpec, datatype: str, shape: tuple[int, ...]) -> N
         )
 
 
+# A BYTES element is decoded into a bytes and then a str object (about 100 bytes with their
+# headers, whatever its length), a number into 1-8 bytes of an array: against max_tensor_elements,
+# a BYTES element counts this many times, so a request's decoded tensors stay within a stated size.
+BYTES_WEIGHT = 16
+
 # A body larger than this is decoded on a worker thread: decoding tens of MB of JSON takes
 # seconds, which the event loop (every other request of the replica) must not wait for. Below it,
 # the hand-over would cost more than the decode.
@@ -206,6 +211,11 @@ def _declared_input(
     if elements > max_elements:
         raise PayloadTooLarge(
             f"input '{name}': shape {list(shape)} has {elements} elements, more than the limit of {max_elements}"
+        )
+    if spec.datatype == "BYTES" and elements * BYTES_WEIGHT > max_elements:
+        raise PayloadTooLarge(
+            f"input '{name}': {elements} BYTES elements, more than the limit of {max_elements // BYTES_WEIGHT} "
+            f"(a BYTES element becomes two Python objects, so it counts as {BYTES_WEIGHT} of the {max_elements} elements a tensor may hold)"
         )
     return name, spec, datatype, shape
 

@@ -285,3 +285,25 @@ def test_the_printed_example_request_is_accepted(services, demo_registry, name):
     body = _example(record, ModelConfig.model_validate(demo_registry.model_config(name))).encode()
     r = post(services[name], "/infer", raw=body)
     assert r.status == 200, r.body
+
+
+def test_bytes_elements_count_sixteen_times_against_the_tensor_limit(demo_registry):
+    """A tiny BYTES element is 4 bytes of binary body but two Python objects once decoded (a
+    24 MiB body made 513 MiB): they count 16 times each, so memory stays bounded by the limit."""
+    s = service(demo_registry, "identity", limits=LimitOptions(max_tensor_elements=1600))
+    try:
+
+        def doc(n: int) -> dict:  # every input of the identity model, BYTES with n elements
+            inputs = []
+            for spec in s.served[1].model.inputs:
+                if spec.datatype == "BYTES":
+                    inputs.append({"name": spec.name, "datatype": "BYTES", "shape": [1, n], "data": ["a"] * n})
+                else:
+                    value = True if spec.datatype == "BOOL" else 1
+                    inputs.append({"name": spec.name, "datatype": spec.datatype, "shape": [1, n], "data": [value] * n})
+            return {"inputs": inputs}
+
+        assert post(s, "/infer", doc(100)).status == 200
+        _err(post(s, "/infer", doc(101)), 413, "101 BYTES elements, more than the limit of 100", "counts as 16")
+    finally:
+        s.close()
