@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -27,6 +28,12 @@ from .config import DynamicBatchingConfig
 __all__ = ["Assembler", "Batcher"]
 
 log = logging.getLogger("lockgate.server")
+
+
+# A padded batch holds at most this many times the elements of the requests in it: a request
+# whose length would pad the batch beyond it waits for the next batch. With the buffers' rows
+# rounded up to a power of two, a padded input's buffer is at most twice that again.
+PADDING_FACTOR = 4
 
 
 class Assembler:
@@ -56,13 +63,17 @@ class Assembler:
         self._buffers: dict[tuple[Any, ...], np.ndarray] = {}
         self.allocations = 0
 
-    def _buffer(self, name: str, inner: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        key = (name, inner, dtype.str)
+    def _buffer(self, name: str, inner: tuple[int, ...], dtype: np.dtype, rows: int | None = None) -> np.ndarray:
+        """The reused buffer of ``name`` for rows of ``inner``: ``max_rows`` rows, or, when
+        ``rows`` is given (padded inputs, whose row shape follows the batch's longest request),
+        ``rows`` rounded up to a power of two, so a long request does not cost max_rows of it."""
+        capacity = self.max_rows if rows is None else min(self.max_rows, 1 << max(rows - 1, 0).bit_length())
+        key = (name, inner, dtype.str, capacity)
         buf = self._buffers.get(key)
         if buf is None:
             if sum(1 for k in self._buffers if k[0] == name) >= self.MAX_SHAPES:
                 del self._buffers[next(k for k in self._buffers if k[0] == name)]
-            buf = self._buffers[key] = np.empty((self.max_rows, *inner), dtype=dtype)
+            buf = self._buffers[key] = np.empty((capacity, *inner), dtype=dtype)
             self.allocations += 1
         return buf
 
@@ -100,7 +111,7 @@ class Assembler:
         """Requests padded with ``pad`` up to the batch's largest size in every non-batch dimension."""
         inner = tuple(max(a.shape[d] for a in arrays) for d in range(1, arrays[0].ndim))
         rows = sum(a.shape[0] for a in arrays)
-        buf = self._buffer(name, inner, arrays[0].dtype)[:rows]
+        buf = self._buffer(name, inner, arrays[0].dtype, rows)[:rows]
         buf.fill(pad)
         offset = 0
         for a in arrays:
@@ -232,7 +243,11 @@ class Batcher:
                     )
                 )
                 continue
-            if not batch or (self._batching and p.key == batch[0].key and rows + p.rows <= self._max_rows):
+            fits = self._batching and p.key == batch[0].key and rows + p.rows <= self._max_rows if batch else True
+            if fits and batch and self._padded:
+                padded, own = self._padded_size(batch, p)
+                fits = padded <= PADDING_FACTOR * own
+            if fits:
                 batch.append(p)
                 rows += p.rows
                 if not self._batching or rows == self._max_rows:
@@ -255,6 +270,18 @@ class Batcher:
                     batch = batch[:cut]
         self._queue.extendleft(reversed(kept))
         return batch
+
+    def _padded_size(self, batch: list[_Pending], p: _Pending) -> tuple[int, int]:
+        """Elements of the padded inputs if ``p`` joined ``batch``: padded, and the requests' own."""
+        padded = own = 0
+        members = [*batch, p]
+        rows = sum(m.rows for m in members)
+        for name in self._padded:
+            arrays = [m.inputs[name] for m in members]
+            inner = [max(a.shape[d] for a in arrays) for d in range(1, arrays[0].ndim)]
+            padded += rows * math.prod(inner)
+            own += sum(a.size for a in arrays)
+        return padded, own
 
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()

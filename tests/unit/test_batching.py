@@ -240,3 +240,38 @@ def test_padding_batches_different_lengths_and_cuts_outputs_back():
     np.testing.assert_array_equal(short["total"], [3])  # padding with 0 leaves the sum alone
     np.testing.assert_array_equal(long["y"], [[10, 20, 30, 40], [50, 60, 70, 80]])
     np.testing.assert_array_equal(long["total"], [10, 26])
+
+
+def test_padding_never_grows_a_batch_beyond_four_times_its_requests():
+    """One long sequence padded with seven short ones would be 8 x 1000 elements for 1,014 of
+    data: it waits for a batch of its own; and a padded buffer has the batch's rows (rounded up
+    to a power of two), not max_batch_size of the longest request (16 MiB became 512 MiB)."""
+    from lockgate.server.serving.batching import PADDING_FACTOR, Assembler
+
+    hold = threading.Event()
+    seen = []
+
+    def model(feeds):
+        hold.wait(5)
+        seen.append(feeds["x"].shape)
+        return [feeds["x"]]
+
+    config = DynamicBatchingConfig(padding={"x": 0.0}, padded_outputs=["y"])
+    assembler = Assembler(["x"], {}, 8, True, config.padding)
+
+    async def go():
+        b = Batcher(model, ["y"], 8, config, ThreadPoolExecutor(1), assembler=assembler, dynamic_dims={"x": (True,)})
+        first = asyncio.ensure_future(b.submit({"x": np.ones((1, 2), np.float32)}, 1))
+        await asyncio.sleep(0.05)
+        waiting = [asyncio.ensure_future(b.submit({"x": np.ones((1, 2), np.float32)}, 1)) for _ in range(7)]
+        long = asyncio.ensure_future(b.submit({"x": np.ones((1, 1000), np.float32)}, 1))
+        await asyncio.sleep(0.05)
+        hold.set()
+        await asyncio.gather(first, *waiting, long)
+
+    asyncio.run(go())
+    assert seen == [(1, 2), (7, 2), (1, 1000)], seen
+    assert PADDING_FACTOR == 4
+    assert all(buf.shape[0] == 8 for buf in assembler._buffers.values())  # 7 rows, rounded up to 8
+    padded = assembler._padded("x", [np.ones((1, 1000), np.float32), np.ones((1, 2), np.float32)], 0.0)
+    assert padded.shape == (2, 1000) and max(b.shape[0] for k, b in assembler._buffers.items() if k[1] == (1000,)) == 2
