@@ -47,26 +47,28 @@ def serve(demo_registry):
     """Runs ``scenario(reader, writer, server)`` against a FastServer serving iris."""
     service = ModelService("iris", ModelConfig.model_validate(demo_registry.model_config("iris")), demo_registry, limits=LIMITS)
 
-    def run(scenario):
-        async def main():
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-            server = FastServer(ModelApp(service), fallback, "/v2/models/iris", LIMITS)
-            task = asyncio.get_running_loop().create_task(server.serve(sock))
-            await asyncio.sleep(0.05)
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            try:
-                return await scenario(reader, writer, server)
-            finally:
-                writer.close()
-                server.should_exit = True
-                await asyncio.wait_for(task, 5)
-
-        return asyncio.run(main())
-
-    yield run
+    yield lambda scenario: talk(FastServer(ModelApp(service), fallback, "/v2/models/iris", LIMITS), scenario)
     service.close()
+
+
+def talk(server: FastServer, scenario):
+    """Serve on a free loopback port, run ``scenario(reader, writer, server)`` over one
+    connection, stop the server; what the scenario returned."""
+
+    async def main():
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        task = asyncio.get_running_loop().create_task(server.serve(sock))
+        await asyncio.sleep(0.05)
+        reader, writer = await asyncio.open_connection("127.0.0.1", sock.getsockname()[1])
+        try:
+            return await scenario(reader, writer, server)
+        finally:
+            writer.close()
+            server.should_exit = True
+            await asyncio.wait_for(task, 5)
+
+    return asyncio.run(main())
 
 
 def test_keep_alive_and_pipelined_requests_answer_in_order(serve):
@@ -277,21 +279,7 @@ def gated(demo_registry):
     app = ModelApp(service)
 
     def run(scenario):
-        async def main():
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            server = FastServer(app, fallback, "/v2/models/iris", big, precheck=app.precheck)
-            task = asyncio.get_running_loop().create_task(server.serve(sock))
-            await asyncio.sleep(0.05)
-            reader, writer = await asyncio.open_connection("127.0.0.1", sock.getsockname()[1])
-            try:
-                return await scenario(reader, writer, server)
-            finally:
-                writer.close()
-                server.should_exit = True
-                await asyncio.wait_for(task, 5)
-
-        return asyncio.run(main())
+        return talk(FastServer(app, fallback, "/v2/models/iris", big, precheck=app.precheck), scenario)
 
     yield run, keeper
     service.close()
