@@ -122,11 +122,18 @@ def test_repository_index_unload_and_load(server, registry):
     assert requests.get(f"{server}/v2/repository/index", timeout=10).status_code == 405
 
 
-def test_an_application_from_the_builder_serves(server, registry, governance, settings, tmp_path, monkeypatch):
+def test_an_application_from_the_builder_serves_callers_with_a_key_only(server, tmp_path, monkeypatch):
+    """The builder (serve deploy, KubeRay) makes no open-mode server: with no key in its
+    database, anonymous callers are refused (401); a key's holder is served. Its own registry
+    and key store, so the session's loopback server stays in open mode."""
     from ray import serve
 
     from lockgate.server.hosting.app import BuildArgs, build
+    from lockgate.server.serving.settings import LockgateSettings
 
+    settings = LockgateSettings.from_env(home=str(tmp_path / "built-home"), anonymous=True)  # the CLI's view
+    manager = settings.manager()
+    registry, governance = manager.registry(), manager.plugin("governance")
     onnx.save(build_mlp(seed=4), str(tmp_path / "model.onnx"))
     registry.register(tmp_path / "model.onnx", "built", created_by="tester", config={"max_batch_size": 8, "num_cpus": 0.05})
     governance.decide("approve", "built", 1, actor="reviewer")
@@ -140,8 +147,20 @@ def test_an_application_from_the_builder_serves(server, registry, governance, se
     try:
         x = np.random.default_rng(0).standard_normal((1, 64)).astype(np.float32)
         body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": x.reshape(-1).tolist()}]}
-        r = requests.post(f"{server}/v2/models/built/infer", json=body, timeout=30)
-        assert r.status_code == 200 and r.json()["model_name"] == "built" and r.json()["model_version"] == "1"
+        anonymous = requests.post(f"{server}/v2/models/built/infer", json=body, timeout=30)
+        assert anonymous.status_code == 401, anonymous.text
+        assert "takes no anonymous callers" in anonymous.json()["error"]
+        key, _ = governance.create_key("app", ["invoker"], ["built"], actor="tester")
+        deadline = time.monotonic() + 10  # the replicas re-read the key table every second
+        while True:
+            r = requests.post(
+                f"{server}/v2/models/built/infer", json=body, headers={"authorization": f"Bearer {key}"}, timeout=30
+            )
+            if r.status_code != 401 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert r.status_code == 200 and r.json()["model_name"] == "built" and r.json()["model_version"] == "1", r.text
         assert len(r.headers["lockgate-request-id"]) == 24
     finally:
         serve.delete("built")
+        manager.plugin("audit").close()
