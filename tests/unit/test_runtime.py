@@ -13,6 +13,27 @@ from lockgate.server.hosting.runtime import Runtime
 from lockgate.server.hosting.serve_compat import fallback_proxy_ports
 
 
+def _held_with_free_port_below() -> socket.socket:
+    """A listening socket on a port whose serving port (500 below) is free: then the fallback
+    proxy's port, not the serving port, is what a server on it fails to bind."""
+    while True:
+        held = socket.socket()
+        held.bind(("127.0.0.1", 0))
+        if held.getsockname()[1] > 1524 and _free(held.getsockname()[1] - 500):
+            held.listen()
+            return held
+        held.close()
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -28,13 +49,10 @@ def test_each_serving_port_has_its_own_fallback_proxy_ports():
 def test_a_server_refuses_to_start_when_its_fallback_proxy_port_is_taken(monkeypatch):
     monkeypatch.setenv("RAY_SERVE_HAPROXY_STATS_PORT", str(free_port()))
     monkeypatch.setenv("RAY_SERVE_HAPROXY_METRICS_PORT", str(free_port()))
-    with socket.socket() as held:
-        held.bind(("127.0.0.1", 0))
-        held.listen()
+    with _held_with_free_port_below() as held:
         taken = held.getsockname()[1]
-        port = taken - 500
         with pytest.raises(StartupError, match=f"127.0.0.1:{taken} for Serve's fallback proxy"):
-            Runtime(host="127.0.0.1", port=port, progress=lambda line: None).start()
+            Runtime(host="127.0.0.1", port=taken - 500, progress=lambda line: None).start()
 
 
 def test_every_private_serve_name_lockgate_touches_is_where_it_was():
