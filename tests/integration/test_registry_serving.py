@@ -122,7 +122,7 @@ def test_repository_index_unload_and_load(server, registry):
     assert requests.get(f"{server}/v2/repository/index", timeout=10).status_code == 405
 
 
-def test_an_application_from_the_builder_serves_callers_with_a_key_only(server, tmp_path, monkeypatch):
+def test_an_application_from_the_builder_serves_callers_with_a_key_only(server, settings, manager, tmp_path, monkeypatch):
     """The builder (serve deploy, KubeRay) makes no open-mode server: with no key in its
     database, anonymous callers are refused (401); a key's holder is served. Its own registry
     and key store, so the session's loopback server stays in open mode."""
@@ -131,7 +131,10 @@ def test_an_application_from_the_builder_serves_callers_with_a_key_only(server, 
     from lockgate.server.hosting.app import BuildArgs, build
     from lockgate.server.serving.settings import LockgateSettings
 
+    session_settings, session_manager = settings, manager
     settings = LockgateSettings.from_env(home=str(tmp_path / "built-home"), anonymous=True)  # the CLI's view
+    # A process's plugins are module-level objects: building this manager (and the builder's)
+    # configures them for the other home, so the session's manager is configured back at the end.
     manager = settings.manager()
     registry, governance = manager.registry(), manager.plugin("governance")
     onnx.save(build_mlp(seed=4), str(tmp_path / "model.onnx"))
@@ -165,3 +168,4 @@ def test_an_application_from_the_builder_serves_callers_with_a_key_only(server, 
     finally:
         serve.delete("built")
         manager.plugin("audit").close()
+        session_manager.configure(session_settings.plugin_settings())
