@@ -38,6 +38,7 @@ ASGIApp = Callable[[Message, Callable[[], Awaitable[Message]], Callable[[Message
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 _JSON = [(b"content-type", b"application/json")]
 _SWEEP_S = 0.5  # how often connection deadlines are checked
+_HEAD_SLICE = 4096  # while a request's head arrives, it is fed to the parser this much at a time
 _LINGER_S = 2.0  # after an error answer, input is read and dropped this long, so the answer is not reset away
 
 
@@ -68,6 +69,8 @@ class FastServer:
         # on, or an answer with a ``refusal``; a refused request's body is dropped, not read.
         self.precheck = precheck
         self.max_body = limits.max_body_bytes
+        # A request head (URL and headers) longer than this is cut as it arrives (431).
+        self.max_head = limits.max_header_bytes + limits.max_url_bytes + _HEAD_SLICE
         self.should_exit = False
         self.connections: set[_Protocol] = set()
         self.in_flight = 0
@@ -111,7 +114,6 @@ class FastServer:
 
 # One parsed request: method, URL, headers, body, its size, keep-alive, the precheck's answer.
 _Request = tuple[str, bytes, list[tuple[bytes, bytes]], bytes, int, bool, Any]
-_HEAD_SLICE = 4096  # while a request's head arrives, it is fed to the parser this much at a time
 
 
 class _Discard:
@@ -199,7 +201,7 @@ class _Protocol(asyncio.Protocol):
         try:
             # While a head arrives it is fed a slice at a time and counted, so an endless URL or
             # header is cut at the limit: the parser never gathers more of it than that.
-            limit = self.server.limits.max_header_bytes + self.server.limits.max_url_bytes + _HEAD_SLICE
+            limit = self.server.max_head
             while self.in_head and len(data) > _HEAD_SLICE and not (self.dropping or self.ended):
                 piece, data = data[:_HEAD_SLICE], data[_HEAD_SLICE:]
                 self.head_bytes += len(piece)
