@@ -127,11 +127,13 @@ def prepare_haproxy_dir(port: int) -> Path:
         raise StartupError(
             f"{path} belongs to user id {info.st_uid}, not to this user; remove it: it would hold HAProxy's admin socket"
         )
-    if info.st_mode & 0o077:
+    if info.st_mode & 0o022:  # others could have put something in it: not ours to trust
         raise StartupError(
             f"{path} has mode {stat.S_IMODE(info.st_mode):o}: others could reach HAProxy's admin socket in it; "
             "remove it, or chmod 700 it"
         )
+    if info.st_mode & 0o077:  # ours, others could only look in (Serve makes its folders 755): closed now
+        path.chmod(0o700)
     return path
 
 

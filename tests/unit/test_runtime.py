@@ -112,6 +112,10 @@ def test_a_haproxy_folder_someone_else_could_reach_is_refused(monkeypatch, tmp_p
     open_folder.chmod(0o777)
     with pytest.raises(StartupError, match="has mode 777: others could reach HAProxy's admin socket"):
         serve_compat.prepare_haproxy_dir(8001)
+    readable = tmp_path / "lockgate-haproxy-8004"  # ours, made by Serve (755): closed, then used
+    readable.mkdir()
+    readable.chmod(0o755)
+    assert serve_compat.prepare_haproxy_dir(8004) == readable and (readable.stat().st_mode & 0o777) == 0o700
     (tmp_path / "elsewhere").mkdir(mode=0o700)
     (tmp_path / "lockgate-haproxy-8002").symlink_to(tmp_path / "elsewhere")
     with pytest.raises(StartupError, match="is not a folder"):
