@@ -138,7 +138,7 @@ def serve(
             raise LockgateError("the registry holds no models; give --model-repository or `lockgate models register`")
         models = {n: ModelConfig.model_validate(registry.model_config(n)) for n in names}
         shown_name = "iris" if "iris" in names else names[0]
-        shown = manager.hook.lockgate_resolve_model(name=shown_name, reference=None)
+        shown = manager.hook.lockgate_resolve_model(name=shown_name, reference=None) or registry.resolve(shown_name)
     except (LockgateError, LookupError, ValueError) as e:
         fail(e)
     stop = threading.Event()
