@@ -3,8 +3,8 @@
 
 Decodes OIP JSON ``data`` (flat or nested lists) straight into the typed buffer of
 the result array, one C store per element with no intermediate list, and encodes
-outputs to JSON text with CPython's shortest round-trip float formatting, without a
-Python float or str object per element. ``_codec_py.py`` is the twin: same names,
+outputs to JSON text without a Python float or str object per element: FP64 in CPython's
+shortest round-trip form, FP32 in the shortest text that reads back to the same float32. ``_codec_py.py`` is the twin: same names,
 same results, same errors.
 """
 
@@ -17,12 +17,12 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.float cimport PyFloat_AS_DOUBLE
 from cpython.long cimport PyLong_AsDouble, PyLong_AsLongLong, PyLong_AsUnsignedLongLong
 from cpython.mem cimport PyMem_Free
-from libc.math cimport HUGE_VAL, NAN, isinf, isnan
+from libc.math cimport HUGE_VAL, NAN, isinf, isnan, signbit
 from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdio cimport snprintf
 cimport libc.errno
 from libc.errno cimport ERANGE
-from libc.stdlib cimport free, malloc, realloc, strtoll, strtoull
+from libc.stdlib cimport atoi, free, malloc, realloc, strtod, strtoll, strtoull
 from libc.string cimport memcpy
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 
@@ -623,8 +623,100 @@ cdef Py_ssize_t _put_double(char* buf, Py_ssize_t pos, double d) except -1:
     return pos
 
 
+cdef double[23] _EXACT_POW10 = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11,
+    1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+]
+
+
+cdef inline bint _reads_back(long long digits, int exp10, float f) noexcept:
+    """Whether ``digits`` x 10^``exp10``, read as a double (correctly rounded) and then
+    rounded to float32 as JSON readers do, is ``f``. Digits under 2^53 and powers of ten up
+    to 1e22 are exact doubles, so one multiply or divide rounds correctly; else strtod."""
+    cdef double v
+    cdef char text[40]
+    if 0 <= exp10 <= 22:
+        v = <double>digits * _EXACT_POW10[exp10]
+    elif -22 <= exp10 < 0:
+        v = <double>digits / _EXACT_POW10[-exp10]
+    else:
+        snprintf(text, 40, "%llde%d", digits, exp10)
+        v = strtod(text, NULL)
+    return <float>v == f
+
+
+cdef Py_ssize_t _put_float32(char* buf, Py_ssize_t pos, float f) except -1:
+    """The shortest decimal that reads back to ``f`` (float32), written as repr writes a
+    float: among the texts of the fewest digits that do, the one nearest to ``f``.
+
+    Candidates come from the 17 correctly rounded digits of ``f``'s exact value: for p =
+    1, 2, ... digits, the two p-digit neighbours of those digits, nearer first; the first
+    that reads back is taken (at most 9 digits: float32's round-trip bound). The twin
+    (_codec_py._float32_text) does the same steps."""
+    cdef double d = f
+    cdef char text[40]
+    cdef long long n17 = 0, scale = 10000000000000000, t, r, half, chosen = 0, other
+    cdef int x, p, k = 0, i, size, decpt
+    if isnan(d) or isinf(d):
+        return _put_double(buf, pos, d)
+    if d == 0.0:
+        if signbit(d):
+            return _put(buf, pos, b"-0.0", 4)
+        return _put(buf, pos, b"0.0", 3)
+    if d < 0:
+        pos = _put(buf, pos, b"-", 1)
+        d = -d
+        f = -f
+    snprintf(text, 40, "%.16e", d)  # d.dddddddddddddddde[+-]XX
+    n17 = text[0] - 48
+    for i in range(2, 18):
+        n17 = n17 * 10 + (text[i] - 48)
+    x = atoi(text + 19)
+    for p in range(1, 18):
+        t = n17 // scale
+        r = n17 % scale
+        half = scale // 2
+        k = x - p + 1
+        if r > half:
+            chosen, other = t + 1, t
+        else:
+            chosen, other = t, t + 1
+        if _reads_back(chosen, k, f):
+            break
+        if r != 0 and _reads_back(other, k, f):
+            chosen = other
+            break
+        scale //= 10
+    while chosen % 10 == 0:
+        chosen //= 10
+        k += 1
+    size = snprintf(text, 40, "%lld", chosen)
+    decpt = size + k  # the value is 0.<digits> x 10^decpt
+    if decpt <= -4 or decpt > 16:  # repr's switch to an exponent
+        pos = _put(buf, pos, text, 1)
+        if size > 1:
+            pos = _put(buf, pos, b".", 1)
+            pos = _put(buf, pos, text + 1, size - 1)
+        size = snprintf(text, 40, "e%c%02d", 45 if decpt - 1 < 0 else 43, abs(decpt - 1))
+        return _put(buf, pos, text, size)
+    if decpt <= 0:
+        pos = _put(buf, pos, b"0.", 2)
+        for i in range(-decpt):
+            pos = _put(buf, pos, b"0", 1)
+        return _put(buf, pos, text, size)
+    if decpt >= size:
+        pos = _put(buf, pos, text, size)
+        for i in range(decpt - size):
+            pos = _put(buf, pos, b"0", 1)
+        return _put(buf, pos, b".0", 2)
+    pos = _put(buf, pos, text, decpt)
+    pos = _put(buf, pos, b".", 1)
+    return _put(buf, pos, text + decpt, size - decpt)
+
+
 def encode_json_data(object array):
-    """The flattened (row-major) tensor as JSON array text; floats round-trip exactly."""
+    """The flattened (row-major) tensor as JSON array text; floats round-trip exactly, FP32 in
+    the fewest digits that read back to the same float32."""
     cdef cnp.ndarray flat = np.ascontiguousarray(np.asarray(array).reshape(-1))
     cdef Py_ssize_t n = flat.shape[0]
     cdef Py_ssize_t i, pos = 0
@@ -657,7 +749,7 @@ def encode_json_data(object array):
                     pos = _put(buf, pos, b"false", 5)
             elif kind == c'f':
                 if itemsize == 4:
-                    pos = _put_double(buf, pos, (<float*>src)[i])
+                    pos = _put_float32(buf, pos, (<float*>src)[i])
                 else:
                     pos = _put_double(buf, pos, (<double*>src)[i])
             elif kind == c'i':

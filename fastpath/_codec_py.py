@@ -119,13 +119,53 @@ def decode_json_data(data: object, name: str, shape: tuple[int, ...]) -> np.ndar
 
 
 def encode_json_data(array: np.ndarray) -> bytes:
-    """The flattened (row-major) tensor as JSON array text; floats round-trip exactly."""
+    """The flattened (row-major) tensor as JSON array text; floats round-trip exactly, FP32 in
+    the fewest digits that read back to the same float32."""
     flat = np.asarray(array).reshape(-1)
     if flat.dtype == object:
         return encode_bytes_json(flat)
+    if flat.dtype.kind == "f" and flat.dtype.itemsize == 4:
+        return ("[" + ",".join(map(_float32_text, flat.tolist())) + "]").encode("ascii")
     if flat.dtype.kind == "f":
         flat = flat.astype(np.float64)
     return json.dumps(flat.tolist(), separators=(",", ":")).encode("ascii")
+
+
+def _reads_back(digits: int, exp10: int, f: float) -> bool:
+    """Whether digits x 10^exp10, read as a double and rounded to float32, is ``f``."""
+    try:
+        return bool(_F32.unpack(_F32.pack(float(f"{digits}e{exp10}")))[0] == f)
+    except OverflowError:  # past float32's largest: reads back as infinity
+        return False
+
+
+_F32 = struct.Struct("<f")
+
+
+def _float32_text(f: float) -> str:
+    """The shortest decimal that reads back to the float32 ``f`` (a float holding a float32
+    value), as repr writes it; the steps of the compiled ``_put_float32``."""
+    if f != f or f in (_INF, -_INF) or f == 0.0:
+        return json.dumps(f)  # NaN, Infinity, -Infinity, 0.0, -0.0
+    sign = "-" if f < 0 else ""
+    f = abs(f)
+    text = format(f, ".16e")
+    n17, x = int(text[0] + text[2:18]), int(text[19:])
+    chosen, k = n17, x - 16
+    for p in range(1, 18):
+        scale = 10 ** (17 - p)
+        t, r = divmod(n17, scale)
+        k = x - p + 1
+        chosen, other = (t + 1, t) if r > scale // 2 else (t, t + 1)
+        if _reads_back(chosen, k, f):
+            break
+        if r != 0 and _reads_back(other, k, f):
+            chosen = other
+            break
+    return sign + repr(float(f"{chosen}e{k}"))
+
+
+_INF = float("inf")
 
 
 def decode_binary(buffer: bytes | memoryview, name: str, shape: tuple[int, ...]) -> np.ndarray:

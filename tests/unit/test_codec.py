@@ -158,6 +158,39 @@ def test_encode_json_same_text_and_exact_round_trip(arr):
         assert back == arr.reshape(-1).tolist()
 
 
+def _significant_digits(text: str) -> int:
+    mantissa = text.lstrip("-").split("e")[0].replace(".", "")
+    return len(mantissa.strip("0")) or 1
+
+
+@pytest.mark.skipif(_codec_c is None, reason="compiled codec not built")
+@settings(max_examples=2000, deadline=None)
+@given(st.integers(0, 2**32 - 1))
+def test_fp32_is_written_in_the_fewest_digits_that_read_back(bits):
+    """Every float32 bit pattern: both implementations write the same text, it reads back
+    (as a double rounded to float32, as JSON clients do) to the same bits, and it has no more
+    significant digits than numpy's shortest float32 text (Dragon4, unique mode)."""
+    value = np.array([bits], dtype=np.uint32).view(np.float32)
+    text = _codec_c.encode_json_data(value)
+    assert text == _codec_py.encode_json_data(value)
+    if not np.isfinite(value[0]):
+        return
+    back = np.array(json.loads(text), dtype=np.float64).astype(np.float32)
+    assert back.view(np.uint32)[0] == bits
+    shortest = np.format_float_scientific(value[0], unique=True, trim="-")
+    assert _significant_digits(text.decode()[1:-1]) <= _significant_digits(shortest)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_fp32_texts(impl):
+    values = np.float32([0.98157287, 0.1, 1 / 3, 1e-5, 1e16, 123456.0, 1e-45, 3.4028235e38, -0.0, 0.0, -2.5, 1e7, 0.0001])
+    assert impl.encode_json_data(values) == (
+        b"[0.98157287,0.1,0.33333334,1e-05,1e+16,123456.0,1e-45,3.4028235e+38,-0.0,0.0,-2.5,10000000.0,0.0001]"
+    )
+    # float64 keeps CPython's shortest double text
+    assert impl.encode_json_data(np.float64([0.1, 1 / 3])) == b"[0.1,0.3333333333333333]"
+
+
 @pytest.mark.skipif(_codec_c is None, reason="compiled codec not built")
 def test_encode_non_contiguous_and_big_endian():
     base = np.arange(24, dtype=np.float32).reshape(4, 6)
@@ -166,6 +199,8 @@ def test_encode_non_contiguous_and_big_endian():
     assert json.loads(_codec_c.encode_json_data(view)) == view.reshape(-1).tolist()
     be = np.arange(5, dtype=">i4")
     assert _codec_c.encode_json_data(be) == _codec_py.encode_json_data(be) == b"[0,1,2,3,4]"
+    bef = np.array([0.1, 2.5], dtype=">f4")
+    assert _codec_c.encode_json_data(bef) == _codec_py.encode_json_data(bef) == b"[0.1,2.5]"
 
 
 @pytest.mark.parametrize("impl", IMPLS)
