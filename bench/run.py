@@ -50,6 +50,7 @@ class System:
     label: str
     command: list[str]
     env: dict[str, str] = field(default_factory=dict)
+    shipped: bool = False  # lockgate's default configuration: its own home, an API key, drift references
 
 
 def systems(repo: Path, model_path: Path, port_of, baseline: str | None = None) -> list[System]:
@@ -81,7 +82,18 @@ def systems(repo: Path, model_path: Path, port_of, baseline: str | None = None) 
         else []
     )
     return [
-        System("lockgate", "lockgate (Serve + HAProxy, direct ingress)", [*lockgate, "--port", port_of("lockgate")], blocked),
+        System(
+            "lockgate-shipped",
+            "lockgate as shipped (API keys, sync audit of every inference, metrics, drift)",
+            [PY, "-m", "lockgate.server.cli", "serve", "--port", port_of("lockgate-shipped")],
+            shipped=True,
+        ),
+        System(
+            "lockgate",
+            "lockgate, plugins blocked (Serve + HAProxy, direct ingress)",
+            [*lockgate, "--port", port_of("lockgate")],
+            blocked,
+        ),
         *base,
         System(
             "litserve",
@@ -247,13 +259,20 @@ def plot(summary: dict, order: list[str], levels: list[int], path: Path) -> None
 
 
 def measure(
-    system: str, url: str, body_path: Path, levels: list[int], reps: int, seconds: float, header_length: int | None = None
+    system: str,
+    url: str,
+    body_path: Path,
+    levels: list[int],
+    reps: int,
+    seconds: float,
+    header_length: int | None = None,
+    authorization: str | None = None,
 ) -> list[dict]:
     rows = []
-    wrk(url, body_path, 8, 3, header_length)  # warm-up: models loaded, first batches run
+    wrk(url, body_path, 8, 3, header_length, authorization)  # warm-up: models loaded, first batches run
     for c in levels:
         for rep in range(reps):
-            r = wrk(url, body_path, c, seconds, header_length)
+            r = wrk(url, body_path, c, seconds, header_length, authorization)
             r.update(system=system, concurrency=c, rep=rep)
             rows.append(r)
             print(
@@ -295,6 +314,69 @@ def workloads(work: Path) -> tuple[Path, Path, Path, bytes, Path, int]:
     return repo, model_path, cnn_path, body.encode(), body_path, len(w2_header)
 
 
+def shipped_home(work: Path, repo: Path, env: dict) -> tuple[dict, str]:
+    """A home as a user sets lockgate up: the demo models imported, a drift reference for each
+    (in the model's input layout: the CNN's is the normalised NCHW tensor its preprocessing
+    makes), an admin's API key. The environment to serve it with, and the Authorization header."""
+    from lockgate.server.tools.demo import IMAGE_SIZE
+
+    home = work / "home-shipped"
+    home.mkdir()
+    env = {**env, "LOCKGATE_HOME": str(home)}
+    cli = [PY, "-m", "lockgate.server.cli"]
+    subprocess.run([*cli, "models", "import-repo", str(repo)], env=env, check=True, capture_output=True)
+    rng = np.random.default_rng(1)
+    references = {
+        MODEL: rng.standard_normal((2000, 64)).astype(np.float32),
+        "cnn": rng.standard_normal((200, 3, IMAGE_SIZE, IMAGE_SIZE)).astype(np.float32),
+    }
+    for model, sample in references.items():
+        path = work / f"reference-{model}.npy"
+        np.save(path, sample)
+        subprocess.run([*cli, "models", "reference", model, "1", str(path)], env=env, check=True, capture_output=True)
+    key = subprocess.run(
+        [*cli, "keys", "create", "--principal", "bench", "--role", "admin"], env=env, check=True, capture_output=True, text=True
+    ).stdout.strip()
+    return env, f"Bearer {key}"
+
+
+def commit_latency(folder: Path, count: int = 300) -> dict:
+    """What one durable commit costs on this disk: p50 of fsync and fdatasync after appending a
+    record-sized line (300 bytes) to a file in ``folder``, and of a one-row SQLite commit with
+    synchronous=FULL in WAL mode, as the audit log's default store makes it."""
+    import sqlite3
+
+    path = folder / "commit-probe"
+    found: dict = {}
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        for name, sync in (("fsync", os.fsync), ("fdatasync", os.fdatasync)):
+            times = []
+            for _ in range(count):
+                os.write(fd, b"x" * 299 + b"\n")
+                t0 = time.perf_counter()
+                sync(fd)
+                times.append(time.perf_counter() - t0)
+            found[f"{name}_ms"] = statistics.median(times) * 1e3
+    finally:
+        os.close(fd)
+        path.unlink()
+    db = sqlite3.connect(folder / "commit-probe.db", isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute("CREATE TABLE t (x TEXT)")
+    times = []
+    for _ in range(count):
+        t0 = time.perf_counter()
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("INSERT INTO t VALUES (?)", ("x" * 300,))
+        db.execute("COMMIT")
+        times.append(time.perf_counter() - t0)
+    db.close()
+    found["sqlite_commit_ms"] = statistics.median(times) * 1e3
+    return found
+
+
 def run_system(
     system: System,
     port: str,
@@ -313,6 +395,9 @@ def run_system(
     base = f"http://127.0.0.1:{port}/v2/models"
     print(f"== {system.name}: starting", flush=True)
     rows: list[dict] = []
+    authorization = None
+    if system.shipped:
+        env, authorization = shipped_home(work, work / "repo", env)
     with open(work / f"{system.name}.log", "w") as log:
         before = set(haproxy_pids())
         proc = subprocess.Popen(
@@ -320,49 +405,102 @@ def run_system(
         )
         try:
             t0 = time.monotonic()
-            wait_ready(f"{base}/{MODEL}/infer", body, proc)
+            wait_ready(f"{base}/{MODEL}/infer", body, proc, headers={"Authorization": authorization} if authorization else None)
             print(f"   ready in {time.monotonic() - t0:.1f} s", flush=True)
-            rows += measure(system.name, f"{base}/{MODEL}/infer", body_path, levels, reps, seconds)
+            rows += measure(system.name, f"{base}/{MODEL}/infer", body_path, levels, reps, seconds, None, authorization)
             if system.name.startswith("lockgate"):
-                rows += measure(f"{system.name}-W2", f"{base}/cnn/infer", work / "w2.bin", levels, reps, seconds, w2_header)
+                rows += measure(
+                    f"{system.name}-W2", f"{base}/cnn/infer", work / "w2.bin", levels, reps, seconds, w2_header, authorization
+                )
         except Exception as e:  # noqa: BLE001 - one system failing must not lose the others' figures
             print(f"   {system.name} failed: {e}; log: {work / (system.name + '.log')}", flush=True)
         finally:
             stop(proc, before)
+    if system.shipped and authorization is not None:
+        # The audit log kept every answer: its chain and checkpoints verify after the run.
+        verify = subprocess.run(
+            [PY, "-m", "lockgate.server.cli", "audit", "verify"],
+            env={**env, "LOCKGATE_API_KEY": authorization.split()[1]},
+            capture_output=True,
+            text=True,
+        )
+        said = (verify.stdout or verify.stderr).strip().splitlines()
+        print(f"   audit verify (exit {verify.returncode}): {said[0] if said else ''}", flush=True)
     return rows
 
 
 def ratios_of(summary: dict, order: list[str], levels: list[int], raw: list[dict]) -> dict[str, float]:
-    """lockgate against every peer of the run: throughput at the top concurrency, p50 at c=1; W2 against raw onnxruntime."""
+    """Each lockgate row against every other system of the run: throughput at the top
+    concurrency, p50 at c=1; W2 against raw onnxruntime at batch 4."""
     ratios = {}
     top = max(levels)
-    for peer in order:
-        if peer == "lockgate" or peer.endswith("-W2") or ("lockgate", top) not in summary or (peer, top) not in summary:
-            continue
-        ratios[f"W1 throughput c={top} lockgate/{peer}"] = summary[("lockgate", top)]["rps"] / summary[(peer, top)]["rps"]
-        if ("lockgate", 1) in summary and (peer, 1) in summary:
-            ratios[f"W1 p50 c=1 lockgate/{peer}"] = summary[("lockgate", 1)]["p50_ms"] / summary[(peer, 1)]["p50_ms"]
+    ours = [name for name in ("lockgate-shipped", "lockgate") if (name, top) in summary]
+    for mine in ours:
+        for peer in order:
+            if (
+                peer == mine
+                or peer.endswith("-W2")
+                or (peer, top) not in summary
+                or (mine, peer) == ("lockgate", "lockgate-shipped")
+            ):
+                continue
+            ratios[f"W1 throughput c={top} {mine}/{peer}"] = summary[(mine, top)]["rps"] / summary[(peer, top)]["rps"]
+            if (mine, 1) in summary and (peer, 1) in summary:
+                ratios[f"W1 p50 c=1 {mine}/{peer}"] = summary[(mine, 1)]["p50_ms"] / summary[(peer, 1)]["p50_ms"]
     raw_cnn = next(r for r in raw if r["model"] == "cnn" and r["batch"] == 4)
-    if ("lockgate-W2", top) in summary:
-        ratios[f"W2 throughput c={top} lockgate/raw onnxruntime batch 4"] = (
-            summary[("lockgate-W2", top)]["rps"] / raw_cnn["rows_per_s"]
-        )
-        if ("lockgate-base-W2", top) in summary:
-            ratios[f"W2 throughput c={top} lockgate/lockgate-base"] = (
-                summary[("lockgate-W2", top)]["rps"] / summary[("lockgate-base-W2", top)]["rps"]
-            )
+    for mine in ours:
+        if (f"{mine}-W2", top) in summary:
+            w2 = summary[(f"{mine}-W2", top)]["rps"]
+            ratios[f"W2 throughput c={top} {mine}/raw onnxruntime batch 4"] = w2 / raw_cnn["rows_per_s"]
+            if ("lockgate-base-W2", top) in summary:
+                ratios[f"W2 throughput c={top} {mine}/lockgate-base"] = w2 / summary[("lockgate-base-W2", top)]["rps"]
     return ratios
+
+
+def targets(summary: dict, levels: list[int], ratios: dict[str, float], commit: dict | None) -> list[str]:
+    """The performance targets of the governed path, each stated as met or not with its figure."""
+    top = max(levels)
+    lines = []
+
+    def at_least(key: str, bound: float, what: str) -> None:
+        if key in ratios:
+            got = ratios[key]
+            lines.append(f"{what}: {got:.2f}x (target >= {bound}x) {'met' if got >= bound else 'NOT met'}")
+
+    def at_most(key: str, bound: float, what: str) -> None:
+        if key in ratios:
+            got = ratios[key]
+            lines.append(f"{what}: {got:.2f}x (target <= {bound}x) {'met' if got <= bound else 'NOT met'}")
+
+    at_least(f"W1 throughput c={top} lockgate-shipped/naive", 1.3, f"as shipped, W1 c={top}, against naive")
+    at_least(f"W1 throughput c={top} lockgate-shipped/lockgate", 0.85, f"as shipped, W1 c={top}, against plugins blocked")
+    if commit and ("lockgate-shipped", 1) in summary and ("lockgate", 1) in summary:
+        bound = summary[("lockgate", 1)]["p50_ms"] + commit["fsync_ms"] + 0.05
+        got = summary[("lockgate-shipped", 1)]["p50_ms"]
+        lines.append(
+            f"as shipped, W1 c=1 p50: {got:.3f} ms (target <= blocked {summary[('lockgate', 1)]['p50_ms']:.3f} + fsync "
+            f"{commit['fsync_ms']:.3f} + 0.050 = {bound:.3f} ms) {'met' if got <= bound else 'NOT met'}"
+        )
+    at_least(f"W1 throughput c={top} lockgate/naive", 1.5, f"plugins blocked, W1 c={top}, against naive")
+    at_most("W1 p50 c=1 lockgate/naive", 1.5, "plugins blocked, W1 c=1 p50, against naive")
+    at_least(
+        f"W2 throughput c={top} lockgate-shipped/raw onnxruntime batch 4", 0.9, f"as shipped, W2 c={top}, against raw onnxruntime"
+    )
+    at_least(
+        f"W2 throughput c={top} lockgate/raw onnxruntime batch 4", 0.9, f"plugins blocked, W2 c={top}, against raw onnxruntime"
+    )
+    return lines
 
 
 def report(summary: dict, order: list[str], levels: list[int], raw: list[dict], ratios: dict[str, float]) -> None:
     print()
-    print(f"{'system':<14} {'conc':>4} {'req/s':>9} {'(min-max)':>15} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
+    print(f"{'system':<20} {'conc':>4} {'req/s':>9} {'(min-max)':>15} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
     for name in order:
         for c in levels:
             s = summary.get((name, c))
             if s:
                 print(
-                    f"{name:<14} {c:>4} {s['rps']:>9.0f} {s['rps_min']:>7.0f}-{s['rps_max']:<7.0f} {s['p50_ms']:>8.2f} {s['p99_ms']:>8.2f} {s['errors']:>6}"
+                    f"{name:<20} {c:>4} {s['rps']:>9.0f} {s['rps_min']:>7.0f}-{s['rps_max']:<7.0f} {s['p50_ms']:>8.3f} {s['p99_ms']:>8.2f} {s['errors']:>6}"
                 )
     for r in raw:
         print(
@@ -431,7 +569,7 @@ def main() -> int:
     p.add_argument(
         "--systems",
         default="",
-        help="comma-separated subset of: lockgate, lockgate-base, litserve, naive, serve-stock, serve-tuned, http-floor",
+        help="comma-separated subset of: lockgate-shipped, lockgate, lockgate-base, litserve, naive, serve-stock, serve-tuned, http-floor",
     )
     p.add_argument(
         "--baseline",
@@ -466,12 +604,25 @@ def main() -> int:
     for system in chosen:
         rows += run_system(system, ports[system.name], work, env, body, body_path, w2_header, levels, reps, seconds)
 
+    commit = commit_latency(work)
     raw = [raw_onnxruntime(path, b) for path, sizes in ((model_path, (1, 32)), (cnn_path, (1, 4))) for b in sizes]
     info["loadavg_after"] = os.getloadavg()
     summary = summarize(rows)
     order = [s.name for s in chosen] + [f"{s.name}-W2" for s in chosen if s.name.startswith("lockgate")]
     ratios = ratios_of(summary, order, levels, raw)
     report(summary, order, levels, raw, ratios)
+    print(
+        f"one durable commit on this disk (p50 of {300} after a 300-byte append): fsync {commit['fsync_ms']:.3f} ms, "
+        f"fdatasync {commit['fdatasync_ms']:.3f} ms; a one-row SQLite commit (WAL, synchronous=FULL) {commit['sqlite_commit_ms']:.3f} ms"
+    )
+    goals = targets(summary, levels, ratios, commit)
+    if goals:
+        print()
+        print("targets:")
+        for line in goals:
+            print(f"  {line}")
+    info["commit"] = commit
+    info["targets"] = goals
     print(f"load average before {info['loadavg']}, after {info['loadavg_after']}")
     write_results(a.out, "quick" if a.quick else "full", rows, info, raw, ratios, summary, order, levels)
     shutil.rmtree(work, ignore_errors=True)
