@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # `make serve` keeps its registry and artifacts in the checkout, not in ~/.lockgate.
 export LOCKGATE_HOME ?= $(CURDIR)/.lockgate
 
-.PHONY: install serve test check bench bench-full bench-micro bench-governance lint audit-deps clean
+.PHONY: install serve test check bench bench-full bench-peers bench-micro bench-governance lint audit-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,8 +37,16 @@ test: install
 bench: install
 	$(BIN)/python bench/run.py --quick
 
-bench-full: install
+bench-full: install bench-peers
 	$(BIN)/python bench/run.py
+
+# The OIP peers (Triton via PyTriton, KServe) in an environment of their own.
+bench-peers: .venv-peers/.installed
+
+.venv-peers/.installed: bench/peers/requirements.txt
+	test -x .venv-peers/bin/python || $(PYTHON) -m venv .venv-peers
+	.venv-peers/bin/pip install -q -r bench/peers/requirements.txt
+	touch $@
 
 bench-micro: install
 	$(BIN)/python bench/micro/run.py

@@ -53,6 +53,37 @@ class System:
     shipped: bool = False  # lockgate's default configuration: its own home, an API key, drift references
 
 
+PEERS_PY = HERE.parent / ".venv-peers" / "bin" / "python"  # the OIP peers' own environment: make bench-peers
+
+
+def oip_peers(model_path: Path, port_of) -> list[System]:
+    """Triton (through PyTriton) and KServe's model server, from the peers' virtual environment;
+    none when it is not made (said so: ``make bench-peers`` makes it)."""
+    if not PEERS_PY.exists():
+        print(f"(the OIP peers are skipped: {PEERS_PY} is missing; make bench-peers installs them)", flush=True)
+        return []
+    peer = HERE / "peers"
+    libdir = subprocess.run(
+        [str(PEERS_PY), "-c", "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    return [
+        System(
+            "pytriton",
+            "Triton Inference Server via PyTriton 0.7 (dynamic batching, max 32)",
+            [str(PEERS_PY), str(peer / "pytriton_peer.py"), "--model", str(model_path), "--port", port_of("pytriton")],
+            {"LD_LIBRARY_PATH": libdir},  # the Python backend stub must load this interpreter's libpython
+        ),
+        System(
+            "kserve",
+            "KServe 0.21 Python model server (v2 protocol)",
+            [str(PEERS_PY), str(peer / "kserve_peer.py"), "--model", str(model_path), "--port", port_of("kserve")],
+        ),
+    ]
+
+
 def systems(repo: Path, model_path: Path, port_of, baseline: str | None = None) -> list[System]:
     lockgate = [PY, "-m", "lockgate.server.cli", "serve", "--model-repository", str(repo)]
     peer = HERE / "peers"
@@ -100,6 +131,7 @@ def systems(repo: Path, model_path: Path, port_of, baseline: str | None = None) 
             "LitServe 0.2 (batching: max 32, 2 ms)",
             [PY, str(peer / "litserve_peer.py"), "--model", str(model_path), "--port", port_of("litserve")],
         ),
+        *oip_peers(model_path, port_of),
         System(
             "naive",
             "naive: uvicorn + starlette + onnxruntime",
@@ -473,6 +505,7 @@ def targets(summary: dict, levels: list[int], ratios: dict[str, float], commit: 
             lines.append(f"{what}: {got:.2f}x (target <= {bound}x) {'met' if got <= bound else 'NOT met'}")
 
     at_least(f"W1 throughput c={top} lockgate-shipped/naive", 1.3, f"as shipped, W1 c={top}, against naive")
+    at_least(f"W1 throughput c={top} lockgate-shipped/pytriton", 2.0, f"as shipped, W1 c={top}, against Triton (PyTriton)")
     at_least(f"W1 throughput c={top} lockgate-shipped/lockgate", 0.85, f"as shipped, W1 c={top}, against plugins blocked")
     if commit and ("lockgate-shipped", 1) in summary and ("lockgate", 1) in summary:
         bound = summary[("lockgate", 1)]["p50_ms"] + commit["fsync_ms"] + 0.05
@@ -569,7 +602,8 @@ def main() -> int:
     p.add_argument(
         "--systems",
         default="",
-        help="comma-separated subset of: lockgate-shipped, lockgate, lockgate-base, litserve, naive, serve-stock, serve-tuned, http-floor",
+        help="comma-separated subset of: lockgate-shipped, lockgate, lockgate-base, litserve, pytriton, kserve, naive, "
+        "serve-stock, serve-tuned, http-floor",
     )
     p.add_argument(
         "--baseline",
