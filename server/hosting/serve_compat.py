@@ -102,6 +102,11 @@ INGRESS_ENV = {
     # HAProxy waits this long for a client that has stopped sending (a half-sent request, an
     # idle connection) before it closes the connection; Serve's default is an hour.
     "RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S": "60",
+    # No per-request ingress metrics from Serve: HAProxy would send a log datagram per request and
+    # Serve's HAProxyManager actor parse it into serve_num_http_requests & co., 21 us of CPU per
+    # request out of 129 (bench/cpu_share.py, docs/decisions.md). The replicas count requests,
+    # status codes and latency themselves (lockgate_requests, lockgate_request_duration_seconds).
+    "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",
 }
 
 # Serve's own default HAProxy folder, and ours (one per port, so two servers on one machine do not collide).
