@@ -56,11 +56,11 @@ class System:
 PEERS_PY = HERE.parent / ".venv-peers" / "bin" / "python"  # the OIP peers' own environment: make bench-peers
 
 
-def oip_peers(model_path: Path, port_of) -> list[System]:
-    """Triton (through PyTriton) and KServe's model server, from the peers' virtual environment;
-    none when it is not made (said so: ``make bench-peers`` makes it)."""
+def peer_servers(model_path: Path, port_of) -> list[System]:
+    """LitServe, Triton (through PyTriton) and KServe's model server, from the peers' virtual
+    environment; none when it is not made (said so: ``make bench-peers`` makes it)."""
     if not PEERS_PY.exists():
-        print(f"(the OIP peers are skipped: {PEERS_PY} is missing; make bench-peers installs them)", flush=True)
+        print(f"(LitServe, Triton and KServe are skipped: {PEERS_PY} is missing; make bench-peers installs them)", flush=True)
         return []
     peer = HERE / "peers"
     libdir = subprocess.run(
@@ -70,6 +70,11 @@ def oip_peers(model_path: Path, port_of) -> list[System]:
         check=True,
     ).stdout.strip()
     return [
+        System(
+            "litserve",
+            "LitServe 0.2 (batching: max 32, 2 ms)",
+            [str(PEERS_PY), str(peer / "litserve_peer.py"), "--model", str(model_path), "--port", port_of("litserve")],
+        ),
         System(
             "pytriton",
             "Triton Inference Server via PyTriton 0.7 (dynamic batching, max 32)",
@@ -126,12 +131,7 @@ def systems(repo: Path, model_path: Path, port_of, baseline: str | None = None) 
             blocked,
         ),
         *base,
-        System(
-            "litserve",
-            "LitServe 0.2 (batching: max 32, 2 ms)",
-            [PY, str(peer / "litserve_peer.py"), "--model", str(model_path), "--port", port_of("litserve")],
-        ),
-        *oip_peers(model_path, port_of),
+        *peer_servers(model_path, port_of),
         System(
             "naive",
             "naive: uvicorn + starlette + onnxruntime",
