@@ -34,6 +34,20 @@ __all__ = ["Runtime", "check_port"]
 Progress = Callable[[str], None]
 
 
+def _port_released(host: str, port: int, within_s: float) -> bool:
+    """Whether ``host:port`` can be bound, waiting up to ``within_s`` seconds for it."""
+    end = time.monotonic() + within_s
+    while True:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+                return True
+            except OSError:
+                if time.monotonic() >= end:
+                    return False
+        time.sleep(0.05)
+
+
 def check_port(host: str, port: int, what: str = "") -> None:
     """StartupError when ``host:port`` cannot be bound, naming a leftover HAProxy if there is one."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -142,3 +156,7 @@ class Runtime:
             stopped = stop_haproxy(sorted(set(haproxy_pids()) - self._haproxy_before))
             if stopped:
                 self.progress(f"stopped HAProxy (pid {', '.join(map(str, stopped))})")
+            # A process that is still exiting (HAProxy, killed with Ray) holds the serving port for
+            # a moment: "stopped" means the port can be taken again.
+            if not _port_released(self.host, self.port, within_s=10.0):
+                self.progress(f"port {self.port} is still held by another process after the stop")
