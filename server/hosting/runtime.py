@@ -37,33 +37,35 @@ Progress = Callable[[str], None]
 def _port_released(host: str, port: int, within_s: float) -> bool:
     """Whether ``host:port`` can be bound, waiting up to ``within_s`` seconds for it."""
     end = time.monotonic() + within_s
-    while True:
-        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind((host, port))
-                return True
-            except OSError:
-                if time.monotonic() >= end:
-                    return False
+    while _bind_error(host, port, reuse=False) is not None:
+        if time.monotonic() >= end:
+            return False
         time.sleep(0.05)
+    return True
+
+
+def _bind_error(host: str, port: int, *, reuse: bool) -> OSError | None:
+    """Why ``host:port`` cannot be bound now (None: it can)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
+        if reuse:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            return e
+    return None
 
 
 def check_port(host: str, port: int, what: str = "") -> None:
     """StartupError when ``host:port`` cannot be bound, naming a leftover HAProxy if there is one."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError as e:
-            hint = ""
-            stale = orphaned_haproxy_pids()
-            if stale:
-                hint = (
-                    f"; an HAProxy left by an earlier run holds it (pid {', '.join(map(str, stale))}):"
-                    " `lockgate cleanup` stops it"
-                )
-            label = f" for {what}" if what else ""
-            raise StartupError(f"cannot listen on {host}:{port}{label}: {e.strerror}{hint}") from None
+    e = _bind_error(host, port, reuse=True)
+    if e is not None:
+        hint = ""
+        stale = orphaned_haproxy_pids()
+        if stale:
+            hint = f"; an HAProxy left by an earlier run holds it (pid {', '.join(map(str, stale))}): `lockgate cleanup` stops it"
+        label = f" for {what}" if what else ""
+        raise StartupError(f"cannot listen on {host}:{port}{label}: {e.strerror}{hint}")
 
 
 @dataclass
