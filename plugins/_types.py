@@ -35,7 +35,8 @@ MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 # Names no model may take: the control application's Serve name (a model so named would replace
 # it), and the path segments of the control routes.
-RESERVED_MODEL_NAMES = frozenset({"lockgate-control"})
+# lockgate's own Serve application, and a name that is a route: GET /v2/models/stats.
+RESERVED_MODEL_NAMES = frozenset({"lockgate-control", "stats"})
 
 
 def model_name_problem(name: str) -> str | None:
@@ -43,7 +44,7 @@ def model_name_problem(name: str) -> str | None:
     if not MODEL_NAME.match(name):
         return f"name {name!r}: use letters, digits, '_', '.', '-' (up to 128, starting with a letter or digit)"
     if name.lower() in RESERVED_MODEL_NAMES:
-        return f"name {name!r} is reserved (lockgate's own Serve application); reserved names: {', '.join(sorted(RESERVED_MODEL_NAMES))}"
+        return f"name {name!r} is reserved (lockgate's own Serve application, or a route of /v2/models); reserved names: {', '.join(sorted(RESERVED_MODEL_NAMES))}"
     return None
 
 

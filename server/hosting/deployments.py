@@ -24,6 +24,7 @@ from ..serving.listener import FastServer
 from ..serving.model_app import ModelApp
 from ..serving.service import ModelService
 from ..serving.settings import LockgateSettings
+from ..serving.stats import read_statistics
 from . import metrics
 from .autoscaling import ONGOING
 from .serve_compat import ReplicaStartFailed, install_listener, load_failure, serve_status
@@ -67,6 +68,7 @@ class ModelDeployment:
                 default_alias=settings.default_alias,
                 explain=explain_options(settings.options),
                 limits=limits,
+                stats_dir=settings.metrics_dir,
             )
         except LockgateError as e:  # the driver reads this from Serve's status (serve_compat.load_failure)
             raise ReplicaStartFailed(name, e) from None
@@ -98,7 +100,9 @@ class ControlDeployment:
         self._registry = self._manager.registry()
         self._checked = 0.0
         self._apps: dict[str, str] = {}
-        self._app = ControlApp(list(models), self._status, repository=self, manager=self._manager, metrics=self._scrape)
+        self._app = ControlApp(
+            list(models), self._status, repository=self, manager=self._manager, metrics=self._scrape, statistics=self._statistics
+        )
         self._sbom: tuple[Any, dict[str, Any]] | None = None
 
     def __serve_build_asgi_app__(self) -> ControlApp:
@@ -114,6 +118,9 @@ class ControlDeployment:
 
     async def _scrape(self) -> bytes:
         return await asyncio.to_thread(metrics.collect, self._metrics_dir)
+
+    async def _statistics(self) -> dict[str, Any]:
+        return await asyncio.to_thread(read_statistics, self._metrics_dir)
 
     # -- the repository extension, called by ControlApp ------------------------------------------
 

@@ -46,8 +46,8 @@ def enable(directory: str) -> bool:
 
 
 def reset(directory: str) -> None:
-    """Start a server with empty metrics: remove the files a previous run left."""
-    for path in glob.glob(os.path.join(directory, "*.db")):
+    """Start a server with empty metrics and statistics: remove the files a previous run left."""
+    for path in glob.glob(os.path.join(directory, "*.db")) + glob.glob(os.path.join(directory, "statistics", "*.json")):
         os.remove(path)
 
 

@@ -22,8 +22,9 @@ import numpy as np
 
 from lockgate.fastpath import DATATYPES, assemble_into
 
-from ..errors import DeadlineExceeded, Unavailable
+from ..errors import BadRequest, DeadlineExceeded, Unavailable
 from .config import DynamicBatchingConfig
+from .stats import VersionStats
 
 __all__ = ["Assembler", "Batcher"]
 
@@ -124,7 +125,7 @@ class Assembler:
 class _Pending:
     """One queued request. A plain slotted class: it is made once per request."""
 
-    __slots__ = ("deadline", "enqueued", "future", "inputs", "key", "rows")
+    __slots__ = ("deadline", "enqueued", "future", "inputs", "key", "priority", "rows")
 
     def __init__(
         self,
@@ -134,6 +135,7 @@ class _Pending:
         future: asyncio.Future[dict[str, np.ndarray]],
         deadline: float,
         now: float,
+        priority: int = 0,
     ) -> None:
         self.inputs = inputs
         self.rows = rows
@@ -141,6 +143,7 @@ class _Pending:
         self.future = future
         self.deadline = deadline  # time.monotonic(); 0 for none
         self.enqueued = now
+        self.priority = priority  # 1 is served first (Triton's levels); 0 when the model has none
 
 
 class Batcher:
@@ -159,6 +162,7 @@ class Batcher:
         on_batch: Callable[[int, int, float, float, int, dict[str, np.ndarray], list[np.ndarray]], None] | None = None,
         assembler: Assembler | None = None,
         dynamic_dims: dict[str, tuple[bool, ...]] | None = None,
+        stats: VersionStats | None = None,
     ) -> None:
         self._run = run
         self._output_names = output_names
@@ -171,6 +175,8 @@ class Batcher:
         self._on_batch = on_batch
         self._feeds: dict[str, np.ndarray] = {}
         self._last_compute = 0.0
+        self._last_assembly = 0.0
+        self._stats = stats  # Triton's statistics (lockgate.server.serving.stats)
         self._assembler = assembler
         # Padded inputs: which non-batch dimensions may differ inside one batch.
         self._padded = {n: m for n, m in (dynamic_dims or {}).items() if n in config.padding}
@@ -198,9 +204,27 @@ class Batcher:
                 headers={"retry-after": "1"},
             )
 
-    async def submit(self, inputs: dict[str, np.ndarray], rows: int, timeout_us: int | None = None) -> dict[str, np.ndarray]:
-        """Run ``inputs`` (``rows`` rows) in some batch; returns every output, cut to this request's rows."""
+    def priority(self, requested: int | None) -> int:
+        """The queue level of a request that asked for ``requested`` (Triton's ``priority``
+        parameter: 1 is served first, 0 or none the model's default level)."""
+        levels = self._config.priority_levels
+        if requested is None or requested == 0:
+            return self._config.default_priority_level or levels
+        if requested > levels:
+            raise BadRequest(
+                f"parameter 'priority' must be 0 (the default level) or 1 to {levels}, got {requested}"
+                if levels
+                else f"parameter 'priority' {requested}: this model declares no priority levels (dynamic_batching.priority_levels)"
+            )
+        return requested
+
+    async def submit(
+        self, inputs: dict[str, np.ndarray], rows: int, timeout_us: int | None = None, priority: int | None = None
+    ) -> dict[str, np.ndarray]:
+        """Run ``inputs`` (``rows`` rows) in some batch; returns every output, cut to this request's rows.
+        ``priority``: Triton's level (1 first); the queue stays ordered by level, then arrival."""
         self.check_room()
+        level = self.priority(priority) if priority is not None or self._config.priority_levels else 0
         now = time.monotonic()
         timeout = self._config.default_timeout_us if timeout_us is None else timeout_us
         deadline = now + timeout / 1e6 if timeout > 0 else 0.0
@@ -211,8 +235,15 @@ class Batcher:
         else:
             key = tuple([(n, a.dtype.char, a.shape[1:]) for n, a in inputs.items()])
         loop = asyncio.get_running_loop()
-        pending = _Pending(inputs, rows, key, loop.create_future(), deadline, now)
-        self._queue.append(pending)
+        pending = _Pending(inputs, rows, key, loop.create_future(), deadline, now, level)
+        queue = self._queue
+        if level and queue and queue[-1].priority > level:
+            at = len(queue)
+            while at and queue[at - 1].priority > level:
+                at -= 1
+            queue.insert(at, pending)
+        else:
+            queue.append(pending)
         if self._delay:  # only a waiting drain loop listens for arrivals
             self._arrived.set()
         if not self._busy:
@@ -317,19 +348,17 @@ class Batcher:
         inline path."""
         t0 = time.monotonic()
         try:
-            return self._assemble_and_run(batch)
+            if self._assembler is not None:
+                feeds = self._assembler.assemble([p.inputs for p in batch])
+            elif len(batch) == 1:
+                feeds = batch[0].inputs
+            else:
+                feeds = {n: np.concatenate([p.inputs[n] for p in batch]) for n in batch[0].inputs}
+            self._feeds = feeds
+            self._last_assembly = time.monotonic() - t0
+            return self._run(feeds)
         finally:
             self._last_compute = time.monotonic() - t0
-
-    def _assemble_and_run(self, batch: list[_Pending]) -> list[np.ndarray]:
-        if self._assembler is not None:
-            feeds = self._assembler.assemble([p.inputs for p in batch])
-        elif len(batch) == 1:
-            feeds = batch[0].inputs
-        else:
-            feeds = {n: np.concatenate([p.inputs[n] for p in batch]) for n in batch[0].inputs}
-        self._feeds = feeds
-        return self._run(feeds)
 
     async def _execute(self, batch: list[_Pending], loop: asyncio.AbstractEventLoop) -> None:
         started = time.monotonic()
@@ -350,6 +379,14 @@ class Batcher:
         self._compute_s = compute if self._compute_s == float("inf") else 0.8 * self._compute_s + 0.2 * compute
         self.batches += 1
         self.requests += len(batch)
+        if self._stats is not None:
+            waited = 0.0
+            for p in batch:
+                waited += started - p.enqueued
+            assembly = self._last_assembly
+            self._stats.batch(
+                sum(p.rows for p in batch), len(batch), int(waited * 1e9), int(assembly * 1e9), int((compute - assembly) * 1e9)
+            )
         if self._on_batch is not None:
             rows = sum(p.rows for p in batch)
             try:

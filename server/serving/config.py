@@ -63,6 +63,15 @@ class DynamicBatchingConfig(_Strict):
         description="Outputs cut back to each request's own sizes after a padded batch: their dimensions 1.. "
         "follow the first padded input's dimensions 1.. (sequence models: [N, L] in, [N, L, ...] out).",
     )
+    priority_levels: int = Field(
+        0,
+        ge=0,
+        description="Priority levels a request may ask for with Triton's 'priority' parameter (1 is served first); "
+        "0: none. Requests wait in one queue ordered by level, then arrival; a batch is filled from the front.",
+    )
+    default_priority_level: int = Field(
+        0, ge=0, description="The level of a request that names none (or 0); unset (0): the lowest, priority_levels."
+    )
     inline_compute_us: int = Field(
         200,
         ge=0,
@@ -76,6 +85,10 @@ class DynamicBatchingConfig(_Strict):
         bad = [s for s in self.preferred_batch_sizes if s < 1]
         if bad:
             raise ValueError(f"preferred_batch_sizes must be positive integers, got {bad}")
+        if self.default_priority_level > self.priority_levels:
+            raise ValueError(
+                f"default_priority_level ({self.default_priority_level}) must be at most priority_levels ({self.priority_levels})"
+            )
         return self
 
 
@@ -205,6 +218,12 @@ class ModelConfig(_Strict):
     preprocess: dict[str, PreprocessConfig] = Field(
         default_factory=dict, description="Per model input: what clients send and how it becomes the model's input."
     )
+    labels: dict[str, list[str] | str] = Field(
+        default_factory=dict,
+        description="Per model output: the class labels of its elements, in order, for Triton's classification "
+        "extension ('score:index:label'); a list, or the name of a file in the model's folder with one label a line "
+        "(Triton's label_filename), read when the repository is imported.",
+    )
 
 
 def _accepted_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
@@ -262,5 +281,20 @@ def load_model_config(model_dir: Path) -> ModelConfig:
             config = parse_model_config(raw, source=str(path))
             if config.name is not None and config.name != model_dir.name:
                 raise ConfigError(f"name {config.name!r} does not match the folder name {model_dir.name!r}", source=str(path))
+            if any(isinstance(v, str) for v in config.labels.values()):
+                labels = {k: _label_file(model_dir, v, str(path)) if isinstance(v, str) else v for k, v in config.labels.items()}
+                config = config.model_copy(update={"labels": labels})
             return config
     return ModelConfig()
+
+
+def _label_file(model_dir: Path, name: str, source: str) -> list[str]:
+    """The labels of a label file in the model's folder: one a line, blank lines at the end dropped."""
+    path = (model_dir / name).resolve()
+    if not path.is_relative_to(model_dir.resolve()):
+        raise ConfigError(f"labels file {name!r} is outside the model's folder", source=source)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"labels file {name!r} cannot be read: {e}", source=source) from None
+    return text.rstrip("\r\n").splitlines() if text.strip() else []

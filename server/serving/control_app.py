@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from lockgate.plugins import PluginManager
 
@@ -26,7 +26,11 @@ from .asgi import (
 )
 from .gate import gate
 
-__all__ = ["ControlApp"]
+__all__ = ["MODEL_EXTENSIONS", "ControlApp"]
+
+# The protocol extensions every model route serves (GET /v2 lists them; statistics and the
+# repository extension are added where the server keeps them).
+MODEL_EXTENSIONS = ("binary_tensor_data", "classification", "model_configuration", "parameters", "schedule_policy")
 
 log = logging.getLogger("lockgate.server")
 
@@ -51,9 +55,11 @@ class ControlApp:
         repository: Any = None,
         manager: PluginManager | None = None,
         metrics: Callable[[], Awaitable[bytes]] | None = None,
+        statistics: Callable[[], Awaitable[dict[str, Any]]] | None = None,
     ) -> None:
         self.models = set(models)
         self.metrics = metrics
+        self.statistics = statistics
         self.status = status
         self.repository = repository
         self.manager = manager if manager is not None else PluginManager()  # None: no plugins
@@ -101,9 +107,15 @@ class ControlApp:
             if method != "POST":
                 raise MethodNotAllowed(f"{method} is not allowed on {path}; use POST")
             return await self._repository(scope, path[len("/v2/repository/") :])
+        if method not in ("GET", "HEAD") and path in (
+            "/v2",
+            "/v2/health/live",
+            "/v2/health/ready",
+            "/v2/sbom",
+            "/v2/models/stats",
+        ):
+            raise MethodNotAllowed(f"{method} is not allowed on {path}; use GET")
         if path == "/v2/sbom":
-            if method not in ("GET", "HEAD"):
-                raise MethodNotAllowed(f"{method} is not allowed on {path}; use GET")
             if self.repository is None:
                 raise NotFound("this server has no registry to describe")
             await self._gate(scope, "sbom", None)
@@ -111,10 +123,10 @@ class ControlApp:
             if sbom is None:
                 raise NotFound("no plugin makes an SBOM (is the built-in 'governance' plugin blocked?)")
             return 200, sbom
-        if path in ("/v2", "/v2/health/live", "/v2/health/ready") and method not in ("GET", "HEAD"):
-            raise MethodNotAllowed(f"{method} is not allowed on {path}; use GET")
         if path == "/v2":
-            extensions = ["binary_tensor_data"] + (["model_repository"] if self.repository is not None else [])
+            extensions = [*MODEL_EXTENSIONS, *(["statistics"] if self.statistics is not None else [])]
+            if self.repository is not None:
+                extensions.append("model_repository")
             return 200, {"name": SERVER_NAME, "version": self.version, "extensions": extensions}
         if path == "/v2/health/live":
             return 200, {"live": True}
@@ -123,18 +135,38 @@ class ControlApp:
             if waiting:
                 raise Unavailable(f"not ready: waiting for model(s) {', '.join(waiting)}")
             return 200, {"ready": True}
+        if path == "/v2/models/stats":
+            if self.statistics is None:
+                raise NotFound("this server keeps no statistics")
+            return 200, await self._visible_statistics(scope)
         if path.startswith("/v2/models/"):
-            name = path[len("/v2/models/") :].split("/")[0]
-            if name in self.models:
-                if self.status is None or name in await self._not_ready():
-                    raise Unavailable(f"model '{name}' is not ready yet")
-                # The model's application is up, yet the ingress did not route this to it: the
-                # path only reads as that model's once decoded (an encoded '/', say).
-                raw = scope.get("raw_path", b"").decode("latin-1") or scope["path"]
-                raise NotFound(f"no route {raw}: routes are matched before percent-decoding")
-            known = ", ".join(sorted(self.models)) or "none"
-            raise NotFound(f"unknown model '{name}'; served models: {known}")
+            await self._model_route(scope, path[len("/v2/models/") :].split("/")[0])
         raise NotFound(f"no route {scope['path']}")
+
+    async def _model_route(self, scope: Scope, name: str) -> NoReturn:
+        """A model route that reached this app: the model is unknown, not ready, or the path odd."""
+        if name in self.models:
+            if self.status is None or name in await self._not_ready():
+                raise Unavailable(f"model '{name}' is not ready yet")
+            # The model's application is up, yet the ingress did not route this to it: the
+            # path only reads as that model's once decoded (an encoded '/', say).
+            raw = scope.get("raw_path", b"").decode("latin-1") or scope["path"]
+            raise NotFound(f"no route {raw}: routes are matched before percent-decoding")
+        known = ", ".join(sorted(self.models)) or "none"
+        raise NotFound(f"unknown model '{name}'; served models: {known}")
+
+    async def _visible_statistics(self, scope: Scope) -> dict[str, Any]:
+        """Every model's statistics, or, for a caller with a key, those of the models it may see."""
+        assert self.statistics is not None
+        answer = await self.statistics()
+        if self.gated:
+            who = await gate(self.manager, scope, "metadata", None, None)
+            stats = answer["model_stats"]
+            seen = {}
+            for name in {s["name"] for s in stats}:
+                seen[name] = (await self.manager.authorize(who, "metadata", name, None, count=False)).allow
+            answer = {"model_stats": [s for s in stats if seen[s["name"]]]}
+        return answer
 
     async def _gate(self, scope: Scope, action: str, model: str | None) -> None:
         if self.gated:

@@ -49,7 +49,7 @@ class Precheck:
 
 log = logging.getLogger("lockgate.server")
 
-_VERSION_ROUTE = re.compile(r"^/versions/([^/]+)(/ready|/infer|/explain)?/?$")
+_VERSION_ROUTE = re.compile(r"^/versions/([^/]+)(/ready|/infer|/explain|/config|/stats)?/?$")
 _HEADER_LENGTH = HEADER_LENGTH.encode()
 
 
@@ -106,6 +106,9 @@ class ModelApp:
             outcome.status, outcome.error = 500, error.message
             status, body, headers = 500, error.body(), error_headers(error)
         if outcome.action:
+            if outcome.action == "infer" and outcome.version is not None:  # Triton's statistics
+                ns = int((time.perf_counter() - start) * 1e9)
+                self.service.stats.version(outcome.version).answered(outcome.status == 200, ns, outcome.encode_ns)
             headers = [*headers, (b"lockgate-request-id", outcome.request_id.encode())]
             if self.recorded:
                 withheld = await self._record(outcome, start, body)
@@ -219,19 +222,27 @@ class ModelApp:
                 headers = JSON_HEADERS
             else:
                 out, headers, request = await self.service.infer(served, body, header(scope, _HEADER_LENGTH))
-            outcome.rows, outcome.client_id = request.rows, request.id
+            outcome.rows, outcome.client_id, outcome.encode_ns = request.rows, request.id, request.encode_ns
             return 200, out, headers
-        if action in ("", "/ready"):
+        if action in ("", "/ready", "/config", "/stats"):
             self._get_only(method)
             if self.gated:
                 await self._gate(scope, "metadata", version, outcome)
-            if action:
+            answer: object
+            if action == "/ready":
                 self.service.check_serving(await self.service.version(version))
-                answer: object = {"name": self.service.name, "ready": True}
+                answer = {"name": self.service.name, "ready": True}
+            elif action == "/config":
+                answer = await self.service.triton_config(version)
+            elif action == "/stats":
+                number = None if version is None else (await self.service.version(version)).model.version
+                answer = await self.service.stats.answer(number)
             else:
                 answer = await self.service.metadata(version)
             return 200, json_body(answer), JSON_HEADERS
-        raise NotFound(f"no route {path}; model routes are '', /ready, /infer, /explain, optionally after /versions/<v>")
+        raise NotFound(
+            f"no route {path}; model routes are '', /ready, /infer, /explain, /config, /stats, optionally after /versions/<v>"
+        )
 
     @staticmethod
     def _get_only(method: str) -> None:
@@ -247,6 +258,7 @@ class Outcome:
         "body",
         "client_id",
         "decided_by",
+        "encode_ns",
         "error",
         "explains",
         "principal",
@@ -272,3 +284,4 @@ class Outcome:
         self.explains: str | None = None
         self.started_at = 0.0
         self.rows = 0
+        self.encode_ns = 0

@@ -33,9 +33,11 @@ class InferRequest:
 
     id: str | None
     inputs: dict[str, np.ndarray]
-    outputs: list[tuple[TensorSpec, bool]]  # requested outputs and whether each goes binary
+    # requested outputs: whether each goes binary, and its top-k to classify (0: the tensor itself)
+    outputs: list[tuple[TensorSpec, bool, int]]
     parameters: dict[str, Any] | None
     rows: int
+    encode_ns: int = 0  # time spent writing the response (Triton's compute_output)
 
 
 def _json(raw: bytes) -> Any:
@@ -250,12 +252,12 @@ def _decode_input(
     return array, offset
 
 
-def _requested_outputs(doc: dict[str, Any], model: ModelVersion, params: dict[str, Any]) -> list[tuple[TensorSpec, bool]]:
-    """The outputs to send, each with whether it goes as binary data."""
+def _requested_outputs(doc: dict[str, Any], model: ModelVersion, params: dict[str, Any]) -> list[tuple[TensorSpec, bool, int]]:
+    """The outputs to send, each with whether it goes as binary data and its classification count."""
     default_binary = params.get("binary_data_output") is True
     requested = doc.get("outputs")
     if requested is None:
-        return [(s, default_binary) for s in model.outputs]
+        return [(s, default_binary, 0) for s in model.outputs]
     if type(requested) is not list:
         raise BadRequest("'outputs' must be an array")
     outputs = []
@@ -265,9 +267,21 @@ def _requested_outputs(doc: dict[str, Any], model: ModelVersion, params: dict[st
         spec = model.output_index.get(item["name"])
         if spec is None:
             raise BadRequest(f"unknown output '{item['name']}'; model '{model.name}' gives {_names(model.outputs)}")
-        flag = _parameters(item, f"output '{spec.name}'").get("binary_data", default_binary)
-        outputs.append((spec, flag is True))
+        item_params = _parameters(item, f"output '{spec.name}'")
+        flag = item_params.get("binary_data", default_binary)
+        outputs.append((spec, flag is True, _class_count(spec, item_params.get("classification"))))
     return outputs
+
+
+def _class_count(spec: TensorSpec, value: Any) -> int:
+    """Triton's classification parameter of a requested output: how many top classes to send."""
+    if value is None:
+        return 0
+    if type(value) is not int or value < 1:
+        raise BadRequest(f"output '{spec.name}': parameter 'classification' must be a positive integer, got {json.dumps(value)}")
+    if spec.datatype in ("BYTES", "BOOL"):
+        raise BadRequest(f"output '{spec.name}' is {spec.datatype}: classification needs a numeric output")
+    return value
 
 
 def _as_text(array: np.ndarray, name: str) -> np.ndarray:
@@ -289,10 +303,34 @@ def _names(specs: tuple[TensorSpec, ...]) -> str:
 _PASSED_THROUGH_EXCLUDED = frozenset({"binary_data_output"})
 
 
+def classify(array: np.ndarray, count: int, batched: bool, labels: list[str] | None) -> np.ndarray:
+    """Triton's classification extension: the ``count`` largest elements of each batch entry
+    (of the whole tensor without batching) as BYTES ``"value:index[:label]"``, largest first,
+    the lower index first among equals; the value written as C's ``%f``."""
+    rows = array.reshape(array.shape[0], -1) if batched and array.ndim > 0 else array.reshape(1, -1)
+    k = min(count, rows.shape[1])
+    order = np.argsort(-rows.astype(np.float64), axis=1, kind="stable")[:, :k]
+    floating = rows.dtype.kind == "f"
+    out = np.empty((rows.shape[0], k), dtype=object)
+    for r in range(rows.shape[0]):
+        for j, index in enumerate(order[r].tolist()):
+            value = rows[r, index]
+            text = f"{float(value):f}" if floating else str(int(value))
+            label = labels[index] if labels is not None and index < len(labels) else None
+            out[r, j] = f"{text}:{index}:{label}".encode() if label is not None else f"{text}:{index}".encode()
+    return out if batched and array.ndim > 0 else out.reshape(k)
+
+
 def encode_infer_response(
-    request: InferRequest, model_name: str, version: int, results: dict[str, np.ndarray]
+    request: InferRequest,
+    model_name: str,
+    version: int,
+    results: dict[str, np.ndarray],
+    labels: dict[str, list[str]] | None = None,
+    batched: bool = True,
 ) -> tuple[bytes, list[tuple[bytes, bytes]]]:
-    """The response body and its content headers for ``results`` (every requested output)."""
+    """The response body and its content headers for ``results`` (every requested output);
+    ``labels`` and ``batched`` (whether dimension 0 is the batch) serve classification."""
     parts = [b'{"model_name":', json.dumps(model_name).encode(), b',"model_version":"', str(version).encode(), b'"']
     if request.id is not None:
         parts += [b',"id":', json.dumps(request.id).encode()]
@@ -302,13 +340,17 @@ def encode_infer_response(
             parts += [b',"parameters":', json.dumps(passed).encode()]
     parts.append(b',"outputs":[')
     blobs: list[bytes | memoryview] = []
-    for i, (spec, binary) in enumerate(request.outputs):
+    for i, (spec, binary, classes) in enumerate(request.outputs):
         array = results[spec.name]
+        datatype = spec.datatype
+        if classes:
+            array = classify(array, classes, batched, labels.get(spec.name) if labels else None)
+            datatype = "BYTES"
         if i:
             parts.append(b",")
         head = b'{"name":%s,"datatype":"%s","shape":%s' % (
             json.dumps(spec.name).encode(),
-            spec.datatype.encode(),
+            datatype.encode(),
             json.dumps(list(array.shape)).replace(" ", "").encode(),
         )
         parts.append(head)

@@ -21,6 +21,8 @@ from .explain import Explainer, ExplainOptions
 from .limits import DEFAULT_LIMITS, LimitOptions
 from .model import REJECTED_INPUT, ModelVersion, load_version
 from .protocol import InferRequest, encode_infer_response, parse_off_loop
+from .stats import Statistics
+from .triton_config import triton_model_config
 
 __all__ = ["ModelService", "Served", "json_length"]
 
@@ -35,6 +37,19 @@ def json_length(header_length: bytes | None) -> int | None:
         return int(header_length)
     except ValueError:
         raise BadRequest(f"Inference-Header-Content-Length must be an integer, got {header_length[:20]!r}") from None
+
+
+def _labels(name: str, config: ModelConfig) -> dict[str, list[str]]:
+    labels = {}
+    for output, value in config.labels.items():
+        if isinstance(value, str):
+            raise ConfigError(
+                f"labels of output '{output}' name the file {value!r}, which is read when a repository is imported; "
+                "give the labels as a list here",
+                source=f"model {name}",
+            )
+        labels[output] = value
+    return labels
 
 
 class Served:
@@ -68,8 +83,11 @@ class ModelService:
         default_alias: str = "production",
         explain: ExplainOptions | None = None,
         limits: LimitOptions = DEFAULT_LIMITS,
+        stats_dir: str | None = None,
     ) -> None:
         self.name = name
+        self.stats = Statistics(name, stats_dir)  # Triton's statistics, over the node's replicas
+        self.labels = _labels(name, config)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"onnxruntime-{name}")
         self.explainer = Explainer(name, registry, set(config.preprocess), explain or ExplainOptions(), self.executor)
         self.config = config
@@ -105,12 +123,28 @@ class ModelService:
         model = load_version(self.name, version, data, self.config.onnxruntime, record.sha256)
         preprocess = model.preprocess(self.config.preprocess)
         size = self._max_batch_size(model)
+        unknown = [o for o in self.labels if o not in model.output_index]
+        if unknown:
+            outputs = ", ".join(s.name for s in model.outputs)
+            raise ConfigError(
+                f"labels name output(s) {', '.join(unknown)}; version {version} gives {outputs}", source=f"model {self.name}"
+            )
         on_batch = self._on_batch(version, [s.name for s in model.outputs]) if self._batch_observed else None
         batching = self.config.dynamic_batching
         self._check_padding(model, batching)
         assembler = Assembler([s.name for s in model.graph_inputs], preprocess, size, size > 0, batching.padding)
         dynamic = {s.name: tuple(d == -1 for d in s.shape[1:]) for s in model.graph_inputs}
-        batcher = Batcher(model.run, [s.name for s in model.outputs], size, batching, self.executor, on_batch, assembler, dynamic)
+        batcher = Batcher(
+            model.run,
+            [s.name for s in model.outputs],
+            size,
+            batching,
+            self.executor,
+            on_batch,
+            assembler,
+            dynamic,
+            self.stats.version(version),
+        )
         return Served(model, size, batcher)
 
     def _check_padding(self, model: ModelVersion, batching: Any) -> None:
@@ -308,6 +342,11 @@ class ModelService:
         meta["max_batch_size"] = served.max_batch_size
         return meta
 
+    async def triton_config(self, version: str | None) -> dict[str, object]:
+        """Triton's model configuration of a served version (lockgate.server.serving.triton_config)."""
+        served = await self.version(version)
+        return triton_model_config(self.name, served.model, served.max_batch_size, self.config)
+
     async def infer(
         self, served: Served, body: bytes, header_length: bytes | None
     ) -> tuple[bytes, list[tuple[bytes, bytes]], InferRequest]:
@@ -315,13 +354,16 @@ class ModelService:
         request = await parse_off_loop(
             body, json_length(header_length), served.model, served.max_batch_size, self.limits.max_tensor_elements
         )
-        timeout = None
-        if request.parameters and "timeout" in request.parameters:
-            timeout = request.parameters["timeout"]
-            if type(timeout) is not int or timeout < 0:
-                raise BadRequest("parameter 'timeout' must be a non-negative integer of microseconds")
+        timeout = priority = None
+        if request.parameters:
+            timeout = request.parameters.get("timeout")
+            if timeout is not None and (type(timeout) is not int or timeout < 0):
+                raise BadRequest(f"parameter 'timeout' must be a non-negative integer of microseconds, got {timeout!r}")
+            priority = request.parameters.get("priority")
+            if priority is not None and (type(priority) is not int or priority < 0):
+                raise BadRequest(f"parameter 'priority' must be a non-negative integer, got {priority!r}")
         try:
-            results = await served.batcher.submit(request.inputs, request.rows, timeout)
+            results = await served.batcher.submit(request.inputs, request.rows, timeout, priority)
         except RequestError:
             raise
         except REJECTED_INPUT as e:
@@ -329,7 +371,11 @@ class ModelService:
         except Exception as e:
             log.exception("model %s version %s failed", self.name, served.model.version)
             raise ModelFailed(f"model '{self.name}' version {served.model.version} failed: {type(e).__name__}: {e}") from None
-        body, headers = encode_infer_response(request, self.name, served.model.version, results)
+        started = time.perf_counter_ns()
+        body, headers = encode_infer_response(
+            request, self.name, served.model.version, results, self.labels, served.max_batch_size > 0
+        )
+        request.encode_ns = time.perf_counter_ns() - started
         return body, headers, request
 
     async def explain(self, served: Served, body: bytes, header_length: bytes | None) -> tuple[bytes, InferRequest, str | None]:

@@ -178,7 +178,8 @@ def build_digits() -> onnx.ModelProto:
 _BATCHED = "max_batch_size: 32\nnum_cpus: 0.25\n"
 
 DEMO_MODELS = {
-    "iris": (build_iris, _BATCHED),
+    # Triton's classification extension names iris's classes from this label file.
+    "iris": (build_iris, _BATCHED + "labels:\n  probabilities: labels.txt\n"),
     "digits": (build_digits, _BATCHED),
     "mlp": (build_mlp, _BATCHED),
     "identity": (build_identity, "max_batch_size: 8\nnum_cpus: 0.1\n"),
@@ -213,5 +214,8 @@ def write_demo_repository(repo: Path | str, names: list[str] | None = None) -> l
         sample = _reference(name)
         if sample is not None:
             np.save(path.parent / "reference.npy", sample)
+        if name == "iris":
+            names = _sklearn_module("sklearn.datasets").load_iris().target_names
+            (repo / name / "labels.txt").write_text("".join(f"{n}\n" for n in names), encoding="utf-8")
         written.append(path)
     return written
