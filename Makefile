@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # `make serve` keeps its registry and artifacts in the checkout, not in ~/.lockgate.
 export LOCKGATE_HOME ?= $(CURDIR)/.lockgate
 
-.PHONY: install serve test check bench bench-full bench-peers bench-micro bench-governance lint audit-deps clean
+.PHONY: install clients serve test check bench bench-full bench-peers bench-micro bench-governance lint audit-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,8 +31,18 @@ $(MODELS)/.built: $(STAMP) server/tools/demo.py
 serve: install $(MODELS)/.built
 	$(BIN)/lockgate serve --model-repository $(MODELS) --host $(HOST) --port $(PORT) $(LOCKGATE_SERVE_ARGS)
 
-test: install
+test: install clients
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The clients the tests run unchanged against a live server (KServe's SDK, Triton's perf_analyzer),
+# in an environment of their own: their pins are not the server's. perf_analyzer also needs
+# Debian's libb64-0d (.ci/run installs it; tests/integration/test_ecosystem_clients.py says so).
+clients: .venv-clients/.installed
+
+.venv-clients/.installed: tests/clients/requirements.txt
+	test -x .venv-clients/bin/python || $(PYTHON) -m venv .venv-clients
+	.venv-clients/bin/pip install -q -r tests/clients/requirements.txt
+	touch $@
 
 bench: install
 	$(BIN)/python bench/run.py --quick

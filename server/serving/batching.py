@@ -125,7 +125,7 @@ class Assembler:
 class _Pending:
     """One queued request. A plain slotted class: it is made once per request."""
 
-    __slots__ = ("deadline", "enqueued", "future", "inputs", "key", "priority", "rows")
+    __slots__ = ("deadline", "enqueued", "future", "inputs", "key", "priority", "rows", "timing")
 
     def __init__(
         self,
@@ -136,7 +136,9 @@ class _Pending:
         deadline: float,
         now: float,
         priority: int = 0,
+        timing: list[int] | None = None,
     ) -> None:
+        self.timing = timing  # filled with (queue ns, batch input ns, batch infer ns) when it ran
         self.inputs = inputs
         self.rows = rows
         self.key = key
@@ -219,10 +221,16 @@ class Batcher:
         return requested
 
     async def submit(
-        self, inputs: dict[str, np.ndarray], rows: int, timeout_us: int | None = None, priority: int | None = None
+        self,
+        inputs: dict[str, np.ndarray],
+        rows: int,
+        timeout_us: int | None = None,
+        priority: int | None = None,
+        timing: list[int] | None = None,
     ) -> dict[str, np.ndarray]:
         """Run ``inputs`` (``rows`` rows) in some batch; returns every output, cut to this request's rows.
-        ``priority``: Triton's level (1 first); the queue stays ordered by level, then arrival."""
+        ``priority``: Triton's level (1 first); the queue stays ordered by level, then arrival.
+        ``timing``: a list to receive the request's queue wait and its batch's compute times (ns)."""
         self.check_room()
         level = self.priority(priority) if priority is not None or self._config.priority_levels else 0
         now = time.monotonic()
@@ -235,7 +243,7 @@ class Batcher:
         else:
             key = tuple([(n, a.dtype.char, a.shape[1:]) for n, a in inputs.items()])
         loop = asyncio.get_running_loop()
-        pending = _Pending(inputs, rows, key, loop.create_future(), deadline, now, level)
+        pending = _Pending(inputs, rows, key, loop.create_future(), deadline, now, level, timing)
         queue = self._queue
         if level and queue and queue[-1].priority > level:
             at = len(queue)
@@ -375,24 +383,30 @@ class Batcher:
                 if not p.future.done():
                     p.future.set_exception(e)
             return
+        self._book(batch, started, results)
+        self._answer(batch, results)
+
+    def _book(self, batch: list[_Pending], started: float, results: list[np.ndarray]) -> None:
+        """After a batch ran: its compute time, statistics and observers."""
         compute = self._last_compute
         self._compute_s = compute if self._compute_s == float("inf") else 0.8 * self._compute_s + 0.2 * compute
         self.batches += 1
         self.requests += len(batch)
         if self._stats is not None:
-            waited = 0.0
+            input_ns, infer_ns = int(self._last_assembly * 1e9), int((compute - self._last_assembly) * 1e9)
+            self._stats.batch(sum(p.rows for p in batch), input_ns, infer_ns)
             for p in batch:
-                waited += started - p.enqueued
-            assembly = self._last_assembly
-            self._stats.batch(
-                sum(p.rows for p in batch), len(batch), int(waited * 1e9), int(assembly * 1e9), int((compute - assembly) * 1e9)
-            )
+                if p.timing is not None:  # booked with the request's answer (VersionStats.answered)
+                    p.timing[:3] = (int((started - p.enqueued) * 1e9), input_ns, infer_ns)
         if self._on_batch is not None:
             rows = sum(p.rows for p in batch)
             try:
                 self._on_batch(rows, len(batch), started - batch[0].enqueued, compute, len(self._queue), self._feeds, results)
             except Exception:
                 log.exception("batch observer failed")
+
+    def _answer(self, batch: list[_Pending], results: list[np.ndarray]) -> None:
+        """Each waiter gets its own rows of every output."""
         if len(batch) == 1:
             p = batch[0]
             if not p.future.done():

@@ -108,7 +108,7 @@ class ModelApp:
         if outcome.action:
             if outcome.action == "infer" and outcome.version is not None:  # Triton's statistics
                 ns = int((time.perf_counter() - start) * 1e9)
-                self.service.stats.version(outcome.version).answered(outcome.status == 200, ns, outcome.encode_ns)
+                self.service.stats.version(outcome.version).answered(outcome.status == 200, ns, *outcome.timing)
             headers = [*headers, (b"lockgate-request-id", outcome.request_id.encode())]
             if self.recorded:
                 withheld = await self._record(outcome, start, body)
@@ -222,7 +222,7 @@ class ModelApp:
                 headers = JSON_HEADERS
             else:
                 out, headers, request = await self.service.infer(served, body, header(scope, _HEADER_LENGTH))
-            outcome.rows, outcome.client_id, outcome.encode_ns = request.rows, request.id, request.encode_ns
+            outcome.rows, outcome.client_id, outcome.timing = request.rows, request.id, request.timing
             return 200, out, headers
         if action in ("", "/ready", "/config", "/stats"):
             self._get_only(method)
@@ -258,7 +258,6 @@ class Outcome:
         "body",
         "client_id",
         "decided_by",
-        "encode_ns",
         "error",
         "explains",
         "principal",
@@ -267,6 +266,7 @@ class Outcome:
         "sha256",
         "started_at",
         "status",
+        "timing",
         "version",
     )
 
@@ -284,4 +284,4 @@ class Outcome:
         self.explains: str | None = None
         self.started_at = 0.0
         self.rows = 0
-        self.encode_ns = 0
+        self.timing: tuple[int, ...] | list[int] = ()  # Triton's statistics: queue, input, infer, output ns

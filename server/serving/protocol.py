@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -37,7 +37,8 @@ class InferRequest:
     outputs: list[tuple[TensorSpec, bool, int]]
     parameters: dict[str, Any] | None
     rows: int
-    encode_ns: int = 0  # time spent writing the response (Triton's compute_output)
+    # Triton's statistics of the request: queue, batch input and infer, response writing (ns)
+    timing: list[int] = field(default_factory=lambda: [0, 0, 0, 0])
 
 
 def _json(raw: bytes) -> Any:

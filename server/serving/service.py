@@ -363,7 +363,7 @@ class ModelService:
             if priority is not None and (type(priority) is not int or priority < 0):
                 raise BadRequest(f"parameter 'priority' must be a non-negative integer, got {priority!r}")
         try:
-            results = await served.batcher.submit(request.inputs, request.rows, timeout, priority)
+            results = await served.batcher.submit(request.inputs, request.rows, timeout, priority, request.timing)
         except RequestError:
             raise
         except REJECTED_INPUT as e:
@@ -375,7 +375,7 @@ class ModelService:
         body, headers = encode_infer_response(
             request, self.name, served.model.version, results, self.labels, served.max_batch_size > 0
         )
-        request.encode_ns = time.perf_counter_ns() - started
+        request.timing[3] = time.perf_counter_ns() - started
         return body, headers, request
 
     async def explain(self, served: Served, body: bytes, header_length: bytes | None) -> tuple[bytes, InferRequest, str | None]:

@@ -43,18 +43,8 @@ class VersionStats:
         self.last_inference = 0  # ms since the epoch
         self.batches: dict[int, list[int]] = {}  # batch size -> [count, input ns, infer ns, output ns]
 
-    def batch(self, rows: int, requests: int, queue_ns: int, input_ns: int, infer_ns: int) -> None:
-        """One executed batch of ``requests`` requests, ``rows`` rows; ``queue_ns`` summed over them."""
-        c = self.counts
-        q = c["queue"]
-        q[0] += requests
-        q[1] += queue_ns
-        i = c["compute_input"]
-        i[0] += requests
-        i[1] += input_ns * requests
-        r = c["compute_infer"]
-        r[0] += requests
-        r[1] += infer_ns * requests
+    def batch(self, rows: int, input_ns: int, infer_ns: int) -> None:
+        """One executed batch of ``rows`` rows: the execution counts and the batch-size statistics."""
         self.inferences += rows
         self.executions += 1
         self.last_inference = int(time.time() * 1000)
@@ -66,15 +56,29 @@ class VersionStats:
         b[2] += infer_ns
         self.owner.changed()
 
-    def answered(self, ok: bool, duration_ns: int, output_ns: int = 0) -> None:
-        """One request answered: a success with the time spent writing its outputs, or a failure."""
-        entry = self.counts["success" if ok else "fail"]
-        entry[0] += 1
-        entry[1] += duration_ns
-        if ok:
-            out = self.counts["compute_output"]
-            out[0] += 1
-            out[1] += output_ns
+    def answered(
+        self, ok: bool, duration_ns: int, queue_ns: int = 0, input_ns: int = 0, infer_ns: int = 0, output_ns: int = 0
+    ) -> None:
+        """One request answered. A success books its queue wait and the compute of its batch with
+        it, at once: readers (perf_analyzer) expect success, queue and the three compute counts to
+        agree at every moment, in-flight requests included."""
+        c = self.counts
+        if not ok:
+            entry = c["fail"]
+            entry[0] += 1
+            entry[1] += duration_ns
+            self.owner.changed()
+            return
+        for kind, ns in (
+            ("success", duration_ns),
+            ("queue", queue_ns),
+            ("compute_input", input_ns),
+            ("compute_infer", infer_ns),
+            ("compute_output", output_ns),
+        ):
+            entry = c[kind]
+            entry[0] += 1
+            entry[1] += ns
         self.owner.changed()
 
     def snapshot(self) -> dict[str, Any]:

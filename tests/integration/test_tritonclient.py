@@ -150,3 +150,39 @@ def test_uint8_images_as_binary_tensors_normalised_in_the_fast_path(client, demo
     x = x + np.array(IMAGE_SHIFT, np.float32).reshape(1, 3, 1, 1)
     want = ort.InferenceSession(str(demo_repo / "cnn" / "1" / "model.onnx")).run(None, {"image": x})[0]
     np.testing.assert_array_equal(got, want)
+
+
+def test_model_config_and_statistics_through_tritonclient(client):
+    config = client.get_model_config("mlp")
+    assert config["platform"] == "onnxruntime_onnx" and config["max_batch_size"] == 32
+    assert [(i["name"], i["data_type"], i["dims"]) for i in config["input"]] == [("input", "TYPE_FP32", [64])]
+    assert client.get_model_config("mlp", "1") == config
+    before = client.get_inference_statistics("mlp", "1")["model_stats"][0]
+    x = np.random.default_rng(3).standard_normal((3, 64)).astype(np.float32)
+    t = httpclient.InferInput("input", [3, 64], "FP32")
+    t.set_data_from_numpy(x, binary_data=True)
+    for _ in range(4):
+        client.infer("mlp", [t])
+    after = client.get_inference_statistics("mlp", "1")["model_stats"][0]
+    assert after["inference_count"] - before["inference_count"] == 12
+    assert after["inference_stats"]["success"]["count"] - before["inference_stats"]["success"]["count"] == 4
+    assert after["execution_count"] - before["execution_count"] == 4
+    every = client.get_inference_statistics()["model_stats"]  # GET /v2/models/stats: all models
+    assert {"mlp", "iris"} <= {m["name"] for m in every}
+    assert "statistics" in client.get_server_metadata()["extensions"]
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
+def test_class_count_returns_triton_classification_strings(client, binary):
+    rows = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]], np.float32)
+    t = httpclient.InferInput("input", list(rows.shape), "FP32")
+    t.set_data_from_numpy(rows, binary_data=binary)
+    out = httpclient.InferRequestedOutput("probabilities", binary_data=binary, class_count=2)
+    result = client.infer("iris", [t], outputs=[out])
+    top = result.as_numpy("probabilities")
+    assert top.shape == (2, 2)
+    text = [[v.decode() if isinstance(v, bytes) else v for v in row] for row in top]  # bytes from binary, str from JSON
+    first = text[0]
+    assert first[0].endswith(":0:setosa") and text[1][0].endswith(":2:virginica")
+    scores = [float(v.split(":")[0]) for v in first]
+    assert scores[0] >= scores[1] and 0.5 < scores[0] <= 1.0

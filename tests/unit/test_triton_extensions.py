@@ -231,8 +231,8 @@ def test_statistics_add_up_across_the_processes_of_a_node(tmp_path: Path):
     first, second, gone = (Statistics("m", str(tmp_path)) for _ in range(3))
     for stats, rows in ((first, 2), (second, 5), (gone, 1)):
         v = stats.version(1)
-        v.batch(rows, 1, 1000, 10, 100)
-        v.answered(True, 5000, 7)
+        v.batch(rows, 10, 100)
+        v.answered(True, 5000, 1000, 10, 100, 7)
         stats.flush()
     gone._path = None  # its process ended: its file stays, as counters do
     second.version(2).answered(False, 9)
@@ -242,6 +242,8 @@ def test_statistics_add_up_across_the_processes_of_a_node(tmp_path: Path):
     assert (one["version"], one["inference_count"], one["execution_count"]) == ("1", 8, 3)
     assert one["inference_stats"]["success"] == {"count": 3, "ns": 15000}
     assert one["inference_stats"]["compute_output"] == {"count": 3, "ns": 21}
+    assert one["inference_stats"]["queue"] == {"count": 3, "ns": 3000}
+    assert one["inference_stats"]["compute_infer"] == {"count": 3, "ns": 300}
     assert [(b["batch_size"], b["compute_infer"]["count"]) for b in one["batch_stats"]] == [(1, 1), (2, 1), (5, 1)]
     assert two["inference_stats"]["fail"] == {"count": 1, "ns": 9}
     assert read_statistics(str(tmp_path), "other") == {"model_stats": []}
@@ -251,7 +253,7 @@ def test_statistics_add_up_across_the_processes_of_a_node(tmp_path: Path):
 def test_statistics_of_a_replica_reach_the_file_within_the_flush_interval(tmp_path: Path):
     async def go():
         stats = Statistics("m", str(tmp_path))
-        stats.version(1).batch(4, 2, 10, 1, 1)
+        stats.version(1).batch(4, 1, 1)
         await asyncio.sleep(0.2)
         return read_statistics(str(tmp_path), "m")
 
@@ -261,7 +263,7 @@ def test_statistics_of_a_replica_reach_the_file_within_the_flush_interval(tmp_pa
 
 def test_server_statistics_and_extensions_on_the_control_routes(tmp_path: Path):
     stats = Statistics("m", str(tmp_path))
-    stats.version(3).batch(1, 1, 1, 1, 1)
+    stats.version(3).batch(1, 1, 1)
     stats.flush()
 
     async def statistics():
