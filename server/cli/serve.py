@@ -77,6 +77,13 @@ def _example(record, config=None) -> str:
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535), help="HTTP port.")
+@click.option(
+    "--grpc-port",
+    default=8001,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="Port of the OIP gRPC service (inference.GRPCInferenceService), on --host; 0: no gRPC.",
+)
 @click.option("--address", default=None, help="Join this running Ray cluster instead of starting a local one.")
 @registry_options
 @click.option("--verbose", is_flag=True, help="Show Ray's and the replicas' logs.")
@@ -85,6 +92,7 @@ def serve(
     repository: Path | None,
     host: str,
     port: int,
+    grpc_port: int,
     address: str | None,
     registry_url: str | None,
     artifact_dir: str | None,
@@ -108,7 +116,10 @@ def serve(
     try:
         # Anonymous callers (open mode, while no API key exists) only on a loopback-only server,
         # or when the operator said --insecure; the replicas enforce it (Settings.anonymous).
-        settings = replace(settings_from(registry_url, artifact_dir), anonymous=is_loopback(host) or insecure)
+        grpc_address = None if grpc_port == 0 else (f"[{host}]:{grpc_port}" if ":" in host else f"{host}:{grpc_port}")
+        settings = replace(
+            settings_from(registry_url, artifact_dir), anonymous=is_loopback(host) or insecure, grpc_address=grpc_address
+        )
         manager = settings.manager()
         _check_startup(manager, host, insecure)
         explain_options(settings.options)
@@ -148,7 +159,7 @@ def serve(
             signal.signal(sig, lambda *_: stop.set())
 
     trap()
-    runtime = Runtime(host=host, port=port, address=address, progress=click.echo, verbose=verbose)
+    runtime = Runtime(host=host, port=port, address=address, progress=click.echo, verbose=verbose, grpc_port=grpc_port)
     code = 0
     try:
         runtime.start()
@@ -162,7 +173,8 @@ def serve(
         manager.audit("server_start", actor(), detail={"host": host, "port": port, "aliases": served, "options_sha256": options})
         url_host = f"[{host}]" if ":" in host else ("127.0.0.1" if host in ("0.0.0.0", "") else host)
         base = f"http://{url_host}:{port}"
-        click.secho(f"lockgate is serving {len(models)} model(s) on {base}", fg="green")
+        grpc = f" and gRPC on {url_host}:{grpc_port}" if grpc_port else ""
+        click.secho(f"lockgate is serving {len(models)} model(s) on {base}{grpc}", fg="green")
         for lines in manager.observe("lockgate_startup_notes", host=host):
             for line in lines:
                 click.secho(f"  {line}", fg="yellow")

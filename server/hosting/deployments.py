@@ -9,6 +9,7 @@ hands it the requests, so no Serve proxy and no Ray call sits on the request pat
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
@@ -19,6 +20,7 @@ from ..errors import LockgateError, ModelLoadError
 from ..serving.config import ModelConfig, parse_model_config
 from ..serving.control_app import ControlApp
 from ..serving.explain import explain_options
+from ..serving.grpc_service import GrpcOverHttp, OipGrpcService, start_grpc_server
 from ..serving.limits import limit_options
 from ..serving.listener import FastServer
 from ..serving.model_app import ModelApp
@@ -27,10 +29,12 @@ from ..serving.settings import LockgateSettings
 from ..serving.stats import read_statistics
 from . import metrics
 from .autoscaling import ONGOING
+from .grpc_ingress import REGISTER_S, GrpcIngress, replica_host, split_address
 from .serve_compat import ReplicaStartFailed, install_listener, load_failure, serve_status
 
 __all__ = [
     "CONTROL_APP",
+    "CONTROL_DEPLOYMENT",
     "CONTROL_PREFIX",
     "ControlDeployment",
     "ModelDeployment",
@@ -41,8 +45,11 @@ __all__ = [
 ]
 
 CONTROL_APP = "lockgate-control"
+CONTROL_DEPLOYMENT = "control"
 CONTROL_PREFIX = "/"
 AUTOSCALING_POLICY = "lockgate.server.hosting.autoscaling:policy"
+
+log = logging.getLogger("lockgate.server")
 
 
 def route_prefix(model: str) -> str:
@@ -73,11 +80,29 @@ class ModelDeployment:
         except LockgateError as e:  # the driver reads this from Serve's status (serve_compat.load_failure)
             raise ReplicaStartFailed(name, e) from None
         self._app = ModelApp(self._service)
+        loop = asyncio.get_running_loop()
+        self._refresher = loop.create_task(self._service.refresh_forever(settings.alias_poll_s))
+        self._grpc: Any = None
+        self._registrar: asyncio.Task[None] | None = None
+        grpc_host = None if settings.grpc_address is None else replica_host(split_address(settings.grpc_address)[0])
         if settings.replica_listener:
-            # Serve starts the replica's HTTP server after this constructor: it will be ours.
+            # Serve starts the replica's HTTP server after this constructor: it will be ours. With
+            # gRPC on, it also answers the unary gRPC calls the gRPC ingress forwards as HTTP/1.1.
             prefix = route_prefix(name)
-            install_listener(lambda serve_app: FastServer(self._app, serve_app, prefix, limits, precheck=self._app.precheck))
-        self._refresher = asyncio.get_running_loop().create_task(self._service.refresh_forever(settings.alias_poll_s))
+            grpc = None if grpc_host is None else GrpcOverHttp(OipGrpcService(self._app, name))
+
+            def announce(port: int) -> None:
+                if grpc_host is not None:
+                    self._registrar = loop.create_task(_register_grpc(name, grpc_host, port, False))
+
+            install_listener(
+                lambda serve_app: FastServer(
+                    self._app, serve_app, prefix, limits, precheck=self._app.precheck, grpc=grpc, announce=announce
+                )
+            )
+        elif grpc_host is not None:  # Serve's own HTTP server: gRPC on a grpc.aio server of this replica
+            self._grpc, port = await start_grpc_server(OipGrpcService(self._app, name), grpc_host, 0, limits.max_body_bytes)
+            self._registrar = loop.create_task(_register_grpc(name, grpc_host, port, True))
 
     def __serve_build_asgi_app__(self) -> ModelApp:
         return self._app
@@ -88,11 +113,27 @@ class ModelDeployment:
         return {} if self._app.load is None else {ONGOING: self._app.load.report()}
 
 
+async def _register_grpc(model: str, host: str, port: int, h2: bool) -> None:
+    """Tell the control replica (the gRPC ingress) where this replica's gRPC server is, every
+    REGISTER_S seconds: a control replica that Serve restarted learns them all again."""
+    handle = serve.get_deployment_handle(CONTROL_DEPLOYMENT, app_name=CONTROL_APP)
+    said = False
+    while True:
+        try:
+            await handle.register_grpc.remote(model, host, port, h2)
+        except Exception as e:  # noqa: BLE001 - the control replica is starting or restarting: next round
+            if not said:
+                log.warning("gRPC server of %s not registered yet: %s", model, e)
+                said = True
+        await asyncio.sleep(REGISTER_S)
+
+
 @serve.ingress()
 class ControlDeployment:
-    """The ``/v2`` routes: health, server metadata, the repository API, OIP 404s for unknown models."""
+    """The ``/v2`` routes: health, server metadata, the repository API, OIP 404s for unknown models;
+    and the gRPC ingress, when the settings name an address for it."""
 
-    def __init__(self, models: list[str], settings: LockgateSettings) -> None:
+    async def __init__(self, models: list[str], settings: LockgateSettings) -> None:  # type: ignore[misc]  # Serve awaits an async constructor
         self._settings = settings
         self._metrics_dir = settings.metrics_dir
         metrics.enable(self._metrics_dir)
@@ -104,9 +145,30 @@ class ControlDeployment:
             list(models), self._status, repository=self, manager=self._manager, metrics=self._scrape, statistics=self._statistics
         )
         self._sbom: tuple[Any, dict[str, Any]] | None = None
+        self._ingress: GrpcIngress | None = None
+        if settings.grpc_address is not None:
+            host, port = split_address(settings.grpc_address)
+            self._grpc, control_port = await start_grpc_server(OipGrpcService(self._app), "127.0.0.1", 0, 1 << 20)
+            self._ingress = GrpcIngress(host, port, control_port)
+            try:
+                self._ingress.apply()
+            except LockgateError as e:
+                raise ReplicaStartFailed(CONTROL_APP, e) from None
+            self._follower = asyncio.get_running_loop().create_task(self._ingress.run())
 
     def __serve_build_asgi_app__(self) -> ControlApp:
         return self._app
+
+    def register_grpc(self, model: str, host: str, port: int, h2: bool) -> None:
+        """A model replica's gRPC server (called by each replica every few seconds): HTTP/2, or
+        its HTTP/1.1 listener (``h2`` False)."""
+        if self._ingress is not None:
+            self._ingress.register(model, host, port, h2)
+
+    def __del__(self) -> None:
+        ingress = getattr(self, "_ingress", None)
+        if ingress is not None:
+            ingress.stop()
 
     async def _status(self) -> dict[str, str]:
         """Serve's status of each application, refreshed at most once a second."""
@@ -219,6 +281,6 @@ def build_model_app(name: str, config: ModelConfig, settings: LockgateSettings) 
 
 def build_control_app(models: list[str], settings: LockgateSettings, num_cpus: float = 0.05) -> Application:
     deployment = serve.deployment(
-        ControlDeployment, name="control", ray_actor_options={"num_cpus": num_cpus}, max_ongoing_requests=256
+        ControlDeployment, name=CONTROL_DEPLOYMENT, ray_actor_options={"num_cpus": num_cpus}, max_ongoing_requests=256
     )
     return deployment.bind(models, settings)  # type: ignore[attr-defined]

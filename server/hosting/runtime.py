@@ -77,6 +77,7 @@ class Runtime:
     address: str | None = None
     progress: Progress = print
     verbose: bool = False
+    grpc_port: int = 0  # the gRPC ingress's port (0: none); checked free before Ray starts
     started_ray: bool = False
     apps: tuple[str, ...] = ()
     _haproxy_before: frozenset[int] = frozenset()
@@ -88,6 +89,8 @@ class Runtime:
         check()  # every private Ray Serve name lockgate relies on is still where it was
         if self.address is None:
             check_port(self.host, self.port)
+            if self.grpc_port:
+                check_port(self.host, self.grpc_port, what="gRPC (--grpc-port moves it; 0 turns gRPC off)")
             # HAProxy's own stats and metrics listeners (all interfaces; Ray has no address setting).
             for what, (var, port) in haproxy_side_ports().items():
                 check_port("0.0.0.0", port, what=f"HAProxy's {what} port (set {var} to move it)")

@@ -60,8 +60,14 @@ class FastServer:
         prefix: str,
         limits: LimitOptions = DEFAULT_LIMITS,
         precheck: Callable[[Message], Any] | None = None,
+        grpc: Any = None,
+        announce: Callable[[int], None] | None = None,
     ) -> None:
         self.app = app
+        # Unary gRPC calls that the gRPC ingress forwards as HTTP/1.1 (``GrpcOverHttp``), and who
+        # is told this listener's port once it listens (the gRPC ingress routes to it).
+        self.grpc = grpc
+        self.announce = announce
         self.fallback = fallback
         self.prefix = prefix
         self.limits = limits
@@ -80,6 +86,8 @@ class FastServer:
     async def serve(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         server = await loop.create_server(lambda: _Protocol(self), sock=sock, backlog=2048)
+        if self.announce is not None:
+            self.announce(sock.getsockname()[1])
         swept = time.monotonic()
         try:
             while not self.should_exit:
@@ -369,6 +377,11 @@ class _Protocol(asyncio.Protocol):
                 self._write(400, [(b"content-type", b"application/json")], b'{"error": "malformed request URL"}', False, method)
                 return False
             path = (parsed.path or b"/").decode("latin-1")
+            grpc = server.grpc
+            if grpc is not None and method == "POST" and grpc.is_call(path):
+                payload, trailers = await grpc.handle(path, headers, body, self.client)
+                self._write_grpc(payload, trailers, keep_alive)
+                return keep_alive
             scope = {
                 "type": "http",
                 "asgi": {"version": "3.0"},
@@ -430,6 +443,21 @@ class _Protocol(asyncio.Protocol):
             lines.append(b"connection: close\r\n")
         lines.append(b"\r\n")
         return b"".join(lines)
+
+    def _write_grpc(self, payload: bytes, trailers: list[tuple[bytes, bytes]], keep_alive: bool) -> None:
+        """A gRPC answer over HTTP/1.1: 200, the message as one chunk, then the trailers."""
+        if self.ended or self.transport.is_closing():
+            return
+        parts = [b"HTTP/1.1 200 OK\r\ncontent-type: application/grpc\r\ntransfer-encoding: chunked\r\n"]
+        if not keep_alive:
+            parts.append(b"connection: close\r\n")
+        parts.append(b"\r\n")
+        if payload:
+            parts += [b"%x\r\n" % len(payload), payload, b"\r\n"]
+        parts.append(b"0\r\n")
+        parts += [k + b": " + v + b"\r\n" for k, v in trailers]
+        parts.append(b"\r\n")
+        self.transport.write(b"".join(parts))
 
     def _write(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, keep_alive: bool, method: str) -> None:
         if self.ended or self.transport.is_closing():

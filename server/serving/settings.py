@@ -89,6 +89,9 @@ class LockgateSettings:
     replica_listener: bool = True
     options: dict[str, Any] = field(default_factory=dict)
     anonymous: bool = False  # open mode allowed (plugins' Settings.anonymous); set by lockgate serve and the CLI only
+    # Where the gRPC ingress listens ("host:port", LOCKGATE_GRPC; "off" or unset: no gRPC).
+    # lockgate serve sets it from --host and --grpc-port.
+    grpc_address: str | None = None
 
     @classmethod
     def from_env(cls, **overrides: object) -> LockgateSettings:
@@ -103,6 +106,7 @@ class LockgateSettings:
             plugins_allow=plugin_filter_from_env()[0],
             plugins_block=plugin_filter_from_env()[1],
             replica_listener=env.get("LOCKGATE_REPLICA_LISTENER", "1") != "0",
+            grpc_address=None if env.get("LOCKGATE_GRPC", "off") == "off" else env["LOCKGATE_GRPC"],
             options=load_options(env.get("LOCKGATE_CONFIG") or f"{home}/lockgate.yaml", explicit="LOCKGATE_CONFIG" in env),
         )
         return replace(base, **{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]

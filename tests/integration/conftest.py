@@ -88,7 +88,10 @@ def settings(tmp_path_factory: pytest.TempPathFactory):
     from lockgate.server.serving.settings import LockgateSettings
 
     home = tmp_path_factory.mktemp("lockgate-home")
-    return replace(LockgateSettings.from_env(home=str(home)), alias_poll_s=0.2, anonymous=True)  # a loopback server
+    # a loopback server, with OIP over gRPC on a port of its own
+    return replace(
+        LockgateSettings.from_env(home=str(home)), alias_poll_s=0.2, anonymous=True, grpc_address=f"127.0.0.1:{free_port()}"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -130,7 +133,8 @@ def server(demo_repo: Path, settings, manager, registry):
     imported = import_repository(demo_repo, registry, actor="tester", before_alias=announce_imports(manager, "tester"))
     names = sorted({name for name, _, _ in imported})
     port = free_port()
-    runtime = Runtime(host="127.0.0.1", port=port, progress=lambda line: None)
+    grpc_port = int(settings.grpc_address.rsplit(":", 1)[1])
+    runtime = Runtime(host="127.0.0.1", port=port, progress=lambda line: None, grpc_port=grpc_port)
     try:
         runtime.start()
         runtime.deploy({n: ModelConfig.model_validate(registry.model_config(n)) for n in names}, settings)

@@ -25,7 +25,7 @@ def start(repo: Path, port: int, home: Path | None = None, extra_env: dict[str, 
     env = {**os.environ, **isolated_haproxy_env(), "PYTHONUNBUFFERED": "1", **(extra_env or {})}
     env["LOCKGATE_HOME"] = str(home or repo.parent / f"home-{port}")
     return subprocess.Popen(
-        [*LOCKGATE, "serve", "--model-repository", str(repo), "--port", str(port)],
+        [*LOCKGATE, "serve", "--model-repository", str(repo), "--port", str(port), "--grpc-port", str(free_port())],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -155,7 +155,7 @@ def test_a_changed_artifact_refuses_to_load_names_the_model_and_is_recorded(tmp_
     port = free_port()
     env = {"LOCKGATE_HOME": str(home)}
     proc = subprocess.Popen(
-        [*LOCKGATE, "serve", "--port", str(port)],
+        [*LOCKGATE, "serve", "--port", str(port), "--grpc-port", str(free_port())],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

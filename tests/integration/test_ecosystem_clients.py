@@ -1,5 +1,6 @@
 """The tools around the Open Inference Protocol, unchanged, against a live lockgate: Triton's
-perf_analyzer (HTTP, binary and JSON tensors, several concurrencies) and KServe's Python SDK.
+perf_analyzer (HTTP with binary and JSON tensors, and gRPC; several concurrencies) and KServe's
+Python SDK.
 
 Both live in .venv-clients (`make clients`, tests/clients/requirements.txt): kserve 0.21 and
 the tritonclient 2.41.1 wheel that carries perf_analyzer pin what the server's environment does
@@ -57,7 +58,9 @@ def _profile(perf_analyzer, server: str, tmp_path: Path, *args: str) -> tuple[li
     report = tmp_path / "report.csv"
     # A loose stability bound: on a shared 2-core machine the windows vary, and this checks that the
     # tool works against lockgate, not how steady the machine is (bench/ measures speed).
-    where = ["-u", server.removeprefix("http://"), "-i", "http", "-p", "800", "-s", "200", "-r", "10", "-f", str(report)]
+    where = ["-p", "800", "-s", "200", "-r", "10", "-f", str(report)]
+    if "-i" not in args:
+        where += ["-u", server.removeprefix("http://"), "-i", "http"]
     done = subprocess.run([str(binary), *where, *args], capture_output=True, text=True, env=env, timeout=240, check=False)
     said = f"perf_analyzer {' '.join(args)} ({done.returncode}):\n{done.stdout}\n{done.stderr}"
     assert done.returncode == 0, said
@@ -90,6 +93,17 @@ def test_perf_analyzer_with_a_batch_size_and_a_preprocessed_image_model(perf_ana
     assert len(rows) == 1 and float(rows[0]["Inferences/Second"]) > 0, said
     grown = _inferences(server, "cnn") - before
     assert grown > 0 and grown % 4 == 0, grown
+
+
+def test_perf_analyzer_measures_lockgate_over_grpc(perf_analyzer, server, settings, tmp_path):
+    before = _inferences(server, "mlp")
+    grpc = ["-i", "grpc", "-u", settings.grpc_address]
+    rows, said = _profile(perf_analyzer, server, tmp_path, *grpc, "-m", "mlp", "--concurrency-range", "1:4:3")
+    assert [row["Concurrency"] for row in rows] == ["1", "4"], said
+    assert all(float(row["Inferences/Second"]) > 0 for row in rows), said
+    rows, said = _profile(perf_analyzer, server, tmp_path, *grpc, "-m", "cnn", "-b", "2", "--concurrency-range", "2")
+    assert len(rows) == 1 and float(rows[0]["Inferences/Second"]) > 0, said
+    assert _inferences(server, "mlp") > before
 
 
 def _kserve(server: str, key: str | None = None) -> dict:

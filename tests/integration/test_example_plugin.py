@@ -61,7 +61,9 @@ def test_example_plugin_hooks_run_in_a_live_server(plugin_site, tmp_path):
     assert "request-log" in listed.stdout and "loaded" in listed.stdout, listed.stdout
 
     port = free_port()
-    proc = lockgate("serve", "--model-repository", str(tmp_path / "repo"), "--port", str(port), env=env)
+    proc = lockgate(
+        "serve", "--model-repository", str(tmp_path / "repo"), "--port", str(port), "--grpc-port", str(free_port()), env=env
+    )
     try:
         base = f"http://127.0.0.1:{port}"
         wait_ready(base, proc)

@@ -34,6 +34,7 @@ class Governed:
         self.keys: dict[str, str] = {}
         self.base = ""
         self.port = 0
+        self.grpc = ""
         self.log = Path()
         self.started = 0.0
 
@@ -78,10 +79,15 @@ def gov(tmp_path_factory):
             "keys", "create", "--principal", name, *[f"--role={r}" for r in roles], "--models", models, key="admin"
         ).stdout.strip()
     port = free_port()
+    g.grpc = f"127.0.0.1:{free_port()}"
     g.log = root / "server.log"
     with open(g.log, "w") as log:
         proc = subprocess.Popen(
-            [*LOCKGATE, "serve", "--port", str(port)], env=g.env, stdout=log, stderr=subprocess.STDOUT, text=True
+            [*LOCKGATE, "serve", "--port", str(port), "--grpc-port", g.grpc.split(":")[1]],
+            env=g.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
     g.base, g.port = f"http://127.0.0.1:{port}", port
     try:
@@ -109,6 +115,41 @@ def test_callers_get_401_403_or_an_answer_with_oip_error_bodies(gov):
     ok = gov.infer("app")
     assert ok.status_code == 200 and len(ok.headers["lockgate-request-id"]) == 24
     assert requests.get(f"{gov.base}/v2/health/ready", timeout=10).status_code == 200  # probes stay open
+
+
+def test_grpc_callers_pass_the_same_gate_and_get_an_audit_record(gov):
+    """The API key in the `authorization` metadata: UNAUTHENTICATED without or with a forged one,
+    PERMISSION_DENIED for a model the key is not granted, an answer and its audit record with it."""
+    import grpc
+    from tritonclient.grpc import service_pb2 as pb
+    from tritonclient.grpc import service_pb2_grpc as pbg
+
+    request = pb.ModelInferRequest(model_name="iris", id="grpc-gov")
+    request.inputs.add(name="input", datatype="FP32", shape=[1, 4]).contents.fp32_contents.extend([5.1, 3.5, 1.4, 0.2])
+    digits = pb.ModelInferRequest(model_name="digits")
+    digits.inputs.add(name="input", datatype="FP32", shape=[1, 64]).contents.fp32_contents.extend([0.0] * 64)
+    with grpc.insecure_channel(gov.grpc) as channel:
+        stub = pbg.GRPCInferenceServiceStub(channel)
+        for metadata, code, message in [
+            ((), grpc.StatusCode.UNAUTHENTICATED, "missing 'Authorization: Bearer <API key>' header"),
+            ((("authorization", "Bearer lg_0011223344556677_x"),), grpc.StatusCode.UNAUTHENTICATED, "invalid API key"),
+        ]:
+            with pytest.raises(grpc.RpcError) as info:
+                stub.ModelInfer(request, metadata=metadata)
+            assert info.value.code() == code and info.value.details() == message
+        app = (("authorization", f"Bearer {gov.keys['app']}"),)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.ModelInfer(digits, metadata=app)
+        assert (
+            info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            and "'app' is not granted model 'digits'" in info.value.details()
+        )
+        response, call = stub.ModelInfer.with_call(request, metadata=app)
+        assert response.id == "grpc-gov" and len(response.raw_output_contents) == 2
+        request_id = dict(call.trailing_metadata())["lockgate-request-id"]
+        assert stub.ServerLive(pb.ServerLiveRequest()).live  # probes stay open, as over HTTP
+    trace = gov.cli("audit", "trace", request_id, key="admin").stdout
+    assert request_id in trace and "iris" in trace and "app" in trace
 
 
 def test_sbom_over_http_is_cyclonedx_and_needs_a_key(gov):

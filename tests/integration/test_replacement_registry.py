@@ -223,7 +223,9 @@ def test_serve_model_repository_runs_on_a_replacement_registry(plugin_site: Path
     )
     assert "minimal-registry" in listed.stdout and "registry " in listed.stdout and "blocked" in listed.stdout, listed.stdout
     port = free_port()
-    proc = lockgate("serve", "--model-repository", str(tmp_path / "repo"), "--port", str(port), env=env)
+    proc = lockgate(
+        "serve", "--model-repository", str(tmp_path / "repo"), "--port", str(port), "--grpc-port", str(free_port()), env=env
+    )
     try:
         base = f"http://127.0.0.1:{port}"
         wait_ready(base, proc)
