@@ -111,6 +111,8 @@ def infer_request_body(request: Any) -> tuple[bytes, int]:
         )
     inputs, blobs = [], []
     for i, tensor in enumerate(request.inputs):
+        if raw and tensor.HasField("contents"):
+            raise BadRequest(f"input '{tensor.name}' has typed contents and the request raw_input_contents: give one of them")
         data = raw[i] if raw else _typed_bytes(tensor)
         blobs.append(data)
         entry: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape)}

@@ -44,6 +44,13 @@ def test_a_typed_value_outside_its_datatype_is_refused_naming_the_input():
         infer_request_body(request)
 
 
+def test_raw_and_typed_contents_in_one_request_are_refused():
+    request = pb.ModelInferRequest(model_name="m", raw_input_contents=[b"\x00" * 4])
+    request.inputs.add(name="a", datatype="FP32", shape=[1]).contents.fp32_contents.extend([1.0])
+    with pytest.raises(BadRequest, match="input 'a' has typed contents and the request raw_input_contents"):
+        infer_request_body(request)
+
+
 def test_parameters_round_trip_between_grpc_and_json():
     request = pb.ModelInferRequest()
     set_parameters(request.parameters, {"s": "v", "i": -4, "u": 1 << 63, "f": 0.5, "b": True})
