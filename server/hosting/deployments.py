@@ -148,7 +148,8 @@ class ControlDeployment:
         self._ingress: GrpcIngress | None = None
         if settings.grpc_address is not None:
             host, port = split_address(settings.grpc_address)
-            self._grpc, control_port = await start_grpc_server(OipGrpcService(self._app), "127.0.0.1", 0, 1 << 20)
+            limit = limit_options(settings.options).max_body_bytes
+            self._grpc, control_port = await start_grpc_server(OipGrpcService(self._app), "127.0.0.1", 0, limit)
             self._ingress = GrpcIngress(host, port, control_port)
             try:
                 self._ingress.apply()

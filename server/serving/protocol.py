@@ -255,7 +255,9 @@ def _decode_input(
 
 def _requested_outputs(doc: dict[str, Any], model: ModelVersion, params: dict[str, Any]) -> list[tuple[TensorSpec, bool, int]]:
     """The outputs to send, each with whether it goes as binary data and its classification count."""
-    default_binary = params.get("binary_data_output") is True
+    default_binary = params.get("binary_data_output", False)
+    if type(default_binary) is not bool:
+        raise BadRequest(f"parameter 'binary_data_output' must be true or false, got {json.dumps(default_binary)}")
     requested = doc.get("outputs")
     if requested is None:
         return [(s, default_binary, 0) for s in model.outputs]
@@ -270,7 +272,9 @@ def _requested_outputs(doc: dict[str, Any], model: ModelVersion, params: dict[st
             raise BadRequest(f"unknown output '{item['name']}'; model '{model.name}' gives {_names(model.outputs)}")
         item_params = _parameters(item, f"output '{spec.name}'")
         flag = item_params.get("binary_data", default_binary)
-        outputs.append((spec, flag is True, _class_count(spec, item_params.get("classification"))))
+        if type(flag) is not bool:
+            raise BadRequest(f"output '{spec.name}': parameter 'binary_data' must be true or false, got {json.dumps(flag)}")
+        outputs.append((spec, flag, _class_count(spec, item_params.get("classification"))))
     return outputs
 
 

@@ -33,11 +33,13 @@ SUBDIR = "statistics"
 class VersionStats:
     """The running totals of one model version in this process."""
 
-    __slots__ = ("batches", "counts", "executions", "inferences", "last_inference", "owner")
+    __slots__ = ("_booked", "batches", "counts", "executions", "inferences", "last_inference", "owner")
 
     def __init__(self, owner: Statistics) -> None:
         self.owner = owner
         self.counts: dict[str, list[int]] = {k: [0, 0] for k in STAT_KINDS}
+        # what a success books, in the order answered() gives them
+        self._booked = tuple(self.counts[k] for k in ("success", "queue", "compute_input", "compute_infer", "compute_output"))
         self.inferences = 0  # rows of successful executions
         self.executions = 0
         self.last_inference = 0  # ms since the epoch
@@ -69,14 +71,7 @@ class VersionStats:
             entry[1] += duration_ns
             self.owner.changed()
             return
-        for kind, ns in (
-            ("success", duration_ns),
-            ("queue", queue_ns),
-            ("compute_input", input_ns),
-            ("compute_infer", infer_ns),
-            ("compute_output", output_ns),
-        ):
-            entry = c[kind]
+        for entry, ns in zip(self._booked, (duration_ns, queue_ns, input_ns, infer_ns, output_ns)):
             entry[0] += 1
             entry[1] += ns
         self.owner.changed()

@@ -2,7 +2,7 @@
 tests/integration/test_ecosystem_clients.py with .venv-clients' interpreter (kserve 0.21 pins
 what the server's environment does not). Prints one JSON document of what it got.
 
-Usage: python kserve_client.py BASE_URL [API_KEY]
+Usage: python kserve_client.py BASE_URL GRPC_ADDRESS [API_KEY]
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ import sys
 
 import httpx
 import numpy as np
-from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig
+from kserve import InferenceGRPCClient, InferenceRESTClient, InferInput, InferRequest, RESTConfig
 from kserve.protocol.rest.v2_datamodels import ModelMetadataResponse, ServerMetadataResponse
 
 
-async def main(base: str, key: str | None) -> dict:
+async def main(base: str, grpc_address: str, key: str | None) -> dict:
     headers = {"Authorization": f"Bearer {key}"} if key else None
     client = InferenceRESTClient(RESTConfig(protocol="v2", timeout=30, auth=None))
     found: dict = {
@@ -55,8 +55,34 @@ async def main(base: str, key: str | None) -> dict:
     except httpx.HTTPStatusError as e:
         found["error"] = {"status": e.response.status_code, "message": str(e)}
     await client.close()
+    found["grpc"] = await over_grpc(grpc_address, x, key)
+    return found
+
+
+async def over_grpc(address: str, x: np.ndarray, key: str | None) -> dict:
+    """KServe's gRPC client (InferenceGRPCClient): readiness and infer, as KServe's docs show."""
+    metadata = (("authorization", f"Bearer {key}"),) if key else None
+    client = InferenceGRPCClient(address, timeout=30, retries=1)
+    found: dict = {
+        "server_ready": await client.is_server_ready(headers=metadata),
+        "model_ready": await client.is_model_ready("mlp", headers=metadata),
+    }
+    tensor = InferInput("input", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x, binary_data=True)
+    response = await client.infer(
+        InferRequest(model_name="mlp", infer_inputs=[tensor], request_id="kserve-grpc"), headers=metadata
+    )
+    out = response.outputs[0]
+    found.update(
+        id=response.id,
+        model_version=response.model_version,
+        name=out.name,
+        shape=list(out.shape),
+        data=out.as_numpy().astype(np.float64).reshape(-1).tolist(),
+    )
+    await client.close()
     return found
 
 
 if __name__ == "__main__":
-    print(json.dumps(asyncio.run(main(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None))))
+    print(json.dumps(asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else None))))

@@ -106,21 +106,21 @@ def test_perf_analyzer_measures_lockgate_over_grpc(perf_analyzer, server, settin
     assert _inferences(server, "mlp") > before
 
 
-def _kserve(server: str, key: str | None = None) -> dict:
+def _kserve(server: str, grpc: str, key: str | None = None) -> dict:
     python = CLIENTS / "bin" / "python"
     if not python.exists():
         _missing(f"{python} is missing")
     probe = subprocess.run([str(python), "-c", "import kserve"], capture_output=True, text=True, check=False)
     if probe.returncode != 0:
         _missing(f"kserve is not installed in .venv-clients ({probe.stderr.strip()[-200:]})")
-    args = [str(python), str(ROOT / "tests" / "clients" / "kserve_client.py"), server, *([key] if key else [])]
+    args = [str(python), str(ROOT / "tests" / "clients" / "kserve_client.py"), server, grpc, *([key] if key else [])]
     done = subprocess.run(args, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
 
-def test_kserve_sdk_health_metadata_and_infer(server, demo_repo):
-    found = _kserve(server)
+def test_kserve_sdk_over_http_and_grpc(server, settings, demo_repo):
+    found = _kserve(server, settings.grpc_address)
     assert found["server_live"] is True and found["server_ready"] is True and found["model_ready"] is True
     assert found["server_metadata"]["name"] == "lockgate"
     assert found["model_metadata"]["name"] == "mlp"
@@ -132,3 +132,7 @@ def test_kserve_sdk_health_metadata_and_infer(server, demo_repo):
         assert out["id"] == f"kserve-{kind == 'binary'}" and out["name"] == "logits" and out["shape"] == [2, 10]
         np.testing.assert_array_equal(np.array(out["data"], np.float32).reshape(2, 10), expected)
     assert found["error"]["status"] == 400 and "unknown input 'petals'" in found["error"]["message"]
+    over_grpc = found["grpc"]  # KServe's InferenceGRPCClient
+    assert over_grpc["server_ready"] is True and over_grpc["model_ready"] is True
+    assert over_grpc["id"] == "kserve-grpc" and over_grpc["model_version"] == "1" and over_grpc["shape"] == [2, 10]
+    np.testing.assert_array_equal(np.array(over_grpc["data"], np.float32).reshape(2, 10), expected)

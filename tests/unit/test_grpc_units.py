@@ -161,3 +161,38 @@ def test_the_listener_answers_grpc_with_chunked_trailers_and_keeps_the_connectio
     size, rest = chunked.split(b"\r\n", 1)
     message = rest[: int(size, 16)]
     assert pb.ModelReadyResponse.FromString(message[5:]).ready is True
+
+
+@pytest.mark.parametrize(
+    "status,headers,code,retry",
+    [
+        (400, [], grpc.StatusCode.INVALID_ARGUMENT, None),
+        (401, [(b"www-authenticate", b"Bearer")], grpc.StatusCode.UNAUTHENTICATED, None),
+        (403, [], grpc.StatusCode.PERMISSION_DENIED, None),
+        (404, [], grpc.StatusCode.NOT_FOUND, None),
+        (503, [(b"retry-after", b"1")], grpc.StatusCode.UNAVAILABLE, b"1"),
+        (504, [], grpc.StatusCode.DEADLINE_EXCEEDED, None),
+        (500, [], grpc.StatusCode.INTERNAL, None),
+    ],
+)
+def test_http_errors_become_tritons_grpc_status_codes(status, headers, code, retry):
+    """An app answering ``status`` with an OIP error body: the call fails with Triton's code, the
+    message of the body, and a retry hint where HTTP gives Retry-After."""
+
+    async def app(scope, receive, send):
+        assert scope["path"] == "/v2/models/m/infer" and (b"authorization", b"Bearer k") in scope["headers"]
+        await send(
+            {"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json"), *headers]}
+        )
+        await send({"type": "http.response.body", "body": b'{"error": "what went wrong"}'})
+
+    bridge = GrpcOverHttp(OipGrpcService(app, "m"))
+    request = pb.ModelInferRequest(model_name="m", raw_input_contents=[b"\x00" * 4])
+    request.inputs.add(name="x", datatype="FP32", shape=[1])
+    payload, trailers = asyncio.run(
+        bridge.handle("/inference.GRPCInferenceService/ModelInfer", [(b"authorization", b"Bearer k")], _frame(request), None)
+    )
+    found = dict(trailers)
+    assert payload == b"" and found[b"grpc-status"] == str(code.value[0]).encode()
+    assert found[b"grpc-message"].startswith(b"what went wrong")
+    assert found.get(b"retry-after") == retry

@@ -135,6 +135,11 @@ def _err(r, status, *fragments):
         (lambda d: d.update(id="a\x00b"), ["'id' must not contain NUL"]),
         (lambda d: d.update(id="x" * 257), ["'id' is 257 characters long; at most 256"]),
         (lambda d: d.update(parameters={"timeout": -1}), ["timeout"]),
+        (lambda d: d.update(parameters={"binary_data_output": "yes"}), ["parameter 'binary_data_output' must be true or false"]),
+        (
+            lambda d: d.update(outputs=[{"name": "label", "parameters": {"binary_data": 1}}]),
+            ["output 'label': parameter 'binary_data' must be true or false, got 1"],
+        ),
     ],
 )
 def test_client_mistakes_are_400_naming_the_problem(services, mutate, fragments):
