@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import perf_analyzer
 
 HERE = Path(__file__).resolve().parent
 PY = sys.executable
@@ -51,6 +52,7 @@ class System:
     command: list[str]
     env: dict[str, str] = field(default_factory=dict)
     shipped: bool = False  # lockgate's default configuration: its own home, an API key, drift references
+    grpc: str | None = None  # its gRPC port: perf_analyzer measures HTTP (JSON, binary) and gRPC on it
 
 
 PEERS_PY = HERE.parent / ".venv-peers" / "bin" / "python"  # the OIP peers' own environment: make bench-peers
@@ -121,13 +123,17 @@ def systems(repo: Path, model_path: Path, port_of, baseline: str | None = None) 
         System(
             "lockgate-shipped",
             "lockgate as shipped (API keys, sync audit of every inference, metrics, drift)",
-            [PY, "-m", "lockgate.server.cli", "serve", "--port", port_of("lockgate-shipped")],
+            [
+                *[PY, "-m", "lockgate.server.cli", "serve", "--port", port_of("lockgate-shipped")],
+                *["--grpc-port", port_of("lockgate-shipped-grpc")],
+            ],
             shipped=True,
+            grpc=port_of("lockgate-shipped-grpc"),
         ),
         System(
             "lockgate",
             "lockgate, plugins blocked (Serve + HAProxy, direct ingress)",
-            [*lockgate, "--port", port_of("lockgate")],
+            [*lockgate, "--port", port_of("lockgate"), "--grpc-port", port_of("lockgate-grpc")],
             blocked,
         ),
         *base,
@@ -444,6 +450,16 @@ def run_system(
                 rows += measure(
                     f"{system.name}-W2", f"{base}/cnn/infer", work / "w2.bin", levels, reps, seconds, w2_header, authorization
                 )
+            if system.grpc is not None:
+                missing = perf_analyzer.available()
+                if missing is None:
+                    top = [1, max(levels)]
+                    grpc = f"127.0.0.1:{system.grpc}"
+                    rows += perf_analyzer.measure(
+                        system.name, f"127.0.0.1:{port}", grpc, MODEL, top, reps, seconds, authorization
+                    )
+                else:
+                    print(f"   no protocol rows (perf_analyzer): {missing}", flush=True)
         except Exception as e:  # noqa: BLE001 - one system failing must not lose the others' figures
             print(f"   {system.name} failed: {e}; log: {work / (system.name + '.log')}", flush=True)
         finally:
@@ -472,6 +488,7 @@ def ratios_of(summary: dict, order: list[str], levels: list[int], raw: list[dict
             if (
                 peer == mine
                 or peer.endswith("-W2")
+                or "-pa-" in peer  # perf_analyzer's rows: another load generator, compared among themselves
                 or (peer, top) not in summary
                 or (mine, peer) == ("lockgate", "lockgate-shipped")
             ):
@@ -513,6 +530,13 @@ def targets(summary: dict, levels: list[int], ratios: dict[str, float], commit: 
         lines.append(
             f"as shipped, W1 c=1 p50: {got:.3f} ms (target <= blocked {summary[('lockgate', 1)]['p50_ms']:.3f} + fsync "
             f"{commit['fsync_ms']:.3f} + 0.050 = {bound:.3f} ms) {'met' if got <= bound else 'NOT met'}"
+        )
+    grpc, json_ = ("lockgate-shipped-pa-grpc", top), ("lockgate-shipped-pa-http-json", top)
+    if grpc in summary and json_ in summary:
+        got = summary[grpc]["rps"] / summary[json_]["rps"]
+        lines.append(
+            f"as shipped, W1 c={top}, gRPC against HTTP JSON (perf_analyzer): {got:.2f}x (target >= 1.0x) "
+            f"{'met' if got >= 1.0 else 'NOT met'}"
         )
     at_least(f"W1 throughput c={top} lockgate/naive", 1.5, f"plugins blocked, W1 c={top}, against naive")
     at_most("W1 p50 c=1 lockgate/naive", 1.5, "plugins blocked, W1 c=1 p50, against naive")
@@ -643,6 +667,7 @@ def main() -> int:
     info["loadavg_after"] = os.getloadavg()
     summary = summarize(rows)
     order = [s.name for s in chosen] + [f"{s.name}-W2" for s in chosen if s.name.startswith("lockgate")]
+    order += [f"{s.name}-pa-{p}" for s in chosen if s.grpc is not None for p in perf_analyzer.PROTOCOLS]
     ratios = ratios_of(summary, order, levels, raw)
     report(summary, order, levels, raw, ratios)
     print(
