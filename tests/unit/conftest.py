@@ -47,3 +47,18 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/lockgate.db"
     return fresh_postgres_url()
+
+
+@pytest.fixture(scope="module")
+def services(demo_registry):
+    """A ModelService of every demo model, as a replica builds it (no Ray, no plugins)."""
+    from lockgate.server.serving.config import ModelConfig
+    from lockgate.server.serving.service import ModelService
+
+    made = {
+        name: ModelService(name, ModelConfig.model_validate(demo_registry.model_config(name)), demo_registry)
+        for name in demo_registry.list_models()
+    }
+    yield made
+    for s in made.values():
+        s.close()

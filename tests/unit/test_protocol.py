@@ -24,14 +24,6 @@ def service(registry, name, **kwargs):
     return ModelService(name, ModelConfig.model_validate(registry.model_config(name)), registry, **kwargs)
 
 
-@pytest.fixture(scope="module")
-def services(demo_registry):
-    made = {name: service(demo_registry, name) for name in demo_registry.list_models()}
-    yield made
-    for s in made.values():
-        s.close()
-
-
 def post(service, path, doc=None, raw=None, headers=None):
     body = raw if raw is not None else json.dumps(doc).encode()
     app = ModelApp(service)

@@ -22,15 +22,6 @@ from lockgate.server.serving.stats import Statistics, read_statistics
 from tests.asgi import call
 from tests.unit.test_protocol import IRIS_ROW, get, iris_request, post, service
 
-
-@pytest.fixture(scope="module")
-def services(demo_registry):
-    made = {name: service(demo_registry, name) for name in demo_registry.list_models()}
-    yield made
-    for s in made.values():
-        s.close()
-
-
 # -- model configuration ---------------------------------------------------------------------------
 
 
