@@ -63,10 +63,14 @@ def _once(protocol: str, url: str, model: str, concurrency: int, seconds: float,
     return {
         "rps": float(row["Inferences/Second"]),
         "p50_us": float(row["p50 latency"]),
+        "p90_us": float(row["p90 latency"]),
         "p99_us": float(row["p99 latency"]),
         "mean_us": float(row["p50 latency"]),  # perf_analyzer's CSV has percentiles; the mean column stays p50
-        "status_errors": 0,
+        "max_us": "",
+        "requests": "",
+        "status_errors": 0,  # perf_analyzer stops with an error on a failed request
         "socket_errors": 0,
+        "duration_us": window_ms * 3000,
     }
 
 

@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 from tritonclient.grpc import service_pb2 as pb
 
+from lockgate.fastpath import parse_json
+
 from ..errors import BadRequest
 
 __all__ = ["STATUS_CODES", "infer_request_body", "infer_response", "parameters_json", "set_parameters"]
@@ -138,7 +140,7 @@ def infer_request_body(request: Any) -> tuple[bytes, int]:
 
 def infer_response(body: bytes, header_length: int) -> Any:
     """A ``ModelInferResponse`` from an HTTP inference answer whose outputs are all binary."""
-    doc = json.loads(body[:header_length])
+    doc: Any = parse_json(body[:header_length])
     response = pb.ModelInferResponse(model_name=doc["model_name"], model_version=doc.get("model_version", ""))
     if "id" in doc:
         response.id = doc["id"]

@@ -32,6 +32,7 @@ __all__ = ["GrpcOverHttp", "OipGrpcService", "start_grpc_server"]
 log = logging.getLogger("lockgate.server")
 
 _HEADER_LENGTH = HEADER_LENGTH.encode()
+_NOT_FORWARDED = frozenset({_HEADER_LENGTH, b"content-length", b"transfer-encoding", b"content-type", b"te"})
 _NOT_IMPLEMENTED = (
     "ModelStreamInfer",
     "SystemSharedMemoryStatus",
@@ -76,11 +77,15 @@ class OipGrpcService(pbg.GRPCInferenceServiceServicer):
         self.model = model
 
     async def _http(self, context: Any, method: str, path: str, body: bytes = b"", header_length: int | None = None) -> _Answer:
-        headers = [
-            (k.encode("latin-1"), v.encode("latin-1"))
-            for k, v in (context.invocation_metadata() or ())
-            if isinstance(v, str) and not k.startswith(":") and k.isascii() and v.isascii()
-        ]
+        raw = getattr(context, "raw_headers", None)  # _HttpContext: the listener's bytes as they are
+        if raw is None:  # grpc.aio: the call's metadata
+            raw = [
+                (k.encode("latin-1"), v.encode("latin-1"))
+                for k, v in (context.invocation_metadata() or ())
+                if isinstance(v, str) and not k.startswith(":") and k.isascii() and v.isascii()
+            ]
+        # The call's own framing headers are not the OIP request's; the header length is ours to set.
+        headers = [(k, v) for k, v in raw if k not in _NOT_FORWARDED and not k.endswith(b"-bin")]
         if header_length is not None:
             headers.append((_HEADER_LENGTH, str(header_length).encode()))
         peer = context.peer() or ""
@@ -282,15 +287,15 @@ class _HttpContext:
     """The part of grpc.aio's ServicerContext that ``OipGrpcService`` uses, for a call that
     arrived as an HTTP/1.1 request (``GrpcOverHttp``)."""
 
-    __slots__ = ("client", "headers", "trailing")
+    __slots__ = ("client", "raw_headers", "trailing")
 
     def __init__(self, headers: list[tuple[bytes, bytes]], client: tuple[str, int] | None) -> None:
-        self.headers = headers
+        self.raw_headers = headers
         self.client = client
         self.trailing: list[tuple[str, str]] = []
 
     def invocation_metadata(self) -> list[tuple[str, str]]:
-        return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in self.headers if not k.endswith(b"-bin")]
+        return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in self.raw_headers if not k.endswith(b"-bin")]
 
     def peer(self) -> str:
         return f"ipv4:{self.client[0]}:{self.client[1]}" if self.client else ""

@@ -62,7 +62,7 @@ async def main(base: str, grpc_address: str, key: str | None) -> dict:
 async def over_grpc(address: str, x: np.ndarray, key: str | None) -> dict:
     """KServe's gRPC client (InferenceGRPCClient): readiness and infer, as KServe's docs show."""
     metadata = (("authorization", f"Bearer {key}"),) if key else None
-    client = InferenceGRPCClient(address, timeout=30, retries=1)
+    client = InferenceGRPCClient(address, timeout=30)
     found: dict = {
         "server_ready": await client.is_server_ready(headers=metadata),
         "model_ready": await client.is_model_ready("mlp", headers=metadata),

@@ -202,6 +202,12 @@ def test_errors_carry_tritons_status_codes(client, stub):
         rpc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         and "raw_input_contents has 1 entries for 2 inputs" in rpc.value.details()
     )
+    with pytest.raises(grpcclient.InferenceServerException) as info:
+        client.load_model("nope")  # RepositoryModelLoad, answered by the control replica
+    assert info.value.status() == "StatusCode.NOT_FOUND" and "unknown model 'nope' in the registry" in info.value.message()
+    with pytest.raises(grpcclient.InferenceServerException) as info:
+        client.unload_model("nope")
+    assert info.value.status() == "StatusCode.NOT_FOUND"
     # the replica is still answering
     assert client.infer("iris", [good]).as_numpy("probabilities").shape == (1, 3)
 

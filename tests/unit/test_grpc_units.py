@@ -181,6 +181,10 @@ def test_http_errors_become_tritons_grpc_status_codes(status, headers, code, ret
 
     async def app(scope, receive, send):
         assert scope["path"] == "/v2/models/m/infer" and (b"authorization", b"Bearer k") in scope["headers"]
+        # the call's framing is not the OIP request's, and a sent header length never overrides the real one
+        lengths = [v for k, v in scope["headers"] if k == b"inference-header-content-length"]
+        body = (await receive())["body"]
+        assert lengths == [str(len(body) - 4).encode()] and b"content-type" not in dict(scope["headers"])  # 4: the raw input
         await send(
             {"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json"), *headers]}
         )
@@ -189,9 +193,12 @@ def test_http_errors_become_tritons_grpc_status_codes(status, headers, code, ret
     bridge = GrpcOverHttp(OipGrpcService(app, "m"))
     request = pb.ModelInferRequest(model_name="m", raw_input_contents=[b"\x00" * 4])
     request.inputs.add(name="x", datatype="FP32", shape=[1])
-    payload, trailers = asyncio.run(
-        bridge.handle("/inference.GRPCInferenceService/ModelInfer", [(b"authorization", b"Bearer k")], _frame(request), None)
-    )
+    sent = [
+        (b"authorization", b"Bearer k"),
+        (b"inference-header-content-length", b"3"),
+        (b"content-type", b"application/grpc"),
+    ]
+    payload, trailers = asyncio.run(bridge.handle("/inference.GRPCInferenceService/ModelInfer", sent, _frame(request), None))
     found = dict(trailers)
     assert payload == b"" and found[b"grpc-status"] == str(code.value[0]).encode()
     assert found[b"grpc-message"].startswith(b"what went wrong")
