@@ -76,6 +76,7 @@ class ModelDeployment:
                 explain=explain_options(settings.options),
                 limits=limits,
                 stats_dir=settings.metrics_dir,
+                engine_dir=f"{settings.home}/engines",
             )
         except LockgateError as e:  # the driver reads this from Serve's status (serve_compat.load_failure)
             raise ReplicaStartFailed(name, e) from None

@@ -20,10 +20,12 @@ from ..errors import ConfigError
 __all__ = [
     "AutoscalingConfig",
     "DynamicBatchingConfig",
+    "ExecutionConfig",
     "ModelConfig",
     "OnnxRuntimeConfig",
     "PreprocessConfig",
     "VersionPolicy",
+    "WarmupSample",
     "load_model_config",
 ]
 
@@ -145,6 +147,55 @@ class OnnxRuntimeConfig(_Strict):
     )
 
 
+class ProviderConfig(_Strict):
+    """One onnxruntime execution provider and its options (Triton's execution_accelerators)."""
+
+    name: Literal["CUDA", "TensorRT", "CPU"] = Field(..., description="CUDA, TensorRT or CPU.")
+    device_id: int = Field(0, ge=0, description="CUDA and TensorRT: the GPU.")
+    cudnn_conv_algo_search: Literal["EXHAUSTIVE", "HEURISTIC", "DEFAULT"] = Field(
+        "EXHAUSTIVE", description="CUDA: how cuDNN picks convolution algorithms."
+    )
+    gpu_mem_limit: int | None = Field(None, gt=0, description="CUDA: the arena's limit in bytes; unset: no limit.")
+    fp16: bool = Field(False, description="TensorRT: allow FP16 kernels.")
+    int8: bool = Field(False, description="TensorRT: allow INT8 kernels (needs calibration; off by default).")
+    max_workspace_size: int = Field(1 << 30, gt=0, description="TensorRT: builder workspace in bytes.")
+    engine_cache: bool = Field(
+        True,
+        description="TensorRT: keep built engines under LOCKGATE_HOME/engines/<artifact sha256>, one build per version and device.",
+    )
+
+    @model_validator(mode="after")
+    def _options_fit(self) -> ProviderConfig:
+        # An option counts when it differs from its default: a stored config carries every field.
+        fields = type(self).model_fields
+        given = {f for f in fields if f != "name" and getattr(self, f) != fields[f].get_default(call_default_factory=True)}
+        fits = {
+            "CUDA": {"device_id", "cudnn_conv_algo_search", "gpu_mem_limit"},
+            "TensorRT": {"device_id", "fp16", "int8", "max_workspace_size", "engine_cache"},
+            "CPU": set(),
+        }[self.name]
+        wrong = sorted(given - fits)
+        if wrong:
+            raise ValueError(
+                f"{', '.join(wrong)} do not apply to {self.name}; its options are {', '.join(sorted(fits)) or 'none'}"
+            )
+        return self
+
+
+class ExecutionConfig(_Strict):
+    """Where a model runs: execution providers in order of preference."""
+
+    providers: list[ProviderConfig] = Field(
+        default_factory=lambda: [ProviderConfig(name="CPU")],
+        min_length=1,
+        description="In order of preference, e.g. [{name: TensorRT, fp16: true}, {name: CUDA}, {name: CPU}].",
+    )
+    missing: Literal["prefer", "require"] = Field(
+        "prefer",
+        description="A provider this onnxruntime build lacks: prefer skips it with a logged warning; require refuses to load.",
+    )
+
+
 class _Latest(_Strict):
     num_versions: int = Field(1, ge=1, description="How many of the highest versions to serve.")
 
@@ -195,6 +246,34 @@ class PreprocessConfig(_Strict):
     shift: list[float] | None = Field(None, description="Per-channel addend, after the scale (e.g. -mean/std).")
 
 
+class WarmupInput(_Strict):
+    """The data of one input of a warmup sample (Triton's ``model_warmup.inputs``): zeros or random
+    values, of the input's datatype as clients send it."""
+
+    zero_data: bool = Field(False, description="All zeros (empty strings for BYTES).")
+    random_data: bool = Field(False, description="Random values over the datatype's range (floats: standard normal).")
+    dims: list[int] | None = Field(
+        None, description="The shape of one row (without the batch dimension); needed where the input's is dynamic."
+    )
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> WarmupInput:
+        if self.zero_data == self.random_data:
+            raise ValueError("give exactly one of zero_data: true, random_data: true")
+        if self.dims is not None and any(d < 1 for d in self.dims):
+            raise ValueError(f"dims must be positive, got {self.dims}")
+        return self
+
+
+class WarmupSample(_Strict):
+    """One warmup request (Triton's ``model_warmup``): run before the replica says it is ready."""
+
+    name: str = Field(..., min_length=1, description="Named in logs and in the error of a failed warmup.")
+    batch_size: int = Field(1, ge=1, description="Rows of the sample (1 for a model without batching).")
+    count: int = Field(1, ge=1, description="How many times it is run.")
+    inputs: dict[str, WarmupInput] = Field(..., description="Every input of the model, by name.")
+
+
 class ModelConfig(_Strict):
     """One model's serving configuration."""
 
@@ -214,9 +293,15 @@ class ModelConfig(_Strict):
         0.25, gt=0, description="CPUs each replica reserves in Ray; fractional so several models share a node."
     )
     onnxruntime: OnnxRuntimeConfig = Field(default_factory=OnnxRuntimeConfig, description="Session options.")
+    execution: ExecutionConfig = Field(default_factory=ExecutionConfig, description="Execution providers.")
     version_policy: VersionPolicy = Field(default_factory=VersionPolicy, description="Which versions serve.")
     preprocess: dict[str, PreprocessConfig] = Field(
         default_factory=dict, description="Per model input: what clients send and how it becomes the model's input."
+    )
+    model_warmup: list[WarmupSample] = Field(
+        default_factory=list,
+        description="Requests run on every version a replica loads, through batch assembly and the model, before "
+        "it reports ready (Triton's model_warmup); a failure keeps the version from serving, naming the sample.",
     )
     labels: dict[str, list[str] | str] = Field(
         default_factory=dict,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +16,9 @@ from lockgate.fastpath import DATATYPES
 from lockgate.plugins.shared import external_data_tensors
 
 from ..errors import ConfigError, ModelLoadError
-from .config import OnnxRuntimeConfig, PreprocessConfig
+from .config import ExecutionConfig, OnnxRuntimeConfig, PreprocessConfig
+
+log = logging.getLogger("lockgate.server")
 
 __all__ = ["REJECTED_INPUT", "ModelVersion", "Preprocess", "TensorSpec", "load_version", "session_options"]
 
@@ -102,13 +105,25 @@ def session_options(config: OnnxRuntimeConfig) -> ort.SessionOptions:
 class ModelVersion:
     """A served model version. ``run`` is thread-safe (onnxruntime sessions are)."""
 
-    __slots__ = ("graph_inputs", "input_index", "inputs", "name", "output_index", "outputs", "session", "sha256", "version")
+    __slots__ = (
+        "graph_inputs",
+        "input_index",
+        "inputs",
+        "name",
+        "output_index",
+        "outputs",
+        "provider",
+        "session",
+        "sha256",
+        "version",
+    )
 
     def __init__(self, name: str, version: int, session: ort.InferenceSession, sha256: str = "") -> None:
         self.name = name
         self.version = version
         self.sha256 = sha256
         self.session = session
+        self.provider: str = session.get_providers()[0]  # the execution provider that serves it
         self.graph_inputs = tuple(_spec(n, name, version) for n in session.get_inputs())
         self.inputs = self.graph_inputs  # what clients send; differs where preprocessing is declared
         self.outputs = tuple(_spec(n, name, version) for n in session.get_outputs())
@@ -165,12 +180,64 @@ class ModelVersion:
             "name": self.name,
             "versions": [str(self.version)],
             "platform": "onnxruntime_onnx",
+            "execution_provider": self.provider,
             "inputs": [s.metadata() for s in self.inputs],
             "outputs": [s.metadata() for s in self.outputs],
         }
 
 
-def load_version(name: str, version: int, source: bytes | Path, config: OnnxRuntimeConfig, sha256: str = "") -> ModelVersion:
+ORT_PROVIDERS = {"CUDA": "CUDAExecutionProvider", "TensorRT": "TensorrtExecutionProvider", "CPU": "CPUExecutionProvider"}
+
+
+def session_providers(
+    execution: ExecutionConfig, where: str, sha256: str = "", engine_dir: str | None = None
+) -> tuple[list[str], list[dict[str, str]]]:
+    """onnxruntime's providers and their options for ``execution``: those this build lacks are
+    skipped with a warning (``missing: prefer``) or refused (``require``), a ConfigError naming them."""
+    available = set(ort.get_available_providers())
+    names, options = [], []
+    for provider in execution.providers:
+        ort_name = ORT_PROVIDERS[provider.name]
+        if ort_name not in available:
+            said = f"{provider.name} ({ort_name}) is not in this onnxruntime build; it has {', '.join(sorted(available))}"
+            if execution.missing == "require":
+                raise ConfigError(f"{said} (execution.missing: require; install lockgate[gpu] on a GPU node)", source=where)
+            log.warning("%s: %s; skipped", where, said)
+            continue
+        opts: dict[str, str] = {}
+        if provider.name == "CUDA":
+            opts = {"device_id": str(provider.device_id), "cudnn_conv_algo_search": provider.cudnn_conv_algo_search}
+            if provider.gpu_mem_limit is not None:
+                opts["gpu_mem_limit"] = str(provider.gpu_mem_limit)
+        elif provider.name == "TensorRT":
+            opts = {
+                "device_id": str(provider.device_id),
+                "trt_fp16_enable": str(provider.fp16).lower(),
+                "trt_int8_enable": str(provider.int8).lower(),
+                "trt_max_workspace_size": str(provider.max_workspace_size),
+            }
+            if provider.engine_cache and engine_dir is not None and sha256:
+                opts["trt_engine_cache_enable"] = "true"
+                opts["trt_engine_cache_path"] = str(Path(engine_dir) / sha256)
+        names.append(ort_name)
+        options.append(opts)
+    if not names:
+        wanted = ", ".join(p.name for p in execution.providers)
+        raise ConfigError(
+            f"none of the execution providers ({wanted}) is in this onnxruntime build; add {{name: CPU}}", source=where
+        )
+    return names, options
+
+
+def load_version(
+    name: str,
+    version: int,
+    source: bytes | Path,
+    config: OnnxRuntimeConfig,
+    sha256: str = "",
+    execution: ExecutionConfig | None = None,
+    engine_dir: str | None = None,
+) -> ModelVersion:
     """Load a model (verified bytes, or a file) with onnxruntime; a failure is a ModelLoadError naming it.
 
     A model that keeps tensor data outside its file is refused here too, whatever registered it:
@@ -187,11 +254,20 @@ def load_version(name: str, version: int, source: bytes | Path, config: OnnxRunt
             name, version, f"it keeps tensor data outside the model file, which is refused: {', '.join(external[:5])}"
         )
     del proto
+    execution = execution or ExecutionConfig()
+    providers, options = session_providers(execution, f"model {name} version {version}: execution", sha256, engine_dir)
     try:
         model = source if isinstance(source, bytes) else str(source)
-        session = ort.InferenceSession(model, sess_options=session_options(config), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(model, sess_options=session_options(config), providers=providers, provider_options=options)
     except Exception as e:  # noqa: BLE001 - onnxruntime raises several unrelated types for a bad file
         raise ModelLoadError(name, version, str(e)) from None
+    serving = session.get_providers()[0]
+    if execution.missing == "require" and serving != providers[0]:  # onnxruntime fell back (no device, say)
+        raise ModelLoadError(
+            name, version, f"{providers[0]} did not start (onnxruntime fell back to {serving}); execution.missing: require"
+        )
+    if serving != providers[0]:
+        log.warning("model %s version %s: %s did not start; %s serves it", name, version, providers[0], serving)
     return ModelVersion(name, version, session, sha256)
 
 

@@ -23,6 +23,7 @@ from .model import REJECTED_INPUT, ModelVersion, load_version
 from .protocol import InferRequest, encode_infer_response, parse_off_loop
 from .stats import Statistics
 from .triton_config import triton_model_config
+from .warmup import run_warmup
 
 __all__ = ["ModelService", "Served", "json_length"]
 
@@ -84,8 +85,10 @@ class ModelService:
         explain: ExplainOptions | None = None,
         limits: LimitOptions = DEFAULT_LIMITS,
         stats_dir: str | None = None,
+        engine_dir: str | None = None,
     ) -> None:
         self.name = name
+        self.engine_dir = engine_dir  # TensorRT's engine cache (LOCKGATE_HOME/engines), by artifact sha256
         self.stats = Statistics(name, stats_dir)  # Triton's statistics, over the node's replicas
         self.labels = _labels(name, config)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"onnxruntime-{name}")
@@ -120,7 +123,9 @@ class ModelService:
             data = self.registry.read_verified(record)
         except Exception as e:  # noqa: BLE001 - a changed or missing artifact: refused, already recorded
             raise ModelLoadError(self.name, version, str(e)) from None
-        model = load_version(self.name, version, data, self.config.onnxruntime, record.sha256)
+        model = load_version(
+            self.name, version, data, self.config.onnxruntime, record.sha256, self.config.execution, self.engine_dir
+        )
         preprocess = model.preprocess(self.config.preprocess)
         size = self._max_batch_size(model)
         unknown = [o for o in self.labels if o not in model.output_index]
@@ -145,6 +150,7 @@ class ModelService:
             dynamic,
             self.stats.version(version),
         )
+        run_warmup(model, assembler, size, self.config.model_warmup)  # before anything may see it
         return Served(model, size, batcher)
 
     def _check_padding(self, model: ModelVersion, batching: Any) -> None:

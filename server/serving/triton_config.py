@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .config import ModelConfig
+from .config import ModelConfig, WarmupSample
 from .model import ModelVersion, TensorSpec
 
 __all__ = ["TRITON_TYPES", "triton_model_config"]
@@ -47,14 +47,28 @@ def _version_policy(config: ModelConfig) -> dict[str, Any]:
     return {"latest": {"num_versions": policy.latest.num_versions}}
 
 
-def _instances(name: str, config: ModelConfig) -> list[dict[str, Any]]:
+def _accelerators(config: ModelConfig) -> dict[str, Any]:
+    """The configured GPU providers as Triton's execution_accelerators (names as Triton writes them)."""
+    gpu = []
+    for p in config.execution.providers:
+        if p.name == "TensorRT":
+            params = {"precision_mode": "FP16" if p.fp16 else ("INT8" if p.int8 else "FP32")}
+            gpu.append({"name": "tensorrt", "parameters": {**params, "max_workspace_size_bytes": str(p.max_workspace_size)}})
+        elif p.name == "CUDA":
+            gpu.append({"name": "cuda", "parameters": {"device_id": str(p.device_id)}})
+    return {"gpu_execution_accelerator": gpu, "cpu_execution_accelerator": []}
+
+
+def _instances(name: str, config: ModelConfig, provider: str) -> list[dict[str, Any]]:
     count = config.replicas if config.autoscaling is None else max(config.autoscaling.min_replicas, 1)
+    gpu = provider != "CPUExecutionProvider"
+    devices = sorted({p.device_id for p in config.execution.providers if p.name != "CPU"}) if gpu else []
     return [
         {
             "name": name,
-            "kind": "KIND_CPU",
+            "kind": "KIND_GPU" if gpu else "KIND_CPU",
             "count": count,
-            "gpus": [],
+            "gpus": devices,
             "secondary_devices": [],
             "profile": [],
             "passive": False,
@@ -81,6 +95,17 @@ def _dynamic_batching(config: ModelConfig) -> dict[str, Any]:
     }
 
 
+def _warmup(model: ModelVersion, batching: bool, sample: WarmupSample) -> dict[str, Any]:
+    inputs = {}
+    for name, given in sample.inputs.items():
+        spec = model.input_index.get(name)
+        entry: dict[str, Any] = {"data_type": TRITON_TYPES[spec.datatype] if spec else "TYPE_INVALID"}
+        entry["dims"] = given.dims if given.dims is not None else (_dims(spec, batching) if spec else [])
+        entry["zero_data" if given.zero_data else "random_data"] = True
+        inputs[name] = entry
+    return {"name": sample.name, "batch_size": sample.batch_size, "count": sample.count, "inputs": inputs}
+
+
 def triton_model_config(name: str, model: ModelVersion, max_batch_size: int, config: ModelConfig) -> dict[str, Any]:
     """Triton's model configuration (as JSON) of version ``model`` of ``name``, served with
     ``max_batch_size`` under ``config``. Inputs are described as clients send them (a
@@ -89,7 +114,7 @@ def triton_model_config(name: str, model: ModelVersion, max_batch_size: int, con
     ort = config.onnxruntime
     parameters = {
         "lockgate.sha256": model.sha256,
-        "lockgate.execution_provider": "CPUExecutionProvider",
+        "lockgate.execution_provider": model.provider,
         "lockgate.graph_optimization_level": ort.graph_optimization_level,
         "lockgate.intra_op_num_threads": str(ort.intra_op_num_threads),
         "lockgate.inter_op_num_threads": str(ort.inter_op_num_threads),
@@ -128,17 +153,18 @@ def triton_model_config(name: str, model: ModelVersion, max_batch_size: int, con
         "batch_output": [],
         "optimization": {
             "priority": "PRIORITY_DEFAULT",
+            "execution_accelerators": _accelerators(config),
             "input_pinned_memory": {"enable": False},
             "output_pinned_memory": {"enable": False},
             "gather_kernel_buffer_threshold": 0,
             "eager_batching": False,
         },
-        "instance_group": _instances(name, config),
+        "instance_group": _instances(name, config, model.provider),
         "default_model_filename": "model.onnx",
         "cc_model_filenames": {},
         "metric_tags": {},
         "parameters": {k: {"string_value": v} for k, v in parameters.items()},
-        "model_warmup": [],
+        "model_warmup": [_warmup(model, batching, w) for w in config.model_warmup],
     }
     if batching:
         answer["dynamic_batching"] = _dynamic_batching(config)

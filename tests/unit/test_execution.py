@@ -1,0 +1,95 @@
+"""Execution providers per model: preference order, prefer or require for a provider the
+onnxruntime build lacks, their options, and what the metadata and /config say serves."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from pydantic import ValidationError
+
+from lockgate.server.errors import ConfigError
+from lockgate.server.serving.config import ExecutionConfig, ModelConfig
+from lockgate.server.serving.model import session_providers
+from lockgate.server.serving.service import ModelService
+from lockgate.server.serving.triton_config import triton_model_config
+
+
+def _service(registry, execution: dict) -> ModelService:
+    raw = {**registry.model_config("mlp"), "execution": execution}
+    return ModelService("mlp", ModelConfig.model_validate(raw), registry)
+
+
+def test_cpu_by_default_and_the_metadata_says_so(services):
+    s = services["mlp"]
+    assert s.served[1].model.provider == "CPUExecutionProvider"
+    assert s.served[1].model.metadata()["execution_provider"] == "CPUExecutionProvider"
+    config = triton_model_config("mlp", s.served[1].model, 32, s.config)
+    assert config["parameters"]["lockgate.execution_provider"] == {"string_value": "CPUExecutionProvider"}
+    assert config["instance_group"][0]["kind"] == "KIND_CPU"
+    assert config["optimization"]["execution_accelerators"] == {"gpu_execution_accelerator": [], "cpu_execution_accelerator": []}
+
+
+def test_a_provider_this_build_lacks_is_skipped_with_a_warning_when_preferred(demo_registry, caplog):
+    with caplog.at_level(logging.WARNING, logger="lockgate.server"):
+        s = _service(demo_registry, {"providers": [{"name": "CUDA", "device_id": 1}, {"name": "CPU"}]})
+    try:
+        assert s.served[1].model.provider == "CPUExecutionProvider"
+        warned = [r.getMessage() for r in caplog.records if "CUDAExecutionProvider" in r.getMessage()]
+        assert warned and "is not in this onnxruntime build" in warned[0] and "skipped" in warned[0]
+        config = triton_model_config("mlp", s.served[1].model, 32, s.config)
+        accelerators = config["optimization"]["execution_accelerators"]["gpu_execution_accelerator"]
+        assert accelerators == [{"name": "cuda", "parameters": {"device_id": "1"}}]
+        assert config["instance_group"][0]["kind"] == "KIND_CPU"  # what serves, not what was asked for
+    finally:
+        s.close()
+
+
+def test_a_required_provider_this_build_lacks_is_refused_naming_it(demo_registry):
+    with pytest.raises(ConfigError) as info:
+        _service(demo_registry, {"providers": [{"name": "TensorRT"}, {"name": "CPU"}], "missing": "require"})
+    message = str(info.value)
+    assert "TensorRT (TensorrtExecutionProvider) is not in this onnxruntime build" in message
+    assert "CPUExecutionProvider" in message and "model mlp version 1: execution" in message
+    with pytest.raises(ConfigError, match="none of the execution providers \\(CUDA\\) is in this onnxruntime build"):
+        _service(demo_registry, {"providers": [{"name": "CUDA"}]})
+
+
+def test_options_must_fit_their_provider():
+    with pytest.raises(ValidationError, match="fp16 do not apply to CUDA"):
+        ExecutionConfig.model_validate({"providers": [{"name": "CUDA", "fp16": True}]})
+    with pytest.raises(ValidationError, match="device_id do not apply to CPU"):
+        ExecutionConfig.model_validate({"providers": [{"name": "CPU", "device_id": 2}]})
+    with pytest.raises(ValidationError, match="providers"):
+        ExecutionConfig.model_validate({"providers": []})
+
+
+def test_provider_options_as_onnxruntime_takes_them(monkeypatch):
+    """The options each provider gets, and TensorRT's engine cache folder keyed by the artifact's
+    sha256 (a build that has the GPU providers, as onnxruntime-gpu's does)."""
+    import onnxruntime as ort
+
+    monkeypatch.setattr(
+        ort, "get_available_providers", lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
+    execution = ExecutionConfig.model_validate(
+        {
+            "providers": [
+                {"name": "TensorRT", "fp16": True, "max_workspace_size": 1 << 28},
+                {"name": "CUDA", "device_id": 1, "gpu_mem_limit": 1 << 30, "cudnn_conv_algo_search": "HEURISTIC"},
+                {"name": "CPU"},
+            ]
+        }
+    )
+    names, options = session_providers(execution, "test", "ab" * 32, "/home/x/engines")
+    assert names == ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert options[0] == {
+        "device_id": "0",
+        "trt_fp16_enable": "true",
+        "trt_int8_enable": "false",
+        "trt_max_workspace_size": str(1 << 28),
+        "trt_engine_cache_enable": "true",
+        "trt_engine_cache_path": "/home/x/engines/" + "ab" * 32,
+    }
+    assert options[1] == {"device_id": "1", "cudnn_conv_algo_search": "HEURISTIC", "gpu_mem_limit": str(1 << 30)}
+    assert options[2] == {}
