@@ -253,7 +253,7 @@ def deployment_options(config: ModelConfig) -> dict[str, Any]:
     """Serve deployment options for a model's config: CPUs, replicas or autoscaling, concurrency."""
     batch = max(config.max_batch_size or 32, 1)
     options: dict[str, Any] = {
-        "ray_actor_options": {"num_cpus": config.num_cpus},
+        "ray_actor_options": {"num_cpus": config.num_cpus, **({"num_gpus": config.num_gpus} if config.num_gpus else {})},
         # The batcher holds the queue; Serve's own limit only has to stay out of its way.
         "max_ongoing_requests": config.dynamic_batching.max_queue_size + batch,
     }

@@ -142,6 +142,12 @@ class OnnxRuntimeConfig(_Strict):
         "all", description="onnxruntime graph optimisation level."
     )
     execution_mode: Literal["sequential", "parallel"] = Field("sequential", description="Operator scheduling.")
+    enable_cpu_mem_arena: bool = Field(
+        True, description="onnxruntime's CPU memory arena (off: less memory held, more allocations)."
+    )
+    enable_mem_pattern: bool = Field(
+        True, description="Plan allocations from the first run's pattern (off for inputs whose shapes vary)."
+    )
     custom_op_libraries: list[CustomOpLibrary] = Field(
         [], description="Custom-operator libraries to load; the governance policy must list their sha256."
     )
@@ -291,6 +297,12 @@ class ModelConfig(_Strict):
     autoscaling: AutoscalingConfig | None = Field(None, description="Replica autoscaling instead of a fixed count.")
     num_cpus: float = Field(
         0.25, gt=0, description="CPUs each replica reserves in Ray; fractional so several models share a node."
+    )
+    num_gpus: float = Field(
+        0,
+        ge=0,
+        description="GPUs each replica reserves in Ray (Triton's instance_group KIND_GPU); fractional, e.g. 0.25, so "
+        "several models share one GPU. 0: a CPU replica.",
     )
     onnxruntime: OnnxRuntimeConfig = Field(default_factory=OnnxRuntimeConfig, description="Session options.")
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig, description="Execution providers.")

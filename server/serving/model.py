@@ -89,6 +89,8 @@ def session_options(config: OnnxRuntimeConfig) -> ort.SessionOptions:
     opts.execution_mode = (
         ort.ExecutionMode.ORT_PARALLEL if config.execution_mode == "parallel" else ort.ExecutionMode.ORT_SEQUENTIAL
     )
+    opts.enable_cpu_mem_arena = config.enable_cpu_mem_arena
+    opts.enable_mem_pattern = config.enable_mem_pattern
     spin = "1" if config.allow_spinning else "0"
     opts.add_session_config_entry("session.intra_op.allow_spinning", spin)
     opts.add_session_config_entry("session.inter_op.allow_spinning", spin)

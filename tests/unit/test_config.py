@@ -102,6 +102,9 @@ def test_default_config_when_file_absent(tmp_path):
 def test_deployment_options_ask_for_fractional_cpus_and_map_autoscaling():
     opts = deployment_options(ModelConfig())
     assert opts["ray_actor_options"]["num_cpus"] < 1 and opts["num_replicas"] == 1
+    assert "num_gpus" not in opts["ray_actor_options"]  # a CPU replica asks Ray for no GPU
+    gpu = deployment_options(ModelConfig.model_validate({"num_gpus": 0.25}))
+    assert gpu["ray_actor_options"] == {"num_cpus": 0.25, "num_gpus": 0.25}
     auto = deployment_options(ModelConfig.model_validate({"autoscaling": {"min_replicas": 0, "max_replicas": 3}}))
     assert auto["autoscaling_config"]["min_replicas"] == 0 and "num_replicas" not in auto
     # Serve accepts the mapping as it is, with lockgate's policy on the replicas' own load count
