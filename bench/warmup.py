@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import socket
 import statistics
 import subprocess
@@ -25,6 +24,9 @@ from pathlib import Path
 import numpy as np
 import requests
 import yaml
+from run import stop
+
+from lockgate.server.hosting.serve_compat import haproxy_pids
 
 PY = sys.executable
 
@@ -78,9 +80,13 @@ def once(model: str, warm: bool, work: Path) -> dict:
     home = work / f"home-{model}-{'warm' if warm else 'cold'}-{time.monotonic_ns()}"
     env = {**os.environ, "LOCKGATE_HOME": str(home), "LOCKGATE_PLUGINS_BLOCK": "governance,audit,monitoring"}
     port, grpc = free_port(), free_port()
+    # HAProxy's side listeners on ports of their own: the previous server's may still be closing.
+    env.update(RAY_SERVE_HAPROXY_STATS_PORT=str(free_port()), RAY_SERVE_HAPROXY_METRICS_PORT=str(free_port()))
     command = [PY, "-m", "lockgate.server.cli", "serve", "--model-repository", str(repo), "--port", str(port)]
+    before = set(haproxy_pids())
+    log = open(work / f"serve-{model}-{'warm' if warm else 'cold'}.log", "w")
     proc = subprocess.Popen(
-        [*command, "--grpc-port", str(grpc)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True
+        [*command, "--grpc-port", str(grpc)], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
     body, headers = bodies()[model]
     url = f"http://127.0.0.1:{port}"
@@ -92,9 +98,11 @@ def once(model: str, warm: bool, work: Path) -> dict:
                     break
             except requests.RequestException:
                 pass
+            if proc.poll() is not None:
+                raise RuntimeError(f"the server exited ({proc.returncode}); see {log.name}")
             time.sleep(0.1)
         else:
-            raise RuntimeError("the server did not become ready")
+            raise RuntimeError(f"the server did not become ready; see {log.name}")
         session = requests.Session()
         times = []
         for _ in range(31):
@@ -104,8 +112,8 @@ def once(model: str, warm: bool, work: Path) -> dict:
             assert r.status_code == 200, r.text
         return {"first_ms": times[0] * 1e3, "steady_ms": statistics.median(times[1:]) * 1e3}
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(120)
+        stop(proc, before)
+        log.close()
 
 
 def main() -> int:
