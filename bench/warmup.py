@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -24,17 +23,11 @@ from pathlib import Path
 import numpy as np
 import requests
 import yaml
-from run import stop
+from run import free_port, stop
 
 from lockgate.server.hosting.serve_compat import haproxy_pids
 
 PY = sys.executable
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def bodies() -> dict[str, tuple[bytes, dict[str, str]]]:

@@ -110,13 +110,14 @@ def serve(
     from ..serving.config import ModelConfig
     from ..serving.explain import explain_options
     from ..serving.limits import limit_options
+    from ..serving.settings import host_port
     from ..tools.reference import import_references
     from ..tools.repository import announce_imports, import_repository
 
     try:
         # Anonymous callers (open mode, while no API key exists) only on a loopback-only server,
         # or when the operator said --insecure; the replicas enforce it (Settings.anonymous).
-        grpc_address = None if grpc_port == 0 else (f"[{host}]:{grpc_port}" if ":" in host else f"{host}:{grpc_port}")
+        grpc_address = None if grpc_port == 0 else host_port(host, grpc_port)
         settings = replace(
             settings_from(registry_url, artifact_dir), anonymous=is_loopback(host) or insecure, grpc_address=grpc_address
         )

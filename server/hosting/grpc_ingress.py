@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from ..errors import StartupError
+from ..serving.settings import host_port
 
 __all__ = ["REGISTER_S", "GrpcIngress", "model_acl", "replica_host", "split_address"]
 
@@ -64,10 +65,6 @@ def model_acl(name: str) -> str:
     length = bytes([n]) if n < 0x80 else bytes([(n & 0x7F) | 0x80, n >> 7])
     pattern = b"\x0a" + length + raw
     return f"req.body,bytes(5,{len(pattern)}) -m bin {pattern.hex().upper()}"
-
-
-def _server(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class GrpcIngress:
@@ -108,7 +105,7 @@ class GrpcIngress:
             "    timeout server 600s",
             "    timeout http-request 60s",
             "frontend lockgate_grpc",
-            f"    bind {_server(self.host, self.port)} proto h2",
+            f"    bind {host_port(self.host, self.port)} proto h2",
             "    # The start of the body is needed to route: it names the model.",
             "    option http-buffer-request",
             f"    acl server_call path_beg {' '.join(_SERVER_CALLS)}",
@@ -120,7 +117,7 @@ class GrpcIngress:
         for i, (model, servers) in enumerate(by_model.items()):
             lines += [f"backend model_{i}", f"    # {model}", "    balance roundrobin", "    http-reuse always"]
             lines += [
-                f"    server r{j} {_server(h, p)}{' proto h2' if h2 else ''} check inter 2s"
+                f"    server r{j} {host_port(h, p)}{' proto h2' if h2 else ''} check inter 2s"
                 for j, (h, p, h2) in enumerate(servers)
             ]
         lines += ["backend control", "    http-reuse always", f"    server control 127.0.0.1:{self.control_port} proto h2"]
@@ -156,7 +153,7 @@ class GrpcIngress:
             self._old = [p for p in self._old if p.poll() is None]
             return True
         error = log_path.read_text(errors="replace").strip()[-400:]
-        raise StartupError(f"the gRPC ingress (HAProxy) on {_server(self.host, self.port)} did not start: {error}")
+        raise StartupError(f"the gRPC ingress (HAProxy) on {host_port(self.host, self.port)} did not start: {error}")
 
     def _left_behind(self) -> int | None:
         """The pid of an HAProxy of this folder still running (its pidfile names it), if any."""

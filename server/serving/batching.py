@@ -392,14 +392,14 @@ class Batcher:
         self._compute_s = compute if self._compute_s == float("inf") else 0.8 * self._compute_s + 0.2 * compute
         self.batches += 1
         self.requests += len(batch)
+        rows = sum(p.rows for p in batch)
         if self._stats is not None:
             input_ns, infer_ns = int(self._last_assembly * 1e9), int((compute - self._last_assembly) * 1e9)
-            self._stats.batch(sum(p.rows for p in batch), input_ns, infer_ns)
+            self._stats.batch(rows, input_ns, infer_ns)
             for p in batch:
                 if p.timing is not None:  # booked with the request's answer (VersionStats.answered)
                     p.timing[:3] = (int((started - p.enqueued) * 1e9), input_ns, infer_ns)
         if self._on_batch is not None:
-            rows = sum(p.rows for p in batch)
             try:
                 self._on_batch(rows, len(batch), started - batch[0].enqueued, compute, len(self._queue), self._feeds, results)
             except Exception:

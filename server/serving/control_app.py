@@ -8,7 +8,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn
 
-from lockgate.plugins import PluginManager
+from lockgate.plugins import PluginManager, Principal
 
 from ..errors import LockgateError, MethodNotAllowed, NotFound, RequestError, Unavailable
 from .asgi import (
@@ -158,15 +158,23 @@ class ControlApp:
     async def _visible_statistics(self, scope: Scope) -> dict[str, Any]:
         """Every model's statistics, or, for a caller with a key, those of the models it may see."""
         assert self.statistics is not None
+        who = await self._caller(scope)
         answer = await self.statistics()
-        if self.gated:
-            who = await gate(self.manager, scope, "metadata", None, None)
-            stats = answer["model_stats"]
-            seen = {}
-            for name in {s["name"] for s in stats}:
-                seen[name] = (await self.manager.authorize(who, "metadata", name, None, count=False)).allow
-            answer = {"model_stats": [s for s in stats if seen[s["name"]]]}
-        return answer
+        return {"model_stats": await self._visible(who, answer["model_stats"])}
+
+    async def _caller(self, scope: Scope) -> Principal | None:
+        """Who asks for a listing (gated before anything is read); None when no gatekeeper runs."""
+        return await gate(self.manager, scope, "metadata", None, None) if self.gated else None
+
+    async def _visible(self, who: Principal | None, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The ``entries`` (each naming a model) of the models ``who`` may see: a key for one model
+        learns of no other. Every entry when no gatekeeper runs."""
+        if who is None:
+            return entries
+        allowed = {}
+        for name in {e["name"] for e in entries}:
+            allowed[name] = (await self.manager.authorize(who, "metadata", name, None, count=False)).allow
+        return [e for e in entries if allowed[e["name"]]]
 
     async def _gate(self, scope: Scope, action: str, model: str | None) -> None:
         if self.gated:
@@ -176,13 +184,8 @@ class ControlApp:
         if self.repository is None:
             raise NotFound("this server has no model repository API")
         if rest == "index":
-            who = await gate(self.manager, scope, "metadata", None, None) if self.gated else None
-            entries = await self.repository.index()
-            if who is not None:  # only the models this caller may see: a key for one model learns of no other
-                entries = [
-                    e for e in entries if (await self.manager.authorize(who, "metadata", e["name"], None, count=False)).allow
-                ]
-            return 200, entries
+            who = await self._caller(scope)
+            return 200, await self._visible(who, await self.repository.index())
         parts = rest.split("/")
         if len(parts) == 3 and parts[0] == "models" and parts[2] in ("load", "unload"):
             name, action = parts[1], parts[2]

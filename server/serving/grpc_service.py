@@ -26,6 +26,7 @@ from .asgi import SERVER_NAME, Scope, server_version
 from .control_app import MODEL_EXTENSIONS
 from .grpc_codec import STATUS_CODES, infer_request_body, infer_response
 from .protocol import HEADER_LENGTH
+from .settings import host_port
 
 __all__ = ["GrpcOverHttp", "OipGrpcService", "start_grpc_server"]
 
@@ -371,6 +372,6 @@ async def start_grpc_server(service: OipGrpcService, host: str, port: int, max_m
         ]
     )
     pbg.add_GRPCInferenceServiceServicer_to_server(service, server)
-    bound = server.add_insecure_port(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    bound = server.add_insecure_port(host_port(host, port))
     await server.start()
     return server, bound

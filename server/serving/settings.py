@@ -56,6 +56,11 @@ def plugin_filter_from_env() -> tuple[tuple[str, ...] | None, tuple[str, ...]]:
     return _names(os.environ.get("LOCKGATE_PLUGINS_ALLOW")), _names(os.environ.get("LOCKGATE_PLUGINS_BLOCK")) or ()
 
 
+def host_port(host: str, port: int) -> str:
+    """``host:port`` as a URL or a bind address writes it: an IPv6 host in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 class MetricsOptions(BaseModel):
     """The ``metrics`` section of the server configuration."""
 

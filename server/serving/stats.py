@@ -116,13 +116,17 @@ class Statistics:
             return
         self._pending = loop.call_later(FLUSH_S, self.flush)
 
+    def _document(self) -> dict[str, Any]:
+        """This process's totals, as its file holds them."""
+        return {"model": self.model, "versions": {str(v): s.snapshot() for v, s in self.versions.items()}}
+
     def flush(self) -> None:
         if self._pending is not None:
             self._pending.cancel()
             self._pending = None
         if self._path is None:
             return
-        doc = {"model": self.model, "versions": {str(v): s.snapshot() for v, s in self.versions.items()}}
+        doc = self._document()
         tmp = self._path.with_suffix(".tmp")
         try:
             self._path.parent.mkdir(parents=True, exist_ok=True)
@@ -135,8 +139,7 @@ class Statistics:
         """Triton's statistics response of this model (one version, or all), over every process
         of this node: this one's totals are written first, the files are read off the loop."""
         if self.directory is None:
-            docs = [{"model": self.model, "versions": {str(v): s.snapshot() for v, s in self.versions.items()}}]
-            return _response(docs, self.model, version)
+            return _response([self._document()], self.model, version)
         self.flush()
         return await asyncio.to_thread(read_statistics, str(self.directory.parent), self.model, version)
 
