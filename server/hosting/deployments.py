@@ -114,6 +114,16 @@ class ModelDeployment:
         return {} if self._app.load is None else {ONGOING: self._app.load.report()}
 
 
+def _running_replicas(app: Any) -> int:
+    """The running replicas of an application in Serve's status (every deployment of it)."""
+    return sum(
+        n
+        for deployment in getattr(app, "deployments", {}).values()
+        for state, n in getattr(deployment, "replica_states", {}).items()
+        if getattr(state, "value", state) == "RUNNING"
+    )
+
+
 async def _register_grpc(model: str, host: str, port: int, h2: bool) -> None:
     """Tell the control replica (the gRPC ingress) where this replica's gRPC server is, every
     REGISTER_S seconds: a control replica that Serve restarted learns them all again."""
@@ -142,11 +152,18 @@ class ControlDeployment:
         self._registry = self._manager.registry()
         self._checked = 0.0
         self._apps: dict[str, str] = {}
-        self._app = ControlApp(
-            list(models), self._status, repository=self, manager=self._manager, metrics=self._scrape, statistics=self._statistics
-        )
+        self._running: dict[str, int] = {}  # application -> its running replicas
         self._sbom: tuple[Any, dict[str, Any]] | None = None
         self._ingress: GrpcIngress | None = None
+        self._app = ControlApp(
+            list(models),
+            self._status,
+            repository=self,
+            manager=self._manager,
+            metrics=self._scrape,
+            statistics=self._statistics,
+            grpc_unrouted=None if settings.grpc_address is None else self._grpc_unrouted,
+        )
         if settings.grpc_address is not None:
             host, port = split_address(settings.grpc_address)
             limit = limit_options(settings.options).max_body_bytes
@@ -161,11 +178,17 @@ class ControlDeployment:
     def __serve_build_asgi_app__(self) -> ControlApp:
         return self._app
 
-    def register_grpc(self, model: str, host: str, port: int, h2: bool) -> None:
+    async def register_grpc(self, model: str, host: str, port: int, h2: bool) -> None:
         """A model replica's gRPC server (called by each replica every few seconds): HTTP/2, or
-        its HTTP/1.1 listener (``h2`` False)."""
+        its HTTP/1.1 listener (``h2`` False). On the event loop, where the ingress follows."""
         if self._ingress is not None:
             self._ingress.register(model, host, port, h2)
+
+    def _grpc_unrouted(self) -> set[str]:
+        """Applications with a running replica the gRPC ingress does not route to yet (as of the
+        last status read)."""
+        routed = self._ingress.routed() if self._ingress is not None else set()
+        return {name for name, n in self._running.items() if n > 0 and name not in routed and name != CONTROL_APP}
 
     def __del__(self) -> None:
         ingress = getattr(self, "_ingress", None)
@@ -177,6 +200,7 @@ class ControlDeployment:
         if time.monotonic() - self._checked > 1.0:
             status = await asyncio.to_thread(serve_status)
             self._apps = {name: getattr(app.status, "value", str(app.status)) for name, app in status.items()}
+            self._running = {name: _running_replicas(app) for name, app in status.items()}
             self._checked = time.monotonic()
         return self._apps
 

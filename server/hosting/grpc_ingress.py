@@ -78,6 +78,8 @@ class GrpcIngress:
         self.pidfile = self.folder / "haproxy.pid"
         self.replicas: dict[tuple[str, str, int, bool], float] = {}  # (model, host, port, h2) -> last heard (monotonic)
         self._rendered = ""
+        self._routed: set[str] = set()  # the models the running HAProxy routes to
+        self._wake = asyncio.Event()
         self._process: subprocess.Popen[bytes] | None = None
         self._old: list[subprocess.Popen[bytes]] = []
 
@@ -85,12 +87,22 @@ class GrpcIngress:
         """A replica of ``model`` answers gRPC at ``host:port``: over HTTP/2 (a grpc.aio server),
         or over HTTP/1.1 (its listener; HAProxy turns the HTTP/2 call into an HTTP/1.1 request and
         the answer's chunked trailers into gRPC's)."""
-        self.replicas[(model, host, port, h2)] = time.monotonic()
+        key = (model, host, port, h2)
+        if key not in self.replicas:
+            self._wake.set()  # a new replica: route to it now, not at the next round
+        self.replicas[key] = time.monotonic()
+
+    def routed(self) -> set[str]:
+        """The models the running HAProxy routes to (the others fall to the control replica)."""
+        return self._routed
+
+    def _live(self) -> list[tuple[str, str, int, bool]]:
+        now = time.monotonic()
+        return sorted(k for k, seen in self.replicas.items() if now - seen <= EXPIRE_S)
 
     def render(self) -> str:
         """The HAProxy configuration for the replicas heard from recently."""
-        now = time.monotonic()
-        live = sorted(k for k, seen in self.replicas.items() if now - seen <= EXPIRE_S)
+        live = self._live()
         by_model: dict[str, list[tuple[str, int, bool]]] = {}
         for model, host, port, h2 in live:
             by_model.setdefault(model, []).append((host, port, h2))
@@ -125,6 +137,7 @@ class GrpcIngress:
 
     def apply(self) -> bool:
         """Write the configuration and (re)start HAProxy when it changed; True when it did."""
+        models = {k[0] for k in self._live()}
         text = self.render()
         if text == self._rendered and self._process is not None and self._process.poll() is None:
             return False
@@ -149,7 +162,7 @@ class GrpcIngress:
         try:
             process.wait(0.3)
         except subprocess.TimeoutExpired:  # running: good
-            self._process, self._rendered = process, text
+            self._process, self._rendered, self._routed = process, text, models
             self._old = [p for p in self._old if p.poll() is None]
             return True
         error = log_path.read_text(errors="replace").strip()[-400:]
@@ -167,7 +180,11 @@ class GrpcIngress:
     async def run(self) -> None:
         """Follow the replicas: apply every half second (a change, or an expiry)."""
         while True:
-            await asyncio.sleep(0.5)
+            try:
+                await asyncio.wait_for(self._wake.wait(), 0.5)
+            except TimeoutError:
+                pass
+            self._wake.clear()
             try:
                 if self.apply():
                     log.info("gRPC ingress now routes to %d replica(s)", len(self.replicas))

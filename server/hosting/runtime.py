@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from ..errors import StartupError
 from ..serving.config import ModelConfig
-from ..serving.settings import LockgateSettings
+from ..serving.settings import LockgateSettings, host_port
 from .serve_compat import (
     INGRESS_ENV,
     check,
@@ -142,6 +142,31 @@ class Runtime:
                 raise load_failure(name, e) from None
             self.apps += (name,)
             self.progress(f"  {name} ready in {time.monotonic() - t0:.1f} s")
+        if settings.grpc_address is not None:
+            self._wait_grpc_routes()
+
+    def _wait_grpc_routes(self, timeout: float = 15.0) -> None:
+        """Until the gRPC ingress routes to every model's running replicas (they register within
+        a second of starting; the control replica's readiness waits for it), so the server is
+        reported up only once gRPC reaches them too."""
+        import urllib.error
+        import urllib.request
+
+        host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.host, self.host)
+        url = f"http://{host_port(host, self.port)}/v2/health/ready"
+        deadline = time.monotonic() + timeout
+        why = "no answer"
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(url, timeout=2) as answer:
+                    if answer.status == 200:
+                        return
+            except urllib.error.HTTPError as e:
+                why = e.read().decode("utf-8", "replace")
+            except OSError as e:
+                why = str(e)
+            time.sleep(0.1)
+        self.progress(f"  the server is not ready over gRPC yet: {why}")
 
     def shutdown(self) -> None:
         import ray

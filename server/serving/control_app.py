@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any, NoReturn
 
 from lockgate.plugins import PluginManager, Principal
@@ -14,6 +14,7 @@ from ..errors import LockgateError, MethodNotAllowed, NotFound, RequestError, Un
 from .asgi import (
     JSON_HEADERS,
     METRICS_CONTENT_TYPE,
+    RETRY_AFTER,
     SERVER_NAME,
     Receive,
     Scope,
@@ -46,6 +47,9 @@ class ControlApp:
     Health and server metadata are open (probes); the repository routes, the SBOM and
     ``/metrics`` (``metrics`` returns the Prometheus text of the node) pass the gatekeepers
     of ``manager``.
+    ``grpc_unrouted`` (where a gRPC ingress runs) returns the models that have a running
+    replica the gRPC ingress does not route to yet: the server is not ready while there are any,
+    and a gRPC call for one that falls through to this app is told to retry.
     """
 
     def __init__(
@@ -56,8 +60,10 @@ class ControlApp:
         manager: PluginManager | None = None,
         metrics: Callable[[], Awaitable[bytes]] | None = None,
         statistics: Callable[[], Awaitable[dict[str, Any]]] | None = None,
+        grpc_unrouted: Callable[[], Collection[str]] | None = None,
     ) -> None:
         self.models = set(models)
+        self.grpc_unrouted = grpc_unrouted
         self.metrics = metrics
         self.statistics = statistics
         self.status = status
@@ -70,7 +76,8 @@ class ControlApp:
         if self.status is None:
             return []
         apps = await self.status()
-        return sorted(m for m in self.models if apps.get(m) != "RUNNING")
+        unrouted = self.grpc_unrouted() if self.grpc_unrouted is not None else ()
+        return sorted(m for m in self.models if apps.get(m) != "RUNNING" or m in unrouted)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -147,7 +154,19 @@ class ControlApp:
         """A model route that reached this app: the model is unknown, not ready, or the path odd."""
         if name in self.models:
             if self.status is None or name in await self._not_ready():
+                if scope.get("scheme") == "grpc" and self.grpc_unrouted is not None and name in self.grpc_unrouted():
+                    raise Unavailable(
+                        f"model '{name}' is not reachable over gRPC yet: its replicas are registering with the gRPC ingress",
+                        headers=RETRY_AFTER,
+                    )
                 raise Unavailable(f"model '{name}' is not ready yet")
+            if scope.get("scheme") == "grpc":
+                # Running, routed by HTTP, yet no replica of it registered with the gRPC ingress:
+                # it has none running (scaled to zero), and a gRPC call does not start one.
+                raise Unavailable(
+                    f"model '{name}' has no running replica to answer gRPC (scaled to zero?); an HTTP request starts one",
+                    headers=RETRY_AFTER,
+                )
             # The model's application is up, yet the ingress did not route this to it: the
             # path only reads as that model's once decoded (an encoded '/', say).
             raw = scope.get("raw_path", b"").decode("latin-1") or scope["path"]

@@ -203,3 +203,56 @@ def test_http_errors_become_tritons_grpc_status_codes(status, headers, code, ret
     assert payload == b"" and found[b"grpc-status"] == str(code.value[0]).encode()
     assert found[b"grpc-message"].startswith(b"what went wrong")
     assert found.get(b"retry-after") == retry
+
+
+def test_a_model_not_routed_by_the_grpc_ingress_yet_keeps_the_server_unready_and_the_call_retries():
+    """A model's running replicas register with the gRPC ingress after Serve reports them: until
+    they do, server readiness waits, and a gRPC call that fell through to the control replica is
+    UNAVAILABLE with a retry hint, not a 404. A model with no running replica (scaled to zero)
+    says so."""
+    from lockgate.server.serving.control_app import ControlApp
+
+    unrouted = {"iris"}
+
+    async def running():
+        return {"iris": "RUNNING", "mlp": "RUNNING"}
+
+    app = ControlApp(["iris", "mlp"], running, grpc_unrouted=lambda: unrouted)
+    bridge = GrpcOverHttp(OipGrpcService(app))
+    ready = asyncio.run(bridge.handle("/inference.GRPCInferenceService/ServerReady", [], _frame(pb.ServerReadyRequest()), None))
+    assert dict(ready[1])[b"grpc-status"] == b"0" and not pb.ServerReadyResponse.FromString(ready[0][5:]).ready
+    model_ready = asyncio.run(
+        bridge.handle("/inference.GRPCInferenceService/ModelReady", [], _frame(pb.ModelReadyRequest(name="iris")), None)
+    )
+    assert not pb.ModelReadyResponse.FromString(model_ready[0][5:]).ready
+    for name, fragment in [
+        ("iris", b"not reachable over gRPC yet"),
+        ("mlp", b"no running replica to answer gRPC"),
+    ]:
+        request = pb.ModelInferRequest(model_name=name, raw_input_contents=[b"\x00" * 16])
+        request.inputs.add(name="input", datatype="FP32", shape=[1, 4])
+        payload, trailers = asyncio.run(bridge.handle("/inference.GRPCInferenceService/ModelInfer", [], _frame(request), None))
+        found = dict(trailers)
+        assert payload == b"" and found[b"grpc-status"] == str(grpc.StatusCode.UNAVAILABLE.value[0]).encode(), found
+        assert fragment in found[b"grpc-message"] and found.get(b"retry-after") == b"1", found
+    unrouted.clear()
+    ready = asyncio.run(bridge.handle("/inference.GRPCInferenceService/ServerReady", [], _frame(pb.ServerReadyRequest()), None))
+    assert pb.ServerReadyResponse.FromString(ready[0][5:]).ready
+
+
+def test_the_ingress_routes_a_new_replica_at_once_and_reports_what_it_routes(monkeypatch):
+    ingress = GrpcIngress("127.0.0.1", 1, 2)
+    applied = []
+    monkeypatch.setattr(ingress, "apply", lambda: applied.append(sorted({k[0] for k in ingress._live()})) or True)
+
+    async def scenario():
+        follower = asyncio.get_running_loop().create_task(ingress.run())
+        await asyncio.sleep(0.6)  # one timed round
+        rounds = len(applied)
+        ingress.register("iris", "127.0.0.1", 9000, True)
+        await asyncio.sleep(0.05)  # far less than a round: woken by the registration
+        follower.cancel()
+        return rounds
+
+    rounds = asyncio.run(scenario())
+    assert rounds == 1 and applied[-1] == ["iris"] and len(applied) == 2
