@@ -1,19 +1,27 @@
 """Shared storage helpers: SQLAlchemy engines (SQLite by default, PostgreSQL by URL) and
-content-addressed artifact files."""
+content-addressed artifact stores: a local folder, or S3-compatible object storage with a
+local cache on every node."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import logging
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
 
 import sqlalchemy as sa
 from sqlalchemy import event
 
 from .errors import ArtifactMismatch
 
-__all__ = ["ArtifactStore", "make_engine", "sha256_file", "writing"]
+__all__ = ["ArtifactStore", "ObjectArtifactStore", "artifact_store", "make_engine", "sha256_file", "writing"]
+
+log = logging.getLogger("lockgate.plugins")
 
 CHUNK = 1 << 20
 
@@ -67,10 +75,17 @@ def sha256_file(path: Path) -> tuple[str, int]:
 
 
 class ArtifactStore:
-    """Files stored by sha256 under ``root``: ``root/ab/abcdef....onnx``; written once, atomically."""
+    """Files stored by sha256 under ``root``: ``root/ab/abcdef....onnx``; written once, atomically.
+
+    The interface every artifact store keeps: ``path_for`` (the local file), ``stage`` (copy in,
+    hashing), ``commit`` (make a staged file the artifact of its sha256), ``discard`` (undo a
+    commit no row refers to) and ``read_verified`` (the bytes, hash-checked)."""
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
+
+    def __str__(self) -> str:
+        return str(self.root)
 
     def path_for(self, sha256: str) -> Path:
         return self.root / sha256[:2] / f"{sha256}.onnx"
@@ -105,6 +120,10 @@ class ArtifactStore:
         os.replace(staged, final)
         return True
 
+    def discard(self, sha256: str) -> None:
+        """Remove the artifact of ``sha256`` (a commit rolled back: no row refers to it)."""
+        self.path_for(sha256).unlink(missing_ok=True)
+
     def read_verified(self, sha256: str) -> bytes:
         """The artifact's bytes, after checking they still hash to ``sha256``."""
         path = self.path_for(sha256)
@@ -113,3 +132,148 @@ class ArtifactStore:
         if got != sha256:
             raise ArtifactMismatch(path, sha256, got)
         return data
+
+
+def _write_atomically(folder: Path, final: Path, data: bytes) -> None:
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".fetching-", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp, 0o444)
+        os.replace(tmp, final)  # replicas of one node fetching at once: the last rename wins, same bytes
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class ObjectArtifactStore(ArtifactStore):
+    """Artifacts in S3-compatible object storage at ``s3://bucket/prefix``, keyed by sha256
+    (``prefix/ab/abcdef....onnx``), with a local cache folder on every node, so a cluster needs
+    no shared filesystem.
+
+    ``commit`` uploads (with the object's SHA-256 checksum, which the server checks) and keeps
+    the file in the cache; ``read_verified`` reads the cache, or fetches the object into it, and
+    checks the hash on every load: a cached copy that no longer matches is fetched again, an
+    object that does not match is refused. ``options``: ``endpoint_url``, ``region``, and, where
+    the environment's credential chain (AWS_* variables, profiles, instance roles) is not used,
+    ``access_key_id`` / ``secret_access_key``; they are handed to boto3 and never logged.
+    """
+
+    def __init__(self, url: str, cache: str | Path, options: Mapping[str, Any] | None = None, client: Any = None) -> None:
+        super().__init__(cache)
+        parsed = urlparse(url)
+        if parsed.scheme != "s3" or not parsed.netloc:
+            raise ValueError(f"an object store URL is s3://bucket[/prefix], not {url!r}")
+        self.url = url.rstrip("/")
+        self.bucket = parsed.netloc
+        self.prefix = parsed.path.strip("/")
+        self.options = dict(options or {})
+        self._client = client
+
+    def __str__(self) -> str:
+        return self.url
+
+    @property
+    def client(self) -> Any:
+        """The boto3 S3 client, made on first use (importing boto3 costs a replica ~0.2 s)."""
+        if self._client is None:
+            import boto3
+            from botocore.config import Config
+
+            o = self.options
+            self._client = boto3.client(
+                "s3",
+                endpoint_url=o.get("endpoint_url"),
+                region_name=o.get("region"),
+                aws_access_key_id=o.get("access_key_id"),
+                aws_secret_access_key=o.get("secret_access_key"),
+                config=Config(retries={"max_attempts": 5, "mode": "standard"}),
+            )
+        return self._client
+
+    def key_for(self, sha256: str) -> str:
+        return "/".join(p for p in (self.prefix, sha256[:2], f"{sha256}.onnx") if p)
+
+    def location(self, sha256: str) -> str:
+        return f"s3://{self.bucket}/{self.key_for(sha256)}"
+
+    def _exists(self, sha256: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self.key_for(sha256))
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+        return True
+
+    def commit(self, staged: Path, sha256: str) -> bool:
+        """Upload a staged file unless its object exists (True when uploaded); keep it in the cache."""
+        uploaded = False
+        if not self._exists(sha256):
+            checksum = base64.b64encode(bytes.fromhex(sha256)).decode()
+            with open(staged, "rb") as body:
+                self.client.put_object(
+                    Bucket=self.bucket,
+                    Key=self.key_for(sha256),
+                    Body=body,
+                    ChecksumSHA256=checksum,
+                    Metadata={"sha256": sha256},
+                )
+            uploaded = True
+        super().commit(staged, sha256)
+        return uploaded
+
+    def discard(self, sha256: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self.key_for(sha256))
+        super().discard(sha256)
+
+    def read_verified(self, sha256: str) -> bytes:
+        path = self.path_for(sha256)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            pass
+        else:
+            if hashlib.sha256(data).hexdigest() == sha256:
+                return data
+            log.warning("cached artifact %s does not hash to its name; fetching it again", path)
+            path.unlink(missing_ok=True)
+        data = self._fetch(sha256)
+        got = hashlib.sha256(data).hexdigest()
+        if got != sha256:
+            raise ArtifactMismatch(self.location(sha256), sha256, got)
+        self.root.mkdir(parents=True, exist_ok=True)
+        _write_atomically(self.root, path, data)
+        return data
+
+    def _fetch(self, sha256: str) -> bytes:
+        from botocore.exceptions import ClientError
+
+        try:
+            answer = self.client.get_object(Bucket=self.bucket, Key=self.key_for(sha256))
+        except ClientError as e:
+            code = e.response.get("Error", {}).get("Code")
+            if code in ("404", "NoSuchKey", "NotFound"):
+                raise FileNotFoundError(f"artifact {self.location(sha256)} is missing from the object store") from None
+            if code == "NoSuchBucket":
+                raise FileNotFoundError(f"bucket {self.bucket!r} of {self.url} does not exist") from None
+            raise
+        data: bytes = answer["Body"].read()
+        return data
+
+
+def artifact_store(
+    location: str | Path, cache: str | Path | None = None, options: Mapping[str, Any] | None = None
+) -> ArtifactStore:
+    """The store at ``location``: ``s3://bucket/prefix`` (cached under ``cache``), else a folder."""
+    text = str(location)
+    if text.startswith("s3://"):
+        if cache is None:
+            cache = Path(tempfile.gettempdir()) / "lockgate-artifact-cache"
+        return ObjectArtifactStore(text, cache, options)
+    return ArtifactStore(text)

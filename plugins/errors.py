@@ -130,7 +130,7 @@ class ModelLoadError(LockgateError):
 class ArtifactMismatch(LockgateError):
     """An artifact's bytes no longer hash to the sha256 it was registered with."""
 
-    def __init__(self, path: Path, expected: str, got: str) -> None:
+    def __init__(self, path: Path | str, expected: str, got: str) -> None:
         super().__init__(f"artifact {path} has sha256 {got}, but {expected} was registered: it was changed; refusing to load it")
         self.path = path
         self.expected = expected

@@ -13,11 +13,13 @@ from __future__ import annotations
 from ._commands import actor, checked_actor, checked_principal, fail, iso_time, key_values, parse_time, registry_options
 from ._onnx import external_data_tensors, onnx_nodes, onnx_operators, onnx_opsets, onnx_signature
 from ._options import parse_section
-from ._storage import ArtifactStore, make_engine, sha256_file, writing
+from ._storage import ArtifactStore, ObjectArtifactStore, artifact_store, make_engine, sha256_file, writing
 
 __all__ = [
     "ArtifactStore",
+    "ObjectArtifactStore",
     "actor",
+    "artifact_store",
     "checked_actor",
     "checked_principal",
     "external_data_tensors",

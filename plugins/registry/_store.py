@@ -13,7 +13,7 @@ import onnx
 import sqlalchemy as sa
 
 from .._onnx import external_data_tensors, onnx_operators, onnx_opsets, onnx_signature
-from .._storage import ArtifactStore, make_engine, sha256_file, writing
+from .._storage import ArtifactStore, artifact_store, make_engine, sha256_file, writing
 from .._types import Decision, ModelVersionRecord, Reference, RegistrationCandidate, model_name_problem
 from ..errors import AliasRefused, ArtifactMismatch, RegistrationError, UnknownModel
 from . import _schema as t
@@ -56,10 +56,13 @@ class Registry:
         check_registration: Callable[[RegistrationCandidate], list[Decision]] | None = None,
         check_alias: Callable[[str, str, int, str], Decision] | None = None,
         audit: Callable[..., None] | None = None,
+        artifact_cache: str | Path | None = None,
+        artifact_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.url = url
         self.engine = make_engine(url)
-        self.store = ArtifactStore(artifact_dir)
+        # A folder, or s3://bucket/prefix with this node's cache in ``artifact_cache``.
+        self.store: ArtifactStore = artifact_store(artifact_dir, artifact_cache, artifact_options)
         self.default_alias = default_alias
         self._check = check_registration or (lambda candidate: [])
         self._check_alias = check_alias or (lambda name, alias, version, actor: Decision(True))
@@ -183,7 +186,7 @@ class Registry:
                             name, [f"version {version} of model '{name}' is already registered with another artifact"]
                         ) from None
                     if committed_new:  # rolled back after the file landed: it belongs to no row
-                        self.store.path_for(sha).unlink(missing_ok=True)
+                        self.store.discard(sha)
                         committed_new = False
                         staged, _, _ = self.store.stage(path)
                     time.sleep(0.005 * (attempt + 1))
@@ -192,7 +195,7 @@ class Registry:
         except BaseException:
             staged.unlink(missing_ok=True)
             if committed_new and not self._referenced(sha):
-                self.store.path_for(sha).unlink(missing_ok=True)
+                self.store.discard(sha)
             raise
         record = ModelVersionRecord(artifact_path=str(self.store.path_for(sha)), **row)  # type: ignore[arg-type]
         self._audit(

@@ -47,7 +47,11 @@ def read_until(proc: subprocess.Popen, marker: str, timeout: float = 120) -> lis
 
 
 def port_is_free(port: int) -> bool:
+    """A new server could listen on ``port`` now. With SO_REUSEADDR, as every server binds
+    (HAProxy, lockgate's own check): connections the old server closed first linger in TIME_WAIT
+    on its port for a minute, which refuses only a bind without it."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
             return True

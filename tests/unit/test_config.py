@@ -129,6 +129,7 @@ def test_the_example_server_config_is_valid_and_names_every_option():
     from lockgate.plugins.audit import AuditOptions
     from lockgate.plugins.governance import GovernanceOptions, Policy
     from lockgate.plugins.monitoring import DriftOptions, MonitoringOptions, Slo
+    from lockgate.plugins.registry import ObjectStoreOptions, RegistryOptions
     from lockgate.server.serving.explain import ExplainOptions
     from lockgate.server.serving.limits import LimitOptions
     from lockgate.server.serving.settings import MetricsOptions, load_options
@@ -142,6 +143,7 @@ def test_the_example_server_config_is_valid_and_names_every_option():
     assert ExplainOptions.model_validate(options["explain"]) == ExplainOptions()
     assert LimitOptions.model_validate(options["limits"]) == LimitOptions()
     assert MetricsOptions.model_validate(options["metrics"]) == MetricsOptions()
+    assert RegistryOptions.model_validate(options["registry"]) == RegistryOptions()
     text = path.read_text()
     fields = [*GovernanceOptions.model_fields, *Policy.model_fields, *AuditOptions.model_fields, *MonitoringOptions.model_fields]
     for name in [
@@ -151,6 +153,8 @@ def test_the_example_server_config_is_valid_and_names_every_option():
         *ExplainOptions.model_fields,
         *LimitOptions.model_fields,
         *MetricsOptions.model_fields,
+        *RegistryOptions.model_fields,
+        *ObjectStoreOptions.model_fields,
     ]:
         assert f"{name}:" in text, f"examples/lockgate.yaml does not mention {name}"
 

@@ -59,10 +59,18 @@ def test_the_rayservice_has_what_lockgate_needs():
         assert "secretKeyRef" in env["LOCKGATE_REGISTRY_URL"]["valueFrom"]  # the password is not in the manifest
         assert 8000 in {p["containerPort"] for p in container["ports"]}
         mounts = {m["mountPath"] for m in container["volumeMounts"]}
-        assert env["LOCKGATE_ARTIFACTS"]["value"] in mounts
+        # artifacts in object storage, credentials from a secret; the node's cache in its home
+        assert env["LOCKGATE_ARTIFACTS"]["value"].startswith("s3://") and env["LOCKGATE_HOME"]["value"] in mounts
+        assert all("secretKeyRef" in env[k]["valueFrom"] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"))
     for group in groups:
         assert 0 <= group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
         assert group["groupName"] and "rayStartParams" in group
+    # a GPU group: Ray learns its GPUs from rayStartParams, Kubernetes schedules them from the limits
+    gpu = [g for g in groups if "num-gpus" in g["rayStartParams"]]
+    assert gpu, "no GPU worker group"
+    for group in gpu:
+        limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
+        assert limits["nvidia.com/gpu"] == group["rayStartParams"]["num-gpus"]
 
 
 def test_the_cluster_launcher_file_passes_rays_schema():
