@@ -9,6 +9,7 @@ import sys
 import threading
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -79,10 +80,10 @@ def _example(record, config=None) -> str:
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535), help="HTTP port.")
 @click.option(
     "--grpc-port",
-    default=8001,
-    show_default=True,
+    default=None,
     type=click.IntRange(0, 65535),
-    help="Port of the OIP gRPC service (inference.GRPCInferenceService), on --host; 0: no gRPC.",
+    help="Port of the OIP gRPC service (inference.GRPCInferenceService), on --host; 0: no gRPC. "
+    "Default: --port + 1 (8001 for 8000), or a free port where that one is taken.",
 )
 @click.option("--address", default=None, help="Join this running Ray cluster instead of starting a local one.")
 @registry_options
@@ -92,7 +93,7 @@ def serve(
     repository: Path | None,
     host: str,
     port: int,
-    grpc_port: int,
+    grpc_port: int | None,
     address: str | None,
     registry_url: str | None,
     artifact_dir: str | None,
@@ -106,7 +107,7 @@ def serve(
     --address), deploys one Serve application per model at /v2/models/<name> and the
     control routes at /v2. Ctrl-C or SIGTERM stops everything it started.
     """
-    from ..hosting.runtime import Runtime
+    from ..hosting.runtime import Runtime, port_or_free
     from ..serving.config import ModelConfig
     from ..serving.explain import explain_options
     from ..serving.limits import limit_options
@@ -117,6 +118,8 @@ def serve(
     try:
         # Anonymous callers (open mode, while no API key exists) only on a loopback-only server,
         # or when the operator said --insecure; the replicas enforce it (Settings.anonymous).
+        if grpc_port is None:  # derived, so a second server on another --port needs no flag
+            grpc_port = port_or_free(host, port + 1) if port < 65535 else 0
         grpc_address = None if grpc_port == 0 else host_port(host, grpc_port)
         settings = replace(
             settings_from(registry_url, artifact_dir), anonymous=is_loopback(host) or insecure, grpc_address=grpc_address
@@ -172,22 +175,7 @@ def serve(
         # The options by digest, not by value: they may hold database URLs with passwords.
         options = hashlib.sha256(json.dumps(settings.options, sort_keys=True, default=str).encode()).hexdigest()
         manager.audit("server_start", actor(), detail={"host": host, "port": port, "aliases": served, "options_sha256": options})
-        url_host = f"[{host}]" if ":" in host else ("127.0.0.1" if host in ("0.0.0.0", "") else host)
-        base = f"http://{url_host}:{port}"
-        grpc = f" and gRPC on {url_host}:{grpc_port}" if grpc_port else ""
-        click.secho(f"lockgate is serving {len(models)} model(s) on {base}{grpc}", fg="green")
-        for lines in manager.observe("lockgate_startup_notes", host=host):
-            for line in lines:
-                click.secho(f"  {line}", fg="yellow")
-        click.echo(f"  models: {', '.join(models)}; registry: {_without_password(settings.registry_url)}")
-        click.echo("try:")
-        click.echo(f"  curl -s {base}/v2/health/ready")
-        click.echo(f"  curl -s {base}/v2/models/{shown_name}")
-        click.echo(
-            f"  curl -s -X POST {base}/v2/models/{shown_name}/infer -H 'Content-Type: application/json' -d '{_example(shown, models[shown_name])}'"
-        )
-        click.echo(f"  curl -s {base}/metrics")
-        click.echo("Ctrl-C stops the server.")
+        _announce(host, port, grpc_port, models, manager, settings.registry_url, runtime.ports, shown)
         while not stop.wait(0.5):
             pass
     except LockgateError as e:
@@ -235,3 +223,34 @@ def cleanup() -> None:
         return
     stop_haproxy(pids)
     click.echo(f"stopped HAProxy (pid {', '.join(map(str, pids))})")
+
+
+def _announce(
+    host: str,
+    port: int,
+    grpc_port: int,
+    models: dict[str, Any],
+    manager: Any,
+    registry_url: str,
+    ports: dict[str, int],
+    shown: Any,
+) -> None:
+    """What a started server prints: where it serves, the other ports it took, curls to try."""
+    url_host = f"[{host}]" if ":" in host else ("127.0.0.1" if host in ("0.0.0.0", "") else host)
+    base = f"http://{url_host}:{port}"
+    grpc = f" and gRPC on {url_host}:{grpc_port}" if grpc_port else ""
+    click.secho(f"lockgate is serving {len(models)} model(s) on {base}{grpc}", fg="green")
+    for lines in manager.observe("lockgate_startup_notes", host=host):
+        for line in lines:
+            click.secho(f"  {line}", fg="yellow")
+    click.echo(f"  models: {', '.join(models)}; registry: {_without_password(registry_url)}")
+    if ports:
+        click.echo(f"  other ports: {', '.join(f'{what} {p}' for what, p in ports.items())}")
+    click.echo("try:")
+    click.echo(f"  curl -s {base}/v2/health/ready")
+    click.echo(f"  curl -s {base}/v2/models/{shown.name}")
+    click.echo(
+        f"  curl -s -X POST {base}/v2/models/{shown.name}/infer -H 'Content-Type: application/json' -d '{_example(shown, models[shown.name])}'"
+    )
+    click.echo(f"  curl -s {base}/metrics")
+    click.echo("Ctrl-C stops the server.")

@@ -77,6 +77,7 @@ class ModelDeployment:
                 limits=limits,
                 stats_dir=settings.metrics_dir,
                 engine_dir=f"{settings.home}/engines",
+                optimized_dir=f"{settings.home}/optimized",
             )
         except LockgateError as e:  # the driver reads this from Serve's status (serve_compat.load_failure)
             raise ReplicaStartFailed(name, e) from None
@@ -144,8 +145,12 @@ class ControlDeployment:
     """The ``/v2`` routes: health, server metadata, the repository API, OIP 404s for unknown models;
     and the gRPC ingress, when the settings name an address for it."""
 
-    async def __init__(self, models: list[str], settings: LockgateSettings) -> None:  # type: ignore[misc]  # Serve awaits an async constructor
+    async def __init__(  # type: ignore[misc]  # Serve awaits an async constructor
+        self, models: list[str], settings: LockgateSettings, pooled: dict[str, str] | None = None
+    ) -> None:
         self._settings = settings
+        self._pooled = dict(pooled or {})  # model -> its pool's application
+        self._pool_handles: dict[str, Any] = {}
         self._metrics_dir = settings.metrics_dir
         metrics.enable(self._metrics_dir)
         self._manager = settings.manager()
@@ -163,6 +168,9 @@ class ControlDeployment:
             metrics=self._scrape,
             statistics=self._statistics,
             grpc_unrouted=None if settings.grpc_address is None else self._grpc_unrouted,
+            pooled=self._pooled,
+            forward=self._forward,
+            max_body_bytes=limit_options(settings.options).max_body_bytes,
         )
         if settings.grpc_address is not None:
             host, port = split_address(settings.grpc_address)
@@ -188,7 +196,27 @@ class ControlDeployment:
         """Applications with a running replica the gRPC ingress does not route to yet (as of the
         last status read)."""
         routed = self._ingress.routed() if self._ingress is not None else set()
-        return {name for name, n in self._running.items() if n > 0 and name not in routed and name != CONTROL_APP}
+        own = self._app.models - set(self._pooled)  # pooled models are answered through this replica
+        return {name for name, n in self._running.items() if n > 0 and name not in routed and name in own}
+
+    async def _forward(self, model: str, scope: Any, body: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """A pooled model's request, to a replica of its pool (one that holds it, where Serve's
+        router knows one: model multiplexing)."""
+        from .pool import POOL_DEPLOYMENT
+
+        app = self._pooled[model]
+        handle = self._pool_handles.get(app)
+        if handle is None:
+            handle = self._pool_handles[app] = serve.get_deployment_handle(POOL_DEPLOYMENT, app_name=app)
+        request = {
+            k: scope[k]
+            for k in ("method", "path", "raw_path", "query_string", "headers", "client", "scheme", "http_version")
+            if k in scope
+        }
+        answer: tuple[int, list[tuple[bytes, bytes]], bytes] = await handle.options(multiplexed_model_id=model).handle.remote(
+            request, body
+        )
+        return answer
 
     def __del__(self) -> None:
         ingress = getattr(self, "_ingress", None)
@@ -217,7 +245,7 @@ class ControlDeployment:
         out = []
         for name in await asyncio.to_thread(self._registry.list_models):
             aliases = await asyncio.to_thread(self._registry.aliases, name)
-            state = apps.get(name)
+            state = apps.get(self._pooled.get(name, name))
             entry: dict[str, Any] = {"name": name, "state": "READY" if state == "RUNNING" else "UNAVAILABLE"}
             version = aliases.get(self._settings.default_alias)
             if version is not None:
@@ -305,8 +333,11 @@ def build_model_app(name: str, config: ModelConfig, settings: LockgateSettings) 
     return deployment.bind(name, config, settings)  # type: ignore[attr-defined]  # serve.deployment's stub types the decorator form
 
 
-def build_control_app(models: list[str], settings: LockgateSettings, num_cpus: float = 0.05) -> Application:
+def build_control_app(
+    models: list[str], settings: LockgateSettings, num_cpus: float = 0.05, pooled: dict[str, str] | None = None
+) -> Application:
+    """The control application; ``pooled`` maps the models hosted in pools to their pool's application."""
     deployment = serve.deployment(
         ControlDeployment, name=CONTROL_DEPLOYMENT, ray_actor_options={"num_cpus": num_cpus}, max_ongoing_requests=256
     )
-    return deployment.bind(models, settings)  # type: ignore[attr-defined]
+    return deployment.bind(models, settings, pooled or {})  # type: ignore[attr-defined]

@@ -11,9 +11,9 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from ..errors import StartupError
+from ..errors import ConfigError, StartupError
 from ..serving.config import ModelConfig
 from ..serving.settings import LockgateSettings, host_port
 from .serve_compat import (
@@ -29,15 +29,16 @@ from .serve_compat import (
     stop_haproxy,
 )
 
-__all__ = ["Runtime", "check_port"]
+__all__ = ["Runtime", "check_port", "port_or_free"]
 
 Progress = Callable[[str], None]
 
 
 def _port_released(host: str, port: int, within_s: float) -> bool:
-    """Whether ``host:port`` can be bound, waiting up to ``within_s`` seconds for it."""
+    """Whether a server could listen on ``host:port`` (binding with SO_REUSEADDR, as servers do:
+    the old server's closed connections in TIME_WAIT do not count), waiting up to ``within_s``."""
     end = time.monotonic() + within_s
-    while _bind_error(host, port, reuse=False) is not None:
+    while _bind_error(host, port, reuse=True) is not None:
         if time.monotonic() >= end:
             return False
         time.sleep(0.05)
@@ -54,6 +55,16 @@ def _bind_error(host: str, port: int, *, reuse: bool) -> OSError | None:
         except OSError as e:
             return e
     return None
+
+
+def port_or_free(host: str, port: int) -> int:
+    """``port`` when it can be bound on ``host`` now, else a free port the kernel picks."""
+    if _bind_error(host, port, reuse=True) is None:
+        return port
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        free: int = s.getsockname()[1]
+        return free
 
 
 def check_port(host: str, port: int, what: str = "") -> None:
@@ -79,8 +90,34 @@ class Runtime:
     verbose: bool = False
     grpc_port: int = 0  # the gRPC ingress's port (0: none); checked free before Ray starts
     started_ray: bool = False
+    ports: dict[str, int] = field(default_factory=dict)  # every other port it takes, by what; printed
     apps: tuple[str, ...] = ()
     _haproxy_before: frozenset[int] = frozenset()
+
+    def claim_ports(self) -> None:
+        """Check the serving ports and choose every other port this server takes (before Ray
+        starts, which reads them from the environment): derived from ``port``, or free where
+        that one is taken; a port set explicitly is checked and refused, named, when taken.
+        ``ports`` says what was chosen."""
+        check_port(self.host, self.port)
+        if self.grpc_port:
+            check_port(self.host, self.grpc_port, what="gRPC (--grpc-port moves it; 0 turns gRPC off)")
+            self.ports["gRPC"] = self.grpc_port
+        # HAProxy's own stats and metrics listeners (all interfaces; Ray has no address
+        # setting): derived from --port, or a free port where that one is taken, unless set.
+        for what, (var, port, given) in haproxy_side_ports(self.port).items():
+            if given:
+                check_port("0.0.0.0", port, what=f"HAProxy's {what} port (set {var} to move it)")
+            else:
+                port = port_or_free("0.0.0.0", port)
+            os.environ[var] = str(port)
+            self.ports[f"HAProxy {what}"] = port
+        # Serve's fallback proxy binds with SO_REUSEPORT: a port another server's proxy holds
+        # would be shared with it, so a taken one is replaced by a free one.
+        for var, fallback in fallback_proxy_ports(self.port).items():
+            port = port_or_free(self.host, fallback)
+            os.environ[var] = str(port)
+            self.ports[f"Serve's fallback proxy ({var.split('_')[-2]})"] = port
 
     def start(self) -> None:
         import ray
@@ -88,14 +125,7 @@ class Runtime:
 
         check()  # every private Ray Serve name lockgate relies on is still where it was
         if self.address is None:
-            check_port(self.host, self.port)
-            if self.grpc_port:
-                check_port(self.host, self.grpc_port, what="gRPC (--grpc-port moves it; 0 turns gRPC off)")
-            # HAProxy's own stats and metrics listeners (all interfaces; Ray has no address setting).
-            for what, (var, port) in haproxy_side_ports().items():
-                check_port("0.0.0.0", port, what=f"HAProxy's {what} port (set {var} to move it)")
-            for var, fallback in fallback_proxy_ports(self.port).items():
-                check_port(self.host, fallback, what=f"Serve's fallback proxy ({var.split('_')[-2]}; --port moves it)")
+            self.claim_ports()
         if self.address is None:
             prepare_haproxy_dir(self.port)
             for key, value in INGRESS_ENV.items():
@@ -104,7 +134,6 @@ class Runtime:
             # another port (a test session, a supervisor) would make two HAProxies share one
             # config and admin socket.
             os.environ.update(haproxy_env(self.port))
-            os.environ.update({k: str(v) for k, v in fallback_proxy_ports(self.port).items()})
         self._haproxy_before = frozenset(haproxy_pids())
         self.progress(f"starting Ray ({'local' if self.address is None else self.address}) ...")
         t0 = time.monotonic()
@@ -126,14 +155,36 @@ class Runtime:
         """Deploy the control application, then one application per model, each waited for."""
         from ray import serve
 
+        from ..serving.config import pool_options
         from . import metrics
         from .deployments import CONTROL_APP, CONTROL_PREFIX, build_control_app, build_model_app, route_prefix
+        from .pool import build_pool_app, pool_app
 
         if self.started_ray:  # a server of our own starts with empty metrics; a joined cluster keeps its totals
             metrics.reset(settings.metrics_dir)
-        serve.run(build_control_app(sorted(models), settings), name=CONTROL_APP, route_prefix=CONTROL_PREFIX)
-        self.apps = (CONTROL_APP,)
+        pools = pool_options(settings.options)
+        by_pool: dict[str, dict[str, ModelConfig]] = {}
         for name, config in models.items():
+            if config.pool is not None:
+                if config.pool not in pools:
+                    known = ", ".join(sorted(pools)) or "none"
+                    raise ConfigError(
+                        f"names pool '{config.pool}', which the server configuration does not define (pools: {known})",
+                        source=f"model {name}",
+                    )
+                by_pool.setdefault(config.pool, {})[name] = config
+        pooled = {name: pool_app(pool) for pool, members in by_pool.items() for name in members}
+        serve.run(build_control_app(sorted(models), settings, pooled=pooled), name=CONTROL_APP, route_prefix=CONTROL_PREFIX)
+        self.apps = (CONTROL_APP,)
+        for pool, members in by_pool.items():
+            t0 = time.monotonic()
+            self.progress(f"starting pool {pool} ({len(members)} models, loaded on first request) ...")
+            serve.run(build_pool_app(pool, members, settings, pools[pool]), name=pool_app(pool), route_prefix=None)
+            self.apps += (pool_app(pool),)
+            self.progress(f"  pool {pool} ready in {time.monotonic() - t0:.1f} s")
+        for name, config in models.items():
+            if name in pooled:
+                continue
             t0 = time.monotonic()
             self.progress(f"loading model {name} ...")
             try:

@@ -13,7 +13,11 @@ lockgate depends on these (ray[serve] is pinned to the range they were checked a
 - the command lines of the HAProxy processes Serve starts, found by a scan of /proc
   (``haproxy_pids``, ``orphaned_haproxy_pids``);
 - the text of Serve's application status, where a replica's start-up exception arrives as a
-  traceback (``load_failure``: lockgate's replicas put one marked line in it).
+  traceback (``load_failure``: lockgate's replicas put one marked line in it);
+- ``@serve.multiplexed``'s per-replica model cache (``ray.serve.multiplex._ModelMultiplexWrapper``:
+  the attribute ``__serve_multiplex_wrapper``, its ``models`` and ``unload_model_lru``), which a
+  pool replica reads and evicts from to keep its memory budget in bytes (``multiplexed_models``,
+  ``evict_least_recent``); Serve's own limit is a count.
 
 ``check()`` verifies each of them against the Ray that is installed and raises StartupError
 naming what changed; ``lockgate serve`` runs it before starting Ray.
@@ -38,6 +42,8 @@ from typing import Any
 from ..errors import LockgateError, ModelLoadError, StartupError
 
 __all__ = [
+    "evict_least_recent",
+    "multiplexed_models",
     "HAPROXY_REQUEST_TIMEOUT_S",
     "INGRESS_ENV",
     "TESTED_RAY",
@@ -169,14 +175,20 @@ def haproxy_env(port: int) -> dict[str, str]:
     }
 
 
-# HAProxy's stats and metrics listeners: Serve's variables and its defaults for them.
-_HAPROXY_SIDE_PORTS = {"stats": ("RAY_SERVE_HAPROXY_STATS_PORT", 8404), "metrics": ("RAY_SERVE_HAPROXY_METRICS_PORT", 9101)}
+# HAProxy's stats and metrics listeners: Serve's variables, and their offsets from the serving
+# port (8404 and 9101 for 8000: Serve's own defaults).
+_HAPROXY_SIDE_PORTS = {"stats": ("RAY_SERVE_HAPROXY_STATS_PORT", 404), "metrics": ("RAY_SERVE_HAPROXY_METRICS_PORT", 1101)}
 
 
-def haproxy_side_ports() -> dict[str, tuple[str, int]]:
-    """The ports HAProxy's stats and metrics listeners will take, by what they are: the variable
-    that moves each and the port this environment gives it."""
-    return {what: (var, int(os.environ.get(var, default))) for what, (var, default) in _HAPROXY_SIDE_PORTS.items()}
+def haproxy_side_ports(port: int) -> dict[str, tuple[str, int, bool]]:
+    """The ports HAProxy's stats and metrics listeners take for a server on ``port``, by what
+    they are: the variable that moves each, the port, and whether the environment set it (else
+    it is derived from ``port``, so two servers on one machine do not collide)."""
+    out = {}
+    for what, (var, offset) in _HAPROXY_SIDE_PORTS.items():
+        given = os.environ.get(var)
+        out[what] = (var, int(given), True) if given else (var, port + offset, False)
+    return out
 
 
 def haproxy_pids() -> list[int]:
@@ -326,6 +338,39 @@ def load_failure(app: str, error: BaseException) -> ModelLoadError:
 # -- the check at start -------------------------------------------------------------------------------
 
 
+_MULTIPLEX_ATTR = "__serve_multiplex_wrapper"
+
+
+def multiplexed_models(owner: Any) -> dict[str, Any]:
+    """The models ``@serve.multiplexed`` holds for ``owner`` (a replica), least recently used
+    first; empty before its first load."""
+    wrapper = getattr(owner, _MULTIPLEX_ATTR, None)
+    return {} if wrapper is None else wrapper.models
+
+
+async def evict_least_recent(owner: Any) -> None:
+    """Unload the least recently used model of ``owner``'s multiplexed cache, as Serve does when
+    its count limit is reached (it calls the model's ``__del__`` and tells the router)."""
+    await getattr(owner, _MULTIPLEX_ATTR).unload_model_lru()
+
+
+def _multiplex_problem() -> str | None:
+    try:
+        from ray.serve import multiplex
+    except ImportError as e:
+        return f"ray.serve.multiplex cannot be imported ({e})"
+    wrapper = getattr(multiplex, "_ModelMultiplexWrapper", None)
+    if wrapper is None or not inspect.iscoroutinefunction(getattr(wrapper, "unload_model_lru", None)):
+        return "ray.serve.multiplex._ModelMultiplexWrapper.unload_model_lru is gone"
+    if "self.models = OrderedDict()" not in inspect.getsource(wrapper):
+        return "ray.serve.multiplex._ModelMultiplexWrapper no longer keeps its models in self.models"
+    from ray.serve import api
+
+    if f'"{_MULTIPLEX_ATTR}"' not in inspect.getsource(api):
+        return f"@serve.multiplexed no longer keeps its cache in {_MULTIPLEX_ATTR}"
+    return None
+
+
 def check() -> None:
     """StartupError naming every private or undocumented Ray Serve name that is not as lockgate
     expects in the installed Ray: its version, the replica hook, the environment variables
@@ -337,9 +382,9 @@ def check() -> None:
     low, high = TESTED_RAY
     if not low <= version < high:
         problems.append(f"Ray {ray.__version__} is outside the tested range >={low[0]}.{low[1]},<{high[0]}.{high[1]}")
-    hook = _hook_problem()
-    if hook is not None:
-        problems.append(hook)
+    for problem in (_hook_problem(), _multiplex_problem()):
+        if problem is not None:
+            problems.append(problem)
     try:
         from ray.serve._private import constants
     except ImportError as e:

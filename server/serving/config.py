@@ -23,10 +23,12 @@ __all__ = [
     "ExecutionConfig",
     "ModelConfig",
     "OnnxRuntimeConfig",
+    "PoolConfig",
     "PreprocessConfig",
     "VersionPolicy",
     "WarmupSample",
     "load_model_config",
+    "pool_options",
 ]
 
 CONFIG_NAMES = ("config.yaml", "config.yml", "config.json")
@@ -150,6 +152,11 @@ class OnnxRuntimeConfig(_Strict):
     )
     custom_op_libraries: list[CustomOpLibrary] = Field(
         [], description="Custom-operator libraries to load; the governance policy must list their sha256."
+    )
+    optimized_model_cache: bool = Field(
+        False,
+        description="Keep the graph onnxruntime optimised under LOCKGATE_HOME/optimized (by artifact sha256, level, "
+        "provider, onnxruntime version and machine) and load it without optimising again (not with TensorRT).",
     )
 
 
@@ -280,6 +287,37 @@ class WarmupSample(_Strict):
     inputs: dict[str, WarmupInput] = Field(..., description="Every input of the model, by name.")
 
 
+class PoolConfig(_Strict):
+    """One pool of shared model replicas (the server configuration's ``pools.<name>``)."""
+
+    replicas: int = Field(1, ge=1, description="Replicas of the pool; each holds any of its models.")
+    memory_budget_bytes: int = Field(
+        1 << 30,
+        gt=0,
+        description="Per replica: the artifact bytes of its resident models; loading one over it evicts the least "
+        "recently used first.",
+    )
+    max_models: int = Field(64, ge=1, description="Per replica: the most resident models, whatever their size.")
+    num_cpus: float = Field(0.25, gt=0, description="CPUs each pool replica reserves in Ray.")
+    num_gpus: float = Field(0, ge=0, description="GPUs each pool replica reserves in Ray.")
+
+
+def pool_options(options: typing.Mapping[str, Any]) -> dict[str, PoolConfig]:
+    """The ``pools`` section of the server configuration, by pool name; ConfigError says what is wrong."""
+    raw = options.get("pools") or {}
+    if not isinstance(raw, dict):
+        raise ConfigError("pools must map pool names to their options", source="pools options invalid")
+    out = {}
+    for name, value in raw.items():
+        try:
+            out[str(name)] = PoolConfig.model_validate(value or {})
+        except ValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(map(str, first["loc"]))
+            raise ConfigError(f"{name}.{where}: {first['msg']}", source="pools options invalid") from None
+    return out
+
+
 class ModelConfig(_Strict):
     """One model's serving configuration."""
 
@@ -320,6 +358,13 @@ class ModelConfig(_Strict):
         description="Per model output: the class labels of its elements, in order, for Triton's classification "
         "extension ('score:index:label'); a list, or the name of a file in the model's folder with one label a line "
         "(Triton's label_filename), read when the repository is imported.",
+    )
+    pool: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$",
+        description="Host this model in the named pool of shared replicas (the server configuration's `pools`), loaded "
+        "on its first request and evicted least recently used under the pool's memory budget, instead of in replicas "
+        "of its own; replicas, autoscaling, num_cpus and num_gpus are then the pool's.",
     )
 
 

@@ -10,7 +10,7 @@ from typing import Any, NoReturn
 
 from lockgate.plugins import PluginManager, Principal
 
-from ..errors import LockgateError, MethodNotAllowed, NotFound, RequestError, Unavailable
+from ..errors import LockgateError, MethodNotAllowed, NotFound, PayloadTooLarge, RequestError, Unavailable
 from .asgi import (
     JSON_HEADERS,
     METRICS_CONTENT_TYPE,
@@ -47,6 +47,9 @@ class ControlApp:
     Health and server metadata are open (probes); the repository routes, the SBOM and
     ``/metrics`` (``metrics`` returns the Prometheus text of the node) pass the gatekeepers
     of ``manager``.
+    ``pooled`` maps the models hosted in a pool of shared replicas to the pool's application;
+    ``forward(model, scope, body)`` hands such a model's request to its pool and returns the
+    answer (status, headers, body).
     ``grpc_unrouted`` (where a gRPC ingress runs) returns the models that have a running
     replica the gRPC ingress does not route to yet: the server is not ready while there are any,
     and a gRPC call for one that falls through to this app is told to retry.
@@ -61,9 +64,15 @@ class ControlApp:
         metrics: Callable[[], Awaitable[bytes]] | None = None,
         statistics: Callable[[], Awaitable[dict[str, Any]]] | None = None,
         grpc_unrouted: Callable[[], Collection[str]] | None = None,
+        pooled: dict[str, str] | None = None,
+        forward: Callable[[str, Scope, bytes], Awaitable[tuple[int, list[tuple[bytes, bytes]], bytes]]] | None = None,
+        max_body_bytes: int = 64 << 20,
     ) -> None:
         self.models = set(models)
         self.grpc_unrouted = grpc_unrouted
+        self.pooled = dict(pooled or {})  # model -> the application (a pool) that serves it
+        self.forward = forward
+        self.max_body_bytes = max_body_bytes
         self.metrics = metrics
         self.statistics = statistics
         self.status = status
@@ -77,7 +86,7 @@ class ControlApp:
             return []
         apps = await self.status()
         unrouted = self.grpc_unrouted() if self.grpc_unrouted is not None else ()
-        return sorted(m for m in self.models if apps.get(m) != "RUNNING" or m in unrouted)
+        return sorted(m for m in self.models if apps.get(self.pooled.get(m, m)) != "RUNNING" or m in unrouted)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -85,6 +94,11 @@ class ControlApp:
             return
         if scope["type"] != "http":
             return
+        if self.pooled and scope["path"].startswith("/v2/models/"):
+            name = scope["path"][len("/v2/models/") :].split("/")[0]
+            if name in self.pooled and self.forward is not None:
+                await self._pooled_call(name, scope, receive, send)
+                return
         try:
             if scope["path"].rstrip("/") == "/metrics":
                 await respond(send, 200, await self._metrics(scope), [(b"content-type", METRICS_CONTENT_TYPE)])
@@ -98,6 +112,36 @@ class ControlApp:
             await respond_error(send, RequestError(f"internal error: {type(e).__name__}"))
             return
         await respond(send, status, json_body(body), JSON_HEADERS)
+
+    async def _pooled_call(self, name: str, scope: Scope, receive: Receive, send: Send) -> None:
+        """A request for a model hosted in a pool: its body read (within the body limit), handed
+        to a pool replica that holds the model or will load it, its answer sent back as it is."""
+        assert self.forward is not None
+        chunks, size = [], 0
+        try:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > self.max_body_bytes:
+                    raise PayloadTooLarge(f"request body larger than the limit of {self.max_body_bytes} bytes")
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    break
+            status, headers, body = await self.forward(name, scope, b"".join(chunks))
+        except RequestError as e:
+            await respond_error(send, e)
+            return
+        except Exception as e:
+            log.exception("model %s: its pool did not answer", name)
+            await respond_error(
+                send, Unavailable(f"model '{name}': its pool did not answer ({type(e).__name__})", headers=RETRY_AFTER)
+            )
+            return
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
     async def _metrics(self, scope: Scope) -> bytes:
         if scope["method"] not in ("GET", "HEAD"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -231,6 +232,52 @@ def session_providers(
     return names, options
 
 
+class OptimizedGraphCache:
+    """onnxruntime's optimised graph of one artifact, kept in ``folder`` so a replica that loads
+    the version again skips graph optimisation (``onnxruntime.optimized_model_cache``).
+
+    The name holds everything the optimised graph depends on: the artifact's sha256, the
+    optimisation level, the provider (fused operators differ), onnxruntime's version and the
+    machine's architecture (layout transformations). The file's own sha256, taken when it was
+    written, is checked at every load; a file that no longer matches is removed and the graph
+    optimised again from the verified artifact. The cache is as trusted as LOCKGATE_HOME."""
+
+    def __init__(self, folder: Path, sha256: str, level: str, provider: str) -> None:
+        import platform
+
+        key = f"{sha256}-{level}-{provider.removesuffix('ExecutionProvider')}-ort{ort.__version__}-{platform.machine()}"
+        self.folder = folder
+        self.path = folder / f"{key}.onnx"
+        self.digest = folder / f"{key}.sha256"
+        self.staging = folder / f".{key}.{os.getpid()}.onnx"
+
+    def load(self) -> bytes | None:
+        """The cached optimised graph, when there is one whose bytes still match."""
+        try:
+            data = self.path.read_bytes()
+            expected = self.digest.read_text().strip()
+        except OSError:
+            return None
+        if hashlib.sha256(data).hexdigest() == expected:
+            return data
+        log.warning("optimised graph %s does not match its digest; optimising again", self.path)
+        self.path.unlink(missing_ok=True)
+        return None
+
+    def keep(self) -> None:
+        """Make the graph onnxruntime just wrote (to ``staging``) the cached one."""
+        try:
+            data = self.staging.read_bytes()
+            self.digest.write_text(hashlib.sha256(data).hexdigest())
+            os.replace(self.staging, self.path)  # digest first: a reader never sees a file without one
+        except OSError as e:  # the cache is an optimisation: serving goes on without it
+            log.warning("optimised graph not cached: %s", e)
+            self.staging.unlink(missing_ok=True)
+
+    def prepare(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+
 def load_version(
     name: str,
     version: int,
@@ -239,6 +286,7 @@ def load_version(
     sha256: str = "",
     execution: ExecutionConfig | None = None,
     engine_dir: str | None = None,
+    optimized_dir: str | None = None,
 ) -> ModelVersion:
     """Load a model (verified bytes, or a file) with onnxruntime; a failure is a ModelLoadError naming it.
 
@@ -258,9 +306,21 @@ def load_version(
     del proto
     execution = execution or ExecutionConfig()
     providers, options = session_providers(execution, f"model {name} version {version}: execution", sha256, engine_dir)
+    cache = None
+    if config.optimized_model_cache and optimized_dir is not None and sha256 and "TensorrtExecutionProvider" not in providers:
+        cache = OptimizedGraphCache(Path(optimized_dir), sha256, config.graph_optimization_level, providers[0])
+        cache.prepare()
     try:
-        model = source if isinstance(source, bytes) else str(source)
-        session = ort.InferenceSession(model, sess_options=session_options(config), providers=providers, provider_options=options)
+        model: bytes | str = source if isinstance(source, bytes) else str(source)
+        opts = session_options(config)
+        cached = cache.load() if cache is not None else None
+        if cached is not None:  # optimised before, for this artifact, level, provider and build
+            model, opts.graph_optimization_level = cached, ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        elif cache is not None:
+            opts.optimized_model_filepath = str(cache.staging)
+        session = ort.InferenceSession(model, sess_options=opts, providers=providers, provider_options=options)
+        if cache is not None and cached is None:
+            cache.keep()
     except Exception as e:  # noqa: BLE001 - onnxruntime raises several unrelated types for a bad file
         raise ModelLoadError(name, version, str(e)) from None
     serving = session.get_providers()[0]

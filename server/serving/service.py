@@ -86,9 +86,11 @@ class ModelService:
         limits: LimitOptions = DEFAULT_LIMITS,
         stats_dir: str | None = None,
         engine_dir: str | None = None,
+        optimized_dir: str | None = None,
     ) -> None:
         self.name = name
         self.engine_dir = engine_dir  # TensorRT's engine cache (LOCKGATE_HOME/engines), by artifact sha256
+        self.optimized_dir = optimized_dir  # onnxruntime's optimised graphs (LOCKGATE_HOME/optimized)
         self.stats = Statistics(name, stats_dir)  # Triton's statistics, over the node's replicas
         self.labels = _labels(name, config)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"onnxruntime-{name}")
@@ -124,7 +126,14 @@ class ModelService:
         except Exception as e:  # noqa: BLE001 - a changed or missing artifact: refused, already recorded
             raise ModelLoadError(self.name, version, str(e)) from None
         model = load_version(
-            self.name, version, data, self.config.onnxruntime, record.sha256, self.config.execution, self.engine_dir
+            self.name,
+            version,
+            data,
+            self.config.onnxruntime,
+            record.sha256,
+            self.config.execution,
+            self.engine_dir,
+            self.optimized_dir,
         )
         preprocess = model.preprocess(self.config.preprocess)
         size = self._max_batch_size(model)

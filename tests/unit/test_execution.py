@@ -93,3 +93,39 @@ def test_provider_options_as_onnxruntime_takes_them(monkeypatch):
     }
     assert options[1] == {"device_id": "1", "cudnn_conv_algo_search": "HEURISTIC", "gpu_mem_limit": str(1 << 30)}
     assert options[2] == {}
+
+
+def test_the_optimised_graph_is_cached_by_artifact_and_reused_and_a_changed_one_is_rebuilt(demo_registry, tmp_path, caplog):
+    import numpy as np
+
+    raw = {**demo_registry.model_config("cnn"), "onnxruntime": {"optimized_model_cache": True}}
+    config = ModelConfig.model_validate(raw)
+    folder = tmp_path / "optimized"
+
+    def answer(service: ModelService) -> np.ndarray:
+        model = service.served[1].model
+        x = np.random.default_rng(0).standard_normal((2, 3, 96, 96)).astype(np.float32)
+        return model.session.run(None, {model.session.get_inputs()[0].name: x})[0]
+
+    plain = ModelService("cnn", ModelConfig.model_validate(demo_registry.model_config("cnn")), demo_registry)
+    first = ModelService("cnn", config, demo_registry, optimized_dir=str(folder))
+    sha = demo_registry.get_version("cnn", 1).sha256
+    files = sorted(p.name for p in folder.iterdir())
+    assert len(files) == 2 and files[0].startswith(sha) and {f.rsplit(".", 1)[1] for f in files} == {"onnx", "sha256"}
+    cached = next(folder.glob("*.onnx"))
+    assert "-all-CPU-ort" in cached.name  # level, provider and onnxruntime build in the key
+    stamp = cached.stat().st_mtime_ns
+    second = ModelService("cnn", config, demo_registry, optimized_dir=str(folder))
+    assert cached.stat().st_mtime_ns == stamp  # read, not written again
+    want = answer(plain)
+    np.testing.assert_allclose(answer(first), want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(answer(second), want, rtol=1e-5, atol=1e-6)
+    # a cached graph changed on disk: not loaded; optimised again from the verified artifact
+    cached.write_bytes(cached.read_bytes()[:-10] + b"0123456789")
+    with caplog.at_level(logging.WARNING, logger="lockgate.server"):
+        third = ModelService("cnn", config, demo_registry, optimized_dir=str(folder))
+    assert "does not match its digest" in caplog.text
+    np.testing.assert_allclose(answer(third), want, rtol=1e-5, atol=1e-6)
+    assert next(folder.glob("*.onnx")).read_bytes() != b"" and not list(folder.glob(".*"))
+    for s in (plain, first, second, third):
+        s.close()

@@ -46,13 +46,53 @@ def test_each_serving_port_has_its_own_fallback_proxy_ports():
     assert not set(a.values()) & set(b.values())
 
 
-def test_a_server_refuses_to_start_when_its_fallback_proxy_port_is_taken(monkeypatch):
-    monkeypatch.setenv("RAY_SERVE_HAPROXY_STATS_PORT", str(free_port()))
-    monkeypatch.setenv("RAY_SERVE_HAPROXY_METRICS_PORT", str(free_port()))
+_PORT_VARS = (
+    "RAY_SERVE_HAPROXY_STATS_PORT",
+    "RAY_SERVE_HAPROXY_METRICS_PORT",
+    "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT",
+    "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT",
+)
+
+
+def test_a_taken_fallback_proxy_port_is_replaced_by_a_free_one_never_shared(monkeypatch):
+    for var in _PORT_VARS:
+        monkeypatch.delenv(var, raising=False)
     with _held_with_free_port_below() as held:
         taken = held.getsockname()[1]
-        with pytest.raises(StartupError, match=f"127.0.0.1:{taken} for Serve's fallback proxy"):
-            Runtime(host="127.0.0.1", port=taken - 500, progress=lambda line: None).start()
+        runtime = Runtime(host="127.0.0.1", port=taken - 500, progress=lambda line: None)
+        runtime.claim_ports()
+        chosen = int(os.environ["RAY_SERVE_FALLBACK_PROXY_HTTP_PORT"])
+        assert chosen != taken and _free(chosen)
+        assert runtime.ports["Serve's fallback proxy (HTTP)"] == chosen
+
+
+def test_every_other_port_is_derived_from_the_serving_port_and_printed(monkeypatch):
+    for var in _PORT_VARS:
+        monkeypatch.delenv(var, raising=False)
+    port = free_port()
+    while not all(_free(port + d) for d in (404, 500, 1101, 1500)) or port + 1500 > 65535:
+        port = free_port()
+    runtime = Runtime(host="127.0.0.1", port=port, progress=lambda line: None, grpc_port=port + 1)
+    runtime.claim_ports()
+    assert runtime.ports == {
+        "gRPC": port + 1,
+        "HAProxy stats": port + 404,
+        "HAProxy metrics": port + 1101,
+        "Serve's fallback proxy (HTTP)": port + 500,
+        "Serve's fallback proxy (GRPC)": port + 1500,
+    }
+    assert os.environ["RAY_SERVE_HAPROXY_STATS_PORT"] == str(port + 404)
+
+
+def test_a_port_set_explicitly_and_taken_is_refused_naming_its_variable(monkeypatch):
+    for var in _PORT_VARS:
+        monkeypatch.delenv(var, raising=False)
+    with socket.socket() as held:
+        held.bind(("0.0.0.0", 0))
+        held.listen()
+        monkeypatch.setenv("RAY_SERVE_HAPROXY_STATS_PORT", str(held.getsockname()[1]))
+        with pytest.raises(StartupError, match="HAProxy's stats port \\(set RAY_SERVE_HAPROXY_STATS_PORT to move it\\)"):
+            Runtime(host="127.0.0.1", port=free_port(), progress=lambda line: None).claim_ports()
 
 
 def test_every_private_serve_name_lockgate_touches_is_where_it_was():
