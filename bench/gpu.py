@@ -31,10 +31,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import requests
 import yaml
-from run import free_port, stop, wrk
+from run import free_port, image_request, raw_onnxruntime, stop, wait_health, wrk
 
 HERE = Path(__file__).resolve().parent
 PY = sys.executable
@@ -75,20 +74,7 @@ def provider_options(provider: str, cache: Path) -> list:
 
 def raw(model_path: Path, provider: str, batch: int, seconds: float, cache: Path) -> dict:
     """onnxruntime on ``provider``: rows per second at ``batch``, the input copied from host each call."""
-    import onnxruntime as ort
-
-    s = ort.InferenceSession(str(model_path), providers=provider_options(provider, cache))
-    spec = s.get_inputs()[0]
-    size = int(spec.shape[2]) if isinstance(spec.shape[2], int) else 96
-    x = np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(np.float32)
-    for _ in range(20):
-        s.run(None, {spec.name: x})
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        s.run(None, {spec.name: x})
-        n += 1
-    per = (time.perf_counter() - t0) / n
-    return {"batch": batch, "us_per_batch": per * 1e6, "rows_per_s": batch / per, "served_by": s.get_providers()[0]}
+    return raw_onnxruntime(model_path, batch, seconds, providers=provider_options(provider, cache))
 
 
 def write_model(repo: Path, name: str, provider: str, warm: bool) -> Path:
@@ -117,24 +103,10 @@ def write_model(repo: Path, name: str, provider: str, warm: bool) -> Path:
 
 
 def image_body(name: str, work: Path) -> tuple[Path, int]:
-    size = SIZES[name]
-    pixels = np.random.default_rng(0).integers(0, 256, (1, size, size, 3), dtype=np.uint8)
-    header = json.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "image",
-                    "datatype": "UINT8",
-                    "shape": list(pixels.shape),
-                    "parameters": {"binary_data_size": pixels.nbytes},
-                }
-            ],
-            "outputs": [{"name": "logits", "parameters": {"binary_data": True}}],
-        }
-    ).encode()
+    body, header_length = image_request(SIZES[name])
     path = work / f"{name}.bin"
-    path.write_bytes(header + pixels.tobytes())
-    return path, len(header)
+    path.write_bytes(body)
+    return path, header_length
 
 
 def serve(name: str, provider: str, warm: bool, work: Path, seconds: float) -> dict:
@@ -160,20 +132,8 @@ def serve(name: str, provider: str, warm: bool, work: Path, seconds: float) -> d
     url = f"http://127.0.0.1:{port}/v2/models/{name}"
     headers = {"Inference-Header-Content-Length": str(header_length), "Content-Type": "application/octet-stream"}
     try:
-        t_start = time.monotonic()
-        deadline = t_start + 600  # a TensorRT engine build without warmup happens later; with it, here
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if proc.poll() is not None:
-                raise RuntimeError(f"the server exited ({proc.returncode}); see {log.name}")
-            time.sleep(0.1)
-        else:
-            raise RuntimeError(f"not ready in 600 s; see {log.name}")
-        ready_s = time.monotonic() - t_start
+        # a TensorRT engine build without warmup happens later; with it, here
+        ready_s = wait_health(f"http://127.0.0.1:{port}", proc, log.name, timeout=600)
         meta = requests.get(url, timeout=10).json()
         body = body_path.read_bytes()
         t0 = time.perf_counter()

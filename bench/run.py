@@ -218,14 +218,16 @@ def stop(proc: subprocess.Popen, haproxy_before: set[int]) -> None:
         print(f"   stopped HAProxy left behind by {proc.args[1] if len(proc.args) > 1 else proc.args[0]}: pid {left}", flush=True)
 
 
-def raw_onnxruntime(model_path: Path, batch: int, seconds: float = 3.0) -> dict:
-    """Limit: onnxruntime in-process on one thread, rows per second at ``batch``."""
+def raw_onnxruntime(model_path: Path, batch: int, seconds: float = 3.0, providers: list | None = None) -> dict:
+    """Limit: onnxruntime in-process, rows per second at ``batch``: on one CPU thread, or on
+    ``providers`` (a GPU's, with their options; the input copied from the host every call)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    s = ort.InferenceSession(str(model_path), sess_options=opts, providers=["CPUExecutionProvider"])
+    if providers is None:
+        opts.intra_op_num_threads = 1
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    s = ort.InferenceSession(str(model_path), sess_options=opts, providers=providers or ["CPUExecutionProvider"])
     spec = s.get_inputs()[0]
     shape = [batch, *[d if isinstance(d, int) else 1 for d in spec.shape[1:]]]
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
@@ -236,7 +238,13 @@ def raw_onnxruntime(model_path: Path, batch: int, seconds: float = 3.0) -> dict:
         s.run(None, {spec.name: x})
         n += 1
     per = (time.perf_counter() - t0) / n
-    return {"model": model_path.parent.parent.name, "batch": batch, "us_per_batch": per * 1e6, "rows_per_s": batch / per}
+    return {
+        "model": model_path.parent.parent.name,
+        "batch": batch,
+        "us_per_batch": per * 1e6,
+        "rows_per_s": batch / per,
+        "served_by": s.get_providers()[0],
+    }
 
 
 def machine() -> dict:
@@ -321,20 +329,11 @@ def measure(
     return rows
 
 
-def workloads(work: Path) -> tuple[Path, Path, Path, bytes, Path, int]:
-    """The demo repository and the request bodies: W1 (MLP, JSON) and W2 (CNN, binary uint8 image)."""
-    from lockgate.server.tools.demo import IMAGE_SIZE, write_demo_repository
-
-    repo = work / "repo"
-    model_path, cnn_path = write_demo_repository(repo, [MODEL, "cnn"])
-    row = np.random.default_rng(0).standard_normal(64).astype(np.float32)
-    body = json.dumps(
-        {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": [round(float(v), 6) for v in row]}]}
-    )
-    body_path = work / "body.json"
-    body_path.write_text(body)
-    pixels = np.random.default_rng(0).integers(0, 256, (1, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
-    w2_header = json.dumps(
+def image_request(size: int) -> tuple[bytes, int]:
+    """A binary OIP request of one random uint8 HWC image (``size`` x ``size``) for the demo CNN,
+    asking for binary logits: the body and its JSON header's length."""
+    pixels = np.random.default_rng(0).integers(0, 256, (1, size, size, 3), dtype=np.uint8)
+    header = json.dumps(
         {
             "inputs": [
                 {
@@ -347,9 +346,43 @@ def workloads(work: Path) -> tuple[Path, Path, Path, bytes, Path, int]:
             "outputs": [{"name": "logits", "parameters": {"binary_data": True}}],
         }
     ).encode()
+    return header + pixels.tobytes(), len(header)
+
+
+def wait_health(base: str, proc: subprocess.Popen, log_name: str, timeout: float = 180) -> float:
+    """Until ``base``/v2/health/ready answers 200; the seconds it took. RuntimeError naming the
+    log when the server exits or stays unready."""
+    import requests
+
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        try:
+            if requests.get(f"{base}/v2/health/ready", timeout=2).status_code == 200:
+                return time.monotonic() - t0
+        except requests.RequestException:
+            pass
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited ({proc.returncode}); see {log_name}")
+        time.sleep(0.1)
+    raise RuntimeError(f"not ready in {timeout:.0f} s; see {log_name}")
+
+
+def workloads(work: Path) -> tuple[Path, Path, Path, bytes, Path, int]:
+    """The demo repository and the request bodies: W1 (MLP, JSON) and W2 (CNN, binary uint8 image)."""
+    from lockgate.server.tools.demo import IMAGE_SIZE, write_demo_repository
+
+    repo = work / "repo"
+    model_path, cnn_path = write_demo_repository(repo, [MODEL, "cnn"])
+    row = np.random.default_rng(0).standard_normal(64).astype(np.float32)
+    body = json.dumps(
+        {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": [round(float(v), 6) for v in row]}]}
+    )
+    body_path = work / "body.json"
+    body_path.write_text(body)
+    w2_body, w2_header = image_request(IMAGE_SIZE)
     w2_path = work / "w2.bin"
-    w2_path.write_bytes(w2_header + pixels.tobytes())
-    return repo, model_path, cnn_path, body.encode(), body_path, len(w2_header)
+    w2_path.write_bytes(w2_body)
+    return repo, model_path, cnn_path, body.encode(), body_path, w2_header
 
 
 def shipped_home(work: Path, repo: Path, env: dict) -> tuple[dict, str]:

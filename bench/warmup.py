@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import requests
 import yaml
-from run import free_port, stop
+from run import free_port, stop, wait_health
 
 from lockgate.server.hosting.serve_compat import haproxy_pids
 
@@ -84,18 +84,7 @@ def once(model: str, warm: bool, work: Path) -> dict:
     body, headers = bodies()[model]
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if proc.poll() is not None:
-                raise RuntimeError(f"the server exited ({proc.returncode}); see {log.name}")
-            time.sleep(0.1)
-        else:
-            raise RuntimeError(f"the server did not become ready; see {log.name}")
+        wait_health(url, proc, log.name)
         session = requests.Session()
         times = []
         for _ in range(31):

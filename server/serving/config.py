@@ -207,6 +207,11 @@ class ExecutionConfig(_Strict):
         "prefer",
         description="A provider this onnxruntime build lacks: prefer skips it with a logged warning; require refuses to load.",
     )
+    io_binding: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="onnxruntime's IO binding: a batch copied to the device once, outputs allocated there. auto: when a "
+        "GPU provider serves; on: always (on CPU it only changes how the same run is called).",
+    )
 
 
 class _Latest(_Strict):

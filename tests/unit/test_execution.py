@@ -129,3 +129,19 @@ def test_the_optimised_graph_is_cached_by_artifact_and_reused_and_a_changed_one_
     assert next(folder.glob("*.onnx")).read_bytes() != b"" and not list(folder.glob(".*"))
     for s in (plain, first, second, third):
         s.close()
+
+
+def test_io_binding_gives_the_same_answers_and_is_off_on_cpu_by_default(demo_registry, services):
+    import numpy as np
+
+    assert services["mlp"].served[1].model.io_device is None  # auto: no GPU provider serves here
+    bound = _service(demo_registry, {"providers": [{"name": "CPU"}], "io_binding": "on"})
+    try:
+        model = bound.served[1].model
+        assert model.io_device == ("cpu", 0)
+        x = np.random.default_rng(0).standard_normal((5, 64)).astype(np.float32)
+        plain = services["mlp"].served[1].model.run({"input": x})
+        through = model.run({"input": x})
+        assert len(through) == len(plain) and all(np.array_equal(a, b) for a, b in zip(through, plain))
+    finally:
+        bound.close()
