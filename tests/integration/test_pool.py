@@ -57,11 +57,12 @@ def test_fifty_models_behind_two_pool_replicas_within_their_budget(tmp_path):
     (home / "lockgate.yaml").write_text(
         yaml.safe_dump({"pools": {"shared": {"replicas": 2, "memory_budget_bytes": budget, "num_cpus": 0.1}}})
     )
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
+    grpc_address = f"127.0.0.1:{grpc_port}"
     env = {**os.environ, **isolated_haproxy_env(), "LOCKGATE_HOME": str(home), "PYTHONUNBUFFERED": "1"}
     with open(tmp_path / "serve.log", "w") as log:
         proc = subprocess.Popen(
-            [*LOCKGATE, "serve", "--model-repository", str(repo), "--port", str(port), "--grpc-port", str(free_port())],
+            [*LOCKGATE, "serve", "--model-repository", str(repo), "--port", str(port), "--grpc-port", str(grpc_port)],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -104,6 +105,16 @@ def test_fifty_models_behind_two_pool_replicas_within_their_budget(tmp_path):
             assert r.status_code == 200, r.text
         after = _metric(requests.get(f"{base}/metrics", timeout=30).text, "lockgate_pool_loads_total", pool="shared", model="m03")
         assert after - before <= 1, (before, after)
+        # over gRPC too: the control replica's gRPC server hands the call to the pool
+        import tritonclient.grpc as grpcclient
+
+        client = grpcclient.InferenceServerClient(grpc_address)
+        x = grpcclient.InferInput("input", [1, 4], "FP32")
+        x.set_data_from_numpy(rows[:1])
+        got = client.infer("m11", [x]).as_numpy(sessions["m11"].get_outputs()[0].name)
+        session = sessions["m11"]
+        np.testing.assert_allclose(got, session.run(None, {session.get_inputs()[0].name: rows[:1]})[0], rtol=1e-5, atol=1e-6)
+        client.close()
         # an unknown model is still the control routes' 404, naming the served ones
         r = requests.post(f"{base}/v2/models/nope/infer", json={}, timeout=30)
         assert r.status_code == 404 and "unknown model 'nope'" in r.json()["error"]
