@@ -220,6 +220,9 @@ def cluster(tmp_path_factory):
         for node in ("worker", "head"):
             kill_node(node)
         syslog.close()
+        # This process's audit writer (the key and approval above were recorded): stopped now,
+        # not at exit, when later tests have dropped its tables.
+        manager.plugin("audit").close()
 
 
 def test_replicas_spread_over_both_nodes_and_either_ingress_answers(cluster):
