@@ -16,7 +16,7 @@ from typing import Any
 from ray import serve
 from ray.serve import Application
 
-from ..errors import LockgateError, ModelLoadError
+from ..errors import BadRequest, LockgateError, ModelLoadError
 from ..serving.config import ModelConfig, parse_model_config
 from ..serving.control_app import ControlApp
 from ..serving.explain import explain_options
@@ -257,7 +257,15 @@ class ControlDeployment:
             out.append(entry)
         return out
 
+    def _not_pooled(self, name: str, action: str) -> None:
+        if name in self._pooled:
+            raise BadRequest(
+                f"model '{name}' is hosted in a pool ({self._pooled[name]}): its replicas load it on demand and evict it "
+                f"under their budget; {action} does not apply"
+            )
+
     async def load(self, name: str) -> None:
+        self._not_pooled(name, "load")
         config = parse_model_config(await asyncio.to_thread(self._registry.model_config, name), source=f"model {name}")
         if not await asyncio.to_thread(self._registry.versions, name):
             raise ModelLoadError(name, None, "no registered versions")
@@ -271,6 +279,7 @@ class ControlDeployment:
         self._manager.audit("model_load", "lockgate", model=name)
 
     async def unload(self, name: str) -> None:
+        self._not_pooled(name, "unload")
         await asyncio.to_thread(serve.delete, name)
         self._app.models.discard(name)
         self._checked = 0.0

@@ -257,6 +257,8 @@ class ControlApp:
                 raise NotFound(f"unknown model '{name}' in the registry")
             try:
                 await (self.repository.load(name) if action == "load" else self.repository.unload(name))
+            except RequestError:  # the request does not apply (a pooled model): the client's answer as it is
+                raise
             except LockgateError as e:  # a model that cannot load is reported, not fatal
                 log.warning("repository %s of %s failed: %s", action, name, e)
                 raise Unavailable(f"failed to {action} model '{name}': {e}") from None

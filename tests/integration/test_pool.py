@@ -24,6 +24,10 @@ LOCKGATE = [sys.executable, "-m", "lockgate.server.cli"]
 MODELS = 50
 
 
+def body_of(row: np.ndarray) -> dict:
+    return {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": row.tolist()}]}
+
+
 def _metric(text: str, name: str, **labels: str) -> float:
     total = 0.0
     for line in text.splitlines():
@@ -76,8 +80,7 @@ def test_fifty_models_behind_two_pool_replicas_within_their_budget(tmp_path):
         rows = np.random.default_rng(0).standard_normal((len(names), 4)).astype(np.float32)
 
         def infer(i: int) -> tuple[str, int, list[float], str]:
-            body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": rows[i].tolist()}]}
-            r = requests.post(f"{base}/v2/models/{names[i]}/infer", json=body, timeout=60)
+            r = requests.post(f"{base}/v2/models/{names[i]}/infer", json=body_of(rows[i]), timeout=60)
             data = r.json()["outputs"][0]["data"] if r.status_code == 200 else []
             return names[i], r.status_code, data, r.text
 
@@ -115,6 +118,10 @@ def test_fifty_models_behind_two_pool_replicas_within_their_budget(tmp_path):
         session = sessions["m11"]
         np.testing.assert_allclose(got, session.run(None, {session.get_inputs()[0].name: rows[:1]})[0], rtol=1e-5, atol=1e-6)
         client.close()
+        # the repository API's load and unload do not apply to a pooled model: said so, nothing changed
+        r = requests.post(f"{base}/v2/repository/models/m05/unload", json={}, timeout=30)
+        assert r.status_code == 400 and "hosted in a pool" in r.json()["error"], r.text
+        assert requests.post(f"{base}/v2/models/m05/infer", json=body_of(rows[0]), timeout=60).status_code == 200
         # an unknown model is still the control routes' 404, naming the served ones
         r = requests.post(f"{base}/v2/models/nope/infer", json={}, timeout=30)
         assert r.status_code == 404 and "unknown model 'nope'" in r.json()["error"]
