@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import MutableMapping
 from typing import Any
 
 from ray import serve
 from ray.serve import Application
 
 from ..errors import LockgateError
+from ..serving.asgi import call_whole
 from ..serving.config import ModelConfig, PoolConfig
 from ..serving.explain import explain_options
 from ..serving.limits import limit_options
@@ -199,30 +199,7 @@ class PoolDeployment:
 
 async def _call(app: ModelApp, request: dict[str, Any], body: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     """Run ``app`` on the request the control replica forwarded; its answer, whole."""
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "root_path": "", **request}
-    sent = False
-
-    async def receive() -> dict[str, Any]:
-        nonlocal sent
-        if sent:
-            return {"type": "http.disconnect"}
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    status = 500
-    headers: list[tuple[bytes, bytes]] = []
-    chunks: list[bytes] = []
-
-    async def send(message: MutableMapping[str, Any]) -> None:
-        nonlocal status, headers
-        if message["type"] == "http.response.start":
-            status = message["status"]
-            headers = list(message.get("headers", ()))
-        elif message["type"] == "http.response.body":
-            chunks.append(message.get("body", b""))
-
-    await app(scope, receive, send)
-    return status, headers, b"".join(chunks)
+    return await call_whole(app, {"type": "http", "asgi": {"version": "3.0"}, "root_path": "", **request}, body)
 
 
 def build_pool_app(pool: str, models: dict[str, ModelConfig], settings: LockgateSettings, options: PoolConfig) -> Application:

@@ -20,6 +20,7 @@ __all__ = [
     "Send",
     "error_headers",
     "header",
+    "call_whole",
     "json_body",
     "lifespan",
     "read_body",
@@ -69,6 +70,34 @@ async def read_body(receive: Receive, limit: int) -> bytes:
         if not message.get("more_body", False):
             break
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def call_whole(app: Any, scope: Scope, body: bytes) -> tuple[int, Headers, bytes]:
+    """Run ASGI ``app`` in-process on one request whose ``body`` is all there (a gRPC call, a
+    request a pool replica was handed); its answer, whole: status, headers, body."""
+    sent = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if sent:  # the body was read; an app that waits for more learns the request ended
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    status = 500
+    headers: Headers = []
+    chunks: list[bytes] = []
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        nonlocal status, headers
+        if message["type"] == "http.response.start":
+            status = message["status"]
+            headers = list(message.get("headers", ()))
+        elif message["type"] == "http.response.body":
+            chunks.append(message.get("body", b""))
+
+    await app(scope, receive, send)
+    return status, headers, b"".join(chunks)
 
 
 async def respond(send: Send, status: int, body: bytes, headers: Headers) -> None:

@@ -10,7 +10,7 @@ from typing import Any, NoReturn
 
 from lockgate.plugins import PluginManager, Principal
 
-from ..errors import LockgateError, MethodNotAllowed, NotFound, PayloadTooLarge, RequestError, Unavailable
+from ..errors import LockgateError, MethodNotAllowed, NotFound, RequestError, Unavailable
 from .asgi import (
     JSON_HEADERS,
     METRICS_CONTENT_TYPE,
@@ -21,6 +21,7 @@ from .asgi import (
     Send,
     json_body,
     lifespan,
+    read_body,
     respond,
     respond_error,
     server_version,
@@ -117,20 +118,11 @@ class ControlApp:
         """A request for a model hosted in a pool: its body read (within the body limit), handed
         to a pool replica that holds the model or will load it, its answer sent back as it is."""
         assert self.forward is not None
-        chunks, size = [], 0
         try:
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    return
-                chunk = message.get("body", b"")
-                size += len(chunk)
-                if size > self.max_body_bytes:
-                    raise PayloadTooLarge(f"request body larger than the limit of {self.max_body_bytes} bytes")
-                chunks.append(chunk)
-                if not message.get("more_body", False):
-                    break
-            status, headers, body = await self.forward(name, scope, b"".join(chunks))
+            request = await read_body(receive, self.max_body_bytes)
+            status, headers, body = await self.forward(name, scope, request)
+        except ConnectionAbortedError:  # the client left before sending the whole body
+            return
         except RequestError as e:
             await respond_error(send, e)
             return

@@ -22,7 +22,7 @@ from google.protobuf.message import DecodeError
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pbg
 
-from .asgi import SERVER_NAME, Scope, server_version
+from .asgi import SERVER_NAME, Scope, call_whole, server_version
 from .control_app import MODEL_EXTENSIONS
 from .grpc_codec import STATUS_CODES, infer_request_body, infer_response
 from .protocol import HEADER_LENGTH
@@ -104,26 +104,9 @@ class OipGrpcService(pbg.GRPCInferenceServiceServicer):
             "headers": headers,
             "client": (host, 0) if host else None,
         }
-        sent = False
-
-        async def receive() -> dict[str, Any]:
-            nonlocal sent
-            if sent:  # the body was read; an app that waits for more learns the call ended
-                return {"type": "http.disconnect"}
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
         answer = _Answer()
-
-        async def send(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                answer.status = message["status"]
-                answer.headers = list(message.get("headers", ()))
-            elif message["type"] == "http.response.body":
-                answer.body.append(message.get("body", b""))
-
-        app: Any = self.app
-        await app(scope, receive, send)  # ASGI: (Scope, Receive, Send)
+        answer.status, answer.headers, whole = await call_whole(self.app, scope, body)
+        answer.body = [whole]
         request_id = answer.header(b"lockgate-request-id")
         if request_id is not None:
             context.set_trailing_metadata((("lockgate-request-id", request_id.decode()),))
