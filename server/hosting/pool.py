@@ -7,8 +7,8 @@ handle with the model as the multiplexed model id: Serve's router sends them to 
 already holds the model where there is one (model multiplexing). A replica without it loads it
 (hash-checked, audited and gated as any replica's load, by the same ``ModelService``), first
 evicting the least recently used models until the new one fits the pool's budget in bytes.
-Serve's own cache bound is a count (``max_models``); the byte budget is lockgate's, enforced
-through ``serve_compat``. The HTTP path of a pooled model costs one more hop (the control
+Serve's own cache bound (a count) is off: lockgate keeps both the count (``max_models``) and
+the byte budget, evicting through Serve's cache (``serve_compat``). The HTTP path of a pooled model costs one more hop (the control
 replica) than a model of its own: pools are for the long tail of rarely called models.
 """
 
@@ -126,10 +126,10 @@ class PoolDeployment:
         async def load(name: str) -> _Hosted:
             return await self._load(name)
 
-        # A function of this replica, decorated here: the cache bound comes from the pool's options.
-        # Serve keeps its cache on the undecorated function.
+        # Serve keeps its cache on the undecorated function. Its own bound is off (-1): _load keeps
+        # both bounds (count and bytes), so every eviction is counted and the gauges move with it.
         self._loader = load
-        self._get = serve.multiplexed(max_num_models_per_replica=options.max_models)(load)
+        self._get = serve.multiplexed(max_num_models_per_replica=-1)(load)
 
     def _resident(self) -> dict[str, _Hosted]:
         return multiplexed_models(self._loader)
@@ -139,7 +139,8 @@ class PoolDeployment:
         config = self._configs[name]
         size = await asyncio.to_thread(self._size, name)
         resident = self._resident()
-        while resident and sum(h.size for h in resident.values()) + size > self._options.memory_budget_bytes:
+        budget, most = self._options.memory_budget_bytes, self._options.max_models
+        while resident and (sum(h.size for h in resident.values()) + size > budget or len(resident) >= most):
             evicted = next(iter(resident))
             await evict_least_recent(self._loader)
             self._metrics.evictions.labels(self._pool, evicted).inc()
@@ -187,7 +188,6 @@ class PoolDeployment:
 
             body_out = json.dumps({"error": f"model '{name}' failed to load: {e}"}).encode()
             return 503, [(b"content-type", b"application/json")], body_out
-        self._count()
         hosted.active += 1
         try:
             return await _call(hosted.app, request, body)
