@@ -10,7 +10,7 @@ import asyncio
 import inspect
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Generator, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,9 +28,51 @@ __all__ = ["ENTRY_POINT_GROUP", "PLUGIN_API_VERSION", "PluginManager", "PluginSt
 log = logging.getLogger("lockgate.plugins")
 
 ENTRY_POINT_GROUP = "lockgate.plugins"
-PLUGIN_API_VERSION = "1.3"
+PLUGIN_API_VERSION = "1.4"
 ANONYMOUS = Principal("anonymous")
 ALLOWED = Decision(True)
+_EXPIRED = "the record was not durable in time"
+
+
+class _Deadlines:
+    """The record timeout of every pending record of one event loop, kept by one timer.
+
+    Every deadline is the same span after the record was asked for, so they come due in the
+    order they were added: a deque, and a timer for its oldest entry. A record not durable by
+    its deadline has its future cancelled (what ``asyncio.wait_for`` did, with a timer, a
+    waiter and two callbacks per request); the request then answers 503 and the recorder learns
+    from the cancellation that the answer was withheld."""
+
+    __slots__ = ("armed", "loop", "queue", "timeout_s")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout_s: float) -> None:
+        self.loop = loop
+        self.timeout_s = timeout_s
+        self.queue: deque[tuple[float, asyncio.Future]] = deque()
+        self.armed = False
+
+    async def wait(self, future: asyncio.Future) -> None:
+        self.queue.append((self.loop.time() + self.timeout_s, future))
+        if not self.armed:
+            self.armed = True
+            self.loop.call_at(self.queue[0][0], self._sweep)
+        try:
+            await future
+        except asyncio.CancelledError as e:
+            if e.args == (_EXPIRED,):
+                raise TimeoutError(f"the record was not durable within {self.timeout_s:g} s") from None
+            raise  # this request itself is being cancelled
+
+    def _sweep(self) -> None:
+        now = self.loop.time()
+        queue = self.queue
+        while queue and (queue[0][1].done() or queue[0][0] <= now):
+            _, future = queue.popleft()
+            future.cancel(_EXPIRED)  # a no-op when it is done
+        if queue:
+            self.loop.call_at(queue[0][0], self._sweep)
+        else:
+            self.armed = False
 
 
 class _Impl(NamedTuple):
@@ -78,6 +120,7 @@ class PluginManager:
         self._settings: Settings | None = None
         self._impl_cache: dict[str, list[_Impl]] = {}
         self._sync_gates: bool | None = None
+        self._watch: _Deadlines | None = None
 
     # -- discovery ---------------------------------------------------------------------------
 
@@ -373,19 +416,31 @@ class PluginManager:
     async def record_inference(self, event: Any) -> None:
         """Hand ``event`` to every recorder and wait for the records they say are pending.
 
-        Raises RecordFailed when a recorder fails or times out: the caller must withhold its answer."""
+        Raises RecordFailed when a recorder fails or times out: the caller must withhold its answer.
+        A pending asyncio future is awaited under this loop's one deadline timer (``_Deadlines``),
+        not a timer and a waiter of its own per request: this runs on every audited request."""
         for impl in self._impls("lockgate_record_inference"):
             try:
-                pending = impl.function(*[{"event": event}[k] for k in impl.argnames])
-                if pending is not None:
-                    if isinstance(pending, asyncio.Future) and pending.done():
-                        pending.result()
-                    else:
-                        await asyncio.wait_for(pending, self.record_timeout_s)
+                pending = impl.function(event) if impl.argnames else impl.function()
+                if pending is None:
+                    continue
+                if isinstance(pending, asyncio.Future):
+                    if not pending.done():
+                        await self._deadlines().wait(pending)
+                    pending.result()
+                else:
+                    await asyncio.wait_for(pending, self.record_timeout_s)
             except Exception as e:
                 self.errors[impl.plugin_name] += 1
                 kind = "timed out" if isinstance(e, (TimeoutError, asyncio.TimeoutError)) else f"failed ({type(e).__name__}: {e})"
                 raise RecordFailed(f"recorder '{impl.plugin_name}' {kind}") from e
+
+    def _deadlines(self) -> _Deadlines:
+        loop = asyncio.get_running_loop()
+        watch = self._watch
+        if watch is None or watch.loop is not loop:
+            watch = self._watch = _Deadlines(loop, self.record_timeout_s)
+        return watch
 
     def _gate_failed(self, plugin: str, what: str, error: BaseException, *, status: int = 403) -> Decision:
         self.errors[plugin] += 1

@@ -167,6 +167,8 @@ class InferenceEvent:
     ``started_at`` is the epoch time the request arrived. ``action`` is ``infer`` or
     ``explain``; an explanation names the request it explains in ``explains`` when the
     client said (parameter ``explains``: that request's ``lockgate-request-id``).
+    ``in_flight`` is how many requests the replica was serving when the event was made, this one
+    included (0: not known); a recorder may commit a lone request's record at once (plugin API 1.4).
     """
 
     request_id: str | None
@@ -185,6 +187,7 @@ class InferenceEvent:
     started_at: float = 0.0
     action: str = "infer"
     explains: str | None = None
+    in_flight: int = 0
 
 
 @dataclass(frozen=True, slots=True)

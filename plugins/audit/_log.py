@@ -140,6 +140,7 @@ class AuditLog:
         self.checkpoint_every = checkpoint_every
         self._sqlite = self.engine.dialect.name == "sqlite"
         self._raw: Any = None
+        self._raw_now: Any = None  # append_now's connection: SQLite's busy timeout 0
         self._writer_lock = threading.Lock()
         mark = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
         columns = [c.name for c in t.records.columns]
@@ -183,6 +184,36 @@ class AuditLog:
             except BaseException:
                 self._drop_writer()
                 raise
+
+    def append_now(self, entries: list[dict[str, Any]]) -> list[int] | None:
+        """``append`` for a caller that must not wait (an event loop): None, having written
+        nothing, when another thread of this process is writing or, on SQLite, another process
+        holds the write lock, or when the write fails; the caller then hands the entries to the
+        writer thread (which retries, and isolates a record that cannot be stored). Only SQLite:
+        on a server database every statement is a network round trip (None there)."""
+        if not self._sqlite or not self._writer_lock.acquire(blocking=False):
+            return None
+        try:
+            if self._raw_now is None:
+                self._raw_now = self.engine.raw_connection()
+                cur = self._raw_now.cursor()
+                cur.execute("PRAGMA busy_timeout=0")  # a held lock is an answer, not a wait
+                cur.close()
+            try:
+                return self._append(self._raw_now, entries, None)
+            except Exception as e:  # noqa: BLE001 - nothing was committed: the writer thread does it
+                raw = self._raw_now
+                try:
+                    raw.rollback()
+                    if not _busy(e):  # another process's lock keeps the connection; anything else drops it
+                        self._raw_now = None
+                        raw.close()
+                except Exception:  # noqa: BLE001 - a broken connection: dropped
+                    self._raw_now = None
+                    raw.invalidate()
+                return None
+        finally:
+            self._writer_lock.release()
 
     def _writer(self) -> Any:
         if self._raw is None:
@@ -447,7 +478,16 @@ class AuditLog:
     def close(self) -> None:
         with self._writer_lock:
             self._drop_writer()
+            raw, self._raw_now = self._raw_now, None
+            if raw is not None:
+                raw.close()
         self.engine.dispose()
+
+
+def _busy(error: BaseException) -> bool:
+    """SQLite's answer when another connection holds the write lock."""
+    text = str(error)
+    return "database is locked" in text or "database is busy" in text
 
 
 def _close(a: Any, b: Any) -> bool:

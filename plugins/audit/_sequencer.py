@@ -70,6 +70,7 @@ class Sequencer:
         self._thread: threading.Thread | None = None
         self._stop = False
         self.written = 0
+        self.inline = 0  # records committed on the caller's loop (``record(now=True)``)
         self.dropped = 0
         self.failed_writes = 0
         self.replaced = 0  # records that could not be stored, each replaced by one saying so
@@ -112,10 +113,24 @@ class Sequencer:
                 self._ready.notify()
         return True
 
-    def record(self, entry: dict[str, Any]) -> asyncio.Future:
+    def record(self, entry: dict[str, Any], *, now: bool = False) -> asyncio.Future:
         """Queue ``entry``; a future of the running loop that completes when it is durable (sync
-        mode). A future, not a coroutine: awaiting it costs no task."""
+        mode). A future, not a coroutine: awaiting it costs no task.
+
+        ``now``: the caller's loop has nothing else to do (a replica serving one request), so
+        when nothing is queued or being written the record is committed here, on the loop, and
+        the future is done on return: no wake-up of the writer thread, none of the loop after
+        the commit. Whatever keeps it from being written here at once (the writer is busy,
+        another process holds the lock, the write fails) sends it to the writer thread."""
         future = asyncio.get_running_loop().create_future()
+        if now and not self._queue and not self._group and self.alive():
+            seqs = self.log.append_now([self.prepare(entry)])
+            if seqs:
+                self.written += 1
+                self.inline += 1
+                self._observe(1, [(entry, None)], failed=False)
+                future.set_result(seqs[0])
+                return future
         self.submit(entry, future)
         return future
 

@@ -21,7 +21,7 @@ from ._sbom import build_sbom
 
 __all__ = ["LOCKGATE_PLUGIN_API", "OPEN_MODE_APPROVER", "GovernanceOptions", "GovernancePlugin", "plugin"]
 
-LOCKGATE_PLUGIN_API = "1.3"
+LOCKGATE_PLUGIN_API = "1.4"
 
 log = logging.getLogger("lockgate.governance")
 

@@ -30,7 +30,7 @@ from ._metrics import LATENCY_BUCKETS, ServingMetrics
 
 __all__ = ["LOCKGATE_PLUGIN_API", "DriftOptions", "MonitoringOptions", "MonitoringPlugin", "Slo", "plugin"]
 
-LOCKGATE_PLUGIN_API = "1.3"
+LOCKGATE_PLUGIN_API = "1.4"
 
 log = logging.getLogger("lockgate.monitoring")
 

@@ -33,7 +33,7 @@ __all__ = [
     "plugin",
 ]
 
-LOCKGATE_PLUGIN_API = "1.3"
+LOCKGATE_PLUGIN_API = "1.4"
 
 
 class ObjectStoreOptions(BaseModel):

@@ -71,6 +71,7 @@ class ModelApp:
         self.recorded = manager.has("lockgate_record_inference")
         # Requests held, read by autoscaling only (server/hosting/autoscaling.py); no cost without it.
         self.load = LoadMeter() if service.config.autoscaling is not None else None
+        self.in_flight = 0  # requests in _serve now: the recorders' InferenceEvent.in_flight
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -78,14 +79,15 @@ class ModelApp:
             return
         if scope["type"] != "http":
             return
-        if self.load is None:
-            await self._serve(scope, receive, send)
-            return
-        self.load.enter()
+        self.in_flight += 1
+        if self.load is not None:
+            self.load.enter()
         try:
             await self._serve(scope, receive, send)
         finally:
-            self.load.leave()
+            self.in_flight -= 1
+            if self.load is not None:
+                self.load.leave()
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         start = time.perf_counter()
@@ -98,26 +100,30 @@ class ModelApp:
         except ConnectionAbortedError:
             outcome.status, outcome.error = 499, "client disconnected before the request was read"
             if self.recorded and outcome.action:
-                await self._record(outcome, start, None)
+                await self._record(self._event(outcome, start, None))
             return
         except Exception as e:  # a bug of ours: say so, keep the replica up
             log.exception("unhandled error on %s", scope.get("path"))
             error = RequestError(f"internal error: {type(e).__name__}")
             outcome.status, outcome.error = 500, error.message
             status, body, headers = 500, error.body(), error_headers(error)
+        event: InferenceEvent | None = None
         if outcome.action:
             if outcome.action == "infer" and outcome.version is not None:  # Triton's statistics
                 ns = int((time.perf_counter() - start) * 1e9)
                 self.service.stats.version(outcome.version).answered(outcome.status == 200, ns, *outcome.timing)
             headers = [*headers, (b"lockgate-request-id", outcome.request_id.encode())]
             if self.recorded:
-                withheld = await self._record(outcome, start, body)
+                event = self._event(outcome, start, body)
+                withheld = await self._record(event)
                 if withheld is not None:  # observers see what the client got
                     outcome.status, outcome.error = withheld.status, withheld.message
                     status, body, headers = withheld.status, withheld.body(), [*error_headers(withheld), headers[-1]]
+                    event = self._event(outcome, start, body)
         await respond(send, status, body, headers)
         if self.observed and outcome.action:
-            self.manager.observe("lockgate_observe_inference", event=self._event(outcome, start, body))
+            # The recorders' event when there is one: its latency ends where the answer was ready.
+            self.manager.observe("lockgate_observe_inference", event=event or self._event(outcome, start, body))
 
     def _event(self, outcome: Outcome, start: float, response: bytes | None) -> InferenceEvent:
         return InferenceEvent(
@@ -137,14 +143,15 @@ class ModelApp:
             outcome.started_at,
             outcome.action,
             outcome.explains,
+            self.in_flight,
         )
 
-    async def _record(self, outcome: Outcome, start: float, response: bytes | None) -> RequestError | None:
+    async def _record(self, event: InferenceEvent) -> RequestError | None:
         """Hand the request to the recorders; the error to send instead when they fail."""
         try:
-            await self.manager.record_inference(self._event(outcome, start, response))
+            await self.manager.record_inference(event)
         except RecordFailed as e:
-            log.error("answer to request %s withheld: %s", outcome.request_id, e)
+            log.error("answer to request %s withheld: %s", event.request_id, e)
             return Unavailable(
                 f"the request could not be recorded in the audit log, so its answer is withheld ({e})", headers=RETRY_AFTER
             )

@@ -291,3 +291,69 @@ def test_a_request_whose_text_cannot_be_recorded_costs_nobody_else_an_answer(ser
     assert log.count("infer") == 6 and log.count("unrecordable") == 1
     assert next(log.records(kind="unrecordable"))["detail"]["status"] == 400
     assert log.verify().ok
+
+
+def test_a_lone_request_is_committed_on_its_loop_and_a_held_lock_never_blocks_the_loop(served, tmp_path):
+    """Sync mode, SQLite: the record of a request the replica serves alone is committed on the
+    event loop (no writer-thread round trip) and is durable when the answer leaves; when another
+    process holds the write lock, the record goes to the writer thread instead, and the loop
+    keeps serving meanwhile (the answer is withheld at the recorder's timeout, then recorded)."""
+    db = tmp_path / "audit.db"
+    app, manager = served(f"sqlite:///{db}", "sync")
+    sequencer = manager.plugin("audit").sequencer
+    log = manager.plugin("audit").audit_log
+    reader = sa.create_engine(f"sqlite:///{db}")
+
+    async def lone(n: int) -> list:
+        out = []
+        for _ in range(n):
+            r = await call(app, "POST", "/v2/models/iris/infer", IRIS)
+            with reader.connect() as c:  # another connection sees the record as soon as the answer is out
+                out.append(
+                    (
+                        r,
+                        c.exec_driver_sql(
+                            "SELECT count(*) FROM lockgate_audit WHERE request_id = ?", (r.headers["lockgate-request-id"],)
+                        ).scalar(),
+                    )
+                )
+        return out
+
+    answered = asyncio.run(lone(12))
+    assert [(r.status, n) for r, n in answered] == [(200, 1)] * 12
+    assert sequencer.inline >= 11  # the first starts the writer thread (it keeps the checkpoint clock)
+    check([r for r, _ in answered], manager)
+    concurrent_before = sequencer.inline
+    asyncio.run(requests_(app, 32, 8))  # together: groups on the writer thread (a straggler may be alone)
+    assert sequencer.inline - concurrent_before < 32
+
+    manager.record_timeout_s = 0.5
+    inline = sequencer.inline
+    locker = sa.create_engine(f"sqlite:///{db}", connect_args={"timeout": 0})
+
+    async def while_locked():
+        ticks = 0
+
+        async def ticker():
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        task = asyncio.ensure_future(ticker())
+        r = await call(app, "POST", "/v2/models/iris/infer", IRIS)
+        task.cancel()
+        return r, ticks
+
+    with locker.connect() as c:
+        c.exec_driver_sql("BEGIN EXCLUSIVE")
+        held, ticks = asyncio.run(while_locked())
+        c.exec_driver_sql("ROLLBACK")
+    assert held.status == 503 and sequencer.inline == inline
+    assert ticks >= 10, ticks  # the loop ran on while the record waited for the lock
+    after = asyncio.run(lone(3))
+    # the first may find the withheld record still with the writer thread
+    assert [(r.status, n) for r, n in after] == [(200, 1)] * 3 and sequencer.inline >= inline + 2
+    check([held] + [r for r, _ in after], manager)
+    withheld = [rec for rec in log.records(kind="infer") if rec.get("request_id") == held.headers["lockgate-request-id"]]
+    assert withheld and withheld[0]["detail"]["status"] == 503

@@ -517,3 +517,22 @@ def test_anonymous_callers_are_refused_where_open_mode_was_not_chosen(db_url, tm
         assert not denied_sbom.allow and denied_sbom.status == 401
     finally:
         manager.plugin("audit").close()
+
+
+def test_request_ids_are_unique_random_and_a_forked_child_draws_its_own():
+    import os
+
+    from lockgate.server.serving.gate import new_request_id
+
+    ids = [new_request_id() for _ in range(5000)]  # more than one pool of OS randomness
+    assert len(set(ids)) == 5000 and all(len(i) == 24 and int(i, 16) >= 0 for i in ids)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: what it draws next must not be what the parent draws next
+        os.write(write, new_request_id().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    os.close(write)
+    assert child != new_request_id() and len(child) == 24

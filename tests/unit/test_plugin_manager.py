@@ -293,3 +293,46 @@ def test_async_def_hookimpls_are_awaited_on_the_request_path():
     who, denied = asyncio.run(m.check_request_async(REQUEST, "infer"))
     assert who == Principal("carol", frozenset({"invoker"})) and denied is None
     assert m.check_request(REQUEST, "infer") == (who, None)  # the synchronous driver awaits them too
+
+
+def test_recorders_pending_futures_time_out_on_one_timer_and_cancellation_still_propagates():
+    """A recorder's pending record that is not done within ``record_timeout_s`` is a RecordFailed
+    'timed out' with its future cancelled (the recorder learns the answer was withheld), while
+    records done in time pass, in any order; a request cancelled while it waits stays cancelled."""
+    from lockgate.plugins import InferenceEvent, RecordFailed
+
+    futures: list[asyncio.Future] = []
+
+    def record(event):
+        future = asyncio.get_running_loop().create_future()
+        futures.append(future)
+        return future
+
+    m = PluginManager(record_timeout_s=0.2)
+    m.register(plugin(lockgate_record_inference=record), "recorder")
+    event = InferenceEvent("r1", "m", 1, "alice", 200, 0.001, 1)
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        waits = [asyncio.ensure_future(m.record_inference(event)) for _ in range(4)]
+        await asyncio.sleep(0.05)
+        futures[2].set_result(7)  # done in time, out of order
+        futures[0].set_result(5)
+        started = loop.time()
+        results = await asyncio.gather(*waits, return_exceptions=True)
+        waited = loop.time() - started
+        # the cancelled request: CancelledError, not a timeout
+        cancelled = asyncio.ensure_future(m.record_inference(event))
+        await asyncio.sleep(0.01)
+        cancelled.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        return results, waited
+
+    results, waited = run(scenario())
+    assert results[0] is None and results[2] is None
+    for failed in (results[1], results[3]):
+        assert isinstance(failed, RecordFailed) and "recorder 'recorder' timed out" in str(failed)
+    assert futures[1].cancelled() and futures[3].cancelled() and futures[4].cancelled()
+    assert 0.1 <= waited < 2.0, waited  # the remaining two waited for their deadline, not forever
+    assert m.errors["recorder"] == 2
