@@ -114,7 +114,13 @@ def test_callers_get_401_403_or_an_answer_with_oip_error_bodies(gov):
     assert requests.get(f"{gov.base}/v2/models/iris", headers=gov.headers("viewer"), timeout=10).status_code == 200
     ok = gov.infer("app")
     assert ok.status_code == 200 and len(ok.headers["lockgate-request-id"]) == 24
-    assert requests.get(f"{gov.base}/v2/health/ready", timeout=10).status_code == 200  # probes stay open
+    # probes stay open: Kubernetes' (examples/kuberay) and those KubeRay itself sends to port 8000
+    assert requests.get(f"{gov.base}/v2/health/ready", timeout=10).json() == {"ready": True}
+    assert requests.get(f"{gov.base}/v2/health/live", timeout=10).json() == {"live": True}
+    healthz = requests.get(f"{gov.base}/-/healthz", timeout=10)
+    assert healthz.status_code == 200 and healthz.text == "success"
+    routes = requests.get(f"{gov.base}/-/routes", timeout=10)
+    assert routes.status_code == 200 and routes.json().get("/v2/models/iris") == "iris", routes.text
 
 
 def test_grpc_callers_pass_the_same_gate_and_get_an_audit_record(gov):

@@ -65,6 +65,14 @@ def test_the_rayservice_has_what_lockgate_needs():
     for group in groups:
         assert 0 <= group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
         assert group["groupName"] and "rayStartParams" in group
+        # Kubernetes asks lockgate's OIP health routes on the node's ingress (tests/integration's
+        # governed server checks that they, and KubeRay's /-/healthz, answer without an API key)
+        container = group["template"]["spec"]["containers"][0]
+        probes = {k: container[k]["httpGet"] for k in ("startupProbe", "livenessProbe", "readinessProbe")}
+        assert probes["livenessProbe"] == probes["startupProbe"] == {"path": "/v2/health/live", "port": 8000}
+        assert probes["readinessProbe"] == {"path": "/v2/health/ready", "port": 8000}
+    # the head keeps KubeRay's own probes: the operator deploys Serve only once the head is ready
+    assert not {"livenessProbe", "readinessProbe", "startupProbe"} & set(head)
     # a GPU group: Ray learns its GPUs from rayStartParams, Kubernetes schedules them from the limits
     gpu = [g for g in groups if "num-gpus" in g["rayStartParams"]]
     assert gpu, "no GPU worker group"
