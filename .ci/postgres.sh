@@ -16,4 +16,8 @@ for _ in $(seq 1 30); do
 done
 su postgres -c "psql -q -c \"DO \\\$\\\$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'lockgate') THEN CREATE ROLE lockgate LOGIN PASSWORD 'lockgate'; END IF; END \\\$\\\$;\"" >&2
 su postgres -c "psql -q -tc \"SELECT 1 FROM pg_database WHERE datname = 'lockgate_test'\" | grep -q 1 || createdb -O lockgate lockgate_test" >&2
+# A second role and database with a password no log line would hold by chance: the structured
+# logs test greps a governed server's output for it (tests/integration/test_logs.py).
+su postgres -c "psql -q -c \"DO \\\$\\\$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'lockgate_logs') THEN CREATE ROLE lockgate_logs LOGIN PASSWORD 'pw-Zq81-logs-c4e7'; END IF; END \\\$\\\$;\"" >&2
+su postgres -c "psql -q -tc \"SELECT 1 FROM pg_database WHERE datname = 'lockgate_logs'\" | grep -q 1 || createdb -O lockgate_logs lockgate_logs" >&2
 echo "postgresql+psycopg://lockgate:lockgate@127.0.0.1:5432/lockgate_test"

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,8 @@ from lockgate.plugins import PluginManager
 from lockgate.plugins.shared import actor, fail, registry_options
 
 from ..errors import LockgateError, StartupError
+from ..serving.logs import JsonFormatter, json_stdio
+from ..serving.logs import configure as configure_logs
 from .common import import_actor, is_loopback, settings_from
 
 __all__ = ["cleanup", "demo_repo", "serve"]
@@ -89,6 +94,16 @@ def _example(record, config=None) -> str:
 @registry_options
 @click.option("--verbose", is_flag=True, help="Show Ray's and the replicas' logs.")
 @click.option("--insecure", is_flag=True, help="Allow serving without API keys on an interface other than loopback.")
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    envvar="LOCKGATE_LOG_FORMAT",
+    default="text",
+    show_default=True,
+    help="json: everything this server and its replicas print is one JSON object per line; a request's "
+    "lines carry its request_id and the trace_id of its W3C traceparent header. Env LOCKGATE_LOG_FORMAT.",
+)
+@click.option("--access-log", is_flag=True, help="One log line per inference request (logger lockgate.access).")
 def serve(
     repository: Path | None,
     host: str,
@@ -99,6 +114,8 @@ def serve(
     artifact_dir: str | None,
     verbose: bool,
     insecure: bool,
+    log_format: str,
+    access_log: bool,
 ) -> None:
     """Serve models over HTTP (Open Inference Protocol v2).
 
@@ -107,6 +124,8 @@ def serve(
     --address), deploys one Serve application per model at /v2/models/<name> and the
     control routes at /v2. Ctrl-C or SIGTERM stops everything it started.
     """
+    say = _Say(log_format)
+    restore_stdio = _log_environment(log_format, access_log)  # before Ray is imported: it reads the environment once
     from ..hosting.runtime import Runtime, port_or_free
     from ..serving.config import ModelConfig
     from ..serving.explain import explain_options
@@ -125,7 +144,7 @@ def serve(
             settings_from(registry_url, artifact_dir), anonymous=is_loopback(host) or insecure, grpc_address=grpc_address
         )
         manager = settings.manager()
-        _check_startup(manager, host, insecure)
+        _check_startup(manager, host, insecure, say)
         explain_options(settings.options)
         limit_options(settings.options)
         registry = manager.registry()
@@ -141,11 +160,11 @@ def serve(
                 refused=refused,
             )
             for name, version, new in imported:
-                click.echo(f"{'registered' if new else 'already registered'}: {name} version {version}")
+                say(f"{'registered' if new else 'already registered'}: {name} version {version}")
             for line in refused:
-                click.secho(f"not aliased: {line}", fg="yellow")
+                say(f"not aliased: {line}", "WARNING")
             for line in import_references(manager, repository, imported, actor=who):
-                click.echo(line)
+                say(line)
             names = sorted({name for name, _, _ in imported})
         else:
             names = [n for n in registry.list_models() if registry.versions(n)]
@@ -163,7 +182,16 @@ def serve(
             signal.signal(sig, lambda *_: stop.set())
 
     trap()
-    runtime = Runtime(host=host, port=port, address=address, progress=click.echo, verbose=verbose, grpc_port=grpc_port)
+    runtime = Runtime(
+        host=host,
+        port=port,
+        address=address,
+        progress=say,
+        verbose=verbose,
+        grpc_port=grpc_port,
+        forward_logs=verbose or log_format == "json",
+        json_logs=log_format == "json",
+    )
     code = 0
     try:
         runtime.start()
@@ -175,17 +203,18 @@ def serve(
         # The options by digest, not by value: they may hold database URLs with passwords.
         options = hashlib.sha256(json.dumps(settings.options, sort_keys=True, default=str).encode()).hexdigest()
         manager.audit("server_start", actor(), detail={"host": host, "port": port, "aliases": served, "options_sha256": options})
-        _announce(host, port, grpc_port, models, manager, settings.registry_url, runtime.ports, shown)
+        _announce(host, port, grpc_port, models, manager, settings.registry_url, runtime.ports, shown, say)
         while not stop.wait(0.5):
             pass
     except LockgateError as e:
-        click.secho(f"error: {e}", fg="red", err=True)
+        say(f"error: {e}", "ERROR", err=True)
         code = 2
     finally:
-        click.echo("shutting down ...")
+        say("shutting down ...")
         runtime.shutdown()
         manager.audit("server_stop", actor(), detail={"host": host, "port": port, "exit_code": code})
-        click.echo("stopped.")
+        say("stopped.")
+        restore_stdio()
     sys.exit(code)
 
 
@@ -199,14 +228,13 @@ def _without_password(url: str) -> str:
         return "(a URL SQLAlchemy cannot read)"
 
 
-def _check_startup(manager: PluginManager, host: str, insecure: bool) -> None:
+def _check_startup(manager: PluginManager, host: str, insecure: bool, say: _Say | None = None) -> None:
     """Refuse to start when a start-up gatekeeper says so (``lockgate_check_startup``)."""
+    say = say or _Say("text")
     for status in manager.failed():
-        click.secho(f"warning: plugin {status.name} failed: {status.error}", fg="yellow", err=True)
+        say(f"warning: plugin {status.name} failed: {status.error}", "WARNING", err=True)
     if not manager.has("lockgate_authenticate"):
-        click.secho(
-            "warning: no authentication plugin is loaded: every caller is anonymous and may do everything", fg="yellow", err=True
-        )
+        say("warning: no authentication plugin is loaded: every caller is anonymous and may do everything", "WARNING", err=True)
     denials = manager.check_startup(host, insecure)
     if denials:
         raise StartupError("; ".join(d.reason or f"refused by plugin '{d.plugin}'" for d in denials))
@@ -234,23 +262,61 @@ def _announce(
     registry_url: str,
     ports: dict[str, int],
     shown: Any,
+    say: _Say,
 ) -> None:
     """What a started server prints: where it serves, the other ports it took, curls to try."""
     url_host = f"[{host}]" if ":" in host else ("127.0.0.1" if host in ("0.0.0.0", "") else host)
     base = f"http://{url_host}:{port}"
     grpc = f" and gRPC on {url_host}:{grpc_port}" if grpc_port else ""
-    click.secho(f"lockgate is serving {len(models)} model(s) on {base}{grpc}", fg="green")
+    say(f"lockgate is serving {len(models)} model(s) on {base}{grpc}", "INFO", "green")
     for lines in manager.observe("lockgate_startup_notes", host=host):
         for line in lines:
-            click.secho(f"  {line}", fg="yellow")
-    click.echo(f"  models: {', '.join(models)}; registry: {_without_password(registry_url)}")
+            say(f"  {line}", "WARNING")
+    say(f"  models: {', '.join(models)}; registry: {_without_password(registry_url)}")
     if ports:
-        click.echo(f"  other ports: {', '.join(f'{what} {p}' for what, p in ports.items())}")
-    click.echo("try:")
-    click.echo(f"  curl -s {base}/v2/health/ready")
-    click.echo(f"  curl -s {base}/v2/models/{shown.name}")
-    click.echo(
+        say(f"  other ports: {', '.join(f'{what} {p}' for what, p in ports.items())}")
+    say("try:")
+    say(f"  curl -s {base}/v2/health/ready")
+    say(f"  curl -s {base}/v2/models/{shown.name}")
+    say(
         f"  curl -s -X POST {base}/v2/models/{shown.name}/infer -H 'Content-Type: application/json' -d '{_example(shown, models[shown.name])}'"
     )
-    click.echo(f"  curl -s {base}/metrics")
-    click.echo("Ctrl-C stops the server.")
+    say(f"  curl -s {base}/metrics")
+    say("Ctrl-C stops the server.")
+
+
+class _Say:
+    """What ``lockgate serve`` prints: lines as they are ('text'), or each line as one JSON object
+    on stdout ('json'; logger ``lockgate.serve``), like every log line of its replicas."""
+
+    def __init__(self, log_format: str) -> None:
+        self.json = log_format == "json"
+        self._formatter = JsonFormatter() if self.json else None
+
+    def __call__(self, text: str, level: str = "INFO", color: str | None = None, *, err: bool = False) -> None:
+        if self._formatter is None:
+            click.secho(text, fg=color or {"WARNING": "yellow", "ERROR": "red"}.get(level), err=err)
+            return
+        record = logging.LogRecord("lockgate.serve", getattr(logging, level), __file__, 0, text.strip(), None, None)
+        click.echo(self._formatter.format(record))
+
+
+def _log_environment(log_format: str, access_log: bool) -> Callable[[], None]:
+    """Set this process's logging, and the environment Ray's processes start with, for
+    ``log_format``; the function that undoes what must be undone at exit. JSON: Ray forwards
+    every replica line as it is (no worker prefix, colour or de-duplication), Serve's own replica
+    logs stay in Ray's log files, and anything else printed to this process's stdout or stderr,
+    by it or a process it starts, is wrapped as JSON (``json_stdio``)."""
+    os.environ["LOCKGATE_LOG_FORMAT"] = log_format
+    os.environ["LOCKGATE_ACCESS_LOG"] = "1" if access_log else "0"
+    configure_logs(log_format, access=access_log)
+    if log_format != "json":
+        return lambda: None
+    for key, value in (
+        ("RAY_DISABLE_WORKER_LOG_PREFIX", "1"),
+        ("RAY_COLOR_PREFIX", "0"),
+        ("RAY_DEDUP_LOGS", "0"),
+        ("RAY_SERVE_LOG_TO_STDERR", "0"),
+    ):
+        os.environ.setdefault(key, value)
+    return json_stdio()

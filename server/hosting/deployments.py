@@ -23,6 +23,7 @@ from ..serving.explain import explain_options
 from ..serving.grpc_service import GrpcOverHttp, OipGrpcService, start_grpc_server
 from ..serving.limits import limit_options
 from ..serving.listener import FastServer
+from ..serving.logs import configure as configure_logs
 from ..serving.model_app import ModelApp
 from ..serving.service import ModelService
 from ..serving.settings import LockgateSettings
@@ -61,6 +62,7 @@ class ModelDeployment:
     """A replica of one model: its plugin manager, its versions from the registry, its batchers."""
 
     async def __init__(self, name: str, config: ModelConfig, settings: LockgateSettings) -> None:  # type: ignore[misc]  # Serve awaits an async constructor
+        configure_logs(settings.log_format, access=settings.access_log)
         metrics.enable(settings.metrics_dir)  # before any plugin makes a metric
         metrics.replica_started(name)
         try:
@@ -148,6 +150,7 @@ class ControlDeployment:
     async def __init__(  # type: ignore[misc]  # Serve awaits an async constructor
         self, models: list[str], settings: LockgateSettings, pooled: dict[str, str] | None = None
     ) -> None:
+        configure_logs(settings.log_format, access=settings.access_log)
         self._settings = settings
         self._pooled = dict(pooled or {})  # model -> its pool's application
         self._pool_handles: dict[str, Any] = {}

@@ -26,6 +26,7 @@ from ..serving.asgi import call_whole
 from ..serving.config import ModelConfig, PoolConfig
 from ..serving.explain import explain_options
 from ..serving.limits import limit_options
+from ..serving.logs import configure as configure_logs
 from ..serving.model_app import ModelApp
 from ..serving.service import ModelService
 from ..serving.settings import LockgateSettings
@@ -113,6 +114,7 @@ class PoolDeployment:
     async def __init__(  # type: ignore[misc]  # Serve awaits an async constructor
         self, pool: str, models: dict[str, ModelConfig], settings: LockgateSettings, options: PoolConfig
     ) -> None:
+        configure_logs(settings.log_format, access=settings.access_log)
         metrics.enable(settings.metrics_dir)
         self._pool, self._configs, self._settings, self._options = pool, models, settings, options
         self._manager = settings.manager()

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from ..errors import ConfigError, StartupError
 from ..serving.config import ModelConfig
+from ..serving.logs import adopt
 from ..serving.settings import LockgateSettings, host_port
 from .serve_compat import (
     INGRESS_ENV,
@@ -88,6 +89,8 @@ class Runtime:
     address: str | None = None
     progress: Progress = print
     verbose: bool = False
+    forward_logs: bool = False  # the replicas' output to this process (JSON logs) without Ray's own logging
+    json_logs: bool = False  # every line this process prints is a JSON object (lockgate.server.serving.logs)
     grpc_port: int = 0  # the gRPC ingress's port (0: none); checked free before Ray starts
     started_ray: bool = False
     ports: dict[str, int] = field(default_factory=dict)  # every other port it takes, by what; printed
@@ -135,6 +138,8 @@ class Runtime:
             # config and admin socket.
             os.environ.update(haproxy_env(self.port))
         self._haproxy_before = frozenset(haproxy_pids())
+        if self.json_logs:
+            adopt("ray", "ray.serve")
         self.progress(f"starting Ray ({'local' if self.address is None else self.address}) ...")
         t0 = time.monotonic()
         try:
@@ -142,13 +147,15 @@ class Runtime:
                 # "local": a Ray of our own, never a cluster some other process left running here.
                 address=self.address or "local",
                 include_dashboard=False,
-                log_to_driver=self.verbose,
+                log_to_driver=self.verbose or self.forward_logs,
                 configure_logging=self.verbose,
             )
         except Exception as e:  # noqa: BLE001 - Ray raises many unrelated types here; each is a failed start
             raise StartupError(f"cannot start or join Ray: {e}") from None
         self.started_ray = self.address is None
         serve.start(http_options={"host": self.host, "port": self.port})
+        if self.json_logs:
+            adopt("ray", "ray.serve")
         self.progress(f"Ray and Serve up in {time.monotonic() - t0:.1f} s")
 
     def deploy(self, models: dict[str, ModelConfig], settings: LockgateSettings) -> None:

@@ -32,6 +32,7 @@ from .asgi import (
 )
 from .gate import gate, gate_now, new_request_id
 from .load import LoadMeter
+from .logs import ACCESS, REQUEST, json_enabled, trace_id
 from .protocol import HEADER_LENGTH
 from .service import ModelService
 
@@ -72,6 +73,10 @@ class ModelApp:
         # Requests held, read by autoscaling only (server/hosting/autoscaling.py); no cost without it.
         self.load = LoadMeter() if service.config.autoscaling is not None else None
         self.in_flight = 0  # requests in _serve now: the recorders' InferenceEvent.in_flight
+        # Structured logs (lockgate.server.serving.logs): a request's ids on its log lines, and
+        # the access log; nothing per request while both are off.
+        self.access = ACCESS.isEnabledFor(logging.INFO)
+        self.logged = json_enabled() or self.access
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -121,9 +126,34 @@ class ModelApp:
                     status, body, headers = withheld.status, withheld.body(), [*error_headers(withheld), headers[-1]]
                     event = self._event(outcome, start, body)
         await respond(send, status, body, headers)
+        if self.logged and outcome.action:
+            if self.access:
+                self._access(outcome, start)
+            REQUEST.set(None)  # the next request on this connection sets its own
         if self.observed and outcome.action:
             # The recorders' event when there is one: its latency ends where the answer was ready.
             self.manager.observe("lockgate_observe_inference", event=event or self._event(outcome, start, body))
+
+    def _access(self, outcome: Outcome, start: float) -> None:
+        ms = round((time.perf_counter() - start) * 1000.0, 3)
+        fields = {
+            "model": self.service.name,
+            "version": outcome.version,
+            "action": outcome.action,
+            "status": outcome.status,
+            "latency_ms": ms,
+            "rows": outcome.rows,
+            "principal": outcome.principal,
+        }
+        ACCESS.info(
+            "%s %s v%s %d %.3f ms",
+            outcome.action,
+            self.service.name,
+            outcome.version,
+            outcome.status,
+            ms,
+            extra={"fields": fields},
+        )
 
     def _event(self, outcome: Outcome, start: float, response: bytes | None) -> InferenceEvent:
         return InferenceEvent(
@@ -206,6 +236,8 @@ class ModelApp:
             kind = action[1:]
             outcome.action = kind
             outcome.request_id = new_request_id()
+            if self.logged:
+                REQUEST.set((outcome.request_id, trace_id(scope.get("headers", ()))))
             if self.recorded:
                 outcome.started_at = time.time()
             if method != "POST":

@@ -97,6 +97,10 @@ class LockgateSettings:
     # Where the gRPC ingress listens ("host:port", LOCKGATE_GRPC; "off" or unset: no gRPC).
     # lockgate serve sets it from --host and --grpc-port.
     grpc_address: str | None = None
+    # Logs of every lockgate process (lockgate.server.serving.logs): 'text' or 'json'
+    # (LOCKGATE_LOG_FORMAT), and one line per inference request (LOCKGATE_ACCESS_LOG=1).
+    log_format: str = "text"
+    access_log: bool = False
 
     @classmethod
     def from_env(cls, **overrides: object) -> LockgateSettings:
@@ -112,8 +116,12 @@ class LockgateSettings:
             plugins_block=plugin_filter_from_env()[1],
             replica_listener=env.get("LOCKGATE_REPLICA_LISTENER", "1") != "0",
             grpc_address=None if env.get("LOCKGATE_GRPC", "off") == "off" else env["LOCKGATE_GRPC"],
+            log_format=env.get("LOCKGATE_LOG_FORMAT") or "text",
+            access_log=env.get("LOCKGATE_ACCESS_LOG", "0") == "1",
             options=load_options(env.get("LOCKGATE_CONFIG") or f"{home}/lockgate.yaml", explicit="LOCKGATE_CONFIG" in env),
         )
+        if base.log_format not in ("text", "json"):
+            raise ConfigError(f"LOCKGATE_LOG_FORMAT must be 'text' or 'json', not {base.log_format!r}")
         return replace(base, **{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]
 
     @property
