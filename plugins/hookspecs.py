@@ -48,6 +48,8 @@ __all__ = [
     "RECORDERS",
     "lockgate_approval_states",
     "lockgate_audit_event",
+    "lockgate_audit_payload",
+    "lockgate_audit_record",
     "lockgate_audit_records",
     "lockgate_authenticate",
     "lockgate_authorize",
@@ -91,6 +93,8 @@ PROVIDERS = (
     "lockgate_model_registry",
     "lockgate_resolve_model",
     "lockgate_audit_records",
+    "lockgate_audit_record",
+    "lockgate_audit_payload",
     "lockgate_approval_states",
     "lockgate_service_level",
     "lockgate_build_baseline",
@@ -169,6 +173,22 @@ def lockgate_audit_records(
     ``version`` and ``detail``. Called off the request path (``lockgate report``). An
     exception propagates to whoever asked.
     """
+
+
+@hookspec(firstresult=True)
+def lockgate_audit_record(request_id: str) -> Mapping[str, Any] | None:
+    """The record of inference request ``request_id`` (the server's ``lockgate-request-id``, or
+    the OIP ``id`` the client sent), as ``lockgate_audit_records`` gives records; None when this
+    plugin keeps no such record. Plugin API 1.4; called by ``lockgate audit replay``/``explain``.
+    An exception propagates to whoever asked."""
+
+
+@hookspec(firstresult=True)
+def lockgate_audit_payload(record: Mapping[str, Any], which: str) -> bytes | None:
+    """The ``which`` body (``input``: the request, ``output``: the response) kept with ``record``,
+    as it was received or sent; None when none was kept. An exception propagates to whoever asked:
+    it says why a kept body cannot be read (another key, altered). Called by ``lockgate audit
+    replay``/``explain``, off the request path. Plugin API 1.4."""
 
 
 @hookspec(firstresult=True)

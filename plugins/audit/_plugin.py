@@ -7,7 +7,7 @@ import atexit
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,6 +19,7 @@ from .._types import AuditEvent, CommandContext, Decision, InferenceEvent, Setti
 from ..errors import AuditError, ConfigError
 from ._chain import load_or_create_key
 from ._log import AuditLog, CheckpointSink
+from ._payloads import PayloadSealer
 from ._sequencer import Sequencer, digest_bodies
 
 __all__ = ["LOCKGATE_PLUGIN_API", "AuditOptions", "AuditPlugin", "plugin"]
@@ -60,7 +61,14 @@ class AuditOptions(BaseModel):
         None,
         description="The checkpoint HMAC key (hex), kept out of the database; env LOCKGATE_AUDIT_KEY_FILE; default LOCKGATE_HOME/audit.key.",
     )
-    payloads: bool = Field(False, description="Keep whole request and response bodies (base64), not only their sha256.")
+    payloads: bool = Field(
+        False,
+        description="Keep whole request and response bodies, not only their sha256, sealed with AES-256-GCM under "
+        "payload_key_file (`lockgate audit replay` re-runs them).",
+    )
+    payload_key_file: str | None = Field(
+        None, description="The payloads' key (hex), kept out of the database; default LOCKGATE_HOME/audit-payload.key."
+    )
     retention_days: float = Field(
         183.0, gt=0, description="Records younger than this are never pruned (EU AI Act art. 19: 6 months at least)."
     )
@@ -95,11 +103,13 @@ class AuditPlugin:
         self.error: str | None = None
         self._log: AuditLog | None = None
         self._sequencer: Sequencer | None = None
+        self._sealer: PayloadSealer | None = None
         self._atexit = False
 
     @hookimpl
     def lockgate_configure(self, settings: Settings, manager: Any) -> None:
         self.close()
+        self._sealer = None
         self.settings = settings
         self.error = None
         try:
@@ -129,9 +139,19 @@ class AuditPlugin:
         return self._log
 
     @property
+    def sealer(self) -> PayloadSealer:
+        """The key that seals kept request and response bodies (``payloads``), made on first use."""
+        if self._sealer is None:
+            if self.settings is None:
+                raise AuditError("the audit plugin is not configured")
+            path = self.options.payload_key_file or str(Path(self.settings.home or ".") / "audit-payload.key")
+            self._sealer = PayloadSealer(load_or_create_key(path))
+        return self._sealer
+
+    @property
     def sequencer(self) -> Sequencer:
         if self._sequencer is None:
-            payloads = self.options.payloads
+            sealer = self.sealer if self.options.payloads else None
             self._sequencer = Sequencer(
                 self.audit_log,
                 mode=self.options.mode,
@@ -141,7 +161,7 @@ class AuditPlugin:
                 linger_s=self.options.linger_s
                 if self.options.linger_s is not None
                 else (0.05 if self.options.mode == "async" else 0.0),
-                prepare=lambda entry: digest_bodies(entry, payloads),
+                prepare=lambda entry: digest_bodies(entry, sealer),
                 observe=_AuditMetrics(),
             )
             if not self._atexit:
@@ -225,7 +245,7 @@ class AuditPlugin:
         def to_withheld(e: dict[str, Any]) -> None:
             detail = e.setdefault("detail", {})
             detail.update(status=503, error=withheld)
-            for key in ("output_bytes", "output_sha256", "output_size", "output_base64"):
+            for key in ("output_bytes", "output_sha256", "output_size", "output_sealed"):
                 detail.pop(key, None)
 
         if self.sequencer.amend(entry, to_withheld):
@@ -243,6 +263,21 @@ class AuditPlugin:
         self, since: float | None, until: float | None, kind: str | None, model: str | None
     ) -> Iterator[dict[str, Any]]:
         return self.audit_log.records(since=since, until=until, kind=kind, model=model)
+
+    @hookimpl
+    def lockgate_audit_record(self, request_id: str) -> dict[str, Any] | None:
+        found = [r for r in self.audit_log.records(request_id=request_id) if r.get("kind") in ("infer", "explain")]
+        exact = [r for r in found if r.get("request_id") == request_id]  # the server's id before a client's
+        chosen = exact or found
+        return chosen[-1] if chosen else None
+
+    @hookimpl
+    def lockgate_audit_payload(self, record: Mapping[str, Any], which: str) -> bytes | None:
+        detail = record.get("detail") or {}
+        sealed = detail.get(f"{which}_sealed")
+        if sealed is None:
+            return None
+        return self.sealer.open(sealed, str(record.get("request_id") or ""), which, detail.get("payload_key"))
 
     @hookimpl
     def lockgate_check_startup(self, host: str, insecure: bool) -> Decision | None:

@@ -17,7 +17,6 @@ carries many records and the cost of durability is shared.
 from __future__ import annotations
 
 import asyncio
-import base64
 import collections
 import concurrent.futures
 import hashlib
@@ -29,6 +28,7 @@ from typing import Any
 
 from ..errors import AuditError, SequencerStopped
 from ._log import AuditLog
+from ._payloads import PayloadSealer
 
 __all__ = ["Sequencer", "digest_bodies", "unrecordable"]
 
@@ -391,8 +391,10 @@ def _storable(text: str) -> bool:
     return "\x00" not in text and len(text) <= 256
 
 
-def digest_bodies(entry: dict[str, Any], payloads: bool) -> dict[str, Any]:
-    """Replace request and response bytes by their sha256 (and base64 copies when ``payloads``)."""
+def digest_bodies(entry: dict[str, Any], sealer: PayloadSealer | None = None) -> dict[str, Any]:
+    """Replace request and response bytes by their sha256 and size, and, with a ``sealer``
+    (``audit.payloads``), by the bodies themselves sealed at rest (``input_sealed``,
+    ``output_sealed``, ``payload_key``: lockgate.plugins.audit._payloads)."""
     detail = entry.get("detail")
     if not detail:
         return entry
@@ -402,6 +404,7 @@ def digest_bodies(entry: dict[str, Any], payloads: bool) -> dict[str, Any]:
             continue
         detail[f"{key}_sha256"] = hashlib.sha256(raw).hexdigest()
         detail[f"{key}_size"] = len(raw)
-        if payloads:
-            detail[f"{key}_base64"] = base64.b64encode(raw).decode("ascii")
+        if sealer is not None:
+            detail[f"{key}_sealed"] = sealer.seal(raw, str(entry.get("request_id") or ""), key)
+            detail["payload_key"] = sealer.key_id
     return entry

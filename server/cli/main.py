@@ -35,6 +35,12 @@ class LockgateGroup(click.Group):
         manager = PluginManager(allow=allow, block=block)
         manager.load_entry_points()  # not configured: adding commands needs no settings
         manager.observe("lockgate_register_commands", cli=self, context=CONTEXT)
+        audit = self.commands.get("audit")
+        if isinstance(audit, click.Group):  # replaying needs the serving code, which plugins never import
+            from .replay import explain, replay_command
+
+            audit.add_command(replay_command)
+            audit.add_command(explain)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         self._add_plugin_commands()

@@ -27,6 +27,7 @@ from lockgate.plugins.audit import (
     record_hash,
 )
 from lockgate.plugins.audit import _schema as t
+from lockgate.plugins.audit._payloads import PayloadSealer
 from lockgate.plugins.audit._sequencer import digest_bodies
 from lockgate.plugins.errors import AuditError
 
@@ -255,15 +256,23 @@ def test_export_filters_and_formats(make_log):
 
 def test_payload_digests_and_full_payloads():
     e = {"detail": {"input_bytes": b"abc", "output_bytes": b"xyz"}}
-    d = digest_bodies(json.loads(json.dumps({"detail": {}})) | e, payloads=False)["detail"]
+    d = digest_bodies(json.loads(json.dumps({"detail": {}})) | e)["detail"]
     assert d == {
         "input_sha256": "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
         "input_size": 3,
         "output_sha256": "3608bca1e44ea6c4d268eb6db02260269892c0b42b86bbf1e77a6fa16c3c9282",
         "output_size": 3,
     }
-    full = digest_bodies({"detail": {"input_bytes": b"abc"}}, payloads=True)["detail"]
-    assert full["input_base64"] == "YWJj"
+    sealer = PayloadSealer(bytes(range(32)))
+    full = digest_bodies({"request_id": "r1", "detail": {"input_bytes": b"abc"}}, sealer)["detail"]
+    assert "abc" not in json.dumps(full) and "YWJj" not in json.dumps(full)  # sealed, not base64 of the body
+    assert full["payload_key"] == sealer.key_id and sealer.open(full["input_sealed"], "r1", "input") == b"abc"
+    with pytest.raises(ValueError, match="moved from another record"):
+        sealer.open(full["input_sealed"], "r2", "input")  # bound to its record's request id
+    with pytest.raises(ValueError, match="altered"):
+        sealer.open(full["input_sealed"], "r1", "output")  # and to which body it is
+    with pytest.raises(ValueError, match="sealed with key"):
+        PayloadSealer(bytes(32)).open(full["input_sealed"], "r1", "input", full["payload_key"])
 
 
 def test_sync_waiters_fail_when_the_store_fails_and_async_drops_are_counted(make_log):
