@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-__all__ = ["alias_history", "aliases", "events", "metadata", "model_versions", "models", "references"]
+__all__ = ["alias_history", "alias_splits", "aliases", "events", "metadata", "model_versions", "models", "references"]
 
 metadata = sa.MetaData()
 
@@ -37,6 +37,20 @@ aliases = sa.Table(
     sa.Column("name", sa.String(128), sa.ForeignKey("lockgate_models.name"), primary_key=True),
     sa.Column("alias", sa.String(64), primary_key=True),
     sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("set_by", sa.String(256), nullable=False),
+    sa.Column("set_at", sa.Float(precision=53), nullable=False),
+)
+
+# A canary: an alias whose traffic is split between versions by weight (percent, summing to
+# 100). ``aliases`` keeps the version with the largest weight, for everything that reads one
+# version per alias; a plain alias move removes the split.
+alias_splits = sa.Table(
+    "lockgate_alias_splits",
+    metadata,
+    sa.Column("name", sa.String(128), sa.ForeignKey("lockgate_models.name"), primary_key=True),
+    sa.Column("alias", sa.String(64), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("weight", sa.Integer, nullable=False),
     sa.Column("set_by", sa.String(256), nullable=False),
     sa.Column("set_at", sa.Float(precision=53), nullable=False),
 )

@@ -260,17 +260,16 @@ class Registry:
     # -- aliases -----------------------------------------------------------------------------
 
     def set_alias(self, name: str, alias: str, version: int, *, actor: str) -> int | None:
-        """Point ``alias`` of ``name`` at ``version``; returns the version it pointed to before."""
-        if not alias or not set(alias) <= ALIAS_NAME_CHARS or alias.isdigit() or len(alias) > 64:
-            raise ValueError(f"alias {alias!r}: use letters, digits, '_', '-', '.', not only digits, up to 64 characters")
+        """Point ``alias`` of ``name`` at ``version``; returns the version it pointed to before.
+        A split of the alias between versions (``set_alias_split``) ends."""
+        _check_alias_name(alias)
         self.get_version(name, version)  # unknown model or version: UnknownModel, before any gatekeeper
-        decision = self._check_alias(name, alias, version, actor)
-        if not decision.allow:
-            detail = {"alias": alias, "reason": decision.reason, "plugin": decision.plugin}
-            self._audit("alias_refused", actor, model=name, version=version, detail=detail)
-            raise AliasRefused(name, alias, version, decision.reason, decision.plugin)
+        self._gate_alias(name, alias, version, actor)
         with writing(self.engine) as c, c.begin():
             self._version_row(c, name, version)
+            ended = c.execute(
+                t.alias_splits.delete().where(t.alias_splits.c.name == name, t.alias_splits.c.alias == alias)
+            ).rowcount
             previous = c.execute(
                 sa.select(t.aliases.c.version).where(t.aliases.c.name == name, t.aliases.c.alias == alias)
             ).scalar()
@@ -288,9 +287,68 @@ class Registry:
                     name=name, alias=alias, version=version, previous=previous, set_by=actor, set_at=now
                 )
             )
-            self._event(c, "alias_set", actor, name, version, {"alias": alias, "previous": previous})
-        self._audit("alias_set", actor, model=name, version=version, detail={"alias": alias, "previous": previous})
+            detail = {"alias": alias, "previous": previous, **({"split_ended": True} if ended else {})}
+            self._event(c, "alias_set", actor, name, version, detail)
+        self._audit("alias_set", actor, model=name, version=version, detail=detail)
         return previous
+
+    def _gate_alias(self, name: str, alias: str, version: int, actor: str) -> None:
+        decision = self._check_alias(name, alias, version, actor)
+        if not decision.allow:
+            detail = {"alias": alias, "reason": decision.reason, "plugin": decision.plugin}
+            self._audit("alias_refused", actor, model=name, version=version, detail=detail)
+            raise AliasRefused(name, alias, version, decision.reason, decision.plugin)
+
+    def set_alias_split(self, name: str, alias: str, weights: Mapping[int, int], *, actor: str) -> int | None:
+        """Split ``alias`` of ``name`` between versions by ``weights`` (version: percent, at least
+        two versions, each weight 1..99, summing to 100): a canary. Each version passes the
+        alias gatekeepers as a plain move would (a protected alias takes approved versions only).
+        ``aliases`` keeps the heaviest version (the lowest number of equal weights); the move is
+        in the alias history and the audit log with its weights. Returns the version the alias
+        pointed to before."""
+        _check_alias_name(alias)
+        if len(weights) < 2 or any(not 0 < w < 100 for w in weights.values()) or sum(weights.values()) != 100:
+            raise ValueError(
+                f"a split of alias {alias!r} needs two or more versions with weights from 1 to 99 summing to 100, "
+                f"not {dict(weights)}"
+            )
+        for version in sorted(weights):
+            self.get_version(name, version)
+        for version in sorted(weights):
+            self._gate_alias(name, alias, version, actor)
+        main = min(weights, key=lambda v: (-weights[v], v))
+        split = {str(v): w for v, w in sorted(weights.items())}
+        with writing(self.engine) as c, c.begin():
+            for version in weights:
+                self._version_row(c, name, version)
+            previous = c.execute(
+                sa.select(t.aliases.c.version).where(t.aliases.c.name == name, t.aliases.c.alias == alias)
+            ).scalar()
+            now = time.time()
+            c.execute(t.aliases.delete().where(t.aliases.c.name == name, t.aliases.c.alias == alias))
+            c.execute(t.aliases.insert().values(name=name, alias=alias, version=main, set_by=actor, set_at=now))
+            c.execute(t.alias_splits.delete().where(t.alias_splits.c.name == name, t.alias_splits.c.alias == alias))
+            for version, weight in weights.items():
+                c.execute(
+                    t.alias_splits.insert().values(
+                        name=name, alias=alias, version=version, weight=weight, set_by=actor, set_at=now
+                    )
+                )
+            c.execute(
+                t.alias_history.insert().values(name=name, alias=alias, version=main, previous=previous, set_by=actor, set_at=now)
+            )
+            detail = {"alias": alias, "previous": previous, "weights": split}
+            self._event(c, "alias_split", actor, name, main, detail)
+        self._audit("alias_split", actor, model=name, version=main, detail=detail)
+        return previous
+
+    def alias_splits(self, name: str) -> dict[str, dict[int, int]]:
+        """The aliases of ``name`` that are split between versions: alias -> {version: weight}."""
+        out: dict[str, dict[int, int]] = {}
+        with self.engine.connect() as c:
+            for r in c.execute(sa.select(t.alias_splits).where(t.alias_splits.c.name == name)):
+                out.setdefault(r.alias, {})[r.version] = r.weight
+        return out
 
     def aliases(self, name: str) -> dict[str, int]:
         with self.engine.connect() as c:
@@ -441,3 +499,8 @@ class Registry:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def _check_alias_name(alias: str) -> None:
+    if not alias or not set(alias) <= ALIAS_NAME_CHARS or alias.isdigit() or len(alias) > 64:
+        raise ValueError(f"alias {alias!r}: use letters, digits, '_', '-', '.', not only digits, up to 64 characters")

@@ -127,7 +127,14 @@ def list_(ctx) -> None:
         click.echo("no models registered")
     for name in names:
         versions = [v.version for v in registry.versions(name)]
-        aliases = ", ".join(f"{a}={v}" for a, v in sorted(registry.aliases(name).items())) or "-"
+        splits: dict[str, dict[int, int]] = getattr(registry, "alias_splits", lambda _: {})(name)
+        aliases = (
+            ", ".join(
+                f"{a}=" + ("+".join(f"{v}:{w}%" for v, w in sorted(splits[a].items())) if a in splits else str(v))
+                for a, v in sorted(registry.aliases(name).items())
+            )
+            or "-"
+        )
         click.echo(f"{name:<24} versions {','.join(map(str, versions)) or '-':<16} aliases {aliases}")
 
 
@@ -166,21 +173,53 @@ def alias() -> None:
 @alias.command("set")
 @click.argument("name")
 @click.argument("alias_name", metavar="ALIAS")
-@click.argument("version", type=int)
+@click.argument("versions", nargs=-1, required=True, metavar="VERSION | VERSION=WEIGHT...")
 @click.pass_context
-def alias_set(ctx, name: str, alias_name: str, version: int) -> None:
-    """Point ALIAS of model NAME at VERSION (serving replicas follow within a second)."""
+def alias_set(ctx, name: str, alias_name: str, versions: tuple[str, ...]) -> None:
+    """Point ALIAS of model NAME at VERSION, or split it between versions by weight, a canary:
+    `production 2=90 3=10` sends 10% of callers to version 3, each caller always to the same
+    version while the weights hold (serving replicas follow within a second)."""
+    weights = _weights(versions)
     manager = manager_from(ctx.obj["registry_url"], ctx.obj["artifact_dir"])
-    who = checked_actor(manager, "alias", name, version)
+    who = ""
+    for version in sorted(weights):
+        who = checked_actor(manager, "alias", name, version)
+    registry = manager.registry()
     try:
-        previous = manager.registry().set_alias(name, alias_name, version, actor=who)
+        if len(weights) == 1 and "=" not in versions[0]:
+            version = next(iter(weights))
+            previous = registry.set_alias(name, alias_name, version, actor=who)
+            shown = f"version {version}"
+        else:
+            split = getattr(registry, "set_alias_split", None)
+            if split is None:
+                fail(LockgateError("this registry cannot split an alias between versions"))
+            previous = split(name, alias_name, weights, actor=who)
+            shown = ", ".join(f"version {v} {w}%" for v, w in sorted(weights.items()))
     except PermissionError as e:
         click.secho(f"error: {e}", fg="red", err=True)
         sys.exit(4)
     except (LookupError, ValueError, LockgateError) as e:
         fail(e)
     was = f" (was {previous})" if previous is not None else ""
-    click.echo(f"{name}@{alias_name} -> version {version}{was}")
+    click.echo(f"{name}@{alias_name} -> {shown}{was}")
+
+
+def _weights(versions: tuple[str, ...]) -> dict[int, int]:
+    """VERSION, or VERSION=WEIGHT pairs, as {version: weight}."""
+    if len(versions) == 1 and "=" not in versions[0]:
+        if not versions[0].isdigit():
+            raise click.BadParameter(f"{versions[0]!r} is not a version number", param_hint="VERSION")
+        return {int(versions[0]): 100}
+    out: dict[int, int] = {}
+    for item in versions:
+        version, _, weight = item.partition("=")
+        if not (version.isdigit() and weight.isdigit()):
+            raise click.BadParameter(f"{item!r}: give VERSION=WEIGHT, as in 2=90 3=10", param_hint="VERSION=WEIGHT")
+        if int(version) in out:
+            raise click.BadParameter(f"version {version} is given twice", param_hint="VERSION=WEIGHT")
+        out[int(version)] = int(weight)
+    return out
 
 
 @models.command()

@@ -251,7 +251,10 @@ class ModelApp:
                     if early.refusal is not None:
                         outcome.decided_by = early.refusal.decided_by
                         raise early.refusal
-            served = await self.service.version(version)
+            if version is None and self.service.split is not None:  # a canary: the caller's version
+                served = await self.service.version(None, _caller(scope, outcome.principal))
+            else:
+                served = await self.service.version(version)
             outcome.version, outcome.sha256 = served.model.version, served.model.sha256
             self.service.check_serving(served)
             body = await read_body(receive, self.service.limits.max_body_bytes)
@@ -287,6 +290,18 @@ class ModelApp:
     def _get_only(method: str) -> None:
         if method not in ("GET", "HEAD"):
             raise MethodNotAllowed(f"{method} is not allowed here; use GET")
+
+
+def _caller(scope: Scope, principal: str) -> str:
+    """Who asks, for a canary's sticky choice: the authenticated principal; an anonymous caller by
+    its ``lockgate-client`` header, else its address."""
+    if principal != "anonymous":
+        return principal
+    named = header(scope, b"lockgate-client")
+    if named:
+        return "client:" + named.decode("latin-1")
+    client = scope.get("client")
+    return "address:" + (client[0] if client else "")
 
 
 class Outcome:

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -111,7 +112,10 @@ class ModelService:
         self._registered_at = 0.0  # when a request for an unknown version last asked the registry
         self._registry_asked: asyncio.Future[set[int]] | None = None  # that question, while it is open
         self.aliases: dict[str, int] = registry.aliases(name)
+        self.splits: dict[str, dict[int, int]] = _splits(registry, name)  # canaries: alias -> {version: weight}
+        self.split = _compile(self.splits.get(default_alias))  # the default alias's, as cumulative bounds
         wanted = set(config.version_policy.select(sorted(self.registered))) | set(self.aliases.values())
+        wanted |= {v for weights in self.splits.values() for v in weights}
         for version in sorted(wanted):
             self.served[version] = self._load(version)
         self._blocked_lock = threading.Lock()
@@ -225,9 +229,17 @@ class ModelService:
     def default_version(self) -> int:
         return self.aliases.get(self.default_alias) or max(self.served)
 
-    async def version(self, text: str | None) -> Served:
-        """The served version for a route's version text (None: the default alias)."""
+    async def version(self, text: str | None, caller: str | None = None) -> Served:
+        """The served version for a route's version text (None: the default alias). When the
+        default alias is split between versions (a canary), ``caller`` picks one by the weights,
+        the same one for the same caller while the weights hold."""
         if text is None:
+            split = self.split
+            if split is not None and caller is not None:
+                point = zlib.crc32(caller.encode("utf-8", "surrogatepass")) % 100
+                for bound, pick in split:
+                    if point < bound:
+                        return self.served[pick]
             return self.served[self.default_version]
         number = int(text) if text.isdigit() else None
         if number is not None and number in self.served:
@@ -276,10 +288,11 @@ class ModelService:
 
     async def refresh(self) -> bool:
         """Follow the registry: load newly aliased versions, then swap the alias table. True on change."""
-        aliases = await asyncio.to_thread(self.registry.aliases, self.name)
-        if aliases == self.aliases:
+        aliases, splits = await asyncio.to_thread(lambda: (self.registry.aliases(self.name), _splits(self.registry, self.name)))
+        if aliases == self.aliases and splits == self.splits:
             return False
-        for number in sorted(set(aliases.values()) - set(self.served)):
+        needed = set(aliases.values()) | {v for weights in splits.values() for v in weights}
+        for number in sorted(needed - set(self.served)):
             self.registered.add(number)
             try:
                 await self._load_later(number)
@@ -288,28 +301,37 @@ class ModelService:
                 return False
         # The serving decisions for the new table are taken before it is swapped in, and both
         # change together: a request never sees the new alias with the old decisions.
-        await asyncio.to_thread(self.update_blocked, None, aliases)
-        log.info("model %s aliases now %s", self.name, aliases)
+        await asyncio.to_thread(self.update_blocked, None, aliases, None, splits)
+        log.info("model %s aliases now %s%s", self.name, aliases, f", split {splits}" if splits else "")
         return True
 
     def update_blocked(
-        self, records: list[Any] | None = None, aliases: dict[str, int] | None = None, adding: dict[int, Served] | None = None
+        self,
+        records: list[Any] | None = None,
+        aliases: dict[str, int] | None = None,
+        adding: dict[int, Served] | None = None,
+        splits: dict[str, dict[int, int]] | None = None,
     ) -> None:
         """Ask the serving gatekeepers about every loaded version, and the ``adding`` ones, under
         ``aliases`` (default: the current table), then install the decisions, ``aliases`` when
         given, and the added versions, in that order. Runs off the event loop; one call at a
         time, so a slower call cannot undo a newer one."""
         with self._blocked_lock:
-            self._update_blocked(records, aliases, adding)
+            self._update_blocked(records, aliases, adding, splits)
 
     def _update_blocked(
-        self, records: list[Any] | None, new_aliases: dict[str, int] | None, adding: dict[int, Served] | None
+        self,
+        records: list[Any] | None,
+        new_aliases: dict[str, int] | None,
+        adding: dict[int, Served] | None,
+        new_splits: dict[str, dict[int, int]] | None = None,
     ) -> None:
         aliases = self.aliases if new_aliases is None else new_aliases
+        splits = self.splits if new_splits is None else new_splits
         adding = {v: s for v, s in (adding or {}).items() if v not in self.served}
         if not self._serving_checked:
-            self.aliases = aliases
-            self.served.update(adding)
+            self.served.update(adding)  # before the tables that name them
+            self.aliases, self.splits, self.split = aliases, splits, _compile(splits.get(self.default_alias))
             return
         served = {**self.served, **adding}
         if records is None:
@@ -318,7 +340,9 @@ class ModelService:
         for record in records:
             if record.version not in served:
                 continue
-            pointing = sorted(a for a, v in aliases.items() if v == record.version)
+            pointing = sorted(
+                {a for a, v in aliases.items() if v == record.version} | {a for a, w in splits.items() if record.version in w}
+            )
             decision = self.manager.check_serving(record, pointing)
             if not decision.allow:
                 blocked[record.version] = decision.reason or f"version {record.version} may not serve"
@@ -329,8 +353,9 @@ class ModelService:
             )
         for version in self.blocked.keys() - blocked.keys():
             self.manager.audit("serving_resumed", "lockgate", model=self.name, version=version)
-        self.blocked, self.aliases = blocked, aliases
+        self.blocked = blocked
         self.served.update(adding)  # after the decisions: a request that sees the version sees them
+        self.aliases, self.splits, self.split = aliases, splits, _compile(splits.get(self.default_alias))
 
     def check_serving(self, served: Served) -> None:
         """503 when a serving gatekeeper stopped this version (revoked, not approved, ...)."""
@@ -401,3 +426,21 @@ class ModelService:
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _splits(registry: Any, name: str) -> dict[str, dict[int, int]]:
+    """The registry's canaries of ``name`` (a registry without them has none)."""
+    read = getattr(registry, "alias_splits", None)
+    return read(name) if read is not None else {}
+
+
+def _compile(weights: dict[int, int] | None) -> tuple[tuple[int, int], ...] | None:
+    """A split's versions as (cumulative bound, version), in version order: a caller whose hash
+    modulo 100 is below a bound, and not below the one before, gets that version."""
+    if not weights:
+        return None
+    bounds, total = [], 0
+    for version in sorted(weights):
+        total += weights[version]
+        bounds.append((total, version))
+    return tuple(bounds)

@@ -43,6 +43,8 @@ class ModelReport:
     drift: list[dict[str, Any]] = field(default_factory=list)  # drift_detected / drift_cleared records
     lead_times_s: list[tuple[int, float]] = field(default_factory=list)  # (version, registration -> production)
     pending: list[int] = field(default_factory=list)
+    # With more than one version served in the period (a canary, a move): the same figures per version.
+    by_version: list[ModelReport] = field(default_factory=list)
 
     @property
     def requests(self) -> int:
@@ -123,6 +125,12 @@ def gather(manager: Any, since: float, until: float | None = None, models: list[
         report = ModelReport(name, slo, data[:, 0], data[:, 1].astype(int), data[:, 2], drift=drift[name])
         versions, counts = np.unique(data[:, 3].astype(int), return_counts=True)
         report.versions = {int(v): int(c) for v, c in zip(versions, counts) if v}
+        if len(report.versions) > 1:
+            for v in sorted(report.versions):
+                part = data[data[:, 3].astype(int) == v]
+                report.by_version.append(
+                    ModelReport(f"  version {v}", slo, part[:, 0], part[:, 1].astype(int), part[:, 2], versions={v: len(part)})
+                )
         report.aliases = registry.aliases(name)
         history = registry.alias_history(name, manager.settings.default_alias)
         versions_of = registry.versions(name)
@@ -190,7 +198,7 @@ HEADER = [
 
 
 def render_text(report: Report) -> str:
-    rows = [HEADER] + [_row(m) for m in report.models]
+    rows = [HEADER] + [_row(r) for m in report.models for r in (m, *m.by_version)]
     widths = [max(len(r[i]) for r in rows) for i in range(len(HEADER))]
     lines = [f"lockgate report {_iso(report.since)} .. {_iso(report.until)}"]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
@@ -263,7 +271,8 @@ def render_html(report: Report) -> str:
     cells = "".join(f"<th>{e(h)}</th>" for h in HEADER)
     body = [f"<table id='summary'><tr>{cells}</tr>"]
     for m in report.models:
-        body.append("<tr>" + "".join(f"<td>{e(c)}</td>" for c in _row(m)) + "</tr>")
+        for r in (m, *m.by_version):
+            body.append("<tr>" + "".join(f"<td>{e(c)}</td>" for c in _row(r)) + "</tr>")
     body.append("</table>")
     for m in report.models:
         body.append(f"<section class='model' id='model-{e(m.name)}'><h2>{e(m.name)}</h2>")

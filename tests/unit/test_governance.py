@@ -536,3 +536,15 @@ def test_request_ids_are_unique_random_and_a_forked_child_draws_its_own():
     os.close(read)
     os.close(write)
     assert child != new_request_id() and len(child) == 24
+
+
+def test_a_protected_alias_splits_only_between_approved_versions(registered):
+    manager, g, registry = registered
+    g.decide("approve", "mlp", 1, actor="bob")
+    registry.set_alias("mlp", "production", 1, actor="alice")
+    with pytest.raises(AliasRefused, match="protected alias and version 2 is pending"):
+        registry.set_alias_split("mlp", "production", {1: 90, 2: 10}, actor="alice")
+    assert registry.alias_splits("mlp") == {}
+    registry.set_alias_split("mlp", "staging", {1: 90, 2: 10}, actor="alice")  # unprotected: a pending canary
+    kinds = [(r["kind"], r.get("version")) for r in manager.plugin("audit").audit_log.records() if r["kind"].startswith("alias")]
+    assert kinds[-2:] == [("alias_refused", 2), ("alias_split", 1)]

@@ -292,3 +292,32 @@ def test_serve_prints_the_registry_url_without_its_password():
     shown = _without_password("postgresql+psycopg://lockgate:s3cret@db.internal:5432/lockgate")
     assert "s3cret" not in shown and shown == "postgresql+psycopg://lockgate:***@db.internal:5432/lockgate"
     assert _without_password("sqlite:////var/lib/lockgate/registry.db") == "sqlite:////var/lib/lockgate/registry.db"
+
+
+def test_an_alias_split_between_versions_a_canary(make_registry, files):
+    r = make_registry()
+    for f in ("mlp0.onnx", "mlp1.onnx", "iris.onnx"):
+        r.register(files / f, "m", created_by="a")
+    r.set_alias("m", "production", 1, actor="bob")
+    for weights, fragment in (
+        ({1: 100}, "two or more versions"),
+        ({1: 90, 2: 20}, "summing to 100"),
+        ({1: 100, 2: 0}, "from 1 to 99"),
+    ):
+        with pytest.raises(ValueError, match=fragment):
+            r.set_alias_split("m", "production", weights, actor="bob")
+    with pytest.raises(LookupError, match="version"):
+        r.set_alias_split("m", "production", {1: 50, 9: 50}, actor="bob")
+    assert r.alias_splits("m") == {} and r.aliases("m") == {"production": 1}  # refused: nothing changed
+
+    assert r.set_alias_split("m", "production", {1: 90, 2: 10}, actor="carol") == 1
+    assert r.alias_splits("m") == {"production": {1: 90, 2: 10}}
+    assert r.aliases("m") == {"production": 1}  # one version per alias for everything else: the heaviest
+    r.set_alias_split("m", "production", {1: 30, 2: 70}, actor="carol")  # the weights move
+    assert r.aliases("m") == {"production": 2} and r.alias_splits("m") == {"production": {1: 30, 2: 70}}
+    events = [e for e in r.events("m") if e["kind"] == "alias_split"]
+    assert [e["detail"]["weights"] for e in events] == [{"1": 90, "2": 10}, {"1": 30, "2": 70}]
+    assert [(h["version"], h["set_by"]) for h in r.alias_history("m", "production")][-2:] == [(1, "carol"), (2, "carol")]
+    r.set_alias("m", "production", 3, actor="bob")  # a plain move ends the split
+    assert r.alias_splits("m") == {} and r.aliases("m") == {"production": 3}
+    assert r.events("m")[-1]["detail"]["split_ended"] is True
