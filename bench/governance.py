@@ -13,6 +13,8 @@ Variants, each a `lockgate serve` of its own (monitoring blocked unless named):
   metrics        the monitoring plugin's Prometheus metrics (no drift baseline): nothing else
   metrics+drift  metrics, and drift against a reference sample (10 % of batches sampled, the default)
   default        everything as shipped: keys, sync audit log, metrics and drift
+  core+trace1%   core with OpenTelemetry on (LOCKGATE_TRACING=otlp), 1% of traces sampled, spans
+                 exported over OTLP/HTTP to a receiver in this process
 """
 
 from __future__ import annotations
@@ -42,7 +44,38 @@ VARIANTS = {
     "metrics": ({"LOCKGATE_PLUGINS_BLOCK": "governance,audit"}, "open"),
     "metrics+drift": ({"LOCKGATE_PLUGINS_BLOCK": "governance,audit"}, "drift"),
     "default": ({}, "drift+sync"),
+    "core+trace1%": (
+        {
+            "LOCKGATE_PLUGINS_BLOCK": "governance,audit,monitoring",
+            "LOCKGATE_TRACING": "otlp",
+            "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+            "OTEL_TRACES_SAMPLER_ARG": "0.01",
+        },
+        None,
+    ),
 }
+
+
+def span_sink() -> str:
+    """An OTLP/HTTP endpoint in this process that takes every export (and counts its bytes)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Sink(BaseHTTPRequestHandler):
+        received = 0
+
+        def do_POST(self) -> None:
+            Sink.received += len(self.rfile.read(int(self.headers["Content-Length"])))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Sink)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_address[1]}/v1/traces"
 
 
 def main() -> int:
@@ -76,6 +109,8 @@ def main() -> int:
         if audited:
             (home / "lockgate.yaml").write_text(f"audit:\n  mode: {mode.split('+')[-1]}\n")
         env = {**os.environ, "LOCKGATE_HOME": str(home), **extra}
+        if "LOCKGATE_TRACING" in extra:
+            env["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = span_sink()
         cli = [PY, "-m", "lockgate.server.cli"]
         subprocess.run([*cli, "models", "import-repo", str(work / "repo")], env=env, check=True, capture_output=True)
         if mode is not None and mode.startswith("drift"):
@@ -83,7 +118,7 @@ def main() -> int:
             np.save(reference, np.random.default_rng(1).standard_normal((2000, 64)).astype(np.float32))
             subprocess.run([*cli, "models", "reference", MODEL, "1", str(reference)], env=env, check=True, capture_output=True)
         authorization = None
-        if name not in ("core", "open", "metrics", "metrics+drift"):
+        if name not in ("core", "open", "metrics", "metrics+drift", "core+trace1%"):
             key = subprocess.run(
                 [*cli, "keys", "create", "--principal", "bench", "--role", "admin"],
                 env=env,

@@ -17,6 +17,7 @@ from ray import serve
 from ray.serve import Application
 
 from ..errors import BadRequest, LockgateError, ModelLoadError
+from ..serving import tracing
 from ..serving.config import ModelConfig, parse_model_config
 from ..serving.control_app import ControlApp
 from ..serving.explain import explain_options
@@ -63,6 +64,7 @@ class ModelDeployment:
 
     async def __init__(self, name: str, config: ModelConfig, settings: LockgateSettings) -> None:  # type: ignore[misc]  # Serve awaits an async constructor
         configure_logs(settings.log_format, access=settings.access_log)
+        tracing.setup()  # OpenTelemetry when LOCKGATE_TRACING says so
         metrics.enable(settings.metrics_dir)  # before any plugin makes a metric
         metrics.replica_started(name)
         try:
@@ -151,6 +153,7 @@ class ControlDeployment:
         self, models: list[str], settings: LockgateSettings, pooled: dict[str, str] | None = None
     ) -> None:
         configure_logs(settings.log_format, access=settings.access_log)
+        tracing.setup()  # OpenTelemetry when LOCKGATE_TRACING says so
         self._settings = settings
         self._pooled = dict(pooled or {})  # model -> its pool's application
         self._pool_handles: dict[str, Any] = {}

@@ -22,6 +22,7 @@ from ray import serve
 from ray.serve import Application
 
 from ..errors import LockgateError
+from ..serving import tracing
 from ..serving.asgi import call_whole
 from ..serving.config import ModelConfig, PoolConfig
 from ..serving.explain import explain_options
@@ -115,6 +116,7 @@ class PoolDeployment:
         self, pool: str, models: dict[str, ModelConfig], settings: LockgateSettings, options: PoolConfig
     ) -> None:
         configure_logs(settings.log_format, access=settings.access_log)
+        tracing.setup()  # OpenTelemetry when LOCKGATE_TRACING says so
         metrics.enable(settings.metrics_dir)
         self._pool, self._configs, self._settings, self._options = pool, models, settings, options
         self._manager = settings.manager()

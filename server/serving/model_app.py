@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from lockgate.plugins import InferenceEvent, RecordFailed
 
 from ..errors import MethodNotAllowed, NotFound, RequestError, Unavailable
+from . import tracing
 from .asgi import (
     JSON_HEADERS,
     PRECHECK,
@@ -46,6 +47,7 @@ class Precheck:
 
     principal: str
     refusal: RequestError | None
+    span_ns: tuple[int, int] = (0, 0)  # when the gate was asked (epoch ns), for a traced request
 
 
 log = logging.getLogger("lockgate.server")
@@ -77,6 +79,7 @@ class ModelApp:
         # the access log; nothing per request while both are off.
         self.access = ACCESS.isEnabledFor(logging.INFO)
         self.logged = json_enabled() or self.access
+        self.tracer = tracing.tracer()  # OpenTelemetry (lockgate.server.serving.tracing); None: off
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -120,12 +123,28 @@ class ModelApp:
             headers = [*headers, (b"lockgate-request-id", outcome.request_id.encode())]
             if self.recorded:
                 event = self._event(outcome, start, body)
+                asked = time.time_ns() if outcome.span is not None else 0
                 withheld = await self._record(event)
+                if outcome.span is not None:
+                    outcome.span.child("lockgate.audit", asked, time.time_ns())
                 if withheld is not None:  # observers see what the client got
                     outcome.status, outcome.error = withheld.status, withheld.message
                     status, body, headers = withheld.status, withheld.body(), [*error_headers(withheld), headers[-1]]
                     event = self._event(outcome, start, body)
+        if outcome.span is not None:
+            headers = [*headers, (b"traceparent", outcome.span.traceparent())]
         await respond(send, status, body, headers)
+        if outcome.span is not None:
+            outcome.span.end(
+                **{
+                    "lockgate.model": self.service.name,
+                    "lockgate.version": outcome.version,
+                    "lockgate.request_id": outcome.request_id,
+                    "lockgate.batch_rows": outcome.rows,
+                    "lockgate.principal": outcome.principal,
+                    "http.response.status_code": outcome.status,
+                }
+            )
         if self.logged and outcome.action:
             if self.access:
                 self._access(outcome, start)
@@ -222,50 +241,76 @@ class ModelApp:
         if action not in ("/infer", "/explain"):
             return None
         outcome = Outcome()
+        asked = time.time_ns() if self.tracer is not None else 0
         try:
             gate_now(self.manager, scope, action[1:], self.service.name, version, outcome)
         except RequestError as e:
-            return Precheck(outcome.principal, e)
-        return Precheck(outcome.principal, None)
+            return Precheck(outcome.principal, e, (asked, time.time_ns() if asked else 0))
+        return Precheck(outcome.principal, None, (asked, time.time_ns() if asked else 0))
+
+    async def _inference(
+        self, scope: Scope, receive: Receive, outcome: Outcome, kind: str, version: str | None
+    ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        """An /infer or /explain request: gate, version, body, the model's answer."""
+        method = scope["method"]
+        outcome.action = kind
+        outcome.request_id = new_request_id()
+        if self.tracer is not None:
+            outcome.span = tracing.RequestSpan(
+                self.tracer,
+                f"lockgate {kind} {self.service.name}",
+                scope.get("headers", ()),
+                time.time_ns(),
+            )
+        if self.logged:
+            REQUEST.set((outcome.request_id, trace_id(scope.get("headers", ()))))
+        if self.recorded:
+            outcome.started_at = time.time()
+        if method != "POST":
+            raise MethodNotAllowed(f"{method} is not allowed on /{kind}; use POST")
+        if self.gated:
+            await self._gate_inference(scope, kind, version, outcome)
+        if version is None and self.service.split is not None:  # a canary: the caller's version
+            served = await self.service.version(None, _caller(scope, outcome.principal))
+        else:
+            served = await self.service.version(version)
+        outcome.version, outcome.sha256 = served.model.version, served.model.sha256
+        self.service.check_serving(served)
+        body = await read_body(receive, self.service.limits.max_body_bytes)
+        outcome.body = body
+        if kind == "explain":
+            out, request, outcome.explains = await self.service.explain(served, body, header(scope, _HEADER_LENGTH))
+            headers = JSON_HEADERS
+        else:
+            out, headers, request = await self.service.infer(served, body, header(scope, _HEADER_LENGTH))
+            if outcome.span is not None:
+                outcome.span.batch(request.timing, time.time_ns(), request.rows)
+        outcome.rows, outcome.client_id, outcome.timing = request.rows, request.id, request.timing
+        return 200, out, headers
+
+    async def _gate_inference(self, scope: Scope, kind: str, version: str | None, outcome: Outcome) -> None:
+        early: Precheck | None = scope.get(PRECHECK)
+        if early is None:
+            asked = time.time_ns()
+            try:
+                await self._gate(scope, kind, version, outcome)
+            finally:
+                if outcome.span is not None:
+                    outcome.span.child("lockgate.gate", asked, time.time_ns())
+            return
+        outcome.principal = early.principal  # the listener asked the gate when the headers were in
+        if outcome.span is not None and early.span_ns[0]:
+            outcome.span.child("lockgate.gate", *early.span_ns)
+        if early.refusal is not None:
+            outcome.decided_by = early.refusal.decided_by
+            raise early.refusal
 
     async def _route(self, scope: Scope, receive: Receive, outcome: Outcome) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         path: str = scope["path"]
         method = scope["method"]
         action, version = self._target(scope)
         if action == "/infer" or action == "/explain":
-            kind = action[1:]
-            outcome.action = kind
-            outcome.request_id = new_request_id()
-            if self.logged:
-                REQUEST.set((outcome.request_id, trace_id(scope.get("headers", ()))))
-            if self.recorded:
-                outcome.started_at = time.time()
-            if method != "POST":
-                raise MethodNotAllowed(f"{method} is not allowed on {action}; use POST")
-            if self.gated:
-                early: Precheck | None = scope.get(PRECHECK)
-                if early is None:
-                    await self._gate(scope, kind, version, outcome)
-                else:  # the listener asked the gate when the headers were in
-                    outcome.principal = early.principal
-                    if early.refusal is not None:
-                        outcome.decided_by = early.refusal.decided_by
-                        raise early.refusal
-            if version is None and self.service.split is not None:  # a canary: the caller's version
-                served = await self.service.version(None, _caller(scope, outcome.principal))
-            else:
-                served = await self.service.version(version)
-            outcome.version, outcome.sha256 = served.model.version, served.model.sha256
-            self.service.check_serving(served)
-            body = await read_body(receive, self.service.limits.max_body_bytes)
-            outcome.body = body
-            if kind == "explain":
-                out, request, outcome.explains = await self.service.explain(served, body, header(scope, _HEADER_LENGTH))
-                headers = JSON_HEADERS
-            else:
-                out, headers, request = await self.service.infer(served, body, header(scope, _HEADER_LENGTH))
-            outcome.rows, outcome.client_id, outcome.timing = request.rows, request.id, request.timing
-            return 200, out, headers
+            return await self._inference(scope, receive, outcome, action[1:], version)
         if action in ("", "/ready", "/config", "/stats"):
             self._get_only(method)
             if self.gated:
@@ -318,6 +363,7 @@ class Outcome:
         "request_id",
         "rows",
         "sha256",
+        "span",
         "started_at",
         "status",
         "timing",
@@ -337,5 +383,6 @@ class Outcome:
         self.decided_by: str | None = None
         self.explains: str | None = None
         self.started_at = 0.0
+        self.span: tracing.RequestSpan | None = None  # OpenTelemetry, when tracing is on
         self.rows = 0
         self.timing: tuple[int, ...] | list[int] = ()  # Triton's statistics: queue, input, infer, output ns
