@@ -36,6 +36,29 @@ def lockgate(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
     )
 
 
+def written_by_server(started: float, *places: Path) -> list[Path]:
+    """Every file under ``places`` (a server's log, its home) and in the logs of the Ray
+    sessions started since ``started`` (epoch seconds): what a server run wrote."""
+    ray_root = Path(os.environ.get("RAY_TMPDIR", "/tmp/ray"))
+    sessions = [d for d in ray_root.glob("session_2*") if d.stat().st_mtime >= started - 5]
+    assert sessions, "no Ray session of this server"
+    found = [p for place in places for p in ([place] if place.is_file() else place.rglob("*")) if p.is_file()]
+    return found + [p for d in sessions for p in d.glob("logs/**/*") if p.is_file()]
+
+
+def assert_nowhere(paths: list[Path], secrets: dict[str, bytes]) -> int:
+    """No secret (by what it is) in any of ``paths``; the bytes searched."""
+    searched = 0
+    for path in paths:
+        if not path.is_file():
+            continue
+        data = path.read_bytes()
+        searched += len(data)
+        for what, secret in secrets.items():
+            assert secret not in data, f"{what} is in {path}"
+    return searched
+
+
 def wait_ready(base: str, proc=None, timeout: float = 180) -> None:
     """Until ``base``/v2/health/ready answers 200; fails early when ``proc`` (a server process) exits."""
     deadline = time.monotonic() + timeout

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from .conftest import free_port, isolated_haproxy_env, wait_ready
+from .conftest import assert_nowhere, free_port, isolated_haproxy_env, wait_ready, written_by_server
 
 LOCKGATE = [sys.executable, "-m", "lockgate.server.cli"]
 IRIS = {"id": "gov-1", "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [5.1, 3.5, 1.4, 0.2]}]}
@@ -433,21 +433,10 @@ def test_keys_never_appear_in_logs_audit_records_or_the_databases(gov):
             gov.port, "POST", "/v2/models/iris/infer", [("authorization", f"Bearer {gov.keys[name]}x")], json.dumps(IRIS).encode()
         )
     secrets_ = {name: key.split("_", 2)[2] for name, key in gov.keys.items()}
-    places = [gov.log, *gov.home.rglob("*")]
-    ray_logs = Path(os.environ.get("RAY_TMPDIR", "/tmp/ray"))
-    sessions = [d for d in ray_logs.glob("session_2*") if d.stat().st_mtime >= gov.started - 5]  # this server's Ray
-    assert sessions
-    places += [p for d in sessions for p in d.glob("logs/**/*") if p.is_file()]
+    places = written_by_server(gov.started, gov.log, gov.home)
     export = gov.cli("audit", "export", "--format", "jsonl", key="admin").stdout
     assert export.count("\n") > 10
-    searched = 0
-    for path in places:
-        if not path.is_file():
-            continue
-        data = path.read_bytes()
-        searched += len(data)
-        for name, secret in secrets_.items():
-            assert secret.encode() not in data, f"{name}'s key is in {path}"
+    searched = assert_nowhere(places, {f"{name}'s key": secret.encode() for name, secret in secrets_.items()})
     for name, secret in secrets_.items():
         assert secret not in export, f"{name}'s key is in the audit log"
     print(f"searched {len(places)} files ({searched / 1e6:.1f} MB) and {export.count(chr(10))} audit records: no key")

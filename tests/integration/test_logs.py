@@ -11,13 +11,12 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import requests
 import sqlalchemy as sa
 
-from .conftest import free_port, isolated_haproxy_env, wait_ready
+from .conftest import assert_nowhere, free_port, isolated_haproxy_env, wait_ready, written_by_server
 
 LOCKGATE = [sys.executable, "-m", "lockgate.server.cli"]
 IRIS = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [5.1, 3.5, 1.4, 0.2]}]}
@@ -125,17 +124,6 @@ def test_json_logs_carry_request_and_trace_ids_and_no_secret(tmp_path):
 
     # No secret anywhere the server or its Ray wrote: the key (and its forged variant), the password.
     secrets_ = {"the API key": key.split("_", 2)[2].encode(), "the database password": PASSWORD.encode()}
-    places = [out, err, *home.rglob("*")]
-    ray_root = Path(os.environ.get("RAY_TMPDIR", "/tmp/ray"))
-    sessions = [d for d in ray_root.glob("session_2*") if d.stat().st_mtime >= started - 5]
-    assert sessions, "no Ray session of this server"
-    places += [p for d in sessions for p in d.glob("logs/**/*") if p.is_file()]
-    searched = 0
-    for path in places:
-        if not path.is_file():
-            continue
-        data = path.read_bytes()
-        searched += len(data)
-        for what, secret in secrets_.items():
-            assert secret not in data, f"{what} is in {path}"
+    places = written_by_server(started, out, err, home)
+    searched = assert_nowhere(places, secrets_)
     print(f"\n{len(printed)} JSON lines; searched {len(places)} files ({searched / 1e6:.1f} MB): no key, no password")

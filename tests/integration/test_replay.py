@@ -17,6 +17,8 @@ import onnx
 import pytest
 import requests
 
+from lockgate.plugins.registry import Registry
+
 from .conftest import free_port, isolated_haproxy_env, wait_ready
 
 LOCKGATE = [sys.executable, "-m", "lockgate.server.cli"]
@@ -52,15 +54,14 @@ def recorded(tmp_path_factory):
     done = cli("models", "register", "--name", "iris", str(root / "iris-2.onnx"))
     assert done.returncode == 0, done.stdout + done.stderr
 
-    from lockgate.plugins import Settings, build_manager
-
-    registry = build_manager(
-        Settings(f"sqlite:///{home}/registry.db", str(home / "artifacts"), "production", {}, str(home))
-    ).registry()
+    # The registry itself, not a plugin manager: building one here would reconfigure the plugin
+    # objects that the session's other tests share.
+    registry = Registry(f"sqlite:///{home}/registry.db", home / "artifacts")
     bodies = {
         name: _example(registry.resolve(name), ModelConfig.model_validate(registry.model_config(name))).encode()
         for name in MODELS
     }
+    registry.close()
     port = free_port()
     log = open(root / "server.log", "w")
     proc = subprocess.Popen(
@@ -140,11 +141,7 @@ def test_a_changed_input_another_version_and_a_changed_artifact_are_named(record
     assert found["max_abs_diff"], found  # the two answers compared output by output
 
     # the artifact that answered is changed on disk: refused and named, nothing replayed
-    from lockgate.plugins import Settings, build_manager
-
-    registry = build_manager(
-        Settings(f"sqlite:///{home}/registry.db", str(home / "artifacts"), "production", {}, str(home))
-    ).registry()
+    registry = Registry(f"sqlite:///{home}/registry.db", home / "artifacts")
     path = registry.store.path_for(registry.resolve("iris", "1").sha256)
     original = path.read_bytes()
     os.chmod(path, 0o600)
@@ -153,6 +150,7 @@ def test_a_changed_input_another_version_and_a_changed_artifact_are_named(record
         code, found = replay(cli, request_id)
     finally:
         path.write_bytes(original)
+        registry.close()
     assert code == 1 and found["output_sha256"] is None
     assert any("the artifact of version 1 cannot be used" in p and "sha256" in p for p in found["problems"]), found
 
