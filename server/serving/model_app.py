@@ -109,13 +109,14 @@ class ModelApp:
             outcome.status, outcome.error = 499, "client disconnected before the request was read"
             if self.recorded and outcome.action:
                 await self._record(self._event(outcome, start, None))
+            if outcome.span is not None:
+                outcome.span.end(**{"lockgate.request_id": outcome.request_id, "http.response.status_code": 499})
             return
         except Exception as e:  # a bug of ours: say so, keep the replica up
             log.exception("unhandled error on %s", scope.get("path"))
             error = RequestError(f"internal error: {type(e).__name__}")
             outcome.status, outcome.error = 500, error.message
             status, body, headers = 500, error.body(), error_headers(error)
-        event: InferenceEvent | None = None
         if outcome.action:
             if outcome.action == "infer" and outcome.version is not None:  # Triton's statistics
                 ns = int((time.perf_counter() - start) * 1e9)
@@ -130,10 +131,15 @@ class ModelApp:
                 if withheld is not None:  # observers see what the client got
                     outcome.status, outcome.error = withheld.status, withheld.message
                     status, body, headers = withheld.status, withheld.body(), [*error_headers(withheld), headers[-1]]
-                    event = self._event(outcome, start, body)
         if outcome.span is not None:
             headers = [*headers, (b"traceparent", outcome.span.traceparent())]
         await respond(send, status, body, headers)
+        if outcome.action:
+            self._answered(outcome, start, body)
+
+    def _answered(self, outcome: Outcome, start: float, body: bytes) -> None:
+        """After an inference request's answer was sent: its span ends, its access line, its
+        observers (latency as the client had it: the audit wait included)."""
         if outcome.span is not None:
             outcome.span.end(
                 **{
@@ -145,13 +151,12 @@ class ModelApp:
                     "http.response.status_code": outcome.status,
                 }
             )
-        if self.logged and outcome.action:
+        if self.logged:
             if self.access:
                 self._access(outcome, start)
             REQUEST.set(None)  # the next request on this connection sets its own
-        if self.observed and outcome.action:
-            # The recorders' event when there is one: its latency ends where the answer was ready.
-            self.manager.observe("lockgate_observe_inference", event=event or self._event(outcome, start, body))
+        if self.observed:
+            self.manager.observe("lockgate_observe_inference", event=self._event(outcome, start, body))
 
     def _access(self, outcome: Outcome, start: float) -> None:
         ms = round((time.perf_counter() - start) * 1000.0, 3)
