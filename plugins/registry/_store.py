@@ -246,10 +246,17 @@ class Registry:
         raise RegistrationError(name, reasons)
 
     @staticmethod
-    def _event(c: sa.Connection, kind: str, actor: str, name: str | None, version: int | None, detail: Mapping[str, Any]) -> None:
-        c.execute(
-            t.events.insert().values(at=time.time(), kind=kind, actor=actor, name=name, version=version, detail=dict(detail))
-        )
+    def _event(
+        c: sa.Connection,
+        kind: str,
+        actor: str,
+        name: str | None,
+        version: int | None,
+        detail: Mapping[str, Any],
+        at: float | None = None,
+    ) -> None:
+        at = time.time() if at is None else at
+        c.execute(t.events.insert().values(at=at, kind=kind, actor=actor, name=name, version=version, detail=dict(detail)))
 
     def record_event(
         self, kind: str, actor: str, name: str | None = None, version: int | None = None, detail: Mapping[str, Any] | None = None
@@ -338,7 +345,7 @@ class Registry:
                 t.alias_history.insert().values(name=name, alias=alias, version=main, previous=previous, set_by=actor, set_at=now)
             )
             detail = {"alias": alias, "previous": previous, "weights": split}
-            self._event(c, "alias_split", actor, name, main, detail)
+            self._event(c, "alias_split", actor, name, main, detail, at=now)  # at the history row's time
         self._audit("alias_split", actor, model=name, version=main, detail=detail)
         return previous
 

@@ -248,9 +248,17 @@ def history(ctx, name: str, alias_name: str | None, at: str | None) -> None:
             version = registry.alias_at(name, a, when.timestamp())
             click.echo(f"{name}@{a} at {when.isoformat()}: {version if version is not None else 'not set'}")
         return
+    # A split's weights are in the registry's events (alias_split), at the move's time.
+    splits = (
+        {(e["detail"].get("alias"), e["at"]): e["detail"].get("weights") for e in registry.events(name, "alias_split")}
+        if hasattr(registry, "events")
+        else {}
+    )
     for h in registry.alias_history(name, alias_name):
         was = f" (was {h['previous']})" if h["previous"] is not None else ""
-        click.echo(f"{iso_time(h['set_at'])}  {h['alias']:<12} -> {h['version']}{was}  by {h['set_by']}")
+        weights = splits.get((h["alias"], h["set_at"]))
+        shown = "+".join(f"{v}:{w}%" for v, w in sorted(weights.items(), key=lambda i: int(i[0]))) if weights else h["version"]
+        click.echo(f"{iso_time(h['set_at'])}  {h['alias']:<12} -> {shown}{was}  by {h['set_by']}")
 
 
 @models.command("import-repo")

@@ -317,7 +317,9 @@ def test_an_alias_split_between_versions_a_canary(make_registry, files):
     assert r.aliases("m") == {"production": 2} and r.alias_splits("m") == {"production": {1: 30, 2: 70}}
     events = [e for e in r.events("m") if e["kind"] == "alias_split"]
     assert [e["detail"]["weights"] for e in events] == [{"1": 90, "2": 10}, {"1": 30, "2": 70}]
-    assert [(h["version"], h["set_by"]) for h in r.alias_history("m", "production")][-2:] == [(1, "carol"), (2, "carol")]
+    history = r.alias_history("m", "production")
+    assert [(h["version"], h["set_by"]) for h in history][-2:] == [(1, "carol"), (2, "carol")]
+    assert [e["at"] for e in events] == [h["set_at"] for h in history][-2:]  # each split's weights at its move
     r.set_alias("m", "production", 3, actor="bob")  # a plain move ends the split
     assert r.alias_splits("m") == {} and r.aliases("m") == {"production": 3}
     assert r.events("m")[-1]["detail"]["split_ended"] is True
