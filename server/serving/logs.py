@@ -175,17 +175,29 @@ def json_stdio() -> Callable[[], None]:
 
 
 def _pass_json(read: int, real: int, name: str) -> None:
+    """Drain the pipe for as long as anything writes to it: a reader that stopped would, once the
+    pipe is full, block every process writing a log line. A stream that can no longer be written
+    (a reader of our output gone) loses the lines, not the server."""
+    writable = True
     with os.fdopen(read, "rb", buffering=0) as pipe:
         pending = b""
         while chunk := pipe.read(65536):
             pending += chunk
             *lines, pending = pending.split(b"\n")
-            out = b"".join(_as_json(line, name) for line in lines if line.strip())
-            if out:
-                os.write(real, out)
-        if pending.strip():
-            os.write(real, _as_json(pending, name))
+            if writable:
+                writable = _write(real, b"".join(_as_json(line, name) for line in lines if line.strip()))
+        if pending.strip() and writable:
+            _write(real, _as_json(pending, name))
     os.close(real)
+
+
+def _write(fd: int, data: bytes) -> bool:
+    try:
+        while data:
+            data = data[os.write(fd, data) :]
+    except OSError:
+        return False
+    return True
 
 
 def _as_json(raw: bytes, name: str) -> bytes:

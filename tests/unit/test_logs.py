@@ -77,3 +77,30 @@ subprocess.run([sys.executable, "-c", "import sys; print('from a child'); print(
     assert out[0]["logger"] == "stdout"
     assert {e["message"] for e in err} == {"a warning", "child error"}
     assert {e["logger"] for e in err} == {"lockgate.test", "stderr"}
+
+
+def test_a_closed_output_costs_lines_not_the_process():
+    """`lockgate serve --log-format json | head -1`: once the reader is gone, the process keeps
+    running and logging (its lines are lost) instead of blocking on a full pipe."""
+    program = """
+import logging, sys, time
+from lockgate.server.serving.logs import configure, json_stdio
+json_stdio()
+configure("json")
+for i in range(20000):
+    print("line", i, "x" * 100)
+logging.getLogger("lockgate.test").warning("still here")
+sys.stdout.flush()
+open(sys.argv[1], "w").write("done")
+"""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        done = f"{folder}/done"
+        proc = subprocess.Popen([sys.executable, "-c", program, done], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        proc.stdout.close()  # the reader goes away after one line
+        assert proc.wait(timeout=60) == 0
+        assert json.loads(first)["message"].startswith("line 0")
+        assert open(done).read() == "done"
