@@ -240,8 +240,10 @@ class Runtime:
             finally:
                 ray.shutdown()
         if self.started_ray:
-            # Ours only: whatever HAProxy appeared after this runtime started Ray.
-            stopped = stop_haproxy(sorted(set(haproxy_pids()) - self._haproxy_before))
+            # Ours only: an HAProxy that appeared after this runtime started Ray and runs this
+            # port's config. Another server's HAProxy also gets a new process when it reloads its
+            # config (an application deployed, a replica added), and must be left alone.
+            stopped = stop_haproxy(sorted(set(haproxy_pids(self.port)) - self._haproxy_before))
             if stopped:
                 self.progress(f"stopped HAProxy (pid {', '.join(map(str, stopped))})")
             # A process that is still exiting (HAProxy, killed with Ray) holds the serving port for

@@ -191,9 +191,11 @@ def haproxy_side_ports(port: int) -> dict[str, tuple[str, int, bool]]:
     return out
 
 
-def haproxy_pids() -> list[int]:
-    """Processes running an HAProxy that Serve started (for lockgate or not)."""
+def haproxy_pids(port: int | None = None) -> list[int]:
+    """Processes running an HAProxy that Serve started (for lockgate or not); with ``port``, only
+    those of the lockgate server on that port (their config is in its folder, ``haproxy_env``)."""
     pids = []
+    mine = None if port is None else haproxy_env(port)["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"].encode()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -202,7 +204,8 @@ def haproxy_pids() -> list[int]:
         except OSError:
             continue
         if cmd and cmd[0].endswith(b"haproxy") and any(m in part for part in cmd for m in _HAPROXY_MARKERS):
-            pids.append(int(entry.name))
+            if mine is None or mine in cmd:
+                pids.append(int(entry.name))
     return pids
 
 

@@ -170,3 +170,33 @@ def test_a_haproxy_folder_another_user_made_is_refused(monkeypatch, tmp_path):
     os.chown(theirs, 65534, 65534)  # as the user nobody would have made it
     with pytest.raises(StartupError, match="belongs to user id 65534, not to this user"):
         serve_compat.prepare_haproxy_dir(8003)
+
+
+def test_a_server_stops_only_the_haproxy_of_its_own_port():
+    """Two servers on one machine: the HAProxy processes of a server are told apart by their
+    config in its port's folder, so stopping one never stops the other's (whose reloads give it
+    new processes while the first one runs)."""
+    import subprocess
+    import sys
+
+    from lockgate.server.hosting.serve_compat import haproxy_env, haproxy_pids
+
+    fakes = {}
+    for port in (40001, 40002):
+        config = haproxy_env(port)["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"]
+        fakes[port] = subprocess.Popen(
+            ["/usr/sbin/haproxy", "-c", "import time; time.sleep(60)", "-db", "-f", config], executable=sys.executable
+        )
+    try:
+        import time
+
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not set(p.pid for p in fakes.values()) <= set(haproxy_pids()):
+            time.sleep(0.05)
+        assert {p.pid for p in fakes.values()} <= set(haproxy_pids())
+        assert fakes[40001].pid in haproxy_pids(40001) and fakes[40002].pid not in haproxy_pids(40001)
+        assert fakes[40002].pid in haproxy_pids(40002) and fakes[40001].pid not in haproxy_pids(40002)
+    finally:
+        for p in fakes.values():
+            p.kill()
+            p.wait()
