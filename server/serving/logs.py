@@ -44,6 +44,11 @@ _configured: str | None = None
 _HEX = frozenset("0123456789abcdef")
 
 
+def _utc(epoch: float) -> str:
+    """A log line's time: UTC, ISO 8601, milliseconds."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + f".{int(epoch % 1 * 1000):03d}Z"
+
+
 class JsonFormatter(logging.Formatter):
     """A log record as one JSON object: time (UTC, ISO 8601, ms), level, logger, message, pid,
     the request's ids when it was logged while serving one, ``exception`` with the traceback,
@@ -51,7 +56,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "time": _utc(record.created),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
@@ -110,9 +115,8 @@ def adopt(*names: str) -> None:
 def json_line(message: str, *, logger: str, level: str = "INFO", **fields: Any) -> str:
     """One JSON log line for text that did not come through Python's logging (another process's
     output), in the same shape as ``JsonFormatter``'s."""
-    now = time.time()
     line: dict[str, Any] = {
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z",
+        "time": _utc(time.time()),
         "level": level,
         "logger": logger,
         "message": message,

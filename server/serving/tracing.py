@@ -35,10 +35,13 @@ def enabled() -> bool:
     return os.environ.get("LOCKGATE_TRACING", "off").lower() in ("otlp", "1", "on")
 
 
+_propagator: Any = None  # W3C trace context, made with the tracer
+
+
 def setup(provider: Any = None) -> Any:
     """This process's tracer (None when tracing is off). ``provider``: a TracerProvider to use
     instead of the OTLP one (tests give one with an in-memory exporter)."""
-    global _tracer, _configured
+    global _tracer, _configured, _propagator
     if _configured and provider is None:
         return _tracer
     _configured = True
@@ -53,6 +56,9 @@ def setup(provider: Any = None) -> Any:
 
         provider = TracerProvider(resource=Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", "lockgate")}))
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    _propagator = TraceContextTextMapPropagator()
     _tracer = provider.get_tracer("lockgate")
     return _tracer
 
@@ -68,13 +74,12 @@ class RequestSpan:
 
     def __init__(self, tracer_: Any, name: str, headers: Any, start_ns: int) -> None:
         from opentelemetry import trace
-        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
         carrier = {}
         for key, value in headers:
             if key == b"traceparent" or key == b"tracestate":
                 carrier[key.decode()] = value.decode("latin-1")
-        parent = TraceContextTextMapPropagator().extract(carrier) if carrier else None
+        parent = _propagator.extract(carrier) if carrier else None
         self.span = tracer_.start_span(name, context=parent, kind=trace.SpanKind.SERVER, start_time=start_ns)
         self._ctx = trace.set_span_in_context(self.span)
 
