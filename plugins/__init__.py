@@ -29,6 +29,7 @@ from ._types import (  # noqa: E402
     RequestInfo,
     ServiceLevel,
     Settings,
+    ShadowRun,
     model_name_problem,
 )
 from .errors import RecordFailed  # noqa: E402
@@ -54,6 +55,7 @@ __all__ = [
     "RequestInfo",
     "ServiceLevel",
     "Settings",
+    "ShadowRun",
     "build_manager",
     "hookimpl",
     "hookspec",

@@ -122,6 +122,22 @@ class ModelVersionRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class ShadowRun:
+    """A shadow run of a model: ``share`` (0..1] of the traffic its default alias receives is
+    copied to ``version`` after the answer, until ``until`` (epoch seconds; None: until stopped)."""
+
+    name: str
+    version: int
+    share: float
+    until: float | None
+    set_by: str
+    set_at: float
+
+    def active(self, now: float) -> bool:
+        return self.until is None or now < self.until
+
+
+@dataclass(frozen=True, slots=True)
 class Reference:
     """A version's reference sample (model inputs by name, one row per example) and the
     baseline statistics computed from it at registration: drift is measured against the

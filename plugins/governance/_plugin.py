@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .. import hookimpl
 from .._options import parse_section
+from .._shadow import shadow_evidence
 from .._storage import make_engine
 from .._types import CommandContext, Decision, ModelVersionRecord, Principal, RegistrationCandidate, RequestInfo, Settings
 from ..errors import ConfigError, GovernanceError
@@ -40,6 +41,12 @@ class GovernanceOptions(BaseModel):
     )
     required_card_fields: list[str] = Field(
         [], description="Model-card fields that must be filled before a version can be approved."
+    )
+    min_shadow_requests: int = Field(
+        0,
+        ge=0,
+        description="Requests a version must have been compared on in a shadow run (lockgate models shadow) before it can "
+        "be approved, while a protected alias points to another version; 0: no minimum.",
     )
     serve_pending: bool = Field(
         True, description="Versions awaiting approval may serve by explicit version or unprotected alias (for evaluation)."
@@ -160,6 +167,8 @@ class GovernancePlugin:
         """Approve, reject or revoke a version; recorded in the audit log, refused or done."""
         record = self.manager.registry().get_version(name, version)
         try:
+            if action == "approve" and self.options.min_shadow_requests and actor != OPEN_MODE_APPROVER:
+                self._check_shadow_sample(name, version)
             result = self.approvals.decide(
                 action,
                 name,
@@ -181,6 +190,27 @@ class GovernancePlugin:
             detail={"reason": reason, "sha256": record.sha256, "registered_by": record.created_by},
         )
         return result
+
+    def _check_shadow_sample(self, name: str, version: int) -> None:
+        """The policy's minimum shadow sample: a version is approved for a protected alias only
+        after it answered that many of production's requests in a shadow run. A model no
+        protected alias serves yet has no production to shadow: its first version is exempt; so
+        is open mode's approval on import (no keys: nothing is governed yet)."""
+        registry = self.manager.registry()
+        protected = set(self.options.protected_aliases)
+        serving = {v for a, v in registry.aliases(name).items() if a in protected and v != version}
+        if not serving:
+            return
+        read = getattr(registry, "shadow_windows", None)
+        compared = shadow_evidence(read(name, version))["compared"] if read is not None else 0
+        needed = self.options.min_shadow_requests
+        if compared < needed:
+            raise GovernanceError(
+                f"version {version} of '{name}' cannot be approved yet: the policy needs {needed} requests compared in a "
+                f"shadow run (governance.min_shadow_requests), it has {compared} "
+                f"(lockgate models shadow {name} {version} --share 0.1)",
+                409,
+            )
 
     # -- gatekeepers -----------------------------------------------------------------------------
 

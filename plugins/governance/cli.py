@@ -16,6 +16,7 @@ from ..shared import (
     actor,
     checked_actor,
     checked_principal,
+    evidence_lines,
     external_data_tensors,
     fail,
     iso_time,
@@ -24,6 +25,7 @@ from ..shared import (
     onnx_opsets,
     onnx_signature,
     sha256_file,
+    shadow_evidence,
 )
 from ._keys import parse_expiry
 
@@ -130,16 +132,32 @@ _DECISION_HELP = {
 }
 
 
+def _show_evidence(registry: Any, name: str, version: int) -> None:
+    """What the approver sees before deciding: the version's shadow evidence, if any was kept."""
+    read = getattr(registry, "shadow_windows", None)
+    try:
+        windows = [] if read is None else read(name, version)
+    except LookupError as e:
+        fail(e)
+    for line in evidence_lines(name, version, shadow_evidence(windows)):
+        click.echo(line)
+
+
 def _approval_commands(context: CommandContext, governance: Any) -> list[click.Command]:
     def decide(action: str) -> click.Command:
         @click.command(action, help=_DECISION_HELP[action])
         @click.argument("name")
         @click.argument("version", type=int)
         @click.option("--reason", default="", help="Why; kept in the audit log.")
+        @click.option("--yes", is_flag=True, help="Do not ask for confirmation after the evidence (asked on a terminal only).")
         @click.pass_context
-        def command(ctx: click.Context, name: str, version: int, reason: str) -> None:
+        def command(ctx: click.Context, name: str, version: int, reason: str, yes: bool) -> None:
             manager = context.manager(ctx.obj["registry_url"], ctx.obj["artifact_dir"])
             who = checked_actor(manager, action, name, version)
+            if action == "approve":
+                _show_evidence(manager.registry(), name, version)
+                if not yes and sys.stdin.isatty():
+                    click.confirm(f"approve version {version} of {name}?", abort=True)
             try:
                 result = governance.decide(action, name, version, actor=who, reason=reason)
             except (GovernanceError, LookupError) as e:

@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-__all__ = ["alias_history", "alias_splits", "aliases", "events", "metadata", "model_versions", "models", "references"]
+__all__ = [
+    "alias_history",
+    "alias_splits",
+    "aliases",
+    "events",
+    "metadata",
+    "model_versions",
+    "models",
+    "references",
+    "shadow_windows",
+    "shadows",
+]
 
 metadata = sa.MetaData()
 
@@ -92,4 +103,43 @@ references = sa.Table(
     sa.Column("source_sha256", sa.String(64), nullable=False),
     sa.Column("set_by", sa.String(256), nullable=False),
     sa.Column("set_at", sa.Float(precision=53), nullable=False),
+)
+
+# A shadow run: a share of the traffic the default alias receives is copied, after its answer,
+# to ``version`` in a replica of its own; the client gets production's answer only. One run per
+# model; the row goes when the run stops (the events table keeps every start and stop).
+shadows = sa.Table(
+    "lockgate_shadows",
+    metadata,
+    sa.Column("name", sa.String(128), sa.ForeignKey("lockgate_models.name"), primary_key=True),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("share", sa.Float(precision=53), nullable=False),
+    sa.Column("until", sa.Float(precision=53), nullable=True),  # epoch seconds; None: until stopped
+    sa.Column("set_by", sa.String(256), nullable=False),
+    sa.Column("set_at", sa.Float(precision=53), nullable=False),
+)
+
+# What a shadow replica compared in one window of time, against one production version: rows
+# are only ever added, and retention is the operator's.
+shadow_windows = sa.Table(
+    "lockgate_shadow_windows",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(128), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("baseline", sa.Integer, nullable=False),  # the production version it was compared with
+    sa.Column("start", sa.Float(precision=53), nullable=False),
+    sa.Column("end", sa.Float(precision=53), nullable=False),
+    sa.Column("compared", sa.Integer, nullable=False),  # copies answered by both
+    sa.Column("errors", sa.Integer, nullable=False),  # copies the shadow failed on (or answered in another shape)
+    sa.Column("dropped", sa.Integer, nullable=False),  # copies production did not send: its queue was full
+    sa.Column("classified", sa.Integer, nullable=False),  # rows with a predicted class on both sides
+    sa.Column("agreed", sa.Integer, nullable=False),  # of those, rows where the classes are the same
+    sa.Column("shadow_ms", sa.Float(precision=53), nullable=False),  # sums of model time (queue + compute), ms
+    sa.Column("baseline_ms", sa.Float(precision=53), nullable=False),
+    sa.Column("shadow_ms_max", sa.Float(precision=53), nullable=False),
+    sa.Column("baseline_ms_max", sa.Float(precision=53), nullable=False),
+    sa.Column("outputs", sa.JSON, nullable=False),  # output -> {max_abs, sum_abs, elements}
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.Index("ix_lockgate_shadow_windows_name_version", "name", "version", "start"),
 )

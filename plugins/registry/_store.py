@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from .._onnx import external_data_tensors, onnx_operators, onnx_opsets, onnx_signature
 from .._storage import ArtifactStore, artifact_store, make_engine, sha256_file, writing
-from .._types import Decision, ModelVersionRecord, Reference, RegistrationCandidate, model_name_problem
+from .._types import Decision, ModelVersionRecord, Reference, RegistrationCandidate, ShadowRun, model_name_problem
 from ..errors import AliasRefused, ArtifactMismatch, RegistrationError, UnknownModel
 from . import _schema as t
 
@@ -379,6 +379,84 @@ class Registry:
         with self.engine.connect() as c:
             return c.execute(q).scalar()
 
+    # -- shadow runs -------------------------------------------------------------------------
+
+    def start_shadow(self, name: str, version: int, share: float, until: float | None = None, *, actor: str) -> ShadowRun | None:
+        """Copy ``share`` (0..1] of the traffic the default alias of ``name`` receives to
+        ``version`` (pending or approved) until ``until`` (epoch seconds; None: until stopped).
+        One run per model: a new one replaces the running one, which is returned."""
+        if not 0.0 < share <= 1.0:
+            raise ValueError(f"a shadow's share is a fraction of production's traffic in (0, 1], not {share}")
+        now = time.time()
+        if until is not None and until <= now:
+            raise ValueError("a shadow run's end must be in the future")
+        self.get_version(name, version)  # unknown model or version: UnknownModel
+        serving = self.aliases(name).get(self.default_alias)
+        if serving == version and version not in self.alias_splits(name).get(self.default_alias, {}):
+            raise ValueError(
+                f"version {version} is what {name}@{self.default_alias} serves; a shadow runs another version beside it"
+            )
+        with writing(self.engine) as c, c.begin():
+            self._version_row(c, name, version)
+            row = c.execute(sa.select(t.shadows).where(t.shadows.c.name == name)).first()
+            c.execute(t.shadows.delete().where(t.shadows.c.name == name))
+            c.execute(t.shadows.insert().values(name=name, version=version, share=share, until=until, set_by=actor, set_at=now))
+            detail = {"share": share, "until": until, "replaces": None if row is None else row.version}
+            self._event(c, "shadow_started", actor, name, version, detail, at=now)
+        self._audit("shadow_started", actor, model=name, version=version, detail=detail)
+        return None if row is None else _shadow(row)
+
+    def stop_shadow(self, name: str, *, actor: str, reason: str = "") -> ShadowRun | None:
+        """End the shadow run of ``name``; returns it (None: none was running). Its evidence stays."""
+        if name not in self.list_models():
+            raise UnknownModel(self._unknown(name))
+        with writing(self.engine) as c, c.begin():
+            row = c.execute(sa.select(t.shadows).where(t.shadows.c.name == name)).first()
+            if row is None:
+                return None
+            c.execute(t.shadows.delete().where(t.shadows.c.name == name))
+            detail = {"reason": reason, "share": row.share}
+            self._event(c, "shadow_stopped", actor, name, row.version, detail)
+        self._audit("shadow_stopped", actor, model=name, version=row.version, detail=detail)
+        return _shadow(row)
+
+    def shadow_runs(self, name: str | None = None) -> dict[str, ShadowRun]:
+        """The shadow runs that were started and not stopped (an expired one included: its
+        ``active`` says), of ``name`` or of every model: model -> run."""
+        q = sa.select(t.shadows)
+        if name is not None:
+            q = q.where(t.shadows.c.name == name)
+        with self.engine.connect() as c:
+            return {r.name: _shadow(r) for r in c.execute(q)}
+
+    def add_shadow_window(self, name: str, version: int, window: Mapping[str, Any]) -> None:
+        """Keep one window of a shadow's comparisons (the columns of ``lockgate_shadow_windows``)."""
+        columns = {c.name for c in t.shadow_windows.columns} - {"id", "name", "version", "last_error"}
+        missing = sorted(columns - window.keys())
+        if missing:
+            raise ValueError(f"a shadow window needs {', '.join(missing)}")
+        values = {k: window[k] for k in columns}
+        values["last_error"] = (window.get("last_error") or None) and str(window["last_error"])[:2000]
+        with writing(self.engine) as c, c.begin():
+            c.execute(t.shadow_windows.insert().values(name=name, version=version, **values))
+
+    def shadow_windows(
+        self, name: str, version: int | None = None, since: float | None = None, until: float | None = None
+    ) -> list[dict[str, Any]]:
+        """The kept windows of the shadow runs of ``name`` (of ``version``), oldest first."""
+        q = sa.select(t.shadow_windows).where(t.shadow_windows.c.name == name)
+        if version is not None:
+            q = q.where(t.shadow_windows.c.version == version)
+        if since is not None:
+            q = q.where(t.shadow_windows.c.end >= since)
+        if until is not None:
+            q = q.where(t.shadow_windows.c.start <= until)
+        with self.engine.connect() as c:
+            rows = [dict(r._mapping) for r in c.execute(q.order_by(t.shadow_windows.c.start, t.shadow_windows.c.id))]
+        for r in rows:
+            r.pop("id", None)
+        return rows
+
     # -- reference samples -------------------------------------------------------------------
 
     def set_reference(
@@ -506,6 +584,10 @@ class Registry:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def _shadow(row: Any) -> ShadowRun:
+    return ShadowRun(row.name, row.version, row.share, row.until, row.set_by, row.set_at)
 
 
 def _check_alias_name(alias: str) -> None:

@@ -4,12 +4,24 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import click
 
-from lockgate.plugins.shared import checked_actor, fail, iso_time, key_values, onnx_signature, registry_options
+from lockgate.plugins.shared import (
+    checked_actor,
+    evidence_lines,
+    fail,
+    iso_time,
+    key_values,
+    onnx_signature,
+    parse_time,
+    registry_options,
+    shadow_evidence,
+)
 
 from ..errors import ConfigError, LockgateError
 from ..tools.reference import import_references, read_reference, set_reference
@@ -259,6 +271,102 @@ def history(ctx, name: str, alias_name: str | None, at: str | None) -> None:
         weights = splits.get((h["alias"], h["set_at"]))
         shown = "+".join(f"{v}:{w}%" for v, w in sorted(weights.items(), key=lambda i: int(i[0]))) if weights else h["version"]
         click.echo(f"{iso_time(h['set_at'])}  {h['alias']:<12} -> {shown}{was}  by {h['set_by']}")
+
+
+@models.command()
+@click.argument("name")
+@click.argument("version", type=int, required=False)
+@click.option(
+    "--share",
+    type=click.FloatRange(0.0, 1.0, min_open=True),
+    default=0.1,
+    show_default=True,
+    help="Share of production's requests copied to VERSION.",
+)
+@click.option("--until", default=None, help="End: a span from now (90m, 24h, 7d) or ISO 8601 [default: until stopped].")
+@click.option("--stop", is_flag=True, help="Stop the shadow run of NAME (its evidence stays).")
+@click.pass_context
+def shadow(ctx, name: str, version: int | None, share: float, until: str | None, stop: bool) -> None:
+    """Shadow VERSION of model NAME, whatever its approval state, with production's traffic: a share of
+    the requests the default alias answers is copied, after the answer, to VERSION in a replica
+    of its own, and the two answers are compared (lockgate models evidence NAME VERSION).
+    Clients get production's answer only. One run per model; a new one replaces it."""
+    manager = manager_from(ctx.obj["registry_url"], ctx.obj["artifact_dir"])
+    registry: Any = manager.registry()  # shadow runs are a registry's optional methods
+    if getattr(registry, "start_shadow", None) is None:
+        fail(LockgateError("this registry keeps no shadow runs"))
+    try:
+        if stop:
+            who = checked_actor(manager, "alias", name, version)
+            ended = registry.stop_shadow(name, actor=who, reason="stopped from the command line")
+            click.echo(f"{name}: no shadow run" if ended is None else f"{name}: shadow of version {ended.version} stopped")
+            return
+        if version is None:
+            raise click.UsageError("give the VERSION to shadow, or --stop")
+        who = checked_actor(manager, "alias", name, version)
+        end = _until(until)
+        replaced = registry.start_shadow(name, version, share, end, actor=who)
+    except (LookupError, ValueError, LockgateError) as e:
+        fail(e)
+    lasting = "until stopped" if end is None else f"until {iso_time(end)}"
+    was = "" if replaced is None else f" (replaces the shadow of version {replaced.version})"
+    click.echo(f"{name} version {version} shadows production with {share:.0%} of its requests, {lasting}{was}")
+    click.echo(f"evidence: lockgate models evidence {name} {version}")
+
+
+def _until(text: str | None) -> float | None:
+    """--until as epoch seconds: a span forward from now, or ISO 8601."""
+    if text is None:
+        return None
+    now = time.time()
+    when = parse_time(text, "--until")
+    assert when is not None
+    return now + (now - when) if text[:-1].isdigit() else when
+
+
+@models.command()
+@click.argument("name")
+@click.argument("version", type=int)
+@click.option("--json", "as_json", is_flag=True, help="The evidence and its windows as JSON.")
+@click.pass_context
+def evidence(ctx, name: str, version: int, as_json: bool) -> None:
+    """What shadowing VERSION of model NAME showed so far: requests compared, class agreement
+    with production, differences per output, model time of each side, failures, per window."""
+    manager = manager_from(ctx.obj["registry_url"], ctx.obj["artifact_dir"])
+    checked_actor(manager, "metadata", name, version)
+    registry = manager.registry()
+    try:
+        registry.get_version(name, version)
+        read = getattr(registry, "shadow_windows", None)
+        windows = [] if read is None else read(name, version)
+        runs: dict[str, Any] = getattr(registry, "shadow_runs", lambda n: {})(name)
+    except (LookupError, LockgateError) as e:
+        fail(e)
+    summary = shadow_evidence(windows)
+    run = runs.get(name)
+    running = run is not None and run.version == version and run.active(time.time())
+    if as_json:
+        click.echo(
+            json.dumps({"model": name, "version": version, "running": running, **summary, "per_window": windows}, indent=2)
+        )
+        return
+    for line in evidence_lines(name, version, summary):
+        click.echo(line)
+    if running and run is not None:
+        click.echo(
+            f"  the run goes on: {run.share:.0%} of production's requests, until {iso_time(run.until) if run.until else 'stopped'}"
+        )
+    if windows:
+        click.echo(
+            f"{'window start':<26}{'vs':>4}{'compared':>10}{'errors':>8}{'dropped':>9}{'agreement':>11}{'shadow ms':>11}{'prod ms':>9}"
+        )
+        for w in windows:
+            agree = f"{w['agreed'] / w['classified']:.2%}" if w["classified"] else "-"
+            n = w["compared"] or 1
+            click.echo(
+                f"{iso_time(w['start']):<26}{w['baseline']:>4}{w['compared']:>10}{w['errors']:>8}{w['dropped']:>9}{agree:>11}"
+                f"{w['shadow_ms'] / n:>11.3f}{w['baseline_ms'] / n:>9.3f}"
+            )
 
 
 @models.command("import-repo")

@@ -28,11 +28,13 @@ from ..serving.logs import configure as configure_logs
 from ..serving.model_app import ModelApp
 from ..serving.service import ModelService
 from ..serving.settings import LockgateSettings
+from ..serving.shadow import shadow_options
 from ..serving.stats import read_statistics
 from . import metrics
 from .autoscaling import ONGOING
 from .grpc_ingress import REGISTER_S, GrpcIngress, replica_host, split_address
 from .serve_compat import ReplicaStartFailed, install_listener, load_failure, serve_status
+from .shadow import ShadowFollower, shadow_sender
 
 __all__ = [
     "CONTROL_APP",
@@ -82,6 +84,8 @@ class ModelDeployment:
                 stats_dir=settings.metrics_dir,
                 engine_dir=f"{settings.home}/engines",
                 optimized_dir=f"{settings.home}/optimized",
+                shadow_send=shadow_sender(name),
+                shadow=shadow_options(settings.options),
             )
         except LockgateError as e:  # the driver reads this from Serve's status (serve_compat.load_failure)
             raise ReplicaStartFailed(name, e) from None
@@ -178,6 +182,11 @@ class ControlDeployment:
             forward=self._forward,
             max_body_bytes=limit_options(settings.options).max_body_bytes,
         )
+        # Shadow runs: one application each, following the registry (lockgate.server.hosting.shadow).
+        self._shadows = ShadowFollower(
+            self._registry, settings, lambda: self._app.models - set(self._pooled), self._manager.audit
+        )
+        self._shadow_task = asyncio.get_running_loop().create_task(self._shadows.run(max(settings.alias_poll_s, 0.5)))
         if settings.grpc_address is not None:
             host, port = split_address(settings.grpc_address)
             limit = limit_options(settings.options).max_body_bytes

@@ -19,13 +19,14 @@ import re
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CONTENT_TYPE", "collect", "enable", "replica_started", "reset"]
+__all__ = ["CONTENT_TYPE", "collect", "enable", "replica_started", "reset", "shadow_observer"]
 
 log = logging.getLogger("lockgate.server")
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LIVE_FILE = re.compile(r"^gauge_(?:live\w*)_(\d+)\.db$")
 _replicas: Any = None
+_shadow: Any = None
 
 
 def enable(directory: str) -> bool:
@@ -94,3 +95,57 @@ def replica_started(model: str) -> None:
             registry=CollectorRegistry(),
         )
     _replicas.labels(model).set(1)
+
+
+def shadow_observer(model: str, version: int) -> Any:
+    """What a shadow replica counts of each copy it compared (lockgate.server.serving.shadow):
+    ``lockgate_shadow_copies_total`` by outcome (compared, error, dropped),
+    ``lockgate_shadow_rows_total`` by class agreement, ``lockgate_shadow_model_seconds`` of each
+    side (queue and compute), all labelled with the model, the shadow version and the production
+    version it was compared with."""
+    global _shadow
+    from prometheus_client import CollectorRegistry, Counter, Histogram
+
+    if _shadow is None:
+        registry = CollectorRegistry()
+        labels = ["model", "version", "baseline"]
+        _shadow = (
+            Counter(
+                "lockgate_shadow_copies",
+                "Copies of production's requests a shadow got, by outcome.",
+                [*labels, "outcome"],
+                registry=registry,
+            ),
+            Counter(
+                "lockgate_shadow_rows",
+                "Rows a shadow compared, by predicted-class agreement.",
+                [*labels, "agreement"],
+                registry=registry,
+            ),
+            Histogram(
+                "lockgate_shadow_model_seconds",
+                "Model time (queue and compute) of the copies a shadow compared, per side.",
+                [*labels, "side"],
+                buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+                registry=registry,
+            ),
+        )
+    copies, rows, seconds = _shadow
+    shadow = str(version)
+
+    def observe(outcome: Any, dropped: int) -> None:
+        baseline = str(outcome.baseline)
+        if dropped:
+            copies.labels(model, shadow, baseline, "dropped").inc(dropped)
+            return
+        if not outcome.ok:
+            copies.labels(model, shadow, baseline, "error").inc()
+            return
+        copies.labels(model, shadow, baseline, "compared").inc()
+        if outcome.classified:
+            rows.labels(model, shadow, baseline, "agreed").inc(outcome.agreed)
+            rows.labels(model, shadow, baseline, "disagreed").inc(outcome.classified - outcome.agreed)
+        seconds.labels(model, shadow, baseline, "shadow").observe(outcome.shadow_s)
+        seconds.labels(model, shadow, baseline, "production").observe(outcome.baseline_s)
+
+    return observe

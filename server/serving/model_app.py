@@ -35,7 +35,8 @@ from .gate import gate, gate_now, new_request_id
 from .load import LoadMeter
 from .logs import ACCESS, REQUEST, json_enabled, trace_id
 from .protocol import HEADER_LENGTH
-from .service import ModelService
+from .service import ModelService, json_length
+from .shadow import Copy
 
 __all__ = ["PRECHECK", "ModelApp", "Outcome", "Precheck"]
 
@@ -157,6 +158,10 @@ class ModelApp:
             REQUEST.set(None)  # the next request on this connection sets its own
         if self.observed:
             self.manager.observe("lockgate_observe_inference", event=self._event(outcome, start, body))
+        if outcome.copy is not None and outcome.status == 200:  # a shadow's copy, after the answer
+            tap = self.service.shadow
+            if tap is not None:
+                tap.offer(outcome.copy)
 
     def _access(self, outcome: Outcome, start: float) -> None:
         ms = round((time.perf_counter() - start) * 1000.0, 3)
@@ -287,9 +292,14 @@ class ModelApp:
             out, request, outcome.explains = await self.service.explain(served, body, header(scope, _HEADER_LENGTH))
             headers = JSON_HEADERS
         else:
-            out, headers, request = await self.service.infer(served, body, header(scope, _HEADER_LENGTH))
+            length = header(scope, _HEADER_LENGTH)
+            out, headers, request, results = await self.service.infer(served, body, length)
             if outcome.span is not None:
                 outcome.span.batch(request.timing, time.time_ns(), request.rows)
+            tap = self.service.shadow
+            if tap is not None and version is None and tap.wants():  # production's traffic, sampled
+                timing = request.timing
+                outcome.copy = Copy(body, json_length(length), served.model.version, results, timing[0] + timing[1] + timing[2])
         outcome.rows, outcome.client_id, outcome.timing = request.rows, request.id, request.timing
         return 200, out, headers
 
@@ -361,6 +371,7 @@ class Outcome:
         "action",
         "body",
         "client_id",
+        "copy",
         "decided_by",
         "error",
         "explains",
@@ -391,3 +402,4 @@ class Outcome:
         self.span: tracing.RequestSpan | None = None  # OpenTelemetry, when tracing is on
         self.rows = 0
         self.timing: tuple[int, ...] | list[int] = ()  # Triton's statistics: queue, input, infer, output ns
+        self.copy: Copy | None = None  # for the shadow run, when this request was sampled

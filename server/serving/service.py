@@ -22,6 +22,7 @@ from .explain import Explainer, ExplainOptions
 from .limits import DEFAULT_LIMITS, LimitOptions
 from .model import REJECTED_INPUT, ModelVersion, load_version
 from .protocol import InferRequest, encode_infer_response, parse_off_loop
+from .shadow import Send, ShadowOptions, ShadowTap
 from .stats import Statistics
 from .triton_config import triton_model_config
 from .warmup import run_warmup
@@ -88,6 +89,9 @@ class ModelService:
         stats_dir: str | None = None,
         engine_dir: str | None = None,
         optimized_dir: str | None = None,
+        only: int | None = None,
+        shadow_send: Send | None = None,
+        shadow: ShadowOptions | None = None,
     ) -> None:
         self.name = name
         self.engine_dir = engine_dir  # TensorRT's engine cache (LOCKGATE_HOME/engines), by artifact sha256
@@ -116,6 +120,17 @@ class ModelService:
         self.split = _compile(self.splits.get(default_alias))  # the default alias's, as cumulative bounds
         wanted = set(config.version_policy.select(sorted(self.registered))) | set(self.aliases.values())
         wanted |= {v for weights in self.splits.values() for v in weights}
+        if only is not None:  # a shadow replica: its one version, whatever the aliases say
+            if only not in self.registered:
+                raise ModelLoadError(name, only, "no such version")
+            wanted = {only}
+        # Shadow runs (lockgate.server.serving.shadow): the copies of production's answers, when
+        # a run is on and the hosting can reach a shadow replica (``shadow_send``).
+        self.shadow_send = shadow_send
+        self.shadow_options = shadow or ShadowOptions()
+        self.shadow: ShadowTap | None = None
+        if shadow_send is not None:
+            self.follow_shadow(_shadow_run(registry, name))
         for version in sorted(wanted):
             self.served[version] = self._load(version)
         self._blocked_lock = threading.Lock()
@@ -288,7 +303,11 @@ class ModelService:
 
     async def refresh(self) -> bool:
         """Follow the registry: load newly aliased versions, then swap the alias table. True on change."""
-        aliases, splits = await asyncio.to_thread(lambda: (self.registry.aliases(self.name), _splits(self.registry, self.name)))
+        aliases, splits, run = await asyncio.to_thread(
+            lambda: (self.registry.aliases(self.name), _splits(self.registry, self.name), _shadow_run(self.registry, self.name))
+        )
+        if self.shadow_send is not None:
+            self.follow_shadow(run)
         if aliases == self.aliases and splits == self.splits:
             return False
         needed = set(aliases.values()) | {v for weights in splits.values() for v in weights}
@@ -304,6 +323,25 @@ class ModelService:
         await asyncio.to_thread(self.update_blocked, None, aliases, None, splits)
         log.info("model %s aliases now %s%s", self.name, aliases, f", split {splits}" if splits else "")
         return True
+
+    def follow_shadow(self, run: Any) -> None:
+        """Copy production's answers to the shadow ``run`` names (a ``ShadowRun``; None, or one
+        that ended: no copies). A changed run gets a new tap; the old one's copies are let go."""
+        tap = self.shadow
+        if run is not None and not run.active(time.time()):
+            run = None
+        if run is None or self.shadow_send is None:
+            if tap is not None:
+                log.info("model %s: shadow of version %s ended", self.name, tap.version)
+                self.shadow = None
+                tap.close()
+            return
+        if tap is not None and tap.same(run.version, run.share, run.until):
+            return
+        self.shadow = ShadowTap(run.version, run.share, run.until, self.shadow_send, self.shadow_options)
+        if tap is not None:
+            tap.close()
+        log.info("model %s: %.0f%% of production's traffic copied to version %s", self.name, run.share * 100, run.version)
 
     def update_blocked(
         self,
@@ -389,7 +427,8 @@ class ModelService:
 
     async def infer(
         self, served: Served, body: bytes, header_length: bytes | None
-    ) -> tuple[bytes, list[tuple[bytes, bytes]], InferRequest]:
+    ) -> tuple[bytes, list[tuple[bytes, bytes]], InferRequest, dict[str, np.ndarray]]:
+        """The encoded answer, its headers, the decoded request and every output the model gave."""
         served.batcher.check_room()
         request = await parse_off_loop(
             body, json_length(header_length), served.model, served.max_batch_size, self.limits.max_tensor_elements
@@ -416,7 +455,7 @@ class ModelService:
             request, self.name, served.model.version, results, self.labels, served.max_batch_size > 0
         )
         request.timing[3] = time.perf_counter_ns() - started
-        return body, headers, request
+        return body, headers, request, results
 
     async def explain(self, served: Served, body: bytes, header_length: bytes | None) -> tuple[bytes, InferRequest, str | None]:
         """Attributions for the one row of an OIP request body (see lockgate.server.serving.explain)."""
@@ -425,6 +464,8 @@ class ModelService:
         )
 
     def close(self) -> None:
+        if self.shadow is not None:
+            self.shadow.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
 
 
@@ -432,6 +473,12 @@ def _splits(registry: Any, name: str) -> dict[str, dict[int, int]]:
     """The registry's canaries of ``name`` (a registry without them has none)."""
     read = getattr(registry, "alias_splits", None)
     return read(name) if read is not None else {}
+
+
+def _shadow_run(registry: Any, name: str) -> Any:
+    """The registry's shadow run of ``name`` (a registry without them has none)."""
+    read = getattr(registry, "shadow_runs", None)
+    return read(name).get(name) if read is not None else None
 
 
 def _compile(weights: dict[int, int] | None) -> tuple[tuple[int, int], ...] | None:

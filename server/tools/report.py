@@ -4,7 +4,8 @@ Every inference request is in the audit log (status, latency, version), so the r
 the record of what happened rather than a metrics store that may have been reset. Per model:
 traffic, latency percentiles of answered requests, error rate (500, 504: the server failed),
 availability (not refused with 503), the error budget those used, drift crossings, versions
-served, deployment lead time (registration to production alias) and approvals pending.
+served, deployment lead time (registration to production alias), approvals pending, and the
+evidence of shadow runs (the registry's windows).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from lockgate.plugins import ServiceLevel
+from lockgate.plugins.shared import evidence_lines, shadow_evidence
 
 from ..errors import require_extra
 
@@ -45,6 +47,8 @@ class ModelReport:
     pending: list[int] = field(default_factory=list)
     # With more than one version served in the period (a canary, a move): the same figures per version.
     by_version: list[ModelReport] = field(default_factory=list)
+    # Shadow runs in the period: version -> its windows (the registry's shadow_windows)
+    shadows: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
 
     @property
     def requests(self) -> int:
@@ -138,6 +142,10 @@ def gather(manager: Any, since: float, until: float | None = None, models: list[
             first = next((h["set_at"] for h in history if h["version"] == record.version), None)
             if first is not None and since <= first <= until:
                 report.lead_times_s.append((record.version, first - record.created_at))
+        read_shadows = getattr(registry, "shadow_windows", None)
+        if read_shadows is not None:
+            for window in read_shadows(name, since=since, until=until):
+                report.shadows.setdefault(window["version"], []).append(window)
         states = manager.provide("lockgate_approval_states", model=name)
         if states is not None:
             report.pending = [r.version for r in versions_of if states.get(r.version, "pending") == "pending"]
@@ -202,6 +210,9 @@ def render_text(report: Report) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(HEADER))]
     lines = [f"lockgate report {_iso(report.since)} .. {_iso(report.until)}"]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    for m in report.models:
+        for version, windows in sorted(m.shadows.items()):
+            lines += evidence_lines(m.name, version, shadow_evidence(windows))
     return "\n".join(lines)
 
 
@@ -265,6 +276,60 @@ def _plot(m: ModelReport, since: float, until: float) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+def _shadow_plot(name: str, version: int, windows: list[dict[str, Any]]) -> str:
+    """A shadow run's windows: requests compared, class agreement, model time of each side,
+    largest difference per output."""
+    matplotlib = require_extra("matplotlib", "report", "the HTML report's plots")
+    matplotlib.use("Agg")
+    import matplotlib.dates as mdates
+    import matplotlib.pyplot as plt
+
+    t = [datetime.fromtimestamp(w["start"], timezone.utc) for w in windows]
+    n = np.array([max(w["compared"], 1) for w in windows], dtype=float)
+    fig, axes = plt.subplots(2, 2, figsize=(11, 6), dpi=90)
+    (a, b), (c, d) = axes
+    a.plot(t, [w["compared"] for w in windows], marker="o", label="compared", color="#1f77b4")
+    a.plot(t, [w["errors"] for w in windows], marker="x", label="shadow errors", color="#d62728")
+    a.plot(t, [w["dropped"] for w in windows], marker=".", label="dropped", color="#7f7f7f")
+    a.set_title("copies per window")
+    a.legend(loc="upper right", fontsize=8)
+    agreement = [100 * w["agreed"] / w["classified"] if w["classified"] else np.nan for w in windows]
+    b.plot(t, agreement, marker="o", color="#2ca02c")
+    b.set_ylim(min([x for x in agreement if x == x] + [90.0]) - 1, 100.5)
+    b.set_title("predicted class agrees with production (%)")
+    c.plot(t, np.array([w["baseline_ms"] for w in windows]) / n, marker="o", label="production", color="#1f77b4")
+    c.plot(t, np.array([w["shadow_ms"] for w in windows]) / n, marker="o", label=f"version {version}", color="#ff7f0e")
+    c.set_title("mean model time: queue + compute (ms)")
+    c.legend(loc="upper right", fontsize=8)
+    for output in sorted({o for w in windows for o in (w.get("outputs") or {})}):
+        d.plot(t, [(w.get("outputs") or {}).get(output, {}).get("max_abs", np.nan) for w in windows], marker="o", label=output)
+    d.set_yscale("symlog", linthresh=1e-7)
+    d.set_title("largest |difference| per output")
+    d.legend(loc="upper right", fontsize=8)
+    for ax in (a, b, c, d):
+        ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M"))
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"model {name}: shadow of version {version}")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _shadow_section(m: ModelReport) -> str:
+    e = html.escape
+    parts = ["<h3>shadow runs</h3>"]
+    for version, windows in sorted(m.shadows.items()):
+        lines = evidence_lines(m.name, version, shadow_evidence(windows))
+        parts.append(f"<pre class='evidence' id='shadow-{e(m.name)}-{version}'>{e(chr(10).join(lines))}</pre>")
+        parts.append(
+            f"<img class='plot' alt='{e(m.name)} version {version} shadow evidence' "
+            f"src='data:image/png;base64,{_shadow_plot(m.name, version, windows)}'>"
+        )
+    return "".join(parts)
+
+
 def render_html(report: Report) -> str:
     """One self-contained page: the table, then per model its plots, drift, versions, lead times."""
     e = html.escape
@@ -294,6 +359,8 @@ def render_html(report: Report) -> str:
         if m.lead_times_s:
             items = "".join(f"<li>version {v}: {e(_duration(s))} from registration to production</li>" for v, s in m.lead_times_s)
             body.append(f"<h3>deployment lead time</h3><ul>{items}</ul>")
+        if m.shadows:
+            body.append(_shadow_section(m))
         if m.pending:
             body.append(f"<p>approvals pending: versions {e(', '.join(map(str, m.pending)))}</p>")
         body.append("</section>")

@@ -133,6 +133,7 @@ def test_the_example_server_config_is_valid_and_names_every_option():
     from lockgate.server.serving.explain import ExplainOptions
     from lockgate.server.serving.limits import LimitOptions
     from lockgate.server.serving.settings import MetricsOptions, load_options
+    from lockgate.server.serving.shadow import ShadowOptions
 
     path = Path(__file__).resolve().parents[2] / "examples" / "lockgate.yaml"
     options = load_options(str(path), explicit=True)
@@ -144,6 +145,7 @@ def test_the_example_server_config_is_valid_and_names_every_option():
     assert LimitOptions.model_validate(options["limits"]) == LimitOptions()
     assert MetricsOptions.model_validate(options["metrics"]) == MetricsOptions()
     assert RegistryOptions.model_validate(options["registry"]) == RegistryOptions()
+    assert ShadowOptions.model_validate(options["shadow"]) == ShadowOptions()
     text = path.read_text()
     fields = [*GovernanceOptions.model_fields, *Policy.model_fields, *AuditOptions.model_fields, *MonitoringOptions.model_fields]
     for name in [
@@ -155,6 +157,7 @@ def test_the_example_server_config_is_valid_and_names_every_option():
         *MetricsOptions.model_fields,
         *RegistryOptions.model_fields,
         *ObjectStoreOptions.model_fields,
+        *ShadowOptions.model_fields,
     ]:
         assert f"{name}:" in text, f"examples/lockgate.yaml does not mention {name}"
 

@@ -150,3 +150,40 @@ def test_the_report_without_its_extra_names_the_extra(home, monkeypatch):
     assert "the HTML report's plots needs the package 'matplotlib'" in result.output
     assert "pip install 'lockgate[report]'" in result.output
     assert not (home / "r.html").exists()
+
+
+def test_the_report_shows_the_evidence_of_shadow_runs_in_the_period(home):
+    from lockgate.server.serving.settings import LockgateSettings
+
+    registry = LockgateSettings.from_env(anonymous=True).manager().registry()
+    now = time.time()
+    for i, (compared, agreed) in enumerate([(30, 29), (50, 50)]):
+        registry.add_shadow_window(
+            "mlp",
+            2,
+            {
+                "baseline": 1,
+                "start": now - 1800 + 60 * i,
+                "end": now - 1740 + 60 * i,
+                "compared": compared,
+                "errors": 0,
+                "dropped": 1,
+                "classified": compared,
+                "agreed": agreed,
+                "shadow_ms": 0.3 * compared,
+                "baseline_ms": 0.2 * compared,
+                "shadow_ms_max": 0.5,
+                "baseline_ms_max": 0.4,
+                "outputs": {"output": {"max_abs": 0.25, "sum_abs": 1.0 * compared, "elements": 10 * compared}},
+                "last_error": None,
+            },
+        )
+    registry.add_shadow_window("mlp", 2, {**registry.shadow_windows("mlp", 2)[0], "start": now - 90000, "end": now - 89940})
+    page = home / "report.html"
+    output = run("--since", "2h", "--html", str(page))
+    assert "mlp version 2 shadowed production (version 1)" in output
+    assert "requests compared    80" in output and "98.75% of 80 rows" in output  # the window a day ago is not in the period
+    html = page.read_text()
+    section = re.search(r"<pre class='evidence' id='shadow-mlp-2'>(.*?)</pre>", html, re.S)
+    assert section is not None and "copies dropped       2" in section.group(1)
+    assert "alt='mlp version 2 shadow evidence' src='data:image/png;base64," in html
