@@ -15,6 +15,8 @@ Variants, each a `lockgate serve` of its own (monitoring blocked unless named):
   default        everything as shipped: keys, sync audit log, metrics and drift
   core+trace1%   core with OpenTelemetry on (LOCKGATE_TRACING=otlp), 1% of traces sampled, spans
                  exported over OTLP/HTTP to a receiver in this process
+  default+shadow20%  as shipped, and a shadow run of a second MLP version taking 20% of the
+                 traffic (its replica shares this machine's cores with production's)
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ VARIANTS = {
         },
         None,
     ),
+    "default+shadow20%": ({}, "drift+sync"),
 }
 
 
@@ -76,6 +79,44 @@ def span_sink() -> str:
     server = ThreadingHTTPServer(("127.0.0.1", 0), Sink)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return f"http://127.0.0.1:{server.server_address[1]}/v1/traces"
+
+
+def prepare(work: Path, cli: list[str], env: dict[str, str], mode: str | None, shadowed: bool, keyed: bool) -> str | None:
+    """A variant's registry: the demo MLP, its reference sample for drift, a second version
+    shadowed with 20% of the traffic; an admin API key (returned) for the keyed variants."""
+    subprocess.run([*cli, "models", "import-repo", str(work / "repo")], env=env, check=True, capture_output=True)
+    if mode is not None and mode.startswith("drift"):
+        reference = work / "reference.npy"
+        np.save(reference, np.random.default_rng(1).standard_normal((2000, 64)).astype(np.float32))
+        subprocess.run([*cli, "models", "reference", MODEL, "1", str(reference)], env=env, check=True, capture_output=True)
+    if shadowed:
+        import onnx
+
+        from lockgate.server.tools.demo import build_mlp
+
+        onnx.save(build_mlp(seed=1), str(work / "mlp-2.onnx"))
+        for args in (
+            ["models", "register", "--name", MODEL, str(work / "mlp-2.onnx")],
+            ["models", "shadow", MODEL, "2", "--share", "0.2"],
+        ):
+            subprocess.run([*cli, *args], env=env, check=True, capture_output=True)
+    if not keyed:
+        return None
+    return subprocess.run(
+        [*cli, "keys", "create", "--principal", "bench", "--role", "admin"], env=env, check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
+def shadow_evidence(cli: list[str], env: dict[str, str], key: str | None) -> str:
+    """The shadow run's evidence so far, in one line."""
+    done = subprocess.run(
+        [*cli, "models", "evidence", MODEL, "2", "--json"],
+        env={**env, **({"LOCKGATE_API_KEY": key} if key else {})},
+        capture_output=True,
+        text=True,
+    )
+    shown = json.loads(done.stdout) if done.returncode == 0 else {"compared": 0, "dropped": 0, "errors": 0}
+    return f"{shown['compared']} compared, {shown['dropped']} dropped, {shown['errors']} errors"
 
 
 def main() -> int:
@@ -112,21 +153,11 @@ def main() -> int:
         if "LOCKGATE_TRACING" in extra:
             env["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = span_sink()
         cli = [PY, "-m", "lockgate.server.cli"]
-        subprocess.run([*cli, "models", "import-repo", str(work / "repo")], env=env, check=True, capture_output=True)
-        if mode is not None and mode.startswith("drift"):
-            reference = work / "reference.npy"
-            np.save(reference, np.random.default_rng(1).standard_normal((2000, 64)).astype(np.float32))
-            subprocess.run([*cli, "models", "reference", MODEL, "1", str(reference)], env=env, check=True, capture_output=True)
-        authorization = None
-        if name not in ("core", "open", "metrics", "metrics+drift", "core+trace1%"):
-            key = subprocess.run(
-                [*cli, "keys", "create", "--principal", "bench", "--role", "admin"],
-                env=env,
-                check=True,
-                capture_output=True,
-                text=True,
-            ).stdout.strip()
-            authorization = f"Bearer {key}"
+        shadowed = name.endswith("shadow20%")
+        key = prepare(
+            work, cli, env, mode, shadowed, keyed=name not in ("core", "open", "metrics", "metrics+drift", "core+trace1%")
+        )
+        authorization = None if key is None else f"Bearer {key}"
         port = free_port()
         url = f"http://127.0.0.1:{port}/v2/models/{MODEL}/infer"
         print(f"== {name}: starting", flush=True)
@@ -138,6 +169,10 @@ def main() -> int:
         try:
             wait_ready(url, body.encode(), proc, headers={"Authorization": authorization} if authorization else None)
             wrk(url, body_path, 8, 3, authorization=authorization)  # warm-up
+            for _ in range(40 if shadowed else 0):  # measured once the shadow compares
+                if not shadow_evidence(cli, env, key).startswith("0 compared"):
+                    break
+                wrk(url, body_path, 8, 2, authorization=authorization)
             for c in levels:
                 for rep in range(reps):
                     r = wrk(url, body_path, c, seconds, authorization=authorization)
@@ -150,6 +185,8 @@ def main() -> int:
         finally:
             stop(proc, before)
             log.close()
+        if shadowed:
+            print(f"   shadow: {shadow_evidence(cli, env, key)}", flush=True)
         if audited:
             audit = subprocess.run(
                 [*cli, "audit", "verify"], env={**env, "LOCKGATE_API_KEY": key}, capture_output=True, text=True

@@ -133,19 +133,20 @@ def shadow_observer(model: str, version: int) -> Any:
     copies, rows, seconds = _shadow
     shadow = str(version)
 
-    def observe(outcome: Any, dropped: int) -> None:
-        baseline = str(outcome.baseline)
-        if dropped:
-            copies.labels(model, shadow, baseline, "dropped").inc(dropped)
-            return
-        if not outcome.ok:
-            copies.labels(model, shadow, baseline, "error").inc()
-            return
-        copies.labels(model, shadow, baseline, "compared").inc()
-        if outcome.classified:
-            rows.labels(model, shadow, baseline, "agreed").inc(outcome.agreed)
-            rows.labels(model, shadow, baseline, "disagreed").inc(outcome.classified - outcome.agreed)
-        seconds.labels(model, shadow, baseline, "shadow").observe(outcome.shadow_s)
-        seconds.labels(model, shadow, baseline, "production").observe(outcome.baseline_s)
+    def observe(tally: Any) -> None:
+        baseline = str(tally.baseline)
+        for outcome, n in (("compared", tally.compared), ("error", tally.errors), ("dropped", tally.dropped)):
+            if n:
+                copies.labels(model, shadow, baseline, outcome).inc(n)
+        if tally.classified:
+            rows.labels(model, shadow, baseline, "agreed").inc(tally.agreed)
+            rows.labels(model, shadow, baseline, "disagreed").inc(tally.classified - tally.agreed)
+        shadow_side, production_side = (
+            seconds.labels(model, shadow, baseline, "shadow"),
+            seconds.labels(model, shadow, baseline, "production"),
+        )
+        for s, b in zip(tally.shadow_s, tally.baseline_s):
+            shadow_side.observe(s)
+            production_side.observe(b)
 
     return observe

@@ -35,6 +35,7 @@ __all__ = [
     "ShadowComparer",
     "ShadowOptions",
     "ShadowTap",
+    "Tally",
     "Window",
     "compare_outputs",
     "predicted_class",
@@ -57,6 +58,12 @@ class ShadowOptions(BaseModel):
         64 * 1024 * 1024, ge=1024, description="Request bytes those copies hold at most; more are dropped and counted."
     )
     batch: int = Field(64, ge=1, description="Copies sent to the shadow replica in one call at most.")
+    linger_s: float = Field(
+        0.2,
+        ge=0,
+        description="A production replica waits this long for a batch to fill before it sends fewer copies: "
+        "fewer, larger calls to the shadow's replica.",
+    )
 
 
 def shadow_options(options: Mapping[str, Any]) -> ShadowOptions:
@@ -125,6 +132,8 @@ class ShadowTap:
         while True:
             await self._wake.wait()
             self._wake.clear()
+            if len(self._queue) < self._options.batch and self._options.linger_s:
+                await asyncio.sleep(self._options.linger_s)
             while self._queue:
                 batch = [self._queue.popleft() for _ in range(min(len(self._queue), self._options.batch))]
                 self._bytes -= sum(len(c.body) for c in batch)
@@ -225,15 +234,21 @@ class Window:
         self.last_error: str | None = None
 
     def add(
-        self, diffs: Mapping[str, tuple[float, float, int]], classified: int, agreed: int, shadow_ms: float, baseline_ms: float
+        self,
+        diffs: Mapping[str, tuple[float, float, int]],
+        classified: int,
+        agreed: int,
+        shadow_ms: list[float],
+        baseline_ms: list[float],
     ) -> None:
-        self.compared += 1
+        """Copies compared together: their differences and classes summed, each one's model time."""
+        self.compared += len(shadow_ms)
         self.classified += classified
         self.agreed += agreed
-        self.shadow_ms += shadow_ms
-        self.baseline_ms += baseline_ms
-        self.shadow_ms_max = max(self.shadow_ms_max, shadow_ms)
-        self.baseline_ms_max = max(self.baseline_ms_max, baseline_ms)
+        self.shadow_ms += sum(shadow_ms)
+        self.baseline_ms += sum(baseline_ms)
+        self.shadow_ms_max = max(self.shadow_ms_max, *shadow_ms)
+        self.baseline_ms_max = max(self.baseline_ms_max, *baseline_ms)
         for name, (most, total, n) in diffs.items():
             seen = self.outputs.setdefault(name, [0.0, 0.0, 0])
             seen[0] = max(seen[0], most)
@@ -259,22 +274,61 @@ class Window:
         }
 
 
-class Outcome(NamedTuple):
-    """One copy's comparison, for the shadow's metrics."""
+class Tally(NamedTuple):
+    """What one call's copies came to against one production version, for the shadow's metrics."""
 
     baseline: int
-    ok: bool
+    compared: int
+    errors: int
+    dropped: int
     classified: int
     agreed: int
-    shadow_s: float
-    baseline_s: float
+    shadow_s: list[float]
+    baseline_s: list[float]
+
+
+def _sum_pairs(
+    pairs: list[tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray], int]],
+) -> tuple[dict[str, tuple[float, float, int]], int, int]:
+    """``compare_outputs`` over many requests' answers at once: their rows stacked, so a batch of
+    copies costs a few array operations, not a few per copy. Answers whose outputs cannot be
+    stacked (no batch dimension, other inner shapes) are compared one by one and summed."""
+    names = list(pairs[0][0])
+    rows = sum(r for _, _, r in pairs)
+    stackable = all(list(a) == names and all(x.ndim and x.shape[0] == r for x in a.values()) for a, _, r in pairs) and all(
+        len({(a[n].shape[1:], a[n].dtype) for a, _, _ in pairs}) == 1 for n in names
+    )
+    if stackable and len(pairs) > 1:
+        base = {n: np.concatenate([a[n] for a, _, _ in pairs]) for n in names}
+        shadow = {n: np.concatenate([b[n] for _, b, _ in pairs]) for n in names}
+        diffs, classified, agreed, _ = compare_outputs(base, shadow, rows)
+        return diffs, classified, agreed
+    total: dict[str, tuple[float, float, int]] = {}
+    classified = agreed = 0
+    for a, b, r in pairs:
+        d, c, g, _ = compare_outputs(a, b, r)
+        classified, agreed = classified + c, agreed + g
+        for name, (most, summed, n) in d.items():
+            seen = total.get(name, (0.0, 0.0, 0))
+            total[name] = (max(seen[0], most), seen[1] + summed, seen[2] + n)
+    return total, classified, agreed
+
+
+def _incomparable(baseline: Mapping[str, np.ndarray], shadow: Mapping[str, np.ndarray]) -> str | None:
+    """Why two answers cannot be compared: an output missing from the shadow's, or in another shape."""
+    for name, a in baseline.items():
+        b = shadow.get(name)
+        if b is None:
+            return f"the shadow has no output '{name}'"
+        if a.shape != b.shape:
+            return f"output '{name}' has shape {list(b.shape)} in the shadow, {list(a.shape)} in production"
+    return None
 
 
 class ShadowComparer:
-    """The shadow replica's side: runs copies through the shadow version's batcher, compares,
-    and hands each finished window to ``keep`` (off the event loop); ``observe`` gets each
-    copy's ``Outcome`` with 0, and copies production dropped as (an ``Outcome`` naming the
-    production version, their count), for metrics."""
+    """The shadow replica's side: runs copies through the shadow version's batcher, compares
+    them with production's answers, and hands each finished window to ``keep`` (off the event
+    loop); ``observe`` gets a ``Tally`` per call and production version, for metrics."""
 
     def __init__(
         self,
@@ -282,7 +336,7 @@ class ShadowComparer:
         max_elements: int,
         keep: Callable[[dict[str, Any]], None],
         window_s: float,
-        observe: Callable[[Outcome, int], None] | None = None,
+        observe: Callable[[Tally], None] | None = None,
     ) -> None:
         self.served = served  # ModelService's Served of the shadow version
         self.version = served.model.version
@@ -294,44 +348,74 @@ class ShadowComparer:
         self.started = time.time()
 
     async def compare(self, copies: list[Copy], dropped: int) -> None:
-        """Compare a batch of copies (concurrently, so the shadow batches them too)."""
+        """Compare a batch of copies: run concurrently (so the shadow batches them too), then
+        compared together per production version."""
         now = time.time()
+        answers = await asyncio.gather(*(self._run(c) for c in copies))
+        groups: dict[int, list[tuple[Copy, Any]]] = {}
+        for copy, answer in zip(copies, answers):
+            groups.setdefault(copy.baseline, []).append((copy, answer))
         if dropped:
-            baseline = copies[0].baseline if copies else max(self.windows, default=0)
-            self._window(baseline, now).dropped += dropped
+            groups.setdefault(copies[0].baseline if copies else max(self.windows, default=0), [])
+        for baseline, group in groups.items():
+            tally = self._tally(baseline, group, dropped, now)
+            dropped = 0  # reported once, with the first production version
             if self.observe is not None:
-                self.observe(Outcome(baseline, False, 0, 0, 0.0, 0.0), dropped)
-        outcomes = await asyncio.gather(*(self._one(c) for c in copies))
-        for outcome in outcomes:
-            if self.observe is not None:
-                self.observe(outcome, 0)
+                self.observe(tally)
         if time.time() - self.started >= self.window_s:
             await self.flush()
 
-    def _window(self, baseline: int, now: float) -> Window:
-        window = self.windows.get(baseline)
-        if window is None:
-            window = self.windows[baseline] = Window(now)
-        return window
-
-    async def _one(self, copy: Copy) -> Outcome:
-        window = self._window(copy.baseline, time.time())
+    async def _run(self, copy: Copy) -> tuple[dict[str, np.ndarray], int, int] | str:
+        """The shadow's answer to a copy (outputs, rows, model time in ns), or why it has none."""
         served = self.served
         try:
             request = await parse_off_loop(copy.body, copy.header_length, served.model, served.max_batch_size, self.max_elements)
             results = await served.batcher.submit(request.inputs, request.rows, None, None, request.timing)
-            diffs, classified, agreed, problem = compare_outputs(copy.outputs, results, request.rows)
         except RequestError as e:
-            problem = f"{type(e).__name__}: {e.message}"
+            return f"{type(e).__name__}: {e.message}"
         except Exception as e:  # noqa: BLE001 - the shadow version failed: that is evidence, not a crash
-            problem = f"{type(e).__name__}: {e}"
-        if problem is not None:
-            window.errors += 1
-            window.last_error = problem
-            return Outcome(copy.baseline, False, 0, 0, 0.0, copy.baseline_ns / 1e9)
-        shadow_ns = sum(request.timing[:3])
-        window.add(diffs, classified, agreed, shadow_ns / 1e6, copy.baseline_ns / 1e6)
-        return Outcome(copy.baseline, True, classified, agreed, shadow_ns / 1e9, copy.baseline_ns / 1e9)
+            return f"{type(e).__name__}: {e}"
+        return results, request.rows, sum(request.timing[:3])
+
+    def _tally(self, baseline: int, group: list[tuple[Copy, Any]], dropped: int, now: float) -> Tally:
+        window = self.windows.get(baseline)
+        if window is None:
+            window = self.windows[baseline] = Window(now)
+        window.dropped += dropped
+        pairs: list[tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray], int]] = []
+        shadow_ms: list[float] = []
+        baseline_ms: list[float] = []
+        errors = 0
+        for copy, answer in group:
+            problem = answer if isinstance(answer, str) else _incomparable(copy.outputs, answer[0])
+            if problem is not None:
+                errors += 1
+                window.last_error = problem
+                continue
+            results, rows, ns = answer
+            pairs.append((copy.outputs, results, rows))
+            shadow_ms.append(ns / 1e6)
+            baseline_ms.append(copy.baseline_ns / 1e6)
+        window.errors += errors
+        classified = agreed = 0
+        if pairs:
+            try:
+                diffs, classified, agreed = _sum_pairs(pairs)
+            except Exception as e:  # noqa: BLE001 - outputs that cannot be compared (another kind of tensor): counted
+                window.errors += len(pairs)
+                window.last_error = f"not comparable: {type(e).__name__}: {e}"
+                return Tally(baseline, 0, errors + len(pairs), dropped, 0, 0, [], [])
+            window.add(diffs, classified, agreed, shadow_ms, baseline_ms)
+        return Tally(
+            baseline,
+            len(pairs),
+            errors,
+            dropped,
+            classified,
+            agreed,
+            [m / 1e3 for m in shadow_ms],
+            [m / 1e3 for m in baseline_ms],
+        )
 
     async def flush(self) -> None:
         """Keep the open windows (those with anything in them) and start new ones."""

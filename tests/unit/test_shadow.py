@@ -22,7 +22,15 @@ from lockgate.plugins.shared import evidence_lines, shadow_evidence
 from lockgate.server.serving.config import ModelConfig
 from lockgate.server.serving.model_app import ModelApp
 from lockgate.server.serving.service import ModelService
-from lockgate.server.serving.shadow import Copy, ShadowComparer, ShadowOptions, ShadowTap, compare_outputs, predicted_class
+from lockgate.server.serving.shadow import (
+    Copy,
+    ShadowComparer,
+    ShadowOptions,
+    ShadowTap,
+    _sum_pairs,
+    compare_outputs,
+    predicted_class,
+)
 from lockgate.server.tools.demo import build_mlp
 from tests.asgi import call
 
@@ -137,6 +145,28 @@ def test_two_answers_are_compared_per_output_and_by_predicted_class():
     assert compare_outputs({"s": nan}, {"s": np.array([[0.0, 1.0]], np.float32)}, 1)[0]["s"][0] == np.inf
     assert predicted_class(np.zeros((3, 1), np.float32), 3) is None  # one score: a regression, no class
     assert predicted_class(np.array(["a", "b"]), 2).tolist() == [["a"], ["b"]]
+
+
+def test_many_answers_compared_at_once_sum_to_the_answers_compared_one_by_one():
+    rng = np.random.default_rng(5)
+
+    def answer(rows: int, width: int) -> dict[str, np.ndarray]:
+        return {"label": rng.integers(0, 3, rows), "scores": rng.normal(size=(rows, width)).astype(np.float32)}
+
+    def one_by_one(pairs):
+        most, total, n, classified, agreed = 0.0, 0.0, 0, 0, 0
+        for a, b, r in pairs:
+            d, c, g, _ = compare_outputs(a, b, r)
+            most, total, n = max(most, d["scores"][0]), total + d["scores"][1], n + d["scores"][2]
+            classified, agreed = classified + c, agreed + g
+        return most, total, n, classified, agreed
+
+    for widths in ([4] * 6, [4, 5, 4, 6]):  # stacked; inner shapes that differ: one by one
+        pairs = [(answer(r, w), answer(r, w), r) for r, w in zip([1, 3, 2, 1, 4, 2], widths)]
+        diffs, classified, agreed = _sum_pairs(pairs)
+        most, total, n, c, g = one_by_one(pairs)
+        assert diffs["scores"][0] == pytest.approx(most) and diffs["scores"][1] == pytest.approx(total)
+        assert (diffs["scores"][2], classified, agreed) == (n, c, g)
 
 
 # -- production's copy queue ---------------------------------------------------------------------------
