@@ -242,12 +242,33 @@ def _series(m: ModelReport, since: float, until: float) -> dict[str, np.ndarray]
     return {"t": edges[:-1], "traffic": traffic, **{f"p{q}": v for q, v in pct.items()}, "errors": errors, "burn": burn}
 
 
-def _plot(m: ModelReport, since: float, until: float) -> str:
+def _pyplot() -> Any:
+    """matplotlib's pyplot, drawing off screen (the [report] extra)."""
     matplotlib = require_extra("matplotlib", "report", "the HTML report's plots")
     matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig: Any, axes: Iterable[Any], title: str) -> str:
+    """A figure of time series as a base64 PNG: hours and minutes on each x axis, a grid, a title."""
     import matplotlib.dates as mdates
     import matplotlib.pyplot as plt
 
+    for ax in axes:
+        ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M"))
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _plot(m: ModelReport, since: float, until: float) -> str:
+    plt = _pyplot()
     s = _series(m, since, until)
     t = [datetime.fromtimestamp(x, timezone.utc) for x in s["t"]]
     fig, axes = plt.subplots(2, 2, figsize=(11, 6), dpi=90)
@@ -265,25 +286,13 @@ def _plot(m: ModelReport, since: float, until: float) -> str:
     d.plot([datetime.fromtimestamp(x, timezone.utc) for x in m.at], s["burn"], color="#9467bd")
     d.axhline(100, color="black", linestyle="--", linewidth=1)
     d.set_title("error budget spent (cumulative, %)")
-    for ax in (a, b, c, d):
-        ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M"))
-        ax.grid(alpha=0.3)
-    fig.suptitle(f"model {m.name}")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
+    return _png(fig, (a, b, c, d), f"model {m.name}")
 
 
 def _shadow_plot(name: str, version: int, windows: list[dict[str, Any]]) -> str:
     """A shadow run's windows: requests compared, class agreement, model time of each side,
     largest difference per output."""
-    matplotlib = require_extra("matplotlib", "report", "the HTML report's plots")
-    matplotlib.use("Agg")
-    import matplotlib.dates as mdates
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     t = [datetime.fromtimestamp(w["start"], timezone.utc) for w in windows]
     n = np.array([max(w["compared"], 1) for w in windows], dtype=float)
     fig, axes = plt.subplots(2, 2, figsize=(11, 6), dpi=90)
@@ -306,15 +315,7 @@ def _shadow_plot(name: str, version: int, windows: list[dict[str, Any]]) -> str:
     d.set_yscale("symlog", linthresh=1e-7)
     d.set_title("largest |difference| per output")
     d.legend(loc="upper right", fontsize=8)
-    for ax in (a, b, c, d):
-        ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M"))
-        ax.grid(alpha=0.3)
-    fig.suptitle(f"model {name}: shadow of version {version}")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
+    return _png(fig, (a, b, c, d), f"model {name}: shadow of version {version}")
 
 
 def _shadow_section(m: ModelReport) -> str:
