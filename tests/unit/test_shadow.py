@@ -357,3 +357,67 @@ def test_approve_shows_the_evidence_before_deciding(tmp_path, monkeypatch):
     assert result.exit_code == 0 and "mlp: shadow of version 2 stopped" in result.output
     result = runner.invoke(main, ["models", "shadow", "mlp", "9"], env={"LOCKGATE_ACTOR": "alice"})
     assert result.exit_code != 0 and "version 9" in result.output, result.output
+
+
+# -- the control replica's part -------------------------------------------------------------------------
+
+
+def test_the_control_replica_follows_the_registrys_shadow_runs(tmp_path, monkeypatch):
+    from lockgate.server.hosting import shadow as hosting
+    from lockgate.server.serving.settings import LockgateSettings
+
+    registry = mlp_registry(f"sqlite:///{tmp_path}/registry.db", tmp_path)
+    attempts: list[str] = []
+    deleted: list[str] = []
+    audited: list[tuple] = []
+    failing = [False]
+
+    def run(app, name: str, route_prefix: str | None) -> None:
+        assert route_prefix is None  # no route: no client reaches a shadow
+        attempts.append(name)
+        if failing[0]:
+            raise RuntimeError("the replica failed: version 2 does not load")
+
+    monkeypatch.setattr(hosting.serve, "run", run)
+    monkeypatch.setattr(hosting.serve, "delete", deleted.append)
+    served = {"mlp"}
+    settings = LockgateSettings.from_env(home=str(tmp_path / "home"))
+    follower = hosting.ShadowFollower(registry, settings, lambda: served, lambda *a, **k: audited.append((a, k)))
+
+    def step() -> None:
+        asyncio.run(follower.step())
+
+    step()
+    assert attempts == [] and follower.deployed == {}
+    registry.start_shadow("mlp", 2, 0.5, actor="alice")
+    step()
+    step()
+    assert attempts == ["lockgate-shadow-mlp"] and follower.deployed == {"mlp": 2}  # deployed once
+    registry.stop_shadow("mlp", actor="alice")
+    step()
+    assert deleted == ["lockgate-shadow-mlp"] and follower.deployed == {}
+    served.clear()  # a model this server does not serve (unloaded, or in a pool): no shadow
+    registry.start_shadow("mlp", 2, 0.5, time.time() + 0.5, actor="alice")
+    step()
+    assert len(attempts) == 1
+    served.add("mlp")
+    step()
+    assert len(attempts) == 2 and follower.deployed == {"mlp": 2}
+    time.sleep(0.6)
+    step()  # the run's end came: the follower stops it, and its application goes
+    assert registry.shadow_runs() == {} and deleted == ["lockgate-shadow-mlp"] * 2
+    stopped = [e for e in registry.events("mlp") if e["kind"] == "shadow_stopped"][-1]
+    assert (stopped["actor"], stopped["detail"]["reason"]) == ("lockgate", "the run's end was reached")
+    failing[0] = True
+    registry.start_shadow("mlp", 2, 0.5, actor="alice")
+    step()
+    step()  # not tried again at once
+    assert len(attempts) == 3 and follower.deployed == {}
+    ((args, kwargs),) = audited
+    assert args == ("shadow_failed", "lockgate") and kwargs["version"] == 2 and "does not load" in kwargs["detail"]["reason"]
+    monkeypatch.setattr(hosting, "RETRY_FAILED_S", 0.0)
+    step()
+    assert len(attempts) == 4 and len(audited) == 1  # tried again; said once
+    failing[0] = False
+    step()
+    assert follower.deployed == {"mlp": 2} and follower.failed == {}
