@@ -19,7 +19,7 @@ from sqlalchemy import event
 
 from .errors import ArtifactMismatch
 
-__all__ = ["ArtifactStore", "ObjectArtifactStore", "artifact_store", "make_engine", "sha256_file", "writing"]
+__all__ = ["ArtifactStore", "ObjectArtifactStore", "artifact_store", "create_tables", "make_engine", "sha256_file", "writing"]
 
 log = logging.getLogger("lockgate.plugins")
 
@@ -57,6 +57,15 @@ def make_engine(url: str, *, durable: bool = False) -> sa.Engine:
 
         return engine
     return sa.create_engine(url, pool_pre_ping=True)
+
+
+def create_tables(engine: sa.Engine, metadata: sa.MetaData) -> None:
+    """``metadata.create_all`` in one write transaction. On SQLite, processes starting together on
+    a new database (a node's replicas) would otherwise each read the schema in a deferred
+    transaction and then try to write it: the loser's upgrade to a writer fails at once with
+    "database is locked", without waiting out the busy timeout. BEGIN IMMEDIATE makes it wait."""
+    with writing(engine) as c, c.begin():
+        metadata.create_all(c)
 
 
 def writing(engine: sa.Engine) -> sa.Connection:

@@ -15,7 +15,7 @@ from ._commands import actor, checked_actor, checked_principal, fail, iso_time, 
 from ._onnx import external_data_tensors, onnx_nodes, onnx_operators, onnx_opsets, onnx_signature
 from ._options import parse_section
 from ._shadow import evidence_lines, shadow_evidence
-from ._storage import ArtifactStore, ObjectArtifactStore, artifact_store, make_engine, sha256_file, writing
+from ._storage import ArtifactStore, ObjectArtifactStore, artifact_store, create_tables, make_engine, sha256_file, writing
 
 __all__ = [
     "ArtifactStore",
@@ -24,6 +24,7 @@ __all__ = [
     "artifact_store",
     "checked_actor",
     "checked_principal",
+    "create_tables",
     "evidence_lines",
     "external_data_tensors",
     "fail",

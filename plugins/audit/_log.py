@@ -18,7 +18,7 @@ from typing import IO, Any
 
 import sqlalchemy as sa
 
-from .._storage import make_engine, writing
+from .._storage import create_tables, make_engine, writing
 from ..errors import PruneRefused
 from . import _schema as t
 from ._chain import GENESIS, canonical, checkpoint_mac, prune_mac, record_hash
@@ -149,7 +149,7 @@ class AuditLog:
         self._sql_head = f"SELECT seq, hash, checkpoint_seq FROM {t.head.name} WHERE id = {HEAD_ID}{lock}"
         self._sql_head_update = f"UPDATE {t.head.name} SET seq = {mark}, hash = {mark} WHERE id = {HEAD_ID}"
         self._sql_head_checkpoint = f"UPDATE {t.head.name} SET seq = {mark}, hash = {mark}, checkpoint_seq = {mark}, checkpoint_at = {mark} WHERE id = {HEAD_ID}"
-        t.metadata.create_all(self.engine)
+        create_tables(self.engine, t.metadata)
         with writing(self.engine) as c, c.begin():
             if c.execute(sa.select(t.head.c.id).where(t.head.c.id == HEAD_ID)).first() is None:
                 try:

@@ -14,7 +14,7 @@ from typing import Any
 import sqlalchemy as sa
 import yaml
 
-from .._storage import writing
+from .._storage import create_tables, writing
 from ..errors import GovernanceError
 from . import _schema as t
 
@@ -61,7 +61,7 @@ def _norm(name: str) -> str:
 class Approvals:
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
-        t.metadata.create_all(engine)
+        create_tables(engine, t.metadata)
 
     def states(self, name: str) -> dict[int, Approval]:
         with self.engine.connect() as c:

@@ -26,7 +26,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from .._storage import writing
+from .._storage import create_tables, writing
 from .._types import Principal
 from . import _schema as t
 
@@ -121,7 +121,7 @@ class KeyStore:
 
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
-        t.metadata.create_all(engine)
+        create_tables(engine, t.metadata)
 
     def create(
         self, principal: str, roles: Iterable[str], models: Iterable[str], *, created_by: str, expires_at: float | None = None

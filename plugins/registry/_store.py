@@ -13,7 +13,7 @@ import onnx
 import sqlalchemy as sa
 
 from .._onnx import external_data_tensors, onnx_operators, onnx_opsets, onnx_signature
-from .._storage import ArtifactStore, artifact_store, make_engine, sha256_file, writing
+from .._storage import ArtifactStore, artifact_store, create_tables, make_engine, sha256_file, writing
 from .._types import Decision, ModelVersionRecord, Reference, RegistrationCandidate, ShadowRun, model_name_problem
 from ..errors import AliasRefused, ArtifactMismatch, RegistrationError, UnknownModel
 from . import _schema as t
@@ -67,7 +67,7 @@ class Registry:
         self._check = check_registration or (lambda candidate: [])
         self._check_alias = check_alias or (lambda name, alias, version, actor: Decision(True))
         self._audit = audit or (lambda *a, **k: None)
-        t.metadata.create_all(self.engine)
+        create_tables(self.engine, t.metadata)
 
     # -- registration ------------------------------------------------------------------------
 

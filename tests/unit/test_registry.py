@@ -323,3 +323,37 @@ def test_an_alias_split_between_versions_a_canary(make_registry, files):
     r.set_alias("m", "production", 3, actor="bob")  # a plain move ends the split
     assert r.alias_splits("m") == {} and r.aliases("m") == {"production": 3}
     assert r.events("m")[-1]["detail"]["split_ended"] is True
+
+
+def _create_tables_at_once(url: str, barrier, results) -> None:
+    from lockgate.plugins.audit import _schema as audit_tables
+    from lockgate.plugins.registry import _schema as registry_tables
+    from lockgate.plugins.shared import create_tables, make_engine
+
+    engine = make_engine(url)
+    barrier.wait()
+    try:
+        for metadata in (audit_tables.metadata, registry_tables.metadata):
+            create_tables(engine, metadata)
+        results.put("ok")
+    except Exception as e:  # noqa: BLE001 - reported to the test
+        results.put(f"{type(e).__name__}: {e}")
+
+
+def test_processes_starting_together_on_a_new_sqlite_database_all_create_its_tables(tmp_path):
+    """A node's replicas start together and each creates the tables of a new SQLite file. With
+    ``metadata.create_all(engine)`` most of six such processes failed at once with "database is
+    locked" (a deferred read transaction cannot become a writer after another process wrote);
+    ``create_tables`` takes the write lock first, so each waits its turn."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(6), ctx.Queue()
+    url = f"sqlite:///{tmp_path}/new.db"
+    processes = [ctx.Process(target=_create_tables_at_once, args=(url, barrier, results)) for _ in range(6)]
+    for p in processes:
+        p.start()
+    outcomes = [results.get(timeout=120) for _ in processes]
+    for p in processes:
+        p.join(timeout=60)
+    assert outcomes == ["ok"] * 6, outcomes
