@@ -193,9 +193,10 @@ def haproxy_side_ports(port: int) -> dict[str, tuple[str, int, bool]]:
 
 def haproxy_pids(port: int | None = None) -> list[int]:
     """Processes running an HAProxy that Serve started (for lockgate or not); with ``port``, only
-    those of the lockgate server on that port (their config is in its folder, ``haproxy_env``)."""
+    those of the lockgate server on that port: their config is in its folder (``haproxy_env``),
+    where Serve puts it one level down, in a folder per Ray node (``<folder>/<node id>/haproxy.cfg``)."""
     pids = []
-    mine = None if port is None else haproxy_env(port)["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"].encode()
+    folder = None if port is None else (str(haproxy_dir(port)) + os.sep).encode()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -204,7 +205,7 @@ def haproxy_pids(port: int | None = None) -> list[int]:
         except OSError:
             continue
         if cmd and cmd[0].endswith(b"haproxy") and any(m in part for part in cmd for m in _HAPROXY_MARKERS):
-            if mine is None or mine in cmd:
+            if folder is None or any(part.startswith(folder) for part in cmd):
                 pids.append(int(entry.name))
     return pids
 

@@ -179,11 +179,12 @@ def test_a_server_stops_only_the_haproxy_of_its_own_port():
     import subprocess
     import sys
 
-    from lockgate.server.hosting.serve_compat import haproxy_env, haproxy_pids
+    from lockgate.server.hosting.serve_compat import haproxy_dir, haproxy_pids
 
     fakes = {}
-    for port in (40001, 40002):
-        config = haproxy_env(port)["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"]
+    for port in (40001, 4000):  # one port's folder name is a prefix of the other's
+        # where Serve puts it: a folder per Ray node under the server's folder
+        config = str(haproxy_dir(port) / "3100969a1274ed096f61abc396500c80d1c1c03d91d16d8674e37e49" / "haproxy.cfg")
         fakes[port] = subprocess.Popen(
             ["/usr/sbin/haproxy", "-c", "import time; time.sleep(60)", "-db", "-f", config], executable=sys.executable
         )
@@ -194,8 +195,8 @@ def test_a_server_stops_only_the_haproxy_of_its_own_port():
         while time.monotonic() < deadline and not set(p.pid for p in fakes.values()) <= set(haproxy_pids()):
             time.sleep(0.05)
         assert {p.pid for p in fakes.values()} <= set(haproxy_pids())
-        assert fakes[40001].pid in haproxy_pids(40001) and fakes[40002].pid not in haproxy_pids(40001)
-        assert fakes[40002].pid in haproxy_pids(40002) and fakes[40001].pid not in haproxy_pids(40002)
+        assert fakes[40001].pid in haproxy_pids(40001) and fakes[4000].pid not in haproxy_pids(40001)
+        assert fakes[4000].pid in haproxy_pids(4000) and fakes[40001].pid not in haproxy_pids(4000)
     finally:
         for p in fakes.values():
             p.kill()
