@@ -55,7 +55,9 @@ class ShadowOptions(BaseModel):
         1024, ge=1, description="Copies a production replica holds for its shadow at most; more are dropped and counted."
     )
     max_queue_bytes: int = Field(
-        64 * 1024 * 1024, ge=1024, description="Request bytes those copies hold at most; more are dropped and counted."
+        64 * 1024 * 1024,
+        ge=1024,
+        description="Bytes those copies hold at most (requests and production's outputs); more are dropped and counted.",
     )
     batch: int = Field(64, ge=1, description="Copies sent to the shadow replica in one call at most.")
     linger_s: float = Field(
@@ -82,6 +84,12 @@ class Copy(NamedTuple):
 
 
 # -- production's side ----------------------------------------------------------------------------
+
+
+def _size(copy: Copy) -> int:
+    """The bytes a queued copy holds: its request, and the outputs production computed."""
+    return len(copy.body) + sum(a.nbytes for a in copy.outputs.values())
+
 
 Send = Callable[[int, list[Copy], int], Awaitable[None]]
 
@@ -113,7 +121,7 @@ class ShadowTap:
 
     def offer(self, copy: Copy) -> None:
         """Queue a copy for the shadow, after production's answer was sent; never waits."""
-        size = len(copy.body)
+        size = _size(copy)
         if len(self._queue) >= self._options.max_queue or self._bytes + size > self._options.max_queue_bytes:
             self.dropped += 1
             self.dropped_total += 1
@@ -136,7 +144,7 @@ class ShadowTap:
                 await asyncio.sleep(self._options.linger_s)
             while self._queue:
                 batch = [self._queue.popleft() for _ in range(min(len(self._queue), self._options.batch))]
-                self._bytes -= sum(len(c.body) for c in batch)
+                self._bytes -= sum(_size(c) for c in batch)
                 dropped, self.dropped = self.dropped, 0
                 try:
                     await self._send(self.version, batch, dropped)

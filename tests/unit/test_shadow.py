@@ -200,6 +200,10 @@ def test_a_full_copy_queue_drops_and_counts_and_a_failed_send_counts_too():
 
     tap = asyncio.run(main())
     assert calls[0] == (3, 2, 8)
+    # the byte bound counts production's outputs too, not only the request
+    big = ShadowTap(3, 1.0, None, send, ShadowOptions(max_queue_bytes=4096))
+    big.offer(Copy(b"{}", None, 1, {"y": np.zeros(1024, np.float32)}, 1000))
+    assert (big.queued, big.dropped_total) == (0, 1)
     assert calls[1] == (3, 1, 10)  # what the failed call carried is reported with the next one
     assert tap.dropped_total == 10 and tap.sent_total == 1
 
