@@ -194,14 +194,13 @@ def compare_outputs(
     class agrees (the first output, in production's order, that has a class); and what makes
     the answers incomparable (a missing output, another shape), or None."""
     diffs: dict[str, tuple[float, float, int]] = {}
+    problem = _incomparable(baseline, shadow)
+    if problem is not None:
+        return diffs, 0, 0, problem
     classified = agreed = 0
     decided = False
     for name, a in baseline.items():
-        b = shadow.get(name)
-        if b is None:
-            return diffs, 0, 0, f"the shadow has no output '{name}'"
-        if a.shape != b.shape:
-            return diffs, 0, 0, f"output '{name}' has shape {list(b.shape)} in the shadow, {list(a.shape)} in production"
+        b = shadow[name]
         if a.dtype.kind in "iufb" and b.dtype.kind in "iufb":
             d = np.abs(a.astype(np.float64) - b.astype(np.float64))
             if d.dtype.kind == "f" and np.isnan(d).any():  # NaN on both sides is no difference; on one, the largest
