@@ -92,7 +92,7 @@ def test_example_plugin_hooks_run_in_a_live_server(plugin_site, tmp_path):
         (None, 400, "iris", 1),
         (None, 403, "digits", None),
     ]
-    assert all(len(r["request_id"]) == 24 for r in inference)
+    assert all(len(r["request_id"]) == 32 for r in inference)
     assert "unknown input 'nope'" in inference[1]["error"]
     assert inference[2]["decided_by"] == "request-log"
     assert any(r["record"] == "batch" and r["model"] == "iris" and r["rows"] == 1 for r in records)

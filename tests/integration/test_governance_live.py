@@ -113,7 +113,7 @@ def test_callers_get_401_403_or_an_answer_with_oip_error_bodies(gov):
     assert viewer.status_code == 403 and viewer.json() == {"error": "'viewer' (viewer) may not infer"}
     assert requests.get(f"{gov.base}/v2/models/iris", headers=gov.headers("viewer"), timeout=10).status_code == 200
     ok = gov.infer("app")
-    assert ok.status_code == 200 and len(ok.headers["lockgate-request-id"]) == 24
+    assert ok.status_code == 200 and len(ok.headers["lockgate-request-id"]) == 32
     # probes stay open: Kubernetes' (examples/kuberay) and those KubeRay itself sends to port 8000
     assert requests.get(f"{gov.base}/v2/health/ready", timeout=10).json() == {"ready": True}
     assert requests.get(f"{gov.base}/v2/health/live", timeout=10).json() == {"live": True}

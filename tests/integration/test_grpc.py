@@ -117,7 +117,7 @@ def test_typed_contents_of_every_datatype_that_has_them(stub):
     request.raw_input_contents.extend(raw)
     response, call = stub.ModelInfer.with_call(request)
     assert response.id == "typed"
-    assert len(dict(call.trailing_metadata())["lockgate-request-id"]) == 24  # the id of its audit record
+    assert len(dict(call.trailing_metadata())["lockgate-request-id"]) == 32  # the id of its audit record
     outs = {o.name: i for i, o in enumerate(response.outputs)}
     np.testing.assert_array_equal(
         np.frombuffer(response.raw_output_contents[outs["out_INT16"]], "<i2"), arrays["INT16"].reshape(-1)

@@ -164,7 +164,7 @@ def test_an_application_from_the_builder_serves_callers_with_a_key_only(server, 
                 break
             time.sleep(0.2)
         assert r.status_code == 200 and r.json()["model_name"] == "built" and r.json()["model_version"] == "1", r.text
-        assert len(r.headers["lockgate-request-id"]) == 24
+        assert len(r.headers["lockgate-request-id"]) == 32
     finally:
         serve.delete("built")
         manager.plugin("audit").close()

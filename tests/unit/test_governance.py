@@ -390,7 +390,7 @@ def test_requests_get_401_403_or_an_answer_and_every_one_is_recorded(app):
     other = infer(model_app, keys["other"])
     assert other.status == 403 and other.json() == {"error": "'other' is not granted model 'iris'"}
     ok = infer(model_app, keys["app"])
-    assert ok.status == 200 and len(ok.headers["lockgate-request-id"]) == 24
+    assert ok.status == 200 and len(ok.headers["lockgate-request-id"]) == 32
     records = [r for r in manager.plugin("audit").audit_log.records(kind="infer")]
     assert [(r["actor"], r["detail"]["status"], r["detail"].get("decided_by")) for r in records] == [
         ("anonymous", 401, "governance"),
@@ -519,13 +519,29 @@ def test_anonymous_callers_are_refused_where_open_mode_was_not_chosen(db_url, tm
         manager.plugin("audit").close()
 
 
-def test_request_ids_are_unique_random_and_a_forked_child_draws_its_own():
+def test_request_ids_are_uuid7_unique_time_ordered_and_a_forked_child_draws_its_own():
     import os
+    import time
+    import uuid
 
     from lockgate.server.serving.gate import new_request_id
 
+    before_ms = time.time_ns() // 1_000_000
     ids = [new_request_id() for _ in range(5000)]  # more than one pool of OS randomness
-    assert len(set(ids)) == 5000 and all(len(i) == 24 and int(i, 16) >= 0 for i in ids)
+    after_ms = time.time_ns() // 1_000_000
+    assert len(set(ids)) == 5000
+    for i in ids:
+        u = uuid.UUID(hex=i)
+        assert len(i) == 32 and u.version == 7 and u.variant == uuid.RFC_4122
+        assert before_ms <= int(i[:12], 16) <= after_ms  # the Unix time in milliseconds
+    # Made later, sorted later: across milliseconds the order is the order they were made.
+    stamps = [int(i[:12], 16) for i in ids]
+    assert stamps == sorted(stamps)
+    time.sleep(0.002)
+    assert new_request_id() > max(ids)
+    # The 74 random bits are not a counter: ids of one millisecond are not in the order made.
+    same_ms = [i for i in ids if i[:12] == ids[0][:12]]
+    assert len(same_ms) < 3 or same_ms != sorted(same_ms)
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: what it draws next must not be what the parent draws next
@@ -535,7 +551,7 @@ def test_request_ids_are_unique_random_and_a_forked_child_draws_its_own():
     child = os.read(read, 64).decode()
     os.close(read)
     os.close(write)
-    assert child != new_request_id() and len(child) == 24
+    assert child[12:] != new_request_id()[12:] and len(child) == 32
 
 
 def test_a_protected_alias_splits_only_between_approved_versions(registered):
