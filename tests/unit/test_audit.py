@@ -409,3 +409,78 @@ def test_an_entry_can_be_amended_until_the_store_is_locked_for_it(make_log):
     sequencer.stop()
     statuses = {r["request_id"]: r["detail"].get("status") for r in log.records()}
     assert statuses == {"r1": None, "r2": 503}
+
+
+# The layout of the records table before the request-path measurements (docs/decisions.md): a
+# BIGINT key (on SQLite an index of its own beside the rowid) and an index per filter column.
+EARLIER_LAYOUT = [
+    "CREATE TABLE lockgate_audit (seq BIGINT NOT NULL, at FLOAT NOT NULL, kind VARCHAR(64) NOT NULL, "
+    "actor VARCHAR(256) NOT NULL, model VARCHAR(128), version INTEGER, request_id VARCHAR(64), "
+    "client_id VARCHAR(256), body TEXT NOT NULL, prev_hash VARCHAR(64) NOT NULL, hash VARCHAR(64) NOT NULL, "
+    "PRIMARY KEY (seq))",
+    *(f"CREATE INDEX ix_lockgate_audit_{c} ON lockgate_audit ({c})" for c in ("at", "kind", "model", "request_id", "client_id")),
+]
+
+
+def _wal_frames_of_a_lone_record(log: AuditLog, path: str) -> int:
+    """How many pages a one-record commit adds to SQLite's write-ahead log (page size + 24 each)."""
+    with log.engine.connect() as c:
+        page = c.exec_driver_sql("PRAGMA page_size").scalar()
+        c.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    before = os.path.getsize(path + "-wal") if os.path.exists(path + "-wal") else 0
+    log.append([entry(10_000, request_id="0" * 32)])
+    return (os.path.getsize(path + "-wal") - max(before, 32)) // (page + 24)
+
+
+def test_lookups_use_an_index_and_a_lone_record_writes_fewer_pages_than_the_earlier_layout(tmp_path):
+    def make(name: str, earlier: bool) -> tuple[AuditLog, str]:
+        path = str(tmp_path / f"{name}.db")
+        if earlier:
+            with sa.create_engine(f"sqlite:///{path}").begin() as c:
+                for statement in EARLIER_LAYOUT:
+                    c.exec_driver_sql(statement)
+        sink = CheckpointSink(tmp_path / f"{name}.jsonl", load_or_create_key(tmp_path / "audit.key"))
+        return AuditLog(f"sqlite:///{path}", sink), path
+
+    log, path = make("now", earlier=False)
+    old, old_path = make("earlier", earlier=True)
+    try:
+        for each in (log, old):
+            for start in range(0, 3000, 100):
+                each.append([entry(i, request_id=os.urandom(12).hex()) for i in range(start, start + 100)])
+        r = t.records.c
+        queries = [
+            sa.select(r.body).where(sa.or_(r.request_id == "x", r.client_id == "x")),  # trace, replay, explain
+            sa.select(r.body).where(r.at >= 1.0, r.at < 2.0, r.kind == "infer"),  # report, export
+            sa.select(r.body).where(r.model == "iris", r.kind == "explain", r.at >= 1.0),
+        ]
+        with log.engine.connect() as c:
+            indexes = {row[1] for row in c.exec_driver_sql("PRAGMA index_list(lockgate_audit)")}
+            assert not any(name.startswith("sqlite_autoindex") for name in indexes)  # seq is the rowid
+            for q in queries:
+                text = str(q.compile(log.engine, compile_kwargs={"literal_binds": True}))
+                plan = " ".join(str(row[3]) for row in c.exec_driver_sql("EXPLAIN QUERY PLAN " + text))
+                assert "USING INDEX" in plan and "SCAN lockgate_audit" not in plan, (text, plan)
+        now, earlier = _wal_frames_of_a_lone_record(log, path), _wal_frames_of_a_lone_record(old, old_path)
+        assert 0 < now < earlier, (now, earlier)
+    finally:
+        log.close()
+        old.close()
+
+
+def test_a_database_made_with_the_earlier_layout_still_appends_finds_and_verifies(tmp_path):
+    path = tmp_path / "earlier.db"
+    with sa.create_engine(f"sqlite:///{path}").begin() as c:
+        for statement in EARLIER_LAYOUT:
+            c.exec_driver_sql(statement)
+    sink = CheckpointSink(tmp_path / "checkpoints.jsonl", load_or_create_key(tmp_path / "audit.key"))
+    log = AuditLog(f"sqlite:///{path}", sink, checkpoint_every=10)
+    try:
+        fill(log, 25)
+        assert log.append_now([entry(99, client_id="client-9")]) == [26]
+        assert [x["seq"] for x in log.records(request_id="r7")] == [8]
+        assert [x["seq"] for x in log.records(request_id="client-9")] == [26]
+        report = log.verify()
+        assert report.ok and report.records == 26, report.problems
+    finally:
+        log.close()
