@@ -18,7 +18,7 @@ from lockgate.server.serving.batching import Batcher
 from lockgate.server.serving.config import DynamicBatchingConfig, ModelConfig, load_model_config
 from lockgate.server.serving.control_app import ControlApp
 from lockgate.server.serving.protocol import classify
-from lockgate.server.serving.stats import Statistics, read_statistics
+from lockgate.server.serving.stats import FLUSH_S, Statistics, read_statistics
 from tests.asgi import call
 from tests.unit.test_protocol import IRIS_ROW, get, iris_request, post, service
 
@@ -245,7 +245,7 @@ def test_statistics_of_a_replica_reach_the_file_within_the_flush_interval(tmp_pa
     async def go():
         stats = Statistics("m", str(tmp_path))
         stats.version(1).batch(4, 1, 1)
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(FLUSH_S + 0.2)
         return read_statistics(str(tmp_path), "m")
 
     (stat,) = asyncio.run(go())["model_stats"]
