@@ -422,6 +422,13 @@ EARLIER_LAYOUT = [
 ]
 
 
+def _earlier_database(path) -> None:
+    """A SQLite file whose records table has the earlier layout (``EARLIER_LAYOUT``)."""
+    with sa.create_engine(f"sqlite:///{path}").begin() as c:
+        for statement in EARLIER_LAYOUT:
+            c.exec_driver_sql(statement)
+
+
 def _wal_frames_of_lone_records(log: AuditLog, path: str, first: int, n: int = 20) -> float:
     """The pages ``n`` one-record commits add to SQLite's write-ahead log, on average (each frame is
     a page and 24 bytes). One emptied log first, then commits that all append to it (far fewer pages
@@ -441,9 +448,7 @@ def test_lookups_use_an_index_and_a_lone_record_writes_fewer_pages_than_the_earl
     def make(name: str, earlier: bool) -> tuple[AuditLog, str]:
         path = str(tmp_path / f"{name}.db")
         if earlier:
-            with sa.create_engine(f"sqlite:///{path}").begin() as c:
-                for statement in EARLIER_LAYOUT:
-                    c.exec_driver_sql(statement)
+            _earlier_database(path)
         sink = CheckpointSink(tmp_path / f"{name}.jsonl", load_or_create_key(tmp_path / "audit.key"))
         return AuditLog(f"sqlite:///{path}", sink), path
 
@@ -475,9 +480,7 @@ def test_lookups_use_an_index_and_a_lone_record_writes_fewer_pages_than_the_earl
 
 def test_a_database_made_with_the_earlier_layout_still_appends_finds_and_verifies(tmp_path):
     path = tmp_path / "earlier.db"
-    with sa.create_engine(f"sqlite:///{path}").begin() as c:
-        for statement in EARLIER_LAYOUT:
-            c.exec_driver_sql(statement)
+    _earlier_database(path)
     sink = CheckpointSink(tmp_path / "checkpoints.jsonl", load_or_create_key(tmp_path / "audit.key"))
     log = AuditLog(f"sqlite:///{path}", sink, checkpoint_every=10)
     try:
