@@ -103,7 +103,7 @@ class ShadowTap:
         self.version, self.share, self.until = version, share, until
         self._send = send
         self._options = options
-        self._queue: deque[Copy] = deque()
+        self._queue: deque[tuple[Copy, int]] = deque()  # each copy with its size, counted once
         self._bytes = 0
         self.dropped = 0  # not yet reported to the shadow
         self.dropped_total = 0
@@ -126,7 +126,7 @@ class ShadowTap:
             self.dropped += 1
             self.dropped_total += 1
             return
-        self._queue.append(copy)
+        self._queue.append((copy, size))
         self._bytes += size
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run())
@@ -143,8 +143,9 @@ class ShadowTap:
             if len(self._queue) < self._options.batch and self._options.linger_s:
                 await asyncio.sleep(self._options.linger_s)
             while self._queue:
-                batch = [self._queue.popleft() for _ in range(min(len(self._queue), self._options.batch))]
-                self._bytes -= sum(_size(c) for c in batch)
+                taken = [self._queue.popleft() for _ in range(min(len(self._queue), self._options.batch))]
+                self._bytes -= sum(size for _, size in taken)
+                batch = [copy for copy, _ in taken]
                 dropped, self.dropped = self.dropped, 0
                 try:
                     await self._send(self.version, batch, dropped)
