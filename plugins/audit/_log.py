@@ -160,6 +160,36 @@ class AuditLog:
                 except sa.exc.IntegrityError:  # another process created it
                     pass
 
+    # -- the table's indexes -----------------------------------------------------------------
+
+    def layout_changes(self) -> tuple[list[str], list[str]]:
+        """What ``migrate_indexes`` would do to a table made with an earlier layout: the indexes
+        it would drop (ones the current layout does not have) and the ones it would create. Both
+        empty when the table has the current layout."""
+        with self.engine.connect() as c:
+            present = {str(ix["name"]) for ix in sa.inspect(c).get_indexes(t.records.name)}
+        return sorted(present & t.EARLIER_INDEXES), sorted(str(ix.name) for ix in t.records.indexes if ix.name not in present)
+
+    def migrate_indexes(self) -> tuple[list[str], list[str]]:
+        """Give a table made with an earlier layout the current indexes (``_schema``): drop the
+        ones the current layout does without, create the ones it adds, in one transaction that
+        holds the chain's head, so no record is written meanwhile and a second process finds the
+        work done. Building an index reads the whole table: on a large one, the audit writes of a
+        running server wait for it. Returns (dropped, created). On SQLite a ``seq`` made before
+        it was the rowid keeps its own index: only a rebuild of the table would remove it."""
+        with writing(self.engine) as c, c.begin():
+            self._lock_head(c)
+            present = {str(ix["name"]) for ix in sa.inspect(c).get_indexes(t.records.name)}
+            dropped = sorted(present & t.EARLIER_INDEXES)
+            for name in dropped:
+                c.exec_driver_sql(f"DROP INDEX {name}")
+            created = []
+            for index in sorted(t.records.indexes, key=lambda ix: str(ix.name)):
+                if index.name not in present:
+                    index.create(c)
+                    created.append(str(index.name))
+        return dropped, created
+
     # -- writing -----------------------------------------------------------------------------
 
     def _lock_head(self, c: sa.Connection) -> Any:

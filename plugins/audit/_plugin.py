@@ -280,6 +280,18 @@ class AuditPlugin:
         return self.sealer.open(sealed, str(record.get("request_id") or ""), which, detail.get("payload_key"))
 
     @hookimpl
+    def lockgate_startup_notes(self, host: str) -> list[str] | None:
+        if self.error is not None:
+            return None
+        drop, create = self.audit_log.layout_changes()
+        if not drop and not create:
+            return None
+        return [
+            "the audit table has an earlier layout: each record writes more pages than it needs; "
+            "`lockgate audit migrate` gives it the current indexes (the records stay as they are)"
+        ]
+
+    @hookimpl
     def lockgate_check_startup(self, host: str, insecure: bool) -> Decision | None:
         if self.error is not None:
             return Decision.deny(f"refusing to start: {self.error} (every answer would be withheld)")

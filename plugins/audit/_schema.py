@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-__all__ = ["head", "metadata", "records"]
+__all__ = ["EARLIER_INDEXES", "head", "metadata", "records"]
 
 metadata = sa.MetaData()
 
@@ -34,6 +34,10 @@ records = sa.Table(
         postgresql_where=sa.text("client_id IS NOT NULL"),
     ),
 )
+
+# Indexes of the earlier layout that the current one does without: ``lockgate audit migrate``
+# drops them from a table made before (``AuditLog.migrate_indexes``).
+EARLIER_INDEXES = frozenset({"ix_lockgate_audit_kind", "ix_lockgate_audit_model", "ix_lockgate_audit_client_id"})
 
 # One row (id 1): the chain's head, locked by every writer, so that processes append in turn.
 head = sa.Table(

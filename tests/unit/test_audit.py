@@ -422,11 +422,13 @@ EARLIER_LAYOUT = [
 ]
 
 
-def _earlier_database(path) -> None:
-    """A SQLite file whose records table has the earlier layout (``EARLIER_LAYOUT``)."""
-    with sa.create_engine(f"sqlite:///{path}").begin() as c:
+def _earlier_database(url: str) -> None:
+    """A database whose records table has the earlier layout (``EARLIER_LAYOUT``)."""
+    engine = sa.create_engine(url)
+    with engine.begin() as c:
         for statement in EARLIER_LAYOUT:
             c.exec_driver_sql(statement)
+    engine.dispose()
 
 
 def _wal_frames_of_lone_records(log: AuditLog, path: str, first: int, n: int = 20) -> float:
@@ -448,7 +450,7 @@ def test_lookups_use_an_index_and_a_lone_record_writes_fewer_pages_than_the_earl
     def make(name: str, earlier: bool) -> tuple[AuditLog, str]:
         path = str(tmp_path / f"{name}.db")
         if earlier:
-            _earlier_database(path)
+            _earlier_database(f"sqlite:///{path}")
         sink = CheckpointSink(tmp_path / f"{name}.jsonl", load_or_create_key(tmp_path / "audit.key"))
         return AuditLog(f"sqlite:///{path}", sink), path
 
@@ -480,7 +482,7 @@ def test_lookups_use_an_index_and_a_lone_record_writes_fewer_pages_than_the_earl
 
 def test_a_database_made_with_the_earlier_layout_still_appends_finds_and_verifies(tmp_path):
     path = tmp_path / "earlier.db"
-    _earlier_database(path)
+    _earlier_database(f"sqlite:///{path}")
     sink = CheckpointSink(tmp_path / "checkpoints.jsonl", load_or_create_key(tmp_path / "audit.key"))
     log = AuditLog(f"sqlite:///{path}", sink, checkpoint_every=10)
     try:
@@ -492,3 +494,77 @@ def test_a_database_made_with_the_earlier_layout_still_appends_finds_and_verifie
         assert report.ok and report.records == 26, report.problems
     finally:
         log.close()
+
+
+def test_migrate_gives_an_earlier_table_the_current_indexes_and_keeps_its_chain(db_url, tmp_path):
+    _earlier_database(db_url)
+    sink = CheckpointSink(tmp_path / "checkpoints.jsonl", load_or_create_key(tmp_path / "audit.key"))
+    log = AuditLog(db_url, sink, checkpoint_every=10)
+    sqlite = db_url.startswith("sqlite")
+    try:
+        fill(log, 25)
+        current = sorted(str(ix.name) for ix in t.records.indexes)
+        earlier = ["ix_lockgate_audit_client_id", "ix_lockgate_audit_kind", "ix_lockgate_audit_model"]
+        changes = (earlier, ["ix_lockgate_audit_client_id_given", "ix_lockgate_audit_model_at"])
+        assert log.layout_changes() == changes
+        path = sa.make_url(db_url).database if sqlite else None
+        before = _wal_frames_of_lone_records(log, path, 100) if path else None
+        assert log.migrate_indexes() == changes
+        with log.engine.connect() as c:
+            assert sorted(ix["name"] for ix in sa.inspect(c).get_indexes(t.records.name)) == current
+        assert log.layout_changes() == ([], [])
+        assert log.migrate_indexes() == ([], [])  # a second run, or a second process: nothing left to do
+        if path:  # what the migration is for: fewer pages per record written
+            after = _wal_frames_of_lone_records(log, path, 200)
+            assert 0 < after < before - 1, (before, after)
+        log.append([entry(300, client_id="client-300")])
+        assert [x["seq"] for x in log.records(request_id="r7")] == [8]
+        assert [x["detail"]["i"] for x in log.records(request_id="client-300")] == [300]
+        report = log.verify()
+        assert report.ok and report.records == log.head()[0], report.problems
+    finally:
+        log.close()
+
+
+def test_audit_migrate_says_what_it_changes_and_is_recorded(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from lockgate.server.cli import main
+
+    home = tmp_path / "home"
+    home.mkdir()
+    for name in ("LOCKGATE_API_KEY", "LOCKGATE_REGISTRY_URL", "LOCKGATE_ARTIFACTS", "LOCKGATE_AUDIT_KEY_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("LOCKGATE_HOME", str(home))
+    _earlier_database(f"sqlite:///{home / 'audit.db'}")
+    assert any("`lockgate audit migrate`" in line for line in _startup_notes())  # what `lockgate serve` prints
+    runner = CliRunner()
+    dry = runner.invoke(main, ["audit", "migrate", "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert "would drop ix_lockgate_audit_client_id, ix_lockgate_audit_kind, ix_lockgate_audit_model" in dry.output
+    assert "would create ix_lockgate_audit_client_id_given, ix_lockgate_audit_model_at" in dry.output
+    done = runner.invoke(main, ["audit", "migrate"])
+    assert done.exit_code == 0, done.output
+    assert "dropped ix_lockgate_audit_client_id, ix_lockgate_audit_kind, ix_lockgate_audit_model" in done.output
+    again = runner.invoke(main, ["audit", "migrate"])
+    assert again.exit_code == 0 and "has the current layout: nothing to do" in again.output, again.output
+    assert not any("audit" in line for line in _startup_notes())
+    log = AuditLog(
+        f"sqlite:///{home / 'audit.db'}", CheckpointSink(home / "audit-checkpoints.jsonl", load_or_create_key(home / "audit.key"))
+    )
+    try:
+        migrated = list(log.records(kind="audit_migrated"))
+        assert len(migrated) == 1 and migrated[0]["detail"]["created"] == [
+            "ix_lockgate_audit_client_id_given",
+            "ix_lockgate_audit_model_at",
+        ]
+        assert log.verify().ok
+    finally:
+        log.close()
+
+
+def _startup_notes() -> list[str]:
+    from lockgate.server.serving.settings import LockgateSettings
+
+    manager = LockgateSettings.from_env().manager()
+    return [line for lines in manager.observe("lockgate_startup_notes", host="127.0.0.1") for line in lines]
