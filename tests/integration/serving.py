@@ -30,7 +30,7 @@ def deploy(server: str, registry, governance, folder: Path, name: str, model: on
     registry.set_alias(name, "production", 1, actor="tester")
     r = requests.post(f"{server}/v2/repository/models/{name}/load", timeout=300)
     if r.status_code != 200:  # what the test's registry and the server each list
-        index = requests.get(f"{server}/v2/repository/index", timeout=30)
+        index = requests.post(f"{server}/v2/repository/index", timeout=30)
         listed = index.json() if index.status_code == 200 else index.text
         raise AssertionError(
             f"{r.status_code} {r.text}; test registry {registry.engine.url} lists {registry.list_models()}; "
