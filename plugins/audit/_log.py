@@ -167,8 +167,8 @@ class AuditLog:
         it would drop (ones the current layout does not have) and the ones it would create. Both
         empty when the table has the current layout."""
         with self.engine.connect() as c:
-            present = {str(ix["name"]) for ix in sa.inspect(c).get_indexes(t.records.name)}
-        return sorted(present & t.EARLIER_INDEXES), sorted(str(ix.name) for ix in t.records.indexes if ix.name not in present)
+            drop, create = _index_changes(c)
+        return drop, [str(index.name) for index in create]
 
     def migrate_indexes(self) -> tuple[list[str], list[str]]:
         """Give a table made with an earlier layout the current indexes (``_schema``): drop the
@@ -179,16 +179,12 @@ class AuditLog:
         it was the rowid keeps its own index: only a rebuild of the table would remove it."""
         with writing(self.engine) as c, c.begin():
             self._lock_head(c)
-            present = {str(ix["name"]) for ix in sa.inspect(c).get_indexes(t.records.name)}
-            dropped = sorted(present & t.EARLIER_INDEXES)
-            for name in dropped:
+            drop, create = _index_changes(c)
+            for name in drop:
                 c.exec_driver_sql(f"DROP INDEX {name}")
-            created = []
-            for index in sorted(t.records.indexes, key=lambda ix: str(ix.name)):
-                if index.name not in present:
-                    index.create(c)
-                    created.append(str(index.name))
-        return dropped, created
+            for index in create:
+                index.create(c)
+        return drop, [str(index.name) for index in create]
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -512,6 +508,14 @@ class AuditLog:
             if raw is not None:
                 raw.close()
         self.engine.dispose()
+
+
+def _index_changes(c: sa.Connection) -> tuple[list[str], list[sa.Index]]:
+    """The records table's indexes of an earlier layout that it still has, and those of the
+    current layout that it lacks."""
+    present = {str(ix["name"]) for ix in sa.inspect(c).get_indexes(t.records.name)}
+    lacking = sorted((ix for ix in t.records.indexes if ix.name not in present), key=lambda ix: str(ix.name))
+    return sorted(present & t.EARLIER_INDEXES), lacking
 
 
 def _busy(error: BaseException) -> bool:
