@@ -392,21 +392,23 @@ def test_an_entry_can_be_amended_until_the_store_is_locked_for_it(make_log):
     (or being written): too late, and the caller records the change as a record of its own."""
     log = make_log()
     sequencer = Sequencer(log, mode="sync")
-    written = entry(1)
-    sequencer.record_blocking(written)
-    assert not sequencer.amend(written, lambda e: e["detail"].update(status=503))
-    locker = sa.create_engine(log.url, connect_args={"timeout": 0}) if log.url.startswith("sqlite") else None
-    if locker is None:
-        pytest.skip("holding the store locked is shown on SQLite")
-    with locker.connect() as c:
-        c.exec_driver_sql("BEGIN EXCLUSIVE")  # the writer waits for the store with this entry in hand
-        waiting = entry(2)
-        done = sequencer.submit(waiting, concurrent.futures.Future())
-        time.sleep(0.3)
-        assert done and sequencer.amend(waiting, lambda e: e["detail"].update(status=503))
-        c.exec_driver_sql("ROLLBACK")
-    assert sequencer.flush(30)
-    sequencer.stop()
+    try:  # stopped on every path: a writer left running outlives the tables a later test drops
+        written = entry(1)
+        sequencer.record_blocking(written)
+        assert not sequencer.amend(written, lambda e: e["detail"].update(status=503))
+        locker = sa.create_engine(log.url, connect_args={"timeout": 0}) if log.url.startswith("sqlite") else None
+        if locker is None:
+            pytest.skip("holding the store locked is shown on SQLite")
+        with locker.connect() as c:
+            c.exec_driver_sql("BEGIN EXCLUSIVE")  # the writer waits for the store with this entry in hand
+            waiting = entry(2)
+            done = sequencer.submit(waiting, concurrent.futures.Future())
+            time.sleep(0.3)
+            assert done and sequencer.amend(waiting, lambda e: e["detail"].update(status=503))
+            c.exec_driver_sql("ROLLBACK")
+        assert sequencer.flush(30)
+    finally:
+        sequencer.stop()
     statuses = {r["request_id"]: r["detail"].get("status") for r in log.records()}
     assert statuses == {"r1": None, "r2": 503}
 
