@@ -21,7 +21,16 @@ from sqlalchemy import event
 
 from .errors import ArtifactMismatch
 
-__all__ = ["ArtifactStore", "ObjectArtifactStore", "artifact_store", "create_tables", "make_engine", "sha256_file", "writing"]
+__all__ = [
+    "ArtifactStore",
+    "ObjectArtifactStore",
+    "artifact_store",
+    "create_tables",
+    "make_engine",
+    "sha256_file",
+    "sqlite_busy",
+    "writing",
+]
 
 log = logging.getLogger("lockgate.plugins")
 
@@ -75,12 +84,18 @@ def _write_ahead_log(dbapi_connection: Any, timeout_s: float = SQLITE_BUSY_S) ->
             cur.execute("PRAGMA journal_mode=WAL")
             return
         except sqlite3.OperationalError as e:
-            if "locked" not in str(e) or time.monotonic() > deadline:
+            if not sqlite_busy(e) or time.monotonic() > deadline:
                 raise
         finally:
             cur.close()
         time.sleep(delay)
         delay = min(delay * 2, 0.1)
+
+
+def sqlite_busy(error: BaseException) -> bool:
+    """SQLite's answer when another connection holds the lock it needs."""
+    text = str(error)
+    return "database is locked" in text or "database is busy" in text
 
 
 def create_tables(engine: sa.Engine, metadata: sa.MetaData) -> None:

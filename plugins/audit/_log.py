@@ -18,7 +18,7 @@ from typing import IO, Any
 
 import sqlalchemy as sa
 
-from .._storage import create_tables, make_engine, writing
+from .._storage import create_tables, make_engine, sqlite_busy, writing
 from ..errors import PruneRefused
 from . import _schema as t
 from ._chain import GENESIS, canonical, checkpoint_mac, prune_mac, record_hash
@@ -231,7 +231,7 @@ class AuditLog:
                 raw = self._raw_now
                 try:
                     raw.rollback()
-                    if not _busy(e):  # another process's lock keeps the connection; anything else drops it
+                    if not sqlite_busy(e):  # another process's lock keeps the connection; anything else drops it
                         self._raw_now = None
                         raw.close()
                 except Exception:  # noqa: BLE001 - a broken connection: dropped
@@ -516,12 +516,6 @@ def _index_changes(c: sa.Connection) -> tuple[list[str], list[sa.Index]]:
     present = {str(ix["name"]) for ix in sa.inspect(c).get_indexes(t.records.name)}
     lacking = sorted((ix for ix in t.records.indexes if ix.name not in present), key=lambda ix: str(ix.name))
     return sorted(present & t.EARLIER_INDEXES), lacking
-
-
-def _busy(error: BaseException) -> bool:
-    """SQLite's answer when another connection holds the write lock."""
-    text = str(error)
-    return "database is locked" in text or "database is busy" in text
 
 
 def _close(a: Any, b: Any) -> bool:
