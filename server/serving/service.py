@@ -326,7 +326,8 @@ class ModelService:
 
     def follow_shadow(self, run: Any) -> None:
         """Copy production's answers to the shadow ``run`` names (a ``ShadowRun``; None, or one
-        that ended: no copies). A changed run gets a new tap; the old one's copies are let go."""
+        that ended: no copies). A changed run gets a new tap: the copies the old one holds go
+        with it when the version is the same, else to the old version's shadow in one last pass."""
         tap = self.shadow
         if run is not None and not run.active(time.time()):
             run = None
@@ -334,13 +335,16 @@ class ModelService:
             if tap is not None:
                 log.info("model %s: shadow of version %s ended", self.name, tap.version)
                 self.shadow = None
-                tap.close()
+                tap.end()
             return
         if tap is not None and tap.same(run.version, run.share, run.until):
             return
         self.shadow = ShadowTap(run.version, run.share, run.until, self.shadow_send, self.shadow_options)
         if tap is not None:
-            tap.close()
+            if tap.version == run.version:
+                self.shadow.take_over(tap)
+            else:
+                tap.end()
         log.info("model %s: %.0f%% of production's traffic copied to version %s", self.name, run.share * 100, run.version)
 
     def update_blocked(

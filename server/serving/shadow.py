@@ -111,6 +111,7 @@ class ShadowTap:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._failing = False
+        self._ending = False  # the run ended or moved on: send what is queued, once, then stop
 
     def same(self, version: int, share: float, until: float | None) -> bool:
         return (self.version, self.share, self.until) == (version, share, until)
@@ -122,14 +123,40 @@ class ShadowTap:
     def offer(self, copy: Copy) -> None:
         """Queue a copy for the shadow, after production's answer was sent; never waits."""
         size = _size(copy)
-        if len(self._queue) >= self._options.max_queue or self._bytes + size > self._options.max_queue_bytes:
+        if self._ending or len(self._queue) >= self._options.max_queue or self._bytes + size > self._options.max_queue_bytes:
             self.dropped += 1
             self.dropped_total += 1
             return
         self._queue.append((copy, size))
         self._bytes += size
+        self._start()
+
+    def _start(self) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run())
+        self._wake.set()
+
+    def take_over(self, old: ShadowTap) -> None:
+        """The run changed its share or end, not its version: this tap sends what ``old`` still
+        holds (and the drops it has not reported yet); ``old`` is closed, empty."""
+        self._queue.extend(old._queue)
+        self._bytes += old._bytes
+        self.dropped += old.dropped
+        old._queue.clear()
+        old._bytes = old.dropped = 0
+        old.close()
+        if self._queue or self.dropped:
+            self._start()
+
+    def end(self) -> None:
+        """The run ended or moved to another version: no more copies; what is queued is sent to
+        this version's shadow in one last pass, its drops reported with it. Copies that pass does
+        not get through count as dropped; it is not tried again (the shadow may be going away)."""
+        self._ending = True
+        if self._task is None or self._task.done():
+            self._let_go()
+            self._task = None
+            return
         self._wake.set()
 
     @property
@@ -140,9 +167,9 @@ class ShadowTap:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            if len(self._queue) < self._options.batch and self._options.linger_s:
+            if len(self._queue) < self._options.batch and self._options.linger_s and not self._ending:
                 await asyncio.sleep(self._options.linger_s)
-            while self._queue:
+            while self._queue or (self._ending and self.dropped):
                 taken = [self._queue.popleft() for _ in range(min(len(self._queue), self._options.batch))]
                 self._bytes -= sum(size for _, size in taken)
                 batch = [copy for copy, _ in taken]
@@ -157,17 +184,29 @@ class ShadowTap:
                     if not self._failing:
                         log.warning("shadow of version %s not reached, copies dropped: %s", self.version, e)
                         self._failing = True
+                    if self._ending:
+                        break
                     await asyncio.sleep(1.0)
                     continue
                 self.sent_total += len(batch)
                 self._failing = False
+            if self._ending:
+                self._let_go()
+                return
+
+    def _let_go(self) -> None:
+        """Copies that will not be sent: counted as dropped."""
+        self.dropped_total += len(self._queue)
+        self._queue.clear()
+        self._bytes = 0
 
     def close(self) -> None:
+        """Stop at once (the replica stops): what is queued is let go, counted as dropped."""
+        self._ending = True
         if self._task is not None:
             self._task.cancel()
             self._task = None
-        self._queue.clear()
-        self._bytes = 0
+        self._let_go()
 
 
 # -- the comparison -------------------------------------------------------------------------------

@@ -208,6 +208,83 @@ def test_a_full_copy_queue_drops_and_counts_and_a_failed_send_counts_too():
     assert tap.dropped_total == 10 and tap.sent_total == 1
 
 
+def test_copies_queued_when_a_run_changes_go_to_its_shadow_or_are_counted():
+    """A run that ends, or moves to another version, leaves copies queued: they are sent to the
+    old version's shadow in one last pass, with the drops not yet reported; what that pass cannot
+    send is counted as dropped, and not tried again. A run that changes only its share or end
+    hands its copies to the new tap. A replica that stops counts what it let go."""
+    calls: list[tuple[int, int, int]] = []
+    gate = asyncio.Event()
+
+    async def send(version: int, copies: list[Copy], dropped: int) -> None:
+        calls.append((version, len(copies), dropped))
+        await gate.wait()
+
+    async def failing(version: int, copies: list[Copy], dropped: int) -> None:
+        calls.append((version, len(copies), dropped))
+        raise ConnectionError("the shadow is gone")
+
+    copy = Copy(b"{}", None, 1, {}, 1000)
+
+    async def main() -> None:
+        # the run ends with five copies queued behind a send in progress, and two drops unreported
+        tap = ShadowTap(3, 1.0, None, send, ShadowOptions(max_queue=6, batch=2, linger_s=0.0))
+        for _ in range(8):
+            tap.offer(copy)
+        await asyncio.sleep(0.05)  # the first batch (2 copies, 2 drops) is being sent
+        assert calls == [(3, 2, 2)] and tap.queued == 4
+        tap.end()
+        tap.offer(copy)  # an answer after the end: not queued, counted
+        assert tap.queued == 4 and tap.dropped_total == 3
+        gate.set()
+        task = tap._task
+        assert task is not None
+        await asyncio.wait_for(task, 5)
+        assert calls == [(3, 2, 2), (3, 2, 1), (3, 2, 0)]  # everything sent, the late drop reported
+        assert (tap.sent_total, tap.queued) == (6, 0)
+
+        # the shadow is gone: one pass, its copies counted, no retry
+        calls.clear()
+        gone = ShadowTap(4, 1.0, None, failing, ShadowOptions(max_queue=6, batch=2, linger_s=0.0))
+        for _ in range(5):
+            gone.offer(copy)
+        await asyncio.sleep(0.05)  # the first send failed: its task waits a second before trying again
+        gone.end()
+        task = gone._task
+        assert task is not None
+        await asyncio.wait_for(task, 5)
+        assert calls == [(4, 2, 0), (4, 2, 2)]
+        assert (gone.sent_total, gone.queued, gone.dropped_total) == (0, 0, 5)
+
+        # the same version with another share: the new tap sends what the old one held
+        calls.clear()
+        gate.clear()
+        old = ShadowTap(5, 1.0, None, send, ShadowOptions(max_queue=2, batch=1, linger_s=0.0))
+        for _ in range(4):
+            old.offer(copy)  # two queued, two dropped, nothing sent yet
+        old._task.cancel()  # type: ignore[union-attr]  # as if its sender had not run yet
+        old._task = None
+        new = ShadowTap(5, 0.5, None, send, ShadowOptions(max_queue=2, batch=1, linger_s=0.0))
+        new.take_over(old)
+        assert (old.queued, new.queued, new.dropped) == (0, 2, 2)
+        gate.set()
+        for _ in range(100):
+            if new.sent_total == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert calls == [(5, 1, 2), (5, 1, 0)] and new.queued == 0
+        new.close()
+
+        # a stopping replica lets its copies go, counted
+        stopping = ShadowTap(6, 1.0, None, send, ShadowOptions(max_queue=8, batch=8, linger_s=1.0))
+        for _ in range(3):
+            stopping.offer(copy)
+        stopping.close()
+        assert (stopping.queued, stopping.dropped_total, stopping.sent_total) == (0, 3, 0)
+
+    asyncio.run(main())
+
+
 # -- the request path ----------------------------------------------------------------------------------
 
 
