@@ -75,6 +75,9 @@ class _Deadlines:
             self.armed = False
 
 
+_ANSWERS = (Principal, Decision)  # what gatekeepers return, not awaitables
+
+
 class _Impl(NamedTuple):
     plugin_name: str
     function: Any
@@ -348,7 +351,9 @@ class PluginManager:
         args = [kwargs[k] for k in impl.argnames]
         start = time.monotonic()
         result = impl.function(*args)
-        if inspect.isawaitable(result):  # an async gatekeeper, from a synchronous caller
+        # An async gatekeeper, from a synchronous caller. The usual answers are told apart first:
+        # ``inspect.isawaitable`` is a Python function and an ABC check, asked twice a request.
+        if result is not None and type(result) not in _ANSWERS and inspect.isawaitable(result):
             result = _run_awaitable(result, self.gate_timeout_s)
         elapsed = time.monotonic() - start
         if elapsed > self.gate_timeout_s:
