@@ -16,7 +16,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
@@ -77,10 +77,6 @@ class Assembler:
             buf = self._buffers[key] = np.empty((capacity, *inner), dtype=dtype)
             self.allocations += 1
         return buf
-
-    def twin(self) -> Assembler:
-        """An assembler of the same inputs and preprocessing with buffers of its own."""
-        return Assembler(self.inputs, self.preprocess, self.max_rows, self.batching, self.padding)
 
     def assemble(self, requests: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
         feeds: dict[str, np.ndarray] = {}
@@ -152,27 +148,6 @@ class _Pending:
         self.priority = priority  # 1 is served first (Triton's levels); 0 when the model has none
 
 
-class _Ran(NamedTuple):
-    """What running one batch gave: the outputs, the feeds they came from, when it started
-    (time.monotonic), its assembly time and its whole compute time (s)."""
-
-    results: list[np.ndarray]
-    feeds: dict[str, np.ndarray]
-    started: float
-    assembly_s: float
-    compute_s: float
-
-
-async def _outcome(pending: asyncio.Future[_Ran]) -> _Ran | BaseException:
-    """A batch's result, or the error its model raised on valid input (every waiter learns it)."""
-    try:
-        return await pending
-    except asyncio.CancelledError:
-        raise
-    except Exception as e:  # noqa: BLE001 - the model's failure is the answer
-        return e
-
-
 class Batcher:
     """Queues requests for ``run`` (a blocking call, run on ``executor``) and batches them.
 
@@ -200,11 +175,11 @@ class Batcher:
         self._executor = executor
         # (rows, requests, oldest queue wait s, compute s, still queued, feeds, outputs), after each batch
         self._on_batch = on_batch
+        self._feeds: dict[str, np.ndarray] = {}
+        self._last_compute = 0.0
+        self._last_assembly = 0.0
         self._stats = stats  # Triton's statistics (lockgate.server.serving.stats)
-        # Two assemblers, so a batch can be assembled into buffers of its own while the one
-        # before it is still read (queued on the worker behind it, or its inputs observed).
-        self._assemblers = (assembler, assembler.twin()) if assembler is not None else None
-        self._slot = 0
+        self._assembler = assembler
         # Padded inputs: which non-batch dimensions may differ inside one batch.
         self._padded = {n: m for n, m in (dynamic_dims or {}).items() if n in config.padding}
         self._first_padded = next((n for n in (dynamic_dims or {}) if n in config.padding), None)
@@ -350,115 +325,83 @@ class Batcher:
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
         delay = self._config.max_queue_delay_us / 1e6
-        running: deque[tuple[list[_Pending], asyncio.Future[_Ran]]] = deque()  # on the worker, in order
         try:
-            while self._queue or running:
-                if not running and self._queue:
-                    if delay and self._batching and self._queued_rows() < self._max_rows:
-                        await self._gather(loop, delay)
-                    batch = self._take()
-                    if not batch:
-                        continue
-                    if self._compute_s < self._inline_s:
-                        # Cheaper than waking the worker thread (about 100 us here): run it right
-                        # here, then let the loop take new requests before the next batch.
-                        self._finish(batch, self._attempt(batch))
-                        await asyncio.sleep(0)
-                        continue
-                    running.append((batch, loop.run_in_executor(self._executor, self._run_batch, batch, self._next_slot())))
-                # While a batch runs on the worker, a full batch that is already queued goes to the
-                # worker too: it starts the moment the one before it ends, without waiting for the
-                # loop to take the answers and dispatch it (for a compute-bound model, that wait
-                # idled the worker a fifth of the time under load).
-                if len(running) == 1 and self._queued_rows() >= self._max_rows and self._batching:
-                    batch = self._take()
-                    if batch:
-                        running.append((batch, loop.run_in_executor(self._executor, self._run_batch, batch, self._next_slot())))
-                batch, pending = running[0]
-                ran = await _outcome(pending)
-                running.popleft()
-                self._finish(batch, ran)
+            while self._queue:
+                if delay and self._batching and self._queued_rows() < self._max_rows:
+                    # Idle with a partial batch: wait up to the delay for more to arrive.
+                    end = loop.time() + delay
+                    while self._queued_rows() < self._max_rows and (left := end - loop.time()) > 0:
+                        self._arrived.clear()
+                        try:
+                            await asyncio.wait_for(self._arrived.wait(), left)
+                        except TimeoutError:
+                            break
+                batch = self._take()
+                if not batch:
+                    continue
+                await self._execute(batch, loop)
         finally:
-            for batch, pending in running:  # cancelled: the waiters learn it, the worker's result is dropped
-                pending.cancel()
-                for p in batch:
-                    if not p.future.done():
-                        p.future.cancel()
             self._busy = False
             if self._queue:  # arrivals after the loop test
                 self._busy = True
                 loop.create_task(self._drain())
 
-    async def _gather(self, loop: asyncio.AbstractEventLoop, delay: float) -> None:
-        """Idle with a partial batch: wait up to ``delay`` for more to arrive."""
-        end = loop.time() + delay
-        while self._queued_rows() < self._max_rows and (left := end - loop.time()) > 0:
-            self._arrived.clear()
-            try:
-                await asyncio.wait_for(self._arrived.wait(), left)
-            except TimeoutError:
-                break
-
     def _queued_rows(self) -> int:
         return sum(p.rows for p in self._queue)
 
-    def _next_slot(self) -> int:
-        self._slot ^= 1
-        return self._slot
-
-    def _attempt(self, batch: list[_Pending]) -> _Ran | BaseException:
-        try:
-            return self._run_batch(batch, 0)
-        except Exception as e:  # noqa: BLE001 - a model that fails on valid input: every waiter learns why
-            return e
-
-    def _run_batch(self, batch: list[_Pending], slot: int) -> _Ran:
-        """On the executor's thread (or inline): assemble the batch into ``slot``'s buffers, then
-        run the model. Its own start and compute time are measured here: around the event loop's
-        await they would count the thread hand-off, the batch queued before it and whatever else
-        the loop ran, and keep cheap models off the inline path."""
+    def _run_batch(self, batch: list[_Pending]) -> list[np.ndarray]:
+        """On the executor's thread (or inline): assemble the batch, then run the model. Its own
+        time is kept in ``_last_compute``: measured around the event loop's await it would count
+        the thread hand-off and whatever else the loop ran, and keep cheap models off the
+        inline path."""
         t0 = time.monotonic()
-        if self._assemblers is not None:
-            feeds = self._assemblers[slot].assemble([p.inputs for p in batch])
-        elif len(batch) == 1:
-            feeds = batch[0].inputs
-        else:
-            feeds = {n: np.concatenate([p.inputs[n] for p in batch]) for n in batch[0].inputs}
-        assembled = time.monotonic()
         try:
-            results = self._run(feeds)
+            if self._assembler is not None:
+                feeds = self._assembler.assemble([p.inputs for p in batch])
+            elif len(batch) == 1:
+                feeds = batch[0].inputs
+            else:
+                feeds = {n: np.concatenate([p.inputs[n] for p in batch]) for n in batch[0].inputs}
+            self._feeds = feeds
+            self._last_assembly = time.monotonic() - t0
+            return self._run(feeds)
         finally:
-            self._compute_s = self._average(time.monotonic() - t0)
-        return _Ran(results, feeds, t0, assembled - t0, time.monotonic() - t0)
+            self._last_compute = time.monotonic() - t0
 
-    def _average(self, compute: float) -> float:
-        return compute if self._compute_s == float("inf") else 0.8 * self._compute_s + 0.2 * compute
-
-    def _finish(self, batch: list[_Pending], ran: _Ran | BaseException) -> None:
-        if isinstance(ran, BaseException):
+    async def _execute(self, batch: list[_Pending], loop: asyncio.AbstractEventLoop) -> None:
+        started = time.monotonic()
+        try:
+            if self._compute_s < self._inline_s:
+                # Cheaper than waking the worker thread (about 100 us here): run it right here,
+                # then let the loop take new requests before the next batch.
+                results = self._run_batch(batch)
+                await asyncio.sleep(0)
+            else:
+                results = await loop.run_in_executor(self._executor, self._run_batch, batch)
+        except Exception as e:  # noqa: BLE001 - a model that fails on valid input: every waiter learns why
             for p in batch:
                 if not p.future.done():
-                    p.future.set_exception(ran)
+                    p.future.set_exception(e)
             return
-        self._book(batch, ran)
-        self._answer(batch, ran.results)
+        self._book(batch, started, results)
+        self._answer(batch, results)
 
-    def _book(self, batch: list[_Pending], ran: _Ran) -> None:
-        """After a batch ran: statistics and observers."""
+    def _book(self, batch: list[_Pending], started: float, results: list[np.ndarray]) -> None:
+        """After a batch ran: its compute time, statistics and observers."""
+        compute = self._last_compute
+        self._compute_s = compute if self._compute_s == float("inf") else 0.8 * self._compute_s + 0.2 * compute
         self.batches += 1
         self.requests += len(batch)
         rows = sum(p.rows for p in batch)
         if self._stats is not None:
-            input_ns, infer_ns = int(ran.assembly_s * 1e9), int((ran.compute_s - ran.assembly_s) * 1e9)
+            input_ns, infer_ns = int(self._last_assembly * 1e9), int((compute - self._last_assembly) * 1e9)
             self._stats.batch(rows, input_ns, infer_ns)
             for p in batch:
                 if p.timing is not None:  # booked with the request's answer (VersionStats.answered)
-                    p.timing[:3] = (int((ran.started - p.enqueued) * 1e9), input_ns, infer_ns)
+                    p.timing[:3] = (int((started - p.enqueued) * 1e9), input_ns, infer_ns)
         if self._on_batch is not None:
             try:
-                self._on_batch(
-                    rows, len(batch), ran.started - batch[0].enqueued, ran.compute_s, len(self._queue), ran.feeds, ran.results
-                )
+                self._on_batch(rows, len(batch), started - batch[0].enqueued, compute, len(self._queue), self._feeds, results)
             except Exception:
                 log.exception("batch observer failed")
 

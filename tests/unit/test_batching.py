@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -90,74 +89,6 @@ def test_batches_never_exceed_max_and_shapes_do_not_mix():
     assert model.sizes[0] == 1
     assert max(model.sizes) <= 4
     assert sorted(model.sizes[1:]) == [2, 3, 3, 3]
-
-
-class Gated:
-    """A model whose every call waits for a token the test hands out; it counts the calls begun."""
-
-    def __init__(self) -> None:
-        self.tokens = threading.Semaphore(0)
-        self.begun = 0
-        self.sizes: list[int] = []
-
-    def __call__(self, feeds):
-        self.begun += 1
-        assert self.tokens.acquire(timeout=10), "the test never released this call"
-        x = feeds["x"]
-        self.sizes.append(x.shape[0])
-        return [x * 2]
-
-
-def _until(condition, timeout: float = 5.0) -> bool:
-    """Poll ``condition`` from a thread that blocks the event loop (nothing else of it runs)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.001)
-    return True
-
-
-def test_a_full_batch_queued_while_one_runs_starts_on_the_worker_without_the_loop():
-    """Under load, the batch after the running one is already on the worker: when the running
-    one ends, the next begins at once, even while the event loop is busy elsewhere (here: blocked),
-    so a compute-bound model does not idle while the loop takes answers and dispatches. Each
-    batch is assembled into buffers of its own, so its observer sees its own inputs."""
-    from lockgate.server.serving.batching import Assembler
-
-    model = Gated()
-    observed: list[np.ndarray] = []
-
-    def observer(rows_, requests, waited, compute, queued, feeds, outputs):
-        observed.append(np.array(feeds["x"][:rows_]))
-
-    async def go():
-        b = Batcher(model, ["y"], 4, DynamicBatchingConfig(), ThreadPoolExecutor(1), observer, Assembler(["x"], {}, 4, True))
-        b._compute_s = 1.0  # known to be slow: on the worker, never inline
-        first = asyncio.ensure_future(b.submit(rows(1, start=1000), 1))
-        await asyncio.sleep(0.05)
-        assert model.begun == 1  # the lone first request runs; eight more queue behind it
-        rest = [asyncio.ensure_future(b.submit(rows(1, start=10 * i), 1)) for i in range(8)]
-        await asyncio.sleep(0.05)
-        model.tokens.release()  # the first batch ends: the loop dispatches a batch of four, and queues the next four
-        await asyncio.sleep(0.1)
-        assert model.begun == 2 and model.sizes == [1]
-        # The event loop is blocked from here on: only the worker can start the third batch.
-        model.tokens.release()
-        assert _until(lambda: model.begun == 3), f"the third batch did not start while the loop was busy: {model.begun} calls"
-        assert model.sizes == [1, 4]
-        for _ in range(5):
-            model.tokens.release()
-        return await asyncio.wait_for(first, 10), await asyncio.wait_for(asyncio.gather(*rest), 10)
-
-    first, rest = asyncio.run(go())
-    assert model.sizes == [1, 4, 4]
-    np.testing.assert_array_equal(first["y"], rows(1, start=1000)["x"] * 2)
-    for i, out in enumerate(rest):
-        np.testing.assert_array_equal(out["y"], rows(1, start=10 * i)["x"] * 2)
-    assert len(observed) == 3
-    np.testing.assert_array_equal(observed[1], np.concatenate([rows(1, start=10 * i)["x"] for i in range(4)]))
-    np.testing.assert_array_equal(observed[2], np.concatenate([rows(1, start=10 * i)["x"] for i in range(4, 8)]))
 
 
 def test_full_queue_is_503_with_retry_after():

@@ -33,7 +33,7 @@ def test_warmup_runs_each_sample_through_assembly_and_the_model_before_the_servi
         assert "model cnn version 1 warmup 'zeros': 2 run(s) of batch 4" in lines[0]
         assert "warmup 'noise': 1 run(s) of batch 1" in lines[1]
         # the cnn's uint8 HWC input went through the fused preprocessing into a batch buffer
-        assert s.served[1].batcher._assemblers[0].allocations == 1
+        assert s.served[1].batcher._assembler.allocations == 1
         config = triton_model_config("cnn", s.served[1].model, 4, s.config)
         first = config["model_warmup"][0]
         assert first["name"] == "zeros" and first["batch_size"] == 4 and first["count"] == 2
