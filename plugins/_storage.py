@@ -98,12 +98,21 @@ def sqlite_busy(error: BaseException) -> bool:
     return "database is locked" in text or "database is busy" in text
 
 
+# The key of the PostgreSQL advisory lock ``create_tables`` holds ("lockgate" in ASCII).
+SCHEMA_LOCK = 0x6C6F636B67617465
+
+
 def create_tables(engine: sa.Engine, metadata: sa.MetaData) -> None:
-    """``metadata.create_all`` in one write transaction. On SQLite, processes starting together on
-    a new database (a node's replicas) would otherwise each read the schema in a deferred
-    transaction and then try to write it: the loser's upgrade to a writer fails at once with
-    "database is locked", without waiting out the busy timeout. BEGIN IMMEDIATE makes it wait."""
+    """``metadata.create_all`` in one write transaction, one process at a time. Processes that
+    start together on a new database (a node's replicas, a cluster's) would otherwise each find
+    the tables missing and create them: on SQLite the loser's upgrade to a writer fails at once
+    with "database is locked", without waiting out the busy timeout (BEGIN IMMEDIATE makes it
+    wait); on PostgreSQL the second CREATE TABLE fails on the catalog's unique index (six
+    processes on a new database: every trial failed). There a transaction-scoped advisory lock
+    makes each wait, and find the tables made once it has the lock."""
     with writing(engine) as c, c.begin():
+        if c.dialect.name == "postgresql":
+            c.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK})
         metadata.create_all(c)
 
 

@@ -327,29 +327,34 @@ def test_an_alias_split_between_versions_a_canary(make_registry, files):
 
 def _create_tables_at_once(url: str, barrier, results) -> None:
     from lockgate.plugins.audit import _schema as audit_tables
+    from lockgate.plugins.governance import _schema as governance_tables
     from lockgate.plugins.registry import _schema as registry_tables
     from lockgate.plugins.shared import create_tables, make_engine
 
     engine = make_engine(url)
     barrier.wait()
     try:
-        for metadata in (audit_tables.metadata, registry_tables.metadata):
+        for metadata in (audit_tables.metadata, registry_tables.metadata, governance_tables.metadata):
             create_tables(engine, metadata)
         results.put("ok")
     except Exception as e:  # noqa: BLE001 - reported to the test
         results.put(f"{type(e).__name__}: {e}")
 
 
-def test_processes_starting_together_on_a_new_sqlite_database_all_create_its_tables(tmp_path):
-    """A node's replicas start together and each creates the tables of a new SQLite file. With
-    ``metadata.create_all(engine)`` most of six such processes failed at once with "database is
-    locked" (a deferred read transaction cannot become a writer after another process wrote);
-    ``create_tables`` takes the write lock first, so each waits its turn."""
+def test_processes_starting_together_on_a_new_database_all_create_its_tables(db_url):
+    """A node's replicas start together and each creates the tables of a new database. With
+    ``metadata.create_all(engine)`` most of six such processes failed at once: on SQLite with
+    "database is locked" (a deferred read transaction cannot become a writer after another
+    process wrote), on PostgreSQL on the catalog's unique index (two CREATE TABLEs of one name).
+    ``create_tables`` takes SQLite's write lock, or an advisory lock on PostgreSQL, first, so
+    each waits its turn and finds the tables made."""
     import multiprocessing
+
+    import sqlalchemy as sa
 
     ctx = multiprocessing.get_context("spawn")
     barrier, results = ctx.Barrier(6), ctx.Queue()
-    url = f"sqlite:///{tmp_path}/new.db"
+    url = db_url
     processes = [ctx.Process(target=_create_tables_at_once, args=(url, barrier, results)) for _ in range(6)]
     for p in processes:
         p.start()
@@ -357,3 +362,9 @@ def test_processes_starting_together_on_a_new_sqlite_database_all_create_its_tab
     for p in processes:
         p.join(timeout=60)
     assert outcomes == ["ok"] * 6, outcomes
+    engine = sa.create_engine(url)
+    try:
+        present = set(sa.inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+    assert {"lockgate_audit", "lockgate_audit_head", "lockgate_models", "lockgate_api_keys"} <= present, present
