@@ -78,12 +78,14 @@ def registry_options(fn: F) -> F:
     return fn
 
 
-def parse_time(text: str | None, option: str) -> float | None:
-    """Epoch seconds of ISO 8601 (UTC when no zone) or of a span back from now (90m, 24h, 7d, 6w)."""
+def parse_time(text: str | None, option: str, *, ahead: bool = False) -> float | None:
+    """Epoch seconds of ISO 8601 (UTC when no zone) or of a span back from now (90m, 24h, 7d,
+    6w); ``ahead``: a span forward from now (an end still to come)."""
     if text is None:
         return None
     if text[-1:] in _SPANS and text[:-1].isdigit():
-        return datetime.now(timezone.utc).timestamp() - int(text[:-1]) * _SPANS[text[-1]]
+        span = int(text[:-1]) * _SPANS[text[-1]]
+        return datetime.now(timezone.utc).timestamp() + (span if ahead else -span)
     try:
         when = datetime.fromisoformat(text)
     except ValueError:

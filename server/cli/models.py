@@ -304,7 +304,7 @@ def shadow(ctx, name: str, version: int | None, share: float, until: str | None,
         if version is None:
             raise click.UsageError("give the VERSION to shadow, or --stop")
         who = checked_actor(manager, "alias", name, version)
-        end = _until(until)
+        end = parse_time(until, "--until", ahead=True)
         replaced = registry.start_shadow(name, version, share, end, actor=who)
     except (LookupError, ValueError, LockgateError) as e:
         fail(e)
@@ -312,16 +312,6 @@ def shadow(ctx, name: str, version: int | None, share: float, until: str | None,
     was = "" if replaced is None else f" (replaces the shadow of version {replaced.version})"
     click.echo(f"{name} version {version} shadows production with {share:.0%} of its requests, {lasting}{was}")
     click.echo(f"evidence: lockgate models evidence {name} {version}")
-
-
-def _until(text: str | None) -> float | None:
-    """--until as epoch seconds: a span forward from now, or ISO 8601."""
-    if text is None:
-        return None
-    now = time.time()
-    when = parse_time(text, "--until")
-    assert when is not None
-    return now + (now - when) if text[:-1].isdigit() else when
 
 
 @models.command()
