@@ -138,13 +138,14 @@ class ShadowTap:
 
     def take_over(self, old: ShadowTap) -> None:
         """The run changed its share or end, not its version: this tap sends what ``old`` still
-        holds (and the drops it has not reported yet); ``old`` is closed, empty."""
+        holds (and the drops it has not reported yet); ``old``, empty, ends once a send it has
+        in flight is done."""
         self._queue.extend(old._queue)
         self._bytes += old._bytes
         self.dropped += old.dropped
         old._queue.clear()
         old._bytes = old.dropped = 0
-        old.close()
+        old.end()
         if self._queue or self.dropped:
             self._start()
 

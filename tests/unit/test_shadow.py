@@ -256,23 +256,25 @@ def test_copies_queued_when_a_run_changes_go_to_its_shadow_or_are_counted():
         assert calls == [(4, 2, 0), (4, 2, 2)]
         assert (gone.sent_total, gone.queued, gone.dropped_total) == (0, 0, 5)
 
-        # the same version with another share: the new tap sends what the old one held
+        # the same version with another share: the new tap sends what the old one held, and the
+        # old one ends once the send it has in flight is done
         calls.clear()
         gate.clear()
-        old = ShadowTap(5, 1.0, None, send, ShadowOptions(max_queue=2, batch=1, linger_s=0.0))
-        for _ in range(4):
-            old.offer(copy)  # two queued, two dropped, nothing sent yet
-        old._task.cancel()  # type: ignore[union-attr]  # as if its sender had not run yet
-        old._task = None
-        new = ShadowTap(5, 0.5, None, send, ShadowOptions(max_queue=2, batch=1, linger_s=0.0))
+        old = ShadowTap(5, 1.0, None, send, ShadowOptions(max_queue=3, batch=1, linger_s=0.0))
+        for _ in range(5):
+            old.offer(copy)  # three queued, two dropped
+        await asyncio.sleep(0.05)  # one copy is being sent (with the two drops), two wait
+        new = ShadowTap(5, 0.5, None, send, ShadowOptions(max_queue=3, batch=1, linger_s=0.0))
+        old.dropped = 1  # a drop since that send began, not reported yet
         new.take_over(old)
-        assert (old.queued, new.queued, new.dropped) == (0, 2, 2)
+        assert (old.queued, new.queued, new.dropped) == (0, 2, 1)
         gate.set()
         for _ in range(100):
-            if new.sent_total == 2:
+            if new.sent_total == 2 and old._task is not None and old._task.done():
                 break
             await asyncio.sleep(0.01)
-        assert calls == [(5, 1, 2), (5, 1, 0)] and new.queued == 0
+        assert calls[0] == (5, 1, 2) and sorted(calls[1:]) == [(5, 1, 0), (5, 1, 1)]
+        assert (old.sent_total, new.sent_total, new.queued, old.dropped_total) == (1, 2, 0, 2)
         new.close()
 
         # a stopping replica lets its copies go, counted
