@@ -196,10 +196,15 @@ class ShadowTap:
                 return
 
     def _let_go(self) -> None:
-        """Copies that will not be sent: counted as dropped."""
+        """Copies that will not be sent: counted as dropped, and those the shadow never heard of
+        (queued, or dropped since its last call) said in the log, for nobody will report them."""
+        unreported = len(self._queue) + self.dropped
         self.dropped_total += len(self._queue)
         self._queue.clear()
         self._bytes = 0
+        self.dropped = 0
+        if unreported:
+            log.info("shadow of version %s: %d copies dropped that it was not told of (its run ended)", self.version, unreported)
 
     def close(self) -> None:
         """Stop at once (the replica stops): what is queued is let go, counted as dropped."""

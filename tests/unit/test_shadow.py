@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 
 import numpy as np
@@ -208,11 +209,12 @@ def test_a_full_copy_queue_drops_and_counts_and_a_failed_send_counts_too():
     assert tap.dropped_total == 10 and tap.sent_total == 1
 
 
-def test_copies_queued_when_a_run_changes_go_to_its_shadow_or_are_counted():
+def test_copies_queued_when_a_run_changes_go_to_its_shadow_or_are_counted(caplog):
     """A run that ends, or moves to another version, leaves copies queued: they are sent to the
     old version's shadow in one last pass, with the drops not yet reported; what that pass cannot
-    send is counted as dropped, and not tried again. A run that changes only its share or end
-    hands its copies to the new tap. A replica that stops counts what it let go."""
+    send is counted as dropped, and not tried again, and the log says how many the shadow was
+    not told of. A run that changes only its share or end hands its copies to the new tap. A
+    replica that stops counts what it let go."""
     calls: list[tuple[int, int, int]] = []
     gate = asyncio.Event()
 
@@ -255,6 +257,8 @@ def test_copies_queued_when_a_run_changes_go_to_its_shadow_or_are_counted():
         await asyncio.wait_for(task, 5)
         assert calls == [(4, 2, 0), (4, 2, 2)]
         assert (gone.sent_total, gone.queued, gone.dropped_total) == (0, 0, 5)
+        said = [r.getMessage() for r in caplog.records if "it was not told of" in r.getMessage()]
+        assert said == ["shadow of version 4: 5 copies dropped that it was not told of (its run ended)"], said
 
         # the same version with another share: the new tap sends what the old one held, and the
         # old one ends once the send it has in flight is done
@@ -284,7 +288,8 @@ def test_copies_queued_when_a_run_changes_go_to_its_shadow_or_are_counted():
         stopping.close()
         assert (stopping.queued, stopping.dropped_total, stopping.sent_total) == (0, 3, 0)
 
-    asyncio.run(main())
+    with caplog.at_level(logging.INFO, logger="lockgate.server"):
+        asyncio.run(main())
 
 
 # -- the request path ----------------------------------------------------------------------------------
