@@ -156,7 +156,6 @@ class ShadowTap:
         self._ending = True
         if self._task is None or self._task.done():
             self._let_go()
-            self._task = None
             return
         self._wake.set()
 
