@@ -28,7 +28,7 @@ __all__ = ["ENTRY_POINT_GROUP", "PLUGIN_API_VERSION", "PluginManager", "PluginSt
 log = logging.getLogger("lockgate.plugins")
 
 ENTRY_POINT_GROUP = "lockgate.plugins"
-PLUGIN_API_VERSION = "1.4"
+PLUGIN_API_VERSION = "1.5"
 ANONYMOUS = Principal("anonymous")
 ALLOWED = Decision(True)
 _EXPIRED = "the record was not durable in time"
@@ -123,6 +123,7 @@ class PluginManager:
         self._settings: Settings | None = None
         self._impl_cache: dict[str, list[_Impl]] = {}
         self._sync_gates: bool | None = None
+        self._reusable: bool | None = None
         self._watch: _Deadlines | None = None
 
     # -- discovery ---------------------------------------------------------------------------
@@ -163,6 +164,7 @@ class PluginManager:
             try:
                 self._impl_cache.clear()
                 self._sync_gates = None
+                self._reusable = None
                 self._pm.register(plugin, name=name)
                 wrapped = self._wrapped_gatekeepers(name)
                 if wrapped:
@@ -204,6 +206,7 @@ class PluginManager:
                 self._pm.unregister(name=impl.plugin_name)
                 self._impl_cache.clear()
                 self._sync_gates = None
+                self._reusable = None
                 self.statuses = [
                     PluginStatus(s.name, "failed", s.source, s.api_version, f"configure failed: {type(e).__name__}: {e}")
                     if s.name == impl.plugin_name
@@ -252,6 +255,37 @@ class PluginManager:
                 i.is_async for h in ("lockgate_authenticate", "lockgate_authorize") for i in self._impls(h)
             )
         return self._sync_gates
+
+    def allows_reusable(self) -> bool:
+        """True when every plugin with a request gatekeeper (``authenticate``, ``authorize``)
+        answers ``lockgate_reuse_allow``, so that an allow may be reused until the time they give."""
+        if self._reusable is None:
+            gatekeepers = {i.plugin_name for h in ("lockgate_authenticate", "lockgate_authorize") for i in self._impls(h)}
+            reusers = {i.plugin_name for i in self._impls("lockgate_reuse_allow")}
+            self._reusable = bool(gatekeepers) and gatekeepers <= reusers
+        return self._reusable
+
+    def reuse_allow(self, principal: Principal) -> float | Decision | None:
+        """Until when (``time.monotonic()``) the allow just given to ``principal`` may be reused:
+        the earliest answer of ``lockgate_reuse_allow``. None when it may not be (a plugin said
+        None, or a request gatekeeper's plugin does not answer); a deny when an implementation
+        failed or gave something else than a number (fail closed, counted)."""
+        if not self.allows_reusable():
+            return None
+        until = float("inf")
+        for impl in self._impls("lockgate_reuse_allow"):
+            try:
+                answer = impl.function(principal)
+                if answer is None:
+                    return None
+                if isinstance(answer, bool) or not isinstance(answer, (int, float)):
+                    if inspect.iscoroutine(answer):  # an async def implementation: never awaited here
+                        answer.close()
+                    raise TypeError(f"lockgate_reuse_allow returned {type(answer).__name__}, not a number or None")
+            except Exception as e:  # noqa: BLE001 - a failing gatekeeper denies
+                return self._gate_failed(impl.plugin_name, "reuse check", e, status=403)
+            until = min(until, float(answer))
+        return until
 
     # Each gatekeeper rule below is written once, as a generator that yields the next
     # implementation to call with its arguments and is sent back the result (or the exception

@@ -66,6 +66,7 @@ __all__ = [
     "lockgate_record_inference",
     "lockgate_register_commands",
     "lockgate_resolve_model",
+    "lockgate_reuse_allow",
     "lockgate_sbom",
     "lockgate_service_level",
     "lockgate_startup_notes",
@@ -74,6 +75,7 @@ __all__ = [
 GATEKEEPERS = (
     "lockgate_authenticate",
     "lockgate_authorize",
+    "lockgate_reuse_allow",
     "lockgate_check_registration",
     "lockgate_check_alias",
     "lockgate_check_serving",
@@ -244,6 +246,22 @@ def lockgate_authorize(principal: Principal, action: str, model: str | None, ver
 
     Runs once per request. Return a Decision, or None to abstain. Any deny wins; an
     exception or a timeout counts as a deny (403).
+    """
+
+
+@hookspec
+def lockgate_reuse_allow(principal: Principal) -> float | None:
+    """Until when (a ``time.monotonic()`` value) this plugin's allow of ``principal`` stays true
+    for requests with the same credentials (the Authorization header as sent), action, model and
+    version. Before then the server asks no request gatekeeper again for such a request.
+
+    Runs right after a request was allowed, in the replica that serves it, when every plugin
+    with an ``authenticate`` or ``authorize`` implementation also implements this hook (one
+    that does not keeps every request asked). None: ask every time. The earliest answer of all
+    implementations wins. A plugin that answers promises that its gatekeepers' answers depend on
+    nothing else of the request, and that what revokes the allow (a key revoked or expired)
+    takes effect no later than the time it gave. An exception, or an answer that is neither a
+    number nor None, counts as a deny of the request just allowed.
     """
 
 

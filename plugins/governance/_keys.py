@@ -265,6 +265,20 @@ class KeyCache:
                 self.reload_errors += 1
                 log.warning("reloading API keys failed: %s", e)
 
+    def reusable_until(self, principal: Principal) -> float | None:
+        """Until when (``time.monotonic()``) an allow of ``principal`` may stand without its key
+        being checked again: the start of this table's next reload, or the key's expiry when
+        sooner. None for a principal this table did not make: anonymous, another
+        authenticator's, or one of an earlier table (its key may have been revoked since)."""
+        key_id = principal.attributes.get("key_id")
+        entry = self._entries.get(key_id) if isinstance(key_id, str) else None
+        if entry is None or entry.principal is not principal:
+            return None
+        until = self.loaded_at + self.refresh_s
+        if entry.expires_at is not None:
+            until = min(until, time.monotonic() + (entry.expires_at - time.time()))
+        return until
+
     def stale(self) -> bool:
         return time.monotonic() - self.loaded_at > self.max_stale_s
 

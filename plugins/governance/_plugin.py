@@ -22,7 +22,7 @@ from ._sbom import build_sbom
 
 __all__ = ["LOCKGATE_PLUGIN_API", "OPEN_MODE_APPROVER", "GovernanceOptions", "GovernancePlugin", "plugin"]
 
-LOCKGATE_PLUGIN_API = "1.4"
+LOCKGATE_PLUGIN_API = "1.5"
 
 log = logging.getLogger("lockgate.governance")
 
@@ -236,6 +236,14 @@ class GovernancePlugin:
             return Decision.deny("the Authorization header must read 'Bearer <API key>'")
         result = cache.check(token.strip())
         return result if isinstance(result, Principal) else Decision.deny(result)
+
+    @hookimpl
+    def lockgate_reuse_allow(self, principal: Principal) -> float | None:
+        # An allow of an API key's principal stands until the key table's next reload (or the
+        # key's expiry): a revoked key stops working then, as when every request is checked.
+        if self.error is not None or self._cache is None:
+            return None
+        return self._cache.reusable_until(principal)
 
     @hookimpl
     def lockgate_authorize(self, principal: Principal, action: str, model: str | None, version: str | None) -> Decision | None:

@@ -13,7 +13,7 @@ from lockgate.plugins import Decision, PluginManager, Principal, RequestInfo
 from ..errors import Forbidden, RequestError, Unauthorized, Unavailable
 from .asgi import CHALLENGE, RETRY_AFTER, Scope
 
-__all__ = ["Headers", "Identified", "gate", "gate_now", "new_request_id"]
+__all__ = ["Allows", "Headers", "Identified", "gate", "gate_now", "new_request_id"]
 
 
 class Identified(Protocol):
@@ -54,28 +54,99 @@ class Headers(Mapping[str, str]):
         return len({k.lower() for k, _ in self._raw})
 
 
+class Allows:
+    """Allows that the request gatekeepers said may be reused (``lockgate_reuse_allow``), held by
+    one model's app until the time they gave, by the request's credentials (its Authorization
+    header as sent), action and version. A request that finds its allow here asks no
+    gatekeeper. The governance plugin gives its key table's next reload as the time, so a
+    revoked key stops working as soon as it did without this (``key_refresh_s``), and an
+    expiring key at its expiry. Refusals are never held: each is decided and counted."""
+
+    LIMIT = 4096  # credentials held at most; past it the oldest half goes
+
+    __slots__ = ("_held", "manager", "on")
+
+    def __init__(self, manager: PluginManager) -> None:
+        self.manager = manager
+        self.on = manager.allows_reusable() and manager.request_gates_are_sync()
+        self._held: dict[tuple[bytes | None, str, str | None], tuple[float, Principal]] = {}
+
+    def get(self, key: tuple[bytes | None, str, str | None]) -> Principal | None:
+        found = self._held.get(key)
+        if found is None:
+            return None
+        if time.monotonic() < found[0]:
+            return found[1]
+        del self._held[key]
+        return None
+
+    def put(self, key: tuple[bytes | None, str, str | None], who: Principal) -> Decision | None:
+        """Hold the allow just given to ``who`` as long as the gatekeepers say; a deny when one
+        of them failed to say (fail closed)."""
+        until = self.manager.reuse_allow(who)
+        if isinstance(until, Decision):
+            return until
+        if until is not None and until > time.monotonic():
+            held = self._held
+            if len(held) >= self.LIMIT:
+                for stale in list(held)[: self.LIMIT // 2]:
+                    del held[stale]
+            held[key] = (until, who)
+        return None
+
+
+def credentials(scope: Scope) -> bytes | None:
+    """The request's Authorization header as sent (values of a repeated one joined, as
+    ``Headers`` gives them to gatekeepers)."""
+    found: bytes | None = None
+    for k, v in scope.get("headers", ()):
+        if k == b"authorization" or (len(k) == 13 and k.lower() == b"authorization"):
+            found = v if found is None else found + b", " + v
+    return found
+
+
 async def gate(
-    manager: PluginManager, scope: Scope, action: str, model: str | None, version: str | None, outcome: Identified | None = None
+    manager: PluginManager,
+    scope: Scope,
+    action: str,
+    model: str | None,
+    version: str | None,
+    outcome: Identified | None = None,
+    allows: Allows | None = None,
 ) -> Principal:
     """Run the request gatekeepers: the caller's Principal, or the OIP error of the first deny
     (401, 403 or 503), carrying the deciding plugin's name as ``decided_by``. ``outcome``
     learns who the caller is as soon as authentication says so (for the audit record of a
-    request that authorization then refuses)."""
-    info = _info(scope, model, version)
+    request that authorization then refuses). ``allows``: the model's held allows."""
     if manager.request_gates_are_sync():  # no coroutine per gatekeeper: about half the cost
-        who, denied = manager.check_request(info, action)
-    else:
-        who, denied = await manager.check_request_async(info, action)
+        return gate_now(manager, scope, action, model, version, outcome, allows)
+    who, denied = await manager.check_request_async(_info(scope, model, version), action)
     return _decided(who, denied, action, model, outcome)
 
 
 def gate_now(
-    manager: PluginManager, scope: Scope, action: str, model: str | None, version: str | None, outcome: Identified | None = None
+    manager: PluginManager,
+    scope: Scope,
+    action: str,
+    model: str | None,
+    version: str | None,
+    outcome: Identified | None = None,
+    allows: Allows | None = None,
 ) -> Principal:
     """``gate`` without a coroutine, for plain-function gatekeepers only
     (``manager.request_gates_are_sync()``): what the replica listener asks as soon as a
-    request's headers are in, before it reads the body."""
+    request's headers are in, before it reads the body. With ``allows``, an allow held for the
+    request's credentials, action and version answers without asking the gatekeepers."""
+    if allows is None or not allows.on:
+        who, denied = manager.check_request(_info(scope, model, version), action)
+        return _decided(who, denied, action, model, outcome)
+    key = (credentials(scope), action, version)
+    held = allows.get(key)
+    if held is not None:
+        return _decided(held, None, action, model, outcome)
     who, denied = manager.check_request(_info(scope, model, version), action)
+    if denied is None and who is not None:
+        denied = allows.put(key, who)
     return _decided(who, denied, action, model, outcome)
 
 

@@ -31,7 +31,7 @@ from .asgi import (
     read_body,
     respond,
 )
-from .gate import gate, gate_now, new_request_id
+from .gate import Allows, gate, gate_now, new_request_id
 from .load import LoadMeter
 from .logs import ACCESS, REQUEST, json_enabled, trace_id
 from .protocol import HEADER_LENGTH
@@ -71,6 +71,8 @@ class ModelApp:
         manager = service.manager
         self.manager = manager
         self.gated = manager.has("lockgate_authenticate") or manager.has("lockgate_authorize")
+        # Allows the gatekeepers let a request reuse for a while (lockgate_reuse_allow).
+        self.allows = Allows(manager) if self.gated else None
         self.observed = manager.has("lockgate_observe_inference")
         self.recorded = manager.has("lockgate_record_inference")
         # Requests held, read by autoscaling only (server/hosting/autoscaling.py); no cost without it.
@@ -218,7 +220,7 @@ class ModelApp:
 
     async def _gate(self, scope: Scope, action: str, version: str | None, outcome: Outcome) -> None:
         try:
-            await gate(self.manager, scope, action, self.service.name, version, outcome)
+            await gate(self.manager, scope, action, self.service.name, version, outcome, self.allows)
         except RequestError as e:
             outcome.decided_by = e.decided_by
             raise
@@ -253,7 +255,7 @@ class ModelApp:
         outcome = Outcome()
         asked = time.time_ns() if self.tracer is not None else 0
         try:
-            gate_now(self.manager, scope, action[1:], self.service.name, version, outcome)
+            gate_now(self.manager, scope, action[1:], self.service.name, version, outcome, self.allows)
         except RequestError as e:
             return Precheck(outcome.principal, e, (asked, time.time_ns() if asked else 0))
         return Precheck(outcome.principal, None, (asked, time.time_ns() if asked else 0))

@@ -434,6 +434,58 @@ def test_a_revoked_version_stops_serving(app):
     assert stopped and stopped[0]["version"] == 1
 
 
+def asked_gatekeepers(manager) -> list[str]:
+    """The actions the request gatekeepers are asked about from now on."""
+    asked: list[str] = []
+    check = manager.check_request
+
+    def counting(request, action):
+        asked.append(action)
+        return check(request, action)
+
+    manager.check_request = counting
+    return asked
+
+
+def test_a_keys_allow_is_held_until_the_key_table_reloads_and_a_revoked_key_stops_within_a_second(app):
+    """A key's allow is reused without asking the gatekeepers, for that key only (another key, a
+    wrong secret, no key are each decided), until the key table's next reload: a key revoked
+    meanwhile stops working within key_refresh_s (1 s) and one read of the table, as before."""
+    model_app, keys, manager = app
+    g = manager.plugin("governance")
+    asked = asked_gatekeepers(manager)
+    assert [infer(model_app, keys["app"]).status for _ in range(20)] == [200] * 20
+    assert 1 <= len(asked) <= 2, asked  # once, or twice if the table reloaded meanwhile
+    assert infer(model_app, keys["other"]).status == 403
+    assert infer(model_app, keys["app"][:-4] + ("AAAA" if not keys["app"].endswith("AAAA") else "BBBB")).status == 401
+    assert infer(model_app).status == 401
+    revoked_at = time.monotonic()
+    g.revoke_key(keys["app"].split("_")[1], actor="root")
+    statuses = []
+    while time.monotonic() - revoked_at < 3.0:
+        statuses.append(infer(model_app, keys["app"]).status)
+        if statuses[-1] != 200:
+            break
+        time.sleep(0.02)
+    stopped_after = time.monotonic() - revoked_at
+    assert statuses[-1] == 401 and set(statuses[:-1]) <= {200}, statuses
+    assert stopped_after < g.options.key_refresh_s + 0.5, stopped_after
+    assert infer(model_app, keys["app"]).json() == {"error": "invalid API key"}
+
+
+def test_a_keys_allow_is_not_held_past_the_keys_expiry(app):
+    model_app, keys, manager = app
+    g = manager.plugin("governance")
+    short, _ = g.create_key("tmp", ["invoker"], ["iris"], actor="root", expires_at=time.time() + 0.4)
+    g.cache.reload()
+    asked = asked_gatekeepers(manager)
+    assert [infer(model_app, short).status for _ in range(5)] == [200] * 5
+    assert 1 <= len(asked) <= 2, asked  # held (twice: the table reloaded between check and hold)
+    time.sleep(0.45)
+    expired = infer(model_app, short)
+    assert expired.status == 401 and expired.json() == {"error": "API key expired"}
+
+
 # -- starting a server ------------------------------------------------------------------------------------------
 
 

@@ -237,6 +237,31 @@ def test_an_answer_that_is_not_a_decision_is_a_deny_on_the_sync_and_the_async_pa
     assert m.errors["truthy"] == 2
 
 
+def test_an_allow_is_reusable_only_when_every_request_gatekeeper_says_until_when():
+    """``reuse_allow``: the earliest time of all answers; None when one says None or when a
+    plugin with a request gatekeeper does not answer; a deny, counted, when one raises or
+    answers something else than a number."""
+    principal = Principal("bob")
+    allow = {"lockgate_authorize": lambda principal, action, model, version: None}
+    m = PluginManager()
+    m.register(plugin(**allow, lockgate_reuse_allow=lambda principal: 20.0), "late")
+    m.register(plugin(lockgate_authenticate=lambda request: principal, lockgate_reuse_allow=lambda principal: 10.0), "soon")
+    assert m.allows_reusable() and m.reuse_allow(principal) == 10.0
+    m.register(plugin(lockgate_reuse_allow=lambda principal: None), "never")
+    assert m.reuse_allow(principal) is None
+    m = PluginManager()
+    m.register(plugin(**allow, lockgate_reuse_allow=lambda principal: 20.0), "late")
+    m.register(plugin(**allow), "silent")  # a request gatekeeper that says nothing of reuse
+    assert not m.allows_reusable() and m.reuse_allow(principal) is None
+    for answer, error in ((lambda principal: [][1], "IndexError"), (lambda principal: "soon", "TypeError")):
+        m = PluginManager()
+        m.register(plugin(**allow, lockgate_reuse_allow=answer), "buggy")
+        denied = m.reuse_allow(principal)
+        assert isinstance(denied, Decision) and not denied.allow and denied.status == 403, denied
+        assert f"reuse check by plugin 'buggy' failed ({error})" in denied.reason and m.errors["buggy"] == 1
+    assert not PluginManager().allows_reusable()  # no gatekeeper: nothing to reuse
+
+
 def test_async_gatekeepers_work_on_every_gatekeeper_hook():
     """From plain code and from inside a running event loop (a replica's constructor checks
     serving on its loop): an async gatekeeper is awaited, never taken for an abstention."""
