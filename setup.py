@@ -26,7 +26,7 @@ extensions = [
         # No FMA contraction: results stay bit-identical to the numpy twins.
         extra_compile_args=(["-O0", "-g"] if DEBUG else ["-O3"]) + ["-ffp-contract=off"],
     )
-    for name in ("_codec", "_assemble")
+    for name in ("_codec", "_assemble", "_canonical")
 ]
 
 setup(ext_modules=cythonize(extensions, compiler_directives=directives, annotate=DEBUG))

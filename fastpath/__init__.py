@@ -6,6 +6,8 @@ when the twins are (``LOCKGATE_NO_EXTENSIONS=1``, or no build).
 
 from . import assemble as _assemble_choice
 from .assemble import assemble_into, check_preprocess
+from .canonical import IMPLEMENTATION as _CANONICAL_IMPLEMENTATION
+from .canonical import canonical_json
 from .codec import (
     DATATYPES,
     CodecError,
@@ -20,7 +22,9 @@ from .codec import (
 )
 from .codec import IMPLEMENTATION as _CODEC_IMPLEMENTATION
 
-IMPLEMENTATION = "cython" if _CODEC_IMPLEMENTATION == _assemble_choice.IMPLEMENTATION == "cython" else "python"
+IMPLEMENTATION = (
+    "cython" if _CODEC_IMPLEMENTATION == _assemble_choice.IMPLEMENTATION == _CANONICAL_IMPLEMENTATION == "cython" else "python"
+)
 
 __all__ = [
     "DATATYPES",
@@ -28,6 +32,7 @@ __all__ = [
     "CodecError",
     "Datatype",
     "assemble_into",
+    "canonical_json",
     "check_preprocess",
     "datatype",
     "decode_binary",

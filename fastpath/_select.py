@@ -1,9 +1,9 @@
 """The one place that picks which implementation of the kernels a process loads.
 
-Each kernel module is compiled (``_codec.pyx``, ``_assemble.pyx``) and has a pure-Python twin of
-the same names (``_codec_py.py``, ``_assemble_py.py``). The compiled one loads, unless
+Each kernel module is compiled (``_codec.pyx``, ``_assemble.pyx``, ``_canonical.pyx``) and has a
+pure-Python twin of the same names (``_codec_py.py``, ``_assemble_py.py``, ``_canonical_py.py``). The compiled one loads, unless
 ``LOCKGATE_NO_EXTENSIONS`` is set (not '' or '0') or it was not built (a source checkout); then
-the twin does. ``codec`` and ``assemble`` re-export what is chosen here; type checkers see the
+the twin does. ``codec``, ``assemble`` and ``canonical`` re-export what is chosen here; type checkers see the
 compiled modules' ``.pyi`` stubs. Tests compare both twins and assert which one CI loaded.
 """
 
@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING
 
 __all__ = [
     "ASSEMBLE",
+    "CANONICAL",
     "CODEC",
     "assemble_into",
+    "canonical_json",
     "check_preprocess",
     "decode_binary",
     "decode_json_data",
@@ -44,10 +46,12 @@ def _load(compiled: str, twin: str) -> tuple[ModuleType, str]:
 
 if TYPE_CHECKING:
     from ._assemble import assemble_into, check_preprocess
+    from ._canonical import canonical_json
     from ._codec import decode_binary, decode_json_data, encode_binary, encode_json_data, parse_json
 
     CODEC: str  # "cython" or "python": which codec loaded
     ASSEMBLE: str  # the same for batch assembly
+    CANONICAL: str  # and for canonical JSON
 else:
     _codec, CODEC = _load("_codec", "_codec_py")
     _assemble, ASSEMBLE = _load("_assemble", "_assemble_py")
@@ -58,3 +62,5 @@ else:
     parse_json = _codec.parse_json
     assemble_into = _assemble.assemble_into
     check_preprocess = _assemble.check_preprocess
+    _canonical, CANONICAL = _load("_canonical", "_canonical_py")
+    canonical_json = _canonical.canonical_json

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from lockgate.fastpath import _assemble, _assemble_py, _codec, _codec_py
+from lockgate.fastpath import _assemble, _assemble_py, _canonical, _canonical_py, _codec, _codec_py
 
 IMPLS = [pytest.param((_codec, _assemble), id="cython"), pytest.param((_codec_py, _assemble_py), id="python")]
 ROWS, WIDTH = 32, 512
@@ -66,3 +66,31 @@ def test_assemble_images(benchmark, impls):
 def test_encode(benchmark, impls):
     codec, _ = impls
     benchmark(lambda: codec.encode_json_data(OUT))
+
+
+# An inference request's audit record as the writer hashes it (its seq, then the entry).
+RECORD = {
+    "seq": 123456,
+    "at": 1796599628.108415,
+    "kind": "infer",
+    "actor": "bench",
+    "model": "mlp",
+    "version": 1,
+    "request_id": "019a4b2c3d4e7f00a1b2c3d4e5f60718",
+    "detail": {
+        "status": 200,
+        "latency_ms": 0.123,
+        "rows": 1,
+        "sha256": "a" * 64,
+        "input_sha256": "fc6af57b0f8277c0019a1a45980d9688809c085750aec11aac8476c881f700ad",
+        "input_size": 739,
+        "output_sha256": "fc6f1246b130d39ffddc1e0bd1cb6374224208a223a56efeaa8b7eae480cdc1d",
+        "output_size": 152,
+    },
+}
+
+
+@pytest.mark.benchmark(group="canonical JSON: one inference request's audit record")
+@pytest.mark.parametrize("impl", [pytest.param(_canonical, id="cython"), pytest.param(_canonical_py, id="python")])
+def test_canonical(benchmark, impl):
+    benchmark(impl.canonical_json, RECORD)
