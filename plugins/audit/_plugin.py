@@ -163,6 +163,8 @@ class AuditPlugin:
                 else (0.05 if self.options.mode == "async" else 0.0),
                 prepare=lambda entry: digest_bodies(entry, sealer),
                 observe=_AuditMetrics(),
+                withhold=withhold,
+                follow_up=self._withheld_late,
             )
             if not self._atexit:
                 atexit.register(self.close)
@@ -230,32 +232,21 @@ class AuditPlugin:
         )
         sequencer = self.sequencer
         if self.options.mode == "sync":
-            pending = sequencer.record(entry, now=self.options.commit_alone and event.in_flight == 1)
-            pending.add_done_callback(lambda done: self._withheld(entry) if done.cancelled() else None)
-            return pending
+            # A cancelled future (the recorder's timeout: the answer withheld) makes the record say
+            # so: the sequencer's ``withhold`` and ``follow_up`` (``_withheld_late``).
+            return sequencer.record(entry, now=self.options.commit_alone and event.in_flight == 1)
         sequencer.submit(entry)
         return None
 
-    def _withheld(self, entry: dict[str, Any]) -> None:
-        """The record was not durable within the recorder's timeout, so the server withheld the
-        answer (503): the record must say what the client got, not what the model computed.
-        Amended in place while it is not written yet, else followed by a record saying so."""
-        withheld = "the answer was withheld: its audit record was not durable within the recorder timeout"
-
-        def to_withheld(e: dict[str, Any]) -> None:
-            detail = e.setdefault("detail", {})
-            detail.update(status=503, error=withheld)
-            for key in ("output_bytes", "output_sha256", "output_size", "output_sealed"):
-                detail.pop(key, None)
-
-        if self.sequencer.amend(entry, to_withheld):
-            return
+    def _withheld_late(self, entry: dict[str, Any]) -> None:
+        """The answer was withheld while its record was being written as answered: a record of
+        its own says what the client got."""
         follow_up: dict[str, Any] = {
             key: entry[key] for key in ("actor", "model", "version", "request_id", "client_id") if key in entry
         }
         follow_up["at"] = time.time()
         follow_up["kind"] = "answer_withheld"
-        follow_up["detail"] = {"status": 503, "error": withheld, "of_kind": entry.get("kind")}
+        follow_up["detail"] = {"status": 503, "error": WITHHELD, "of_kind": entry.get("kind")}
         self.sequencer.submit(follow_up, droppable=False)
 
     @hookimpl
@@ -343,6 +334,18 @@ class _AuditMetrics:
             self._dropped = sequencer.dropped
         self.pending.set(sequencer.pending)
         self.lag.set(lag_s)
+
+
+WITHHELD = "the answer was withheld: its audit record was not durable within the recorder timeout"
+
+
+def withhold(entry: dict[str, Any]) -> None:
+    """Make a record not yet written say what its client got: 503, withheld, and no output
+    (the server withheld the answer when the record was not durable within the recorder timeout)."""
+    detail = entry.setdefault("detail", {})
+    detail.update(status=503, error=WITHHELD)
+    for key in ("output_bytes", "output_sha256", "output_size", "output_sealed"):
+        detail.pop(key, None)
 
 
 def _compact(d: dict[str, Any]) -> dict[str, Any]:

@@ -40,7 +40,14 @@ Waiter = Any  # asyncio.Future | concurrent.futures.Future | None
 class Sequencer:
     """Writes ``AuditLog`` groups from one thread. ``checkpoint_interval_s`` bounds how long
     records wait for a signed checkpoint; ``prepare`` turns a queued entry into record
-    fields on the sequencer's thread (digests of request and response bodies)."""
+    fields on the sequencer's thread (digests of request and response bodies).
+
+    A sync waiter's future that is cancelled (the server withheld the answer: the record was not
+    durable within its timeout) makes its record say so: ``withhold`` changes an entry whose
+    future is cancelled when the store is locked for it, on the writer's thread; ``follow_up``
+    gets, on the waiter's loop, an entry that was written as it was because its future was
+    cancelled only while it was being written (it records a record of its own). No callback per
+    request: the writer looks at its group's futures once, and the loop at what it resolves."""
 
     def __init__(
         self,
@@ -53,6 +60,8 @@ class Sequencer:
         linger_s: float = 0.0,
         prepare: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         observe: Callable[[Sequencer, int, float, bool], None] | None = None,
+        withhold: Callable[[dict[str, Any]], None] | None = None,
+        follow_up: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.log = audit_log
         self.mode = mode
@@ -65,6 +74,8 @@ class Sequencer:
         # After each write attempt, on the writer's thread: (self, records written, lag in s of
         # the group's oldest record, failed); metrics only, an exception is logged and ignored.
         self.observe = observe
+        self.withhold = withhold
+        self.follow_up = follow_up
         self._queue: collections.deque[tuple[dict[str, Any], Waiter]] = collections.deque()
         self._ready = threading.Condition(threading.Lock())
         self._thread: threading.Thread | None = None
@@ -81,6 +92,7 @@ class Sequencer:
         self._group: list[tuple[dict[str, Any], Waiter]] = []  # what the writer holds: not lost if it dies
         self._sealed = False  # the store is locked for the writer's group: its entries are final
         self._seqs: list[int] | None = None  # set once that group is written
+        self._withheld: set[int] = set()  # ids of the group's entries changed by ``withhold``
 
     # -- producers ---------------------------------------------------------------------------
 
@@ -211,9 +223,9 @@ class Sequencer:
         try:
             real = [(e, w) for e, w in group if "__flush__" not in e]
             if seqs is not None:
-                _settle([(w, s) for (_, w), s in zip(real, seqs) if w is not None and not w.done()], None)
+                _settle([(w, s, self._late(e)) for (e, w), s in zip(real, seqs) if w is not None], None)
                 return
-            _settle([(w, None) for _, w in group if w is not None and not w.done()], SequencerStopped(self.last_error))
+            _settle([(w, None, None) for _, w in group if w is not None], SequencerStopped(self.last_error))
             with self._ready:
                 self._queue.extendleft(reversed([(e, None) for e, w in real if w is None]))
         except BaseException:  # noqa: BLE001 - dying anyway; what is left stays where it is
@@ -225,6 +237,7 @@ class Sequencer:
         while True:
             self._seqs = None
             self._sealed = False
+            self._withheld = set()
             self._group = group = retry
             self._take(group, wait=not retry)
             retry = []
@@ -243,13 +256,16 @@ class Sequencer:
                 seqs = self._seqs = self._one_by_one(real)
             written, unwritten = real[: len(seqs)], real[len(seqs) :]
             self.written += len(seqs)
-            _settle([(w, s) for (_, w), s in zip(written, seqs) if w is not None] + [(w, 0) for _, w in flushes], None)
+            _settle(
+                [(w, s, self._late(e)) for (e, w), s in zip(written, seqs) if w is not None] + [(w, 0, None) for _, w in flushes],
+                None,
+            )
             if unwritten:  # the store failed: sync waiters fail, async entries wait for the next try
                 assert error is not None
                 self.failed_writes += 1
                 self.last_error = f"{type(error).__name__}: {error}"
                 log.warning("audit write of %d records failed: %s", len(unwritten), self.last_error)
-                _settle([(w, None) for _, w in unwritten if w is not None], error)
+                _settle([(w, None, None) for _, w in unwritten if w is not None], error)
                 retry = [(e_, w) for e_, w in unwritten if w is None]
                 if len(retry) > self.buffer:
                     self.dropped += len(retry) - self.buffer
@@ -288,20 +304,23 @@ class Sequencer:
         return seqs
 
     def _seal(self) -> None:
-        """The store is locked for the writer's group: from now on it is written as it is."""
+        """The store is locked for the writer's group: from now on it is written as it is. An
+        entry whose future was cancelled by now is changed by ``withhold`` first."""
+        if self.withhold is not None:
+            for entry, waiter in self._group:
+                if isinstance(waiter, asyncio.Future) and waiter.cancelled() and id(entry) not in self._withheld:
+                    self.withhold(entry)
+                    self._withheld.add(id(entry))
         with self._ready:
             self._sealed = True
 
-    def amend(self, entry: dict[str, Any], change: Callable[[dict[str, Any]], None]) -> bool:
-        """Apply ``change`` to ``entry`` if it is not written yet: still queued, or held by the
-        writer before the store was locked for it. False when it is too late (being written, or
-        written): the caller records the change as a record of its own."""
-        with self._ready:
-            held = any(e is entry for e, _ in self._group) and not self._sealed
-            if held or any(e is entry for e, _ in self._queue):
-                change(entry)
-                return True
-        return False
+    def _late(self, entry: dict[str, Any]) -> _FollowUp | None:
+        """What the loop calls when it finds ``entry``'s future cancelled as it resolves it (the
+        answer was withheld while the record was being written): None when nothing is to be
+        recorded then (no ``follow_up``, or the record already says so)."""
+        if self.follow_up is None or id(entry) in self._withheld:
+            return None
+        return (self.follow_up, entry)
 
     @property
     def pending(self) -> int:
@@ -328,17 +347,23 @@ class Sequencer:
             log.warning("audit checkpoint failed: %s", e)
 
 
-def _settle(waiters: list[tuple[Waiter, Any]], error: BaseException | None) -> None:
-    """Resolve futures: concurrent ones directly, asyncio ones with one call per loop."""
-    by_loop: dict[Any, list[tuple[asyncio.Future, Any]]] = {}
-    for waiter, value in waiters:
+_FollowUp = tuple[Callable[[dict[str, Any]], None], dict[str, Any]]
+
+
+def _settle(waiters: list[tuple[Waiter, Any, _FollowUp | None]], error: BaseException | None) -> None:
+    """Resolve futures: concurrent ones directly, asyncio ones with one call per loop. Each
+    waiter comes with what to call, with its entry, if its future turns out to be cancelled."""
+    by_loop: dict[Any, list[tuple[asyncio.Future, Any, _FollowUp | None]]] = {}
+    for waiter, value, late in waiters:
         if isinstance(waiter, concurrent.futures.Future):
+            if waiter.done():  # settled by a writer that died after settling it
+                continue
             if error is None:
                 waiter.set_result(value)
             else:
                 waiter.set_exception(error)
         else:
-            by_loop.setdefault(waiter.get_loop(), []).append((waiter, value))
+            by_loop.setdefault(waiter.get_loop(), []).append((waiter, value, late))
     for loop, items in by_loop.items():
         try:
             loop.call_soon_threadsafe(_resolve, items, error)
@@ -346,9 +371,14 @@ def _settle(waiters: list[tuple[Waiter, Any]], error: BaseException | None) -> N
             pass
 
 
-def _resolve(items: list[tuple[asyncio.Future, Any]], error: BaseException | None) -> None:
-    for future, value in items:
+def _resolve(items: list[tuple[asyncio.Future, Any, _FollowUp | None]], error: BaseException | None) -> None:
+    for future, value, late in items:
         if future.done():
+            if late is not None and future.cancelled():  # withheld while its record was being written
+                try:
+                    late[0](late[1])
+                except Exception as e:  # noqa: BLE001 - the other futures are still resolved
+                    log.error("recording a withheld answer failed: %s", e)
             continue
         if error is None:
             future.set_result(value)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import hashlib
 import io
 import json
@@ -387,30 +386,54 @@ def test_a_failing_store_is_not_taken_for_a_bad_record(make_log):
     sequencer.stop()
 
 
-def test_an_entry_can_be_amended_until_the_store_is_locked_for_it(make_log):
-    """Queued, or held by a writer still waiting for the store: the change is written. Written
-    (or being written): too late, and the caller records the change as a record of its own."""
+def test_a_record_says_the_answer_was_withheld_when_its_future_is_cancelled(make_log):
+    """The recorder's timeout cancels a sync waiter's future and the server withholds the answer.
+    A record not written yet when the store is locked for it is written withheld; one whose
+    future is cancelled while it is being written is followed by a record of its own (on the
+    waiter's loop); one written before is left as it is."""
     log = make_log()
-    sequencer = Sequencer(log, mode="sync")
-    try:  # stopped on every path: a writer left running outlives the tables a later test drops
-        written = entry(1)
-        sequencer.record_blocking(written)
-        assert not sequencer.amend(written, lambda e: e["detail"].update(status=503))
-        locker = sa.create_engine(log.url, connect_args={"timeout": 0}) if log.url.startswith("sqlite") else None
-        if locker is None:
-            pytest.skip("holding the store locked is shown on SQLite")
+    if not log.url.startswith("sqlite"):
+        pytest.skip("holding the store locked is shown on SQLite")
+    follow_ups: list[dict] = []
+    sequencer = Sequencer(log, mode="sync", withhold=lambda e: e["detail"].update(status=503), follow_up=follow_ups.append)
+    locker = sa.create_engine(log.url, connect_args={"timeout": 0})
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        assert await sequencer.record(entry(1)) == 1
         with locker.connect() as c:
-            c.exec_driver_sql("BEGIN EXCLUSIVE")  # the writer waits for the store with this entry in hand
-            waiting = entry(2)
-            done = sequencer.submit(waiting, concurrent.futures.Future())
-            time.sleep(0.3)
-            assert done and sequencer.amend(waiting, lambda e: e["detail"].update(status=503))
+            c.exec_driver_sql("BEGIN EXCLUSIVE")  # the writer waits for the store with r2 in hand
+            waiting = sequencer.record(entry(2))
+            await asyncio.sleep(0.3)
+            waiting.cancel()
             c.exec_driver_sql("ROLLBACK")
+        for _ in range(100):  # r2 is written
+            await asyncio.sleep(0.02)
+            if log.count() == 2:
+                break
+        seal = sequencer._seal
+
+        def seal_then_cancel() -> None:  # r3's answer is withheld after its store was locked
+            seal()
+            loop.call_soon_threadsafe(late.cancel)
+            time.sleep(0.2)
+
+        sequencer._seal = seal_then_cancel  # type: ignore[method-assign]
+        late = sequencer.record(entry(3))
+        for _ in range(100):  # r3 is written and the loop resolves its (cancelled) future
+            await asyncio.sleep(0.02)
+            if follow_ups:
+                break
+        sequencer._seal = seal  # type: ignore[method-assign]
+
+    try:  # stopped on every path: a writer left running outlives the tables a later test drops
+        asyncio.run(run())
         assert sequencer.flush(30)
     finally:
         sequencer.stop()
     statuses = {r["request_id"]: r["detail"].get("status") for r in log.records()}
-    assert statuses == {"r1": None, "r2": 503}
+    assert statuses == {"r1": None, "r2": 503, "r3": None}
+    assert [e["request_id"] for e in follow_ups] == ["r3"]
 
 
 # The layout of the records table before the request-path measurements (docs/decisions.md): a
