@@ -31,6 +31,15 @@ __all__ = ["MAX_DEPTH", "canonical_json"]
 MAX_DEPTH = 64
 
 cdef const char* HEX = b"0123456789abcdef"
+# The escapes json writes as a backslash and one letter (the rest of the control characters: \u00XX).
+cdef char SHORT[128]
+SHORT[0x22] = b'"'
+SHORT[0x5C] = b"\\"
+SHORT[0x0A] = b"n"
+SHORT[0x0D] = b"r"
+SHORT[0x09] = b"t"
+SHORT[0x08] = b"b"
+SHORT[0x0C] = b"f"
 cdef double INF = float("inf")
 
 
@@ -86,22 +95,11 @@ cdef int _text(Buf* b, str s) except -1:
         if i > start:
             _put(b, u + start, i - start)
         start = i + 1
-        if c == 0x22:
-            _put(b, b'\\"', 2)
-        elif c == 0x5C:
-            _put(b, b"\\\\", 2)
-        elif c == 0x0A:
-            _put(b, b"\\n", 2)
-        elif c == 0x0D:
-            _put(b, b"\\r", 2)
-        elif c == 0x09:
-            _put(b, b"\\t", 2)
-        elif c == 0x08:
-            _put(b, b"\\b", 2)
-        elif c == 0x0C:
-            _put(b, b"\\f", 2)
+        _put1(b, b"\\")
+        if SHORT[c]:
+            _put1(b, SHORT[c])
         else:
-            _put(b, b"\\u00", 4)
+            _put(b, b"u00", 3)
             _put1(b, HEX[c >> 4])
             _put1(b, HEX[c & 15])
     if n > start:
