@@ -71,7 +71,8 @@ def main() -> None:
                 }
             )
 
-    ray.init(include_dashboard=False, log_to_driver=False)
+    # "local": a Ray of its own, never a cluster another process left behind (its address may be gone).
+    ray.init(address="local", include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": a.port})
     serve.run(Model.bind(a.model, a.name), name=a.name, route_prefix=f"/v2/models/{a.name}")
     stop = threading.Event()
