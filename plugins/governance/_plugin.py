@@ -240,10 +240,17 @@ class GovernancePlugin:
     @hookimpl
     def lockgate_reuse_allow(self, principal: Principal) -> float | None:
         # An allow of an API key's principal stands until the key table's next reload (or the
-        # key's expiry): a revoked key stops working then, as when every request is checked.
-        if self.error is not None or self._cache is None:
+        # key's expiry): a revoked key stops working then, as when every request is checked. An
+        # anonymous caller's (open mode) stands until then too: the first key ends open mode.
+        cache = self._cache
+        if self.error is not None or cache is None:
             return None
-        return self._cache.reusable_until(principal)
+        if "key_id" in principal.attributes or principal.name != "anonymous" or principal.roles:
+            return cache.reusable_until(principal)
+        loaded = cache.loaded_at  # read before ``open``: a reload between the two reads is seen
+        if self._anonymous_ok(cache) and cache.loaded_at == loaded:
+            return loaded + cache.refresh_s
+        return None
 
     @hookimpl
     def lockgate_authorize(self, principal: Principal, action: str, model: str | None, version: str | None) -> Decision | None:

@@ -473,6 +473,37 @@ def test_a_keys_allow_is_held_until_the_key_table_reloads_and_a_revoked_key_stop
     assert infer(model_app, keys["app"]).json() == {"error": "invalid API key"}
 
 
+def test_open_modes_allow_is_held_until_the_first_key_is_read(make_manager, tmp_path):
+    """With no key yet (open mode), an anonymous caller's allow is held like a key's; once a key
+    is created, anonymous requests are refused within key_refresh_s and one read."""
+    manager = make_manager()
+    write_demo_repository(tmp_path / "repo", ["iris"])
+    registry = manager.registry()
+    from lockgate.server.tools.repository import announce_imports
+
+    import_repository(tmp_path / "repo", registry, actor="alice", before_alias=announce_imports(manager, "tester"))
+    service = ModelService("iris", ModelConfig.model_validate(registry.model_config("iris")), registry, manager=manager)
+    try:
+        model_app = ModelApp(service)
+        g = manager.plugin("governance")
+        g.cache.reload()
+        asked = asked_gatekeepers(manager)
+        assert [infer(model_app).status for _ in range(10)] == [200] * 10
+        assert 1 <= len(asked) <= 2, asked
+        created_at = time.monotonic()
+        g.create_key("root", ["admin"], ["*"], actor="ops")
+        statuses = []
+        while time.monotonic() - created_at < 3.0:
+            statuses.append(infer(model_app).status)
+            if statuses[-1] != 200:
+                break
+            time.sleep(0.02)
+        assert statuses[-1] == 401 and set(statuses[:-1]) <= {200}, statuses
+        assert time.monotonic() - created_at < g.options.key_refresh_s + 0.5
+    finally:
+        service.close()
+
+
 def test_a_keys_allow_is_not_held_past_the_keys_expiry(app):
     model_app, keys, manager = app
     g = manager.plugin("governance")
