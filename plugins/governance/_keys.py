@@ -270,11 +270,12 @@ class KeyCache:
         being checked again: the start of this table's next reload, or the key's expiry when
         sooner. None for a principal this table did not make: anonymous, another
         authenticator's, or one of an earlier table (its key may have been revoked since)."""
+        loaded = self.loaded_at  # read first, and again last: a reload between is seen (None)
         key_id = principal.attributes.get("key_id")
         entry = self._entries.get(key_id) if isinstance(key_id, str) else None
-        if entry is None or entry.principal is not principal:
+        if entry is None or entry.principal is not principal or self.loaded_at != loaded:
             return None
-        until = self.loaded_at + self.refresh_s
+        until = loaded + self.refresh_s
         if entry.expires_at is not None:
             until = min(until, time.monotonic() + (entry.expires_at - time.time()))
         return until
