@@ -69,9 +69,9 @@ class Allows:
     def __init__(self, manager: PluginManager) -> None:
         self.manager = manager
         self.on = manager.allows_reusable() and manager.request_gates_are_sync()
-        self._held: dict[tuple[bytes | None, str, str | None], tuple[float, Principal]] = {}
+        self._held: dict[tuple[str | None, str, str | None], tuple[float, Principal]] = {}
 
-    def get(self, key: tuple[bytes | None, str, str | None]) -> Principal | None:
+    def get(self, key: tuple[str | None, str, str | None]) -> Principal | None:
         found = self._held.get(key)
         if found is None:
             return None
@@ -80,7 +80,7 @@ class Allows:
         del self._held[key]
         return None
 
-    def put(self, key: tuple[bytes | None, str, str | None], who: Principal) -> Decision | None:
+    def put(self, key: tuple[str | None, str, str | None], who: Principal) -> Decision | None:
         """Hold the allow just given to ``who`` as long as the gatekeepers say; a deny when one
         of them failed to say (fail closed)."""
         until = self.manager.reuse_allow(who)
@@ -93,16 +93,6 @@ class Allows:
                     del held[stale]
             held[key] = (until, who)
         return None
-
-
-def credentials(scope: Scope) -> bytes | None:
-    """The request's Authorization header as sent (values of a repeated one joined, as
-    ``Headers`` gives them to gatekeepers)."""
-    found: bytes | None = None
-    for k, v in scope.get("headers", ()):
-        if k == b"authorization" or (len(k) == 13 and k.lower() == b"authorization"):
-            found = v if found is None else found + b", " + v
-    return found
 
 
 async def gate(
@@ -137,15 +127,15 @@ def gate_now(
     (``manager.request_gates_are_sync()``): what the replica listener asks as soon as a
     request's headers are in, before it reads the body. With ``allows``, an allow held for the
     request's credentials, action and version answers without asking the gatekeepers."""
-    if allows is None or not allows.on:
-        who, denied = manager.check_request(_info(scope, model, version), action)
-        return _decided(who, denied, action, model, outcome)
-    key = (credentials(scope), action, version)
-    held = allows.get(key)
-    if held is not None:
-        return _decided(held, None, action, model, outcome)
+    key = None
+    if allows is not None and allows.on:
+        # What an allow is held by: the credentials as gatekeepers read them, the action, the version.
+        key = (Headers(scope.get("headers", ())).get("authorization"), action, version)
+        held = allows.get(key)
+        if held is not None:
+            return _decided(held, None, action, model, outcome)
     who, denied = manager.check_request(_info(scope, model, version), action)
-    if denied is None and who is not None:
+    if key is not None and allows is not None and denied is None and who is not None:
         denied = allows.put(key, who)
     return _decided(who, denied, action, model, outcome)
 
