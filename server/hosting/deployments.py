@@ -85,6 +85,7 @@ class ModelDeployment:
                 engine_dir=f"{settings.home}/engines",
                 optimized_dir=f"{settings.home}/optimized",
                 shadow_send=shadow_sender(name),
+                shadow_unreported=metrics.shadow_unreported(name),
                 shadow=shadow_options(settings.options),
             )
         except LockgateError as e:  # the driver reads this from Serve's status (serve_compat.load_failure)

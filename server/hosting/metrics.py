@@ -16,10 +16,11 @@ import glob
 import logging
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CONTENT_TYPE", "collect", "enable", "replica_started", "reset", "shadow_observer"]
+__all__ = ["CONTENT_TYPE", "collect", "enable", "replica_started", "reset", "shadow_observer", "shadow_unreported"]
 
 log = logging.getLogger("lockgate.server")
 
@@ -27,6 +28,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LIVE_FILE = re.compile(r"^gauge_(?:live\w*)_(\d+)\.db$")
 _replicas: Any = None
 _shadow: Any = None
+_unreported: Any = None
 
 
 def enable(directory: str) -> bool:
@@ -150,3 +152,27 @@ def shadow_observer(model: str, version: int) -> Any:
             production_side.observe(b)
 
     return observe
+
+
+def shadow_unreported(model: str) -> Callable[[int, int], None]:
+    """What a production replica of ``model`` counts of the copies it lets go without telling the
+    shadow (its run ended, or the replica stopped, with copies queued or dropped since its last
+    call): ``lockgate_shadow_unreported_copies_total`` by model and shadow version. The shadow's
+    own ``lockgate_shadow_copies_total`` cannot count them: it never hears of them."""
+    global _unreported
+    from prometheus_client import CollectorRegistry, Counter
+
+    if _unreported is None:
+        _unreported = Counter(
+            "lockgate_shadow_unreported_copies",
+            "Copies of production's requests a production replica let go without telling the shadow "
+            "(the run ended or the replica stopped with them queued or dropped since its last call).",
+            ["model", "version"],
+            registry=CollectorRegistry(),
+        )
+    counter = _unreported
+
+    def count(version: int, copies: int) -> None:
+        counter.labels(model, str(version)).inc(copies)
+
+    return count

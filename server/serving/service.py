@@ -22,7 +22,7 @@ from .explain import Explainer, ExplainOptions
 from .limits import DEFAULT_LIMITS, LimitOptions
 from .model import REJECTED_INPUT, ModelVersion, load_version
 from .protocol import InferRequest, encode_infer_response, parse_off_loop
-from .shadow import Send, ShadowOptions, ShadowTap
+from .shadow import Send, ShadowOptions, ShadowTap, Unreported
 from .stats import Statistics
 from .triton_config import triton_model_config
 from .warmup import run_warmup
@@ -91,6 +91,7 @@ class ModelService:
         optimized_dir: str | None = None,
         only: int | None = None,
         shadow_send: Send | None = None,
+        shadow_unreported: Unreported | None = None,
         shadow: ShadowOptions | None = None,
     ) -> None:
         self.name = name
@@ -127,6 +128,7 @@ class ModelService:
         # Shadow runs (lockgate.server.serving.shadow): the copies of production's answers, when
         # a run is on and the hosting can reach a shadow replica (``shadow_send``).
         self.shadow_send = shadow_send
+        self.shadow_unreported = shadow_unreported  # copies let go that the shadow never hears of
         self.shadow_options = shadow or ShadowOptions()
         self.shadow: ShadowTap | None = None
         if shadow_send is not None:
@@ -339,7 +341,7 @@ class ModelService:
             return
         if tap is not None and tap.same(run.version, run.share, run.until):
             return
-        self.shadow = ShadowTap(run.version, run.share, run.until, self.shadow_send, self.shadow_options)
+        self.shadow = ShadowTap(run.version, run.share, run.until, self.shadow_send, self.shadow_options, self.shadow_unreported)
         if tap is not None:
             if tap.version == run.version:
                 self.shadow.take_over(tap)

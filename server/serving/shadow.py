@@ -92,16 +92,30 @@ def _size(copy: Copy) -> int:
 
 
 Send = Callable[[int, list[Copy], int], Awaitable[None]]
+# Told of copies a production replica let go that its shadow will never hear of: (the shadow's
+# version, how many). The hosting counts them (lockgate_shadow_unreported_copies_total).
+Unreported = Callable[[int, int], None]
 
 
 class ShadowTap:
     """A production replica's copies for the shadow of ``version``: ``wants`` samples a request,
     ``offer`` queues its copy (or drops it, counted), a task sends them in batches through ``send``
-    (version, copies, dropped since the last call). Copies that could not be sent count as dropped."""
+    (version, copies, dropped since the last call). Copies that could not be sent count as dropped;
+    those the shadow is never told of (its run ended, or the replica stopped, with them queued or
+    dropped since the last call) go to ``unreported``."""
 
-    def __init__(self, version: int, share: float, until: float | None, send: Send, options: ShadowOptions) -> None:
+    def __init__(
+        self,
+        version: int,
+        share: float,
+        until: float | None,
+        send: Send,
+        options: ShadowOptions,
+        unreported: Unreported | None = None,
+    ) -> None:
         self.version, self.share, self.until = version, share, until
         self._send = send
+        self._unreported = unreported
         self._options = options
         self._queue: deque[tuple[Copy, int]] = deque()  # each copy with its size, counted once
         self._bytes = 0
@@ -204,6 +218,11 @@ class ShadowTap:
         self.dropped = 0
         if unreported:
             log.info("shadow of version %s: %d copies dropped that it was not told of (its run ended)", self.version, unreported)
+            if self._unreported is not None:
+                try:
+                    self._unreported(self.version, unreported)
+                except Exception as e:  # noqa: BLE001 - a metric never stops the replica
+                    log.warning("counting unreported shadow copies failed: %s", e)
 
     def close(self) -> None:
         """Stop at once (the replica stops): what is queued is let go, counted as dropped."""

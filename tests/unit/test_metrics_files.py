@@ -81,3 +81,27 @@ def test_the_metrics_command_serves_the_nodes_folder(tmp_path):
         server.terminate()
         server.wait(10)
         writer.communicate("")
+
+
+UNREPORTED = """
+import sys
+from lockgate.server.hosting import metrics
+metrics.enable(sys.argv[1])
+count = metrics.shadow_unreported("m")
+count(2, 3)
+count(2, 4)
+count(5, 1)
+"""
+
+
+def test_a_production_replica_counts_the_shadow_copies_it_let_go_unreported(tmp_path):
+    """Copies a production replica lets go without telling the shadow reach the node's metrics,
+    by model and shadow version, from the replica's process."""
+    subprocess.run([sys.executable, "-c", UNREPORTED, str(tmp_path)], check=True, timeout=60)
+    got = {
+        s.labels["version"]: s.value
+        for f in text_string_to_metric_families(collect(str(tmp_path)).decode())
+        for s in f.samples
+        if s.name == "lockgate_shadow_unreported_copies_total" and s.labels.get("model") == "m"
+    }
+    assert got == {"2": 7.0, "5": 1.0}

@@ -213,9 +213,14 @@ def test_copies_queued_when_a_run_changes_go_to_its_shadow_or_are_counted(caplog
     """A run that ends, or moves to another version, leaves copies queued: they are sent to the
     old version's shadow in one last pass, with the drops not yet reported; what that pass cannot
     send is counted as dropped, and not tried again, and the log says how many the shadow was
-    not told of. A run that changes only its share or end hands its copies to the new tap. A
-    replica that stops counts what it let go."""
+    not told of, and so does ``unreported`` (the hosting's counter). A run that changes only its
+    share or end hands its copies to the new tap. A replica that stops counts what it let go."""
     calls: list[tuple[int, int, int]] = []
+    unreported: list[tuple[int, int]] = []
+
+    def count(version: int, copies: int) -> None:
+        unreported.append((version, copies))
+
     gate = asyncio.Event()
 
     async def send(version: int, copies: list[Copy], dropped: int) -> None:
@@ -230,7 +235,7 @@ def test_copies_queued_when_a_run_changes_go_to_its_shadow_or_are_counted(caplog
 
     async def main() -> None:
         # the run ends with five copies queued behind a send in progress, and two drops unreported
-        tap = ShadowTap(3, 1.0, None, send, ShadowOptions(max_queue=6, batch=2, linger_s=0.0))
+        tap = ShadowTap(3, 1.0, None, send, ShadowOptions(max_queue=6, batch=2, linger_s=0.0), count)
         for _ in range(8):
             tap.offer(copy)
         await asyncio.sleep(0.05)  # the first batch (2 copies, 2 drops) is being sent
@@ -244,10 +249,11 @@ def test_copies_queued_when_a_run_changes_go_to_its_shadow_or_are_counted(caplog
         await asyncio.wait_for(task, 5)
         assert calls == [(3, 2, 2), (3, 2, 1), (3, 2, 0)]  # everything sent, the late drop reported
         assert (tap.sent_total, tap.queued) == (6, 0)
+        assert unreported == []  # the shadow was told of every drop
 
         # the shadow is gone: one pass, its copies counted, no retry
         calls.clear()
-        gone = ShadowTap(4, 1.0, None, failing, ShadowOptions(max_queue=6, batch=2, linger_s=0.0))
+        gone = ShadowTap(4, 1.0, None, failing, ShadowOptions(max_queue=6, batch=2, linger_s=0.0), count)
         for _ in range(5):
             gone.offer(copy)
         await asyncio.sleep(0.05)  # the first send failed: its task waits a second before trying again
@@ -259,6 +265,7 @@ def test_copies_queued_when_a_run_changes_go_to_its_shadow_or_are_counted(caplog
         assert (gone.sent_total, gone.queued, gone.dropped_total) == (0, 0, 5)
         said = [r.getMessage() for r in caplog.records if "it was not told of" in r.getMessage()]
         assert said == ["shadow of version 4: 5 copies dropped that it was not told of (its run ended)"], said
+        assert unreported == [(4, 5)]
 
         # the same version with another share: the new tap sends what the old one held, and the
         # old one ends once the send it has in flight is done
@@ -282,14 +289,25 @@ def test_copies_queued_when_a_run_changes_go_to_its_shadow_or_are_counted(caplog
         new.close()
 
         # a stopping replica lets its copies go, counted
-        stopping = ShadowTap(6, 1.0, None, send, ShadowOptions(max_queue=8, batch=8, linger_s=1.0))
+        stopping = ShadowTap(6, 1.0, None, send, ShadowOptions(max_queue=8, batch=8, linger_s=1.0), count)
         for _ in range(3):
             stopping.offer(copy)
         stopping.close()
         assert (stopping.queued, stopping.dropped_total, stopping.sent_total) == (0, 3, 0)
+        assert unreported == [(4, 5), (6, 3)]
+
+        # a counter that fails is logged, and the replica goes on
+        def broken(version: int, copies: int) -> None:
+            raise OSError("metrics folder gone")
+
+        odd = ShadowTap(7, 1.0, None, send, ShadowOptions(max_queue=8, batch=8, linger_s=1.0), broken)
+        odd.offer(copy)
+        odd.close()
+        assert odd.dropped_total == 1
 
     with caplog.at_level(logging.INFO, logger="lockgate.server"):
         asyncio.run(main())
+    assert any("counting unreported shadow copies failed: metrics folder gone" in r.getMessage() for r in caplog.records)
 
 
 # -- the request path ----------------------------------------------------------------------------------
