@@ -205,31 +205,7 @@ class AuditPlugin:
     def lockgate_record_inference(self, event: InferenceEvent) -> Any:
         if not self.options.inference:
             return None
-        detail = _compact(
-            {
-                "status": event.status,
-                "latency_ms": round(event.latency_s * 1000.0, 3),
-                "rows": event.batch_rows or None,
-                "error": event.error,
-                "decided_by": event.decided_by,
-                "sha256": event.sha256,
-                "input_bytes": event.request_body,
-                "output_bytes": event.response_body,
-                "explains": event.explains,
-            }
-        )
-        entry = _compact(
-            {
-                "at": event.started_at or time.time(),
-                "kind": event.action,
-                "actor": event.principal,
-                "model": event.model,
-                "version": event.version,
-                "request_id": event.request_id,
-                "client_id": event.client_id,
-                "detail": detail,
-            }
-        )
+        entry = inference_entry(event)
         sequencer = self.sequencer
         if self.options.mode == "sync":
             # A cancelled future (the recorder's timeout: the answer withheld) makes the record say
@@ -346,6 +322,39 @@ def withhold(entry: dict[str, Any]) -> None:
     detail.update(status=503, error=WITHHELD)
     for key in ("output_bytes", "output_sha256", "output_size", "output_sealed"):
         detail.pop(key, None)
+
+
+def inference_entry(event: InferenceEvent) -> dict[str, Any]:
+    """The record of an inference request, as the sequencer takes it: fields that are None are
+    left out (the request and response bytes become digests on the writer's thread). Built field
+    by field: this runs on the event loop for every request, and two dictionaries filtered after
+    they were built took twice as long."""
+    detail: dict[str, Any] = {"status": event.status, "latency_ms": round(event.latency_s * 1000.0, 3)}
+    if event.batch_rows:
+        detail["rows"] = event.batch_rows
+    if event.error is not None:
+        detail["error"] = event.error
+    if event.decided_by is not None:
+        detail["decided_by"] = event.decided_by
+    if event.sha256 is not None:
+        detail["sha256"] = event.sha256
+    if event.request_body is not None:
+        detail["input_bytes"] = event.request_body
+    if event.response_body is not None:
+        detail["output_bytes"] = event.response_body
+    if event.explains is not None:
+        detail["explains"] = event.explains
+    entry: dict[str, Any] = {"at": event.started_at or time.time(), "kind": event.action, "actor": event.principal}
+    if event.model is not None:
+        entry["model"] = event.model
+    if event.version is not None:
+        entry["version"] = event.version
+    if event.request_id is not None:
+        entry["request_id"] = event.request_id
+    if event.client_id is not None:
+        entry["client_id"] = event.client_id
+    entry["detail"] = detail
+    return entry
 
 
 def _compact(d: dict[str, Any]) -> dict[str, Any]:
