@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 if TYPE_CHECKING:
     from ._manager import PluginManager
@@ -46,6 +47,38 @@ def model_name_problem(name: str) -> str | None:
     if name.lower() in RESERVED_MODEL_NAMES:
         return f"name {name!r} is reserved (lockgate's own Serve application, or a route of /v2/models); reserved names: {', '.join(sorted(RESERVED_MODEL_NAMES))}"
     return None
+
+
+_T = TypeVar("_T")
+
+
+def _slot_init(cls: type[_T]) -> type[_T]:
+    """Give a frozen, slotted dataclass an ``__init__`` that fills its slots through their
+    descriptors. The one ``dataclass`` writes for a frozen class sets each field through
+    ``object.__setattr__`` (a lookup and a call per field), which is what makes it frozen for
+    everyone else: for ``InferenceEvent``, built for every inference request, 1.7 us against
+    0.9 (``bench/micro/test_events.py``). The class stays a dataclass, frozen, with the same
+    fields, defaults and order; it must have no ``__post_init__`` and no default factory."""
+    if hasattr(cls, "__post_init__"):
+        raise TypeError(f"{cls.__name__} has __post_init__")
+    names: dict[str, Any] = {}
+    params, lines = [], []
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.default_factory is not dataclasses.MISSING:
+            raise TypeError(f"{cls.__name__}.{f.name} has a default factory")
+        names[f"_set_{f.name}"] = cls.__dict__[f.name].__set__
+        if f.default is dataclasses.MISSING:
+            params.append(f.name)
+        else:
+            names[f"_default_{f.name}"] = f.default
+            params.append(f"{f.name}=_default_{f.name}")
+        lines.append(f"    _set_{f.name}(self, {f.name})")
+    exec(f"def __init__(self, {', '.join(params)}):\n" + "\n".join(lines), names)  # as dataclasses does
+    init = names["__init__"]
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    init.__doc__ = cls.__init__.__doc__
+    setattr(cls, "__init__", init)  # noqa: B010 - mypy will not have a method assigned
+    return cls
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +204,7 @@ class RegistrationCandidate:
     custom_op_libraries: Mapping[str, str] = field(default_factory=dict)  # path -> sha256
 
 
+@_slot_init
 @dataclass(frozen=True, slots=True)
 class InferenceEvent:
     """One inference request and what it came to (recorders and observers; never per row).

@@ -56,6 +56,15 @@ def main() -> int:
                 f"{group}: per request, the key's allow held {times['gate'] / n * 1e6:.2f} us{also} "
                 f"(a plain await and sleep(0): {times['plain_await'] / n * 1e6:.2f} us)"
             )
+        elif {"event_dataclass_init", "event_slot_init"} <= times.keys():
+            n = int(group.split(":")[1].split()[0])
+            slot, generated = times["event_slot_init"] / n * 1e6, times["event_dataclass_init"] / n * 1e6
+            print(
+                f"{group}: {slot:.2f} us each, against {generated:.2f} us with dataclass's frozen __init__ -> {generated / slot:.1f}x"
+            )
+        elif "audit_entry" in times:
+            n = int(group.split(":")[1].split()[0])
+            print(f"{group}: {times['audit_entry'] / n * 1e6:.2f} us each")
         elif {"plain_await", "batcher"} <= times.keys():
             n = int(group.split(":")[1].split()[0])
             added = (times["batcher"] - times["plain_await"]) / n * 1e6
