@@ -51,17 +51,13 @@ class _Deadlines:
         self.queue: deque[tuple[float, asyncio.Future]] = deque()
         self.armed = False
 
-    async def wait(self, future: asyncio.Future) -> None:
+    def watch(self, future: asyncio.Future) -> None:
+        """Cancel ``future`` with ``_EXPIRED`` unless it is done within the timeout. Its waiter
+        awaits it itself: a coroutine of this class's around each await cost every request one."""
         self.queue.append((self.loop.time() + self.timeout_s, future))
         if not self.armed:
             self.armed = True
             self.loop.call_at(self.queue[0][0], self._sweep)
-        try:
-            await future
-        except asyncio.CancelledError as e:
-            if e.args == (_EXPIRED,):
-                raise TimeoutError(f"the record was not durable within {self.timeout_s:g} s") from None
-            raise  # this request itself is being cancelled
 
     def _sweep(self) -> None:
         now = self.loop.time()
@@ -465,7 +461,14 @@ class PluginManager:
                     continue
                 if isinstance(pending, asyncio.Future):
                     if not pending.done():
-                        await self._deadlines().wait(pending)
+                        watch = self._deadlines()
+                        watch.watch(pending)
+                        try:
+                            await pending
+                        except asyncio.CancelledError as e:
+                            if e.args != (_EXPIRED,):
+                                raise  # this request itself is being cancelled
+                            raise TimeoutError(f"the record was not durable within {watch.timeout_s:g} s") from None
                     pending.result()
                 else:
                     await asyncio.wait_for(pending, self.record_timeout_s)
