@@ -18,12 +18,12 @@ from ..serving.config import ModelConfig
 from ..serving.logs import adopt
 from ..serving.settings import LockgateSettings, host_port
 from .serve_compat import (
-    INGRESS_ENV,
     check,
     fallback_proxy_ports,
     haproxy_env,
     haproxy_pids,
     haproxy_side_ports,
+    ingress_env,
     load_failure,
     orphaned_haproxy_pids,
     prepare_haproxy_dir,
@@ -131,7 +131,7 @@ class Runtime:
             self.claim_ports()
         if self.address is None:
             prepare_haproxy_dir(self.port)
-            for key, value in INGRESS_ENV.items():
+            for key, value in ingress_env(os.environ).items():
                 os.environ.setdefault(key, value)
             # Always this port's folder: values inherited from a process that ran a server on
             # another port (a test session, a supervisor) would make two HAProxies share one

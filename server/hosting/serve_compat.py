@@ -36,6 +36,7 @@ import socket
 import stat
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,7 @@ __all__ = [
     "haproxy_pids",
     "haproxy_retry_on",
     "haproxy_side_ports",
+    "ingress_env",
     "install_listener",
     "load_failure",
     "orphaned_haproxy_pids",
@@ -72,9 +74,16 @@ TESTED_RAY = ((2, 60), (2, 61))
 HAPROXY_REQUEST_TIMEOUT_S = 30
 
 
-def haproxy_defaults(request_timeout_s: int = HAPROXY_REQUEST_TIMEOUT_S) -> tuple[str, ...]:
-    """Lines for the defaults section of Serve's HAProxy config that Serve 2.60 has no setting for."""
-    return (
+def haproxy_defaults(request_timeout_s: int = HAPROXY_REQUEST_TIMEOUT_S, *, access_log: bool = False) -> tuple[str, ...]:
+    """Lines for the defaults section of Serve's HAProxy config that Serve 2.60 has no setting for.
+
+    ``access_log``: keep HAProxy's log line per request. Off by default: Serve's config sends it
+    as a syslog datagram to ``RAY_SERVE_HAPROXY_LOG_TARGET`` (127.0.0.1:514), where nothing listens
+    unless someone runs a syslog receiver there, and writing and sending it cost 30-40 us of a
+    request's 340 at c=1 and a tenth of the throughput at c=64 (docs/operations.md). A server
+    started with ``RAY_SERVE_HAPROXY_LOG_TARGET`` set keeps it (``ingress_env``); Serve's
+    ingress metrics, when switched on, log through lines of their own in the frontend."""
+    lines = (
         # Wait for the whole request (up to HAProxy's 16 KiB buffer) before picking a replica:
         # HAProxy resends only a request it holds whole, and without this a request with a body
         # whose replica died was often not resent.
@@ -83,14 +92,17 @@ def haproxy_defaults(request_timeout_s: int = HAPROXY_REQUEST_TIMEOUT_S) -> tupl
         # dripping bytes is answered 408 (the client timeout below only bounds silence).
         f"timeout http-request {request_timeout_s}s",
     )
+    return lines if access_log else (*lines, "no log")
 
 
-def haproxy_retry_on(request_timeout_s: int = HAPROXY_REQUEST_TIMEOUT_S) -> str:
+def haproxy_retry_on(request_timeout_s: int = HAPROXY_REQUEST_TIMEOUT_S, *, access_log: bool = False) -> str:
     """The value for RAY_SERVE_HAPROXY_RETRY_ON: HAProxy's replay policy, then haproxy_defaults().
 
     Serve writes this value verbatim into its config's defaults section, so lines of their own
     ride on it; tests/integration/test_ingress_replay.py renders Serve's config to keep that true."""
-    return "conn-failure empty-response" + "".join(f"\n    {line}" for line in haproxy_defaults(request_timeout_s))
+    return "conn-failure empty-response" + "".join(
+        f"\n    {line}" for line in haproxy_defaults(request_timeout_s, access_log=access_log)
+    )
 
 
 INGRESS_ENV = {
@@ -114,6 +126,16 @@ INGRESS_ENV = {
     # status codes and latency themselves (lockgate_requests, lockgate_request_duration_seconds).
     "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",
 }
+
+
+def ingress_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """INGRESS_ENV as a server started with ``environ`` sets it: with HAProxy's log line per
+    request kept when ``environ`` names a place to send it (``RAY_SERVE_HAPROXY_LOG_TARGET``: a
+    syslog receiver someone runs), off otherwise (``haproxy_defaults``)."""
+    if environ.get("RAY_SERVE_HAPROXY_LOG_TARGET"):
+        return {**INGRESS_ENV, "RAY_SERVE_HAPROXY_RETRY_ON": haproxy_retry_on(access_log=True)}
+    return dict(INGRESS_ENV)
+
 
 # Serve's own default HAProxy folder, and ours (one per port, so two servers on one machine do not collide).
 _HAPROXY_MARKERS = (b"haproxy-serve", b"lockgate-haproxy-")

@@ -27,7 +27,7 @@ import pytest
 import requests
 import yaml
 
-from lockgate.server.hosting.serve_compat import INGRESS_ENV, haproxy_env
+from lockgate.server.hosting.serve_compat import INGRESS_ENV, haproxy_env, ingress_env
 from lockgate.server.tools.demo import build_mlp
 from tests.postgres import fresh_postgres_url
 
@@ -145,6 +145,7 @@ def cluster(tmp_path_factory):
     )
     syslog = SyslogSink()
     head_env["RAY_SERVE_HAPROXY_LOG_TARGET"] = f"127.0.0.1:{syslog.port}"
+    head_env.update(ingress_env(head_env))  # HAProxy's log line per request kept: a receiver listens
     worker_env = node_env("worker", worker_http)
     worker_env["RAY_SERVE_WORKER_PROXY_HTTP_PORT"] = str(worker_http)  # its HAProxy, beside the head's on one machine
 

@@ -15,17 +15,19 @@ the test can see that.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import socket
 import subprocess
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from lockgate.server.hosting.serve_compat import INGRESS_ENV
+from lockgate.server.hosting.serve_compat import INGRESS_ENV, haproxy_retry_on, ingress_env
 
 from .conftest import free_port
 
@@ -98,7 +100,7 @@ class Replica:
         self.sock.close()
 
 
-def serve_config(tmp: Path, port: int, replicas: list[Replica], retry_on: str) -> Path:
+def serve_config(tmp: Path, port: int, replicas: list[Replica], retry_on: str, log_target: str = "127.0.0.1:9") -> Path:
     """Serve's own HAProxy config for one application whose replicas are ``replicas``."""
     cfg = haproxy_mod.HAProxyConfig(
         socket_path=str(tmp / "admin.sock"),
@@ -107,7 +109,7 @@ def serve_config(tmp: Path, port: int, replicas: list[Replica], retry_on: str) -
         metrics_port=free_port(),
         stats_port=free_port(),
         metrics_enabled=False,
-        log_target="127.0.0.1:9",  # discard
+        log_target=log_target,  # 9: discard
         nbthread=2,
         retry_on=retry_on,
         timeout_client_s=int(INGRESS_ENV["RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S"]),
@@ -152,10 +154,8 @@ def run_clients(port: int, rounds: int, body: bytes = BODY) -> Counter:
     return seen
 
 
-def through_haproxy(tmp: Path, retry_on: str, rounds: int, body: bytes = BODY) -> tuple[Counter, int]:
-    replicas = [Replica(dying=False), Replica(dying=True), Replica(dying=False)]
-    port = free_port()
-    config = serve_config(tmp, port, replicas, retry_on)
+@contextlib.contextmanager
+def running_haproxy(config: Path, port: int) -> Iterator[None]:
     proc = subprocess.Popen([str(HAPROXY), "-f", str(config), "-db"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 10
@@ -167,10 +167,20 @@ def through_haproxy(tmp: Path, retry_on: str, rounds: int, body: bytes = BODY) -
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise AssertionError(f"HAProxy did not start: {proc.stderr.read().decode(errors='replace')}") from None
                 time.sleep(0.05)
-        return run_clients(port, rounds, body), replicas[1].inferences
+        yield
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def through_haproxy(tmp: Path, retry_on: str, rounds: int, body: bytes = BODY) -> tuple[Counter, int]:
+    replicas = [Replica(dying=False), Replica(dying=True), Replica(dying=False)]
+    port = free_port()
+    config = serve_config(tmp, port, replicas, retry_on)
+    try:
+        with running_haproxy(config, port):
+            return run_clients(port, rounds, body), replicas[1].inferences
+    finally:
         for r in replicas:
             r.close()
 
@@ -180,7 +190,7 @@ def test_serve_writes_the_replay_settings_into_a_config_haproxy_accepts(tmp_path
     text = config.read_text()
     defaults = text.split("\ndefaults\n", 1)[1].split("\nfrontend ", 1)[0]
     assert "retry-on conn-failure empty-response\n" in defaults
-    assert "\n    option http-buffer-request\n    timeout http-request 30s\n" in defaults
+    assert "\n    option http-buffer-request\n    timeout http-request 30s\n    no log\n" in defaults
     check = subprocess.run([str(HAPROXY), "-c", "-f", str(config)], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
 
@@ -214,3 +224,42 @@ def test_a_request_larger_than_haproxys_buffer_is_not_replayed(tmp_path):
     seen, dying_got = through_haproxy(tmp_path, INGRESS_ENV["RAY_SERVE_HAPROXY_RETRY_ON"], rounds=20, body=large)
     assert dying_got >= 5
     assert sum(n for k, n in seen.items() if k[1] != 200) == dying_got, (seen, dying_got)
+
+
+def logged_inferences(tmp: Path, retry_on: str, rounds: int = 5) -> tuple[Counter, int]:
+    """What clients got through HAProxy with Serve's config, and how many of their inference
+    requests HAProxy logged to a syslog receiver at its log target."""
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))
+    sink.settimeout(0.5)
+    replica = Replica(dying=False)
+    port = free_port()
+    config = serve_config(tmp, port, [replica], retry_on, log_target=f"127.0.0.1:{sink.getsockname()[1]}")
+    lines: list[bytes] = []
+    try:
+        with running_haproxy(config, port):
+            seen = run_clients(port, rounds)
+            deadline = time.monotonic() + 2
+            while time.monotonic() < deadline:
+                try:
+                    lines.append(sink.recv(65536))
+                except TimeoutError:
+                    if sum(INFER.encode() in line for line in lines) >= 2 * rounds:
+                        break
+    finally:
+        replica.close()
+        sink.close()
+    return seen, sum(INFER.encode() in line for line in lines)
+
+
+def test_haproxy_logs_no_line_per_request_unless_a_log_target_is_set(tmp_path):
+    """Serve's config sends HAProxy's log line for every request to 127.0.0.1:514, where nothing
+    listens: `lockgate serve` turns it off (`no log`), and keeps it for a server started with
+    RAY_SERVE_HAPROXY_LOG_TARGET set (a syslog receiver someone runs)."""
+    answered = Counter({("first", 200): 5, ("kept-alive", 200): 5})
+    seen, logged = logged_inferences(tmp_path / "off", INGRESS_ENV["RAY_SERVE_HAPROXY_RETRY_ON"])
+    assert (seen, logged) == (answered, 0)
+    kept = ingress_env({"RAY_SERVE_HAPROXY_LOG_TARGET": "127.0.0.1:5140"})["RAY_SERVE_HAPROXY_RETRY_ON"]
+    assert kept == haproxy_retry_on(access_log=True) and "no log" not in kept
+    seen, logged = logged_inferences(tmp_path / "on", kept)
+    assert (seen, logged) == (answered, 10)  # the test sees the lines when they are sent
