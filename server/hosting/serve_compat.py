@@ -79,8 +79,8 @@ def haproxy_defaults(request_timeout_s: int = HAPROXY_REQUEST_TIMEOUT_S, *, acce
 
     ``access_log``: keep HAProxy's log line per request. Off by default: Serve's config sends it
     as a syslog datagram to ``RAY_SERVE_HAPROXY_LOG_TARGET`` (127.0.0.1:514), where nothing listens
-    unless someone runs a syslog receiver there, and writing and sending it cost 30-40 us of a
-    request's 340 at c=1 and a tenth of the throughput at c=64 (docs/operations.md). A server
+    unless someone runs a syslog receiver there, and writing and sending it cost HAProxy 4-5 us of
+    CPU a request, a fifth of its share (docs/operations.md). A server
     started with ``RAY_SERVE_HAPROXY_LOG_TARGET`` set keeps it (``ingress_env``); Serve's
     ingress metrics, when switched on, log through lines of their own in the frontend."""
     lines = (
