@@ -265,19 +265,27 @@ class KeyCache:
                 self.reload_errors += 1
                 log.warning("reloading API keys failed: %s", e)
 
-    def reusable_until(self, principal: Principal) -> float | None:
+    def reusable_until(self, principal: Principal, *, anonymous: bool = False) -> float | None:
         """Until when (``time.monotonic()``) an allow of ``principal`` may stand without its key
         being checked again: the start of this table's next reload, or the key's expiry when
-        sooner. None for a principal this table did not make: anonymous, another
-        authenticator's, or one of an earlier table (its key may have been revoked since)."""
-        loaded = self.loaded_at  # read first, and again last: a reload between is seen (None)
-        key_id = principal.attributes.get("key_id")
-        entry = self._entries.get(key_id) if isinstance(key_id, str) else None
-        if entry is None or entry.principal is not principal or self.loaded_at != loaded:
+        sooner. ``anonymous``: ``principal`` is open mode's anonymous caller, whose allow stands
+        while the table has no key (the first key ends open mode). None for a principal this
+        table did not make (another authenticator's, or one of an earlier table: its key may have
+        been revoked since), for an anonymous caller once keys exist, and when a reload landed
+        while this was read (the load time is read first and again last)."""
+        loaded = self.loaded_at
+        if anonymous:
+            held, expires_at = bool(self.open), None
+        else:
+            key_id = principal.attributes.get("key_id")
+            entry = self._entries.get(key_id) if isinstance(key_id, str) else None
+            held = entry is not None and entry.principal is principal
+            expires_at = entry.expires_at if entry is not None else None
+        if not held or self.loaded_at != loaded:
             return None
         until = loaded + self.refresh_s
-        if entry.expires_at is not None:
-            until = min(until, time.monotonic() + (entry.expires_at - time.time()))
+        if expires_at is not None:
+            until = min(until, time.monotonic() + (expires_at - time.time()))
         return until
 
     def stale(self) -> bool:

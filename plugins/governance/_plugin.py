@@ -245,12 +245,10 @@ class GovernancePlugin:
         cache = self._cache
         if self.error is not None or cache is None:
             return None
-        if "key_id" in principal.attributes or principal.name != "anonymous" or principal.roles:
-            return cache.reusable_until(principal)
-        loaded = cache.loaded_at  # read before ``open``: a reload between the two reads is seen
-        if self._anonymous_ok(cache) and cache.loaded_at == loaded:
-            return loaded + cache.refresh_s
-        return None
+        anonymous = "key_id" not in principal.attributes and principal.name == "anonymous" and not principal.roles
+        if anonymous and not (self.settings is not None and self.settings.anonymous):
+            return None
+        return cache.reusable_until(principal, anonymous=anonymous)
 
     @hookimpl
     def lockgate_authorize(self, principal: Principal, action: str, model: str | None, version: str | None) -> Decision | None:

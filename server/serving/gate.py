@@ -127,24 +127,25 @@ def gate_now(
     (``manager.request_gates_are_sync()``): what the replica listener asks as soon as a
     request's headers are in, before it reads the body. With ``allows``, an allow held for the
     request's credentials, action and version answers without asking the gatekeepers."""
+    headers = Headers(scope.get("headers", ()))
     key = None
     if allows is not None and allows.on:
         # What an allow is held by: the credentials as gatekeepers read them, the action, the version.
-        key = (Headers(scope.get("headers", ())).get("authorization"), action, version)
+        key = (headers.get("authorization"), action, version)
         held = allows.get(key)
         if held is not None:
             return _decided(held, None, action, model, outcome)
-    who, denied = manager.check_request(_info(scope, model, version), action)
+    who, denied = manager.check_request(_info(scope, model, version, headers), action)
     if key is not None and allows is not None and denied is None and who is not None:
         denied = allows.put(key, who)
     return _decided(who, denied, action, model, outcome)
 
 
-def _info(scope: Scope, model: str | None, version: str | None) -> RequestInfo:
+def _info(scope: Scope, model: str | None, version: str | None, headers: Headers | None = None) -> RequestInfo:
     client = scope.get("client")
-    return RequestInfo(
-        scope["method"], scope["path"], Headers(scope.get("headers", ())), client[0] if client else None, model, version
-    )
+    if headers is None:
+        headers = Headers(scope.get("headers", ()))
+    return RequestInfo(scope["method"], scope["path"], headers, client[0] if client else None, model, version)
 
 
 def _decided(
