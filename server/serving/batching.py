@@ -165,8 +165,13 @@ class Batcher:
         assembler: Assembler | None = None,
         dynamic_dims: dict[str, tuple[bool, ...]] | None = None,
         stats: VersionStats | None = None,
+        cpu_timed: bool = False,
     ) -> None:
         self._run = run
+        # The inline choice weighs a batch by the running thread's CPU time when ``run`` does all
+        # its work on that thread (onnxruntime's CPU provider, one thread per operator), else by
+        # wall time (a device or a thread pool computes while the caller waits).
+        self._cpu_timed = cpu_timed
         self._output_names = output_names
         self._max_rows = max(max_batch_size, 1)
         self._batching = max_batch_size > 0
@@ -177,6 +182,7 @@ class Batcher:
         self._on_batch = on_batch
         self._feeds: dict[str, np.ndarray] = {}
         self._last_compute = 0.0
+        self._last_cpu = 0.0
         self._last_assembly = 0.0
         self._stats = stats  # Triton's statistics (lockgate.server.serving.stats)
         self._assembler = assembler
@@ -189,7 +195,7 @@ class Batcher:
         self._arrived = asyncio.Event()
         self._delay = config.max_queue_delay_us > 0 and max_batch_size > 0
         self._inline_s = config.inline_compute_us / 1e6
-        self._compute_s = float("inf")  # moving average of a batch's compute time; unknown at first
+        self._compute_s = float("inf")  # moving average of a batch's cost (above); unknown at first
         self.batches = 0
         self.requests = 0
 
@@ -351,10 +357,14 @@ class Batcher:
 
     def _run_batch(self, batch: list[_Pending]) -> list[np.ndarray]:
         """On the executor's thread (or inline): assemble the batch, then run the model. Its own
-        time is kept in ``_last_compute``: measured around the event loop's await it would count
-        the thread hand-off and whatever else the loop ran, and keep cheap models off the
-        inline path."""
+        time is kept in ``_last_compute`` (wall, for the statistics) and ``_last_cpu`` (the
+        running thread's CPU time, for the inline choice when ``cpu_timed``). Measured around
+        the event loop's await it would count the thread hand-off and whatever else the loop
+        ran. Wall time also counts the wait for the interpreter lock after onnxruntime lets it
+        go, which another busy thread of the replica (the audit writer, binding and committing a
+        group) stretches: it sent cheap batches to the worker just when the process was busiest."""
         t0 = time.monotonic()
+        c0 = time.thread_time()
         try:
             if self._assembler is not None:
                 feeds = self._assembler.assemble([p.inputs for p in batch])
@@ -367,6 +377,7 @@ class Batcher:
             return self._run(feeds)
         finally:
             self._last_compute = time.monotonic() - t0
+            self._last_cpu = time.thread_time() - c0
 
     async def _execute(self, batch: list[_Pending], loop: asyncio.AbstractEventLoop) -> None:
         started = time.monotonic()
@@ -389,7 +400,8 @@ class Batcher:
     def _book(self, batch: list[_Pending], started: float, results: list[np.ndarray]) -> None:
         """After a batch ran: its compute time, statistics and observers."""
         compute = self._last_compute
-        self._compute_s = compute if self._compute_s == float("inf") else 0.8 * self._compute_s + 0.2 * compute
+        cost = self._last_cpu if self._cpu_timed else compute
+        self._compute_s = cost if self._compute_s == float("inf") else 0.8 * self._compute_s + 0.2 * cost
         self.batches += 1
         self.requests += len(batch)
         rows = sum(p.rows for p in batch)

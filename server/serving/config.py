@@ -81,7 +81,9 @@ class DynamicBatchingConfig(_Strict):
         ge=0,
         description="Batches whose measured compute time (moving average) is below this run on the event loop "
         "thread, saving the hand-off to the worker thread; longer ones run on the worker so the loop keeps "
-        "accepting requests. 0 always uses the worker.",
+        "accepting requests. 0 always uses the worker. Measured as the running thread's CPU time where the run "
+        "is all that thread's work (onnxruntime's CPU provider, one thread per operator, sequential), else as "
+        "wall time.",
     )
 
     @model_validator(mode="after")

@@ -137,6 +137,18 @@ class ModelVersion:
         # or None: plain run. load_version sets it (execution.io_binding).
         self.io_device: tuple[str, int] | None = None
 
+    @property
+    def runs_on_caller(self) -> bool:
+        """True when a run's work is all done by the thread that calls it (the CPU provider, one
+        thread inside an operator, operators one after another): that thread's CPU time is then
+        what a run costs, whatever else the process is doing meanwhile."""
+        options = self.session.get_session_options()
+        return (
+            self.provider == "CPUExecutionProvider"
+            and options.intra_op_num_threads == 1
+            and options.execution_mode == ort.ExecutionMode.ORT_SEQUENTIAL
+        )
+
     def batchable(self) -> bool:
         """True when every input and output has a dynamic first dimension."""
         return all(s.shape and s.shape[0] == -1 for s in self.graph_inputs + self.outputs)

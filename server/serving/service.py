@@ -179,6 +179,7 @@ class ModelService:
             assembler,
             dynamic,
             self.stats.version(version),
+            cpu_timed=model.runs_on_caller,
         )
         run_warmup(model, assembler, size, self.config.model_warmup)  # before anything may see it
         return Served(model, size, batcher)

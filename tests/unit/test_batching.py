@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -275,3 +276,50 @@ def test_padding_never_grows_a_batch_beyond_four_times_its_requests():
     assert all(buf.shape[0] == 8 for buf in assembler._buffers.values())  # 7 rows, rounded up to 8
     padded = assembler._padded("x", [np.ones((1, 1000), np.float32), np.ones((1, 2), np.float32)], 0.0)
     assert padded.shape == (2, 1000) and max(b.shape[0] for k, b in assembler._buffers.items() if k[1] == (1000,)) == 2
+
+
+class Timed:
+    """A model that takes 2 ms of wall time per batch, waiting (``sleep``) or computing (a busy
+    loop), and records which thread ran each batch."""
+
+    def __init__(self, busy: bool) -> None:
+        self.busy = busy
+        self.threads: list[int] = []
+
+    def __call__(self, feeds):
+        self.threads.append(threading.get_ident())
+        if self.busy:
+            end = time.thread_time() + 0.002
+            while time.thread_time() < end:
+                pass
+        else:
+            time.sleep(0.002)
+        return [feeds["x"]]
+
+
+@pytest.mark.parametrize(
+    ("busy", "cpu_timed", "inline"),
+    [
+        (False, True, True),  # a run that waits costs its thread no CPU: cheap, on the loop
+        (False, False, False),  # timed by the wall (a device, a thread pool): 2 ms, on the worker
+        (True, True, False),  # 2 ms of the thread's own CPU: on the worker either way
+        (True, False, False),
+    ],
+)
+def test_a_batch_runs_on_the_event_loop_when_its_cost_is_below_inline_compute_us(busy, cpu_timed, inline):
+    """The inline choice weighs a batch by the running thread's CPU time when the run's work is
+    all that thread's (``cpu_timed``: onnxruntime's CPU provider with one thread per operator),
+    so time spent waiting for the interpreter lock after the run, which another busy thread of
+    the replica stretches, never sends a cheap model to the worker; else by wall time."""
+    model = Timed(busy)
+
+    async def go() -> int:
+        config = DynamicBatchingConfig(inline_compute_us=1000)
+        b = Batcher(model, ["y"], 8, config, ThreadPoolExecutor(1), cpu_timed=cpu_timed)
+        for _ in range(6):  # one at a time: six batches
+            await b.submit(rows(1), 1)
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(go())
+    assert model.threads[0] != loop_thread  # the first batch's cost is unknown: the worker
+    assert all((t == loop_thread) == inline for t in model.threads[1:]), (model.threads, loop_thread)

@@ -30,6 +30,25 @@ def test_cpu_by_default_and_the_metadata_says_so(services):
     assert config["optimization"]["execution_accelerators"] == {"gpu_execution_accelerator": [], "cpu_execution_accelerator": []}
 
 
+@pytest.mark.parametrize(
+    ("onnxruntime", "on_caller"),
+    [({}, True), ({"intra_op_num_threads": 2}, False), ({"intra_op_num_threads": 0}, False)],
+)
+def test_the_batcher_weighs_a_run_by_its_threads_cpu_time_only_when_the_run_is_that_threads(
+    demo_registry, onnxruntime, on_caller
+):
+    """The CPU provider with one thread per operator does a run's work on the calling thread:
+    its CPU time is the run's cost (the batcher's inline choice). A thread pool or a device
+    computes while the caller waits: wall time then."""
+    raw = {**demo_registry.model_config("mlp"), "onnxruntime": onnxruntime}
+    s = ModelService("mlp", ModelConfig.model_validate(raw), demo_registry)
+    try:
+        assert s.served[1].model.runs_on_caller is on_caller
+        assert s.served[1].batcher._cpu_timed is on_caller
+    finally:
+        s.close()
+
+
 def test_a_provider_this_build_lacks_is_skipped_with_a_warning_when_preferred(demo_registry, caplog):
     with caplog.at_level(logging.WARNING, logger="lockgate.server"):
         s = _service(demo_registry, {"providers": [{"name": "CUDA", "device_id": 1}, {"name": "CPU"}]})
