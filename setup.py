@@ -27,6 +27,16 @@ extensions = [
         extra_compile_args=(["-O0", "-g"] if DEBUG else ["-O3"]) + ["-ffp-contract=off"],
     )
     for name in ("_codec", "_assemble", "_canonical")
+] + [
+    # Links the system's SQLite, the library the interpreter's sqlite3 module loads. Optional: where
+    # it cannot be built, the twin (the sqlite3 module) is used.
+    Extension(
+        "lockgate.fastpath._sqlite_group",
+        ["fastpath/_sqlite_group.pyx"],
+        libraries=["sqlite3"],
+        extra_compile_args=["-O0", "-g"] if DEBUG else ["-O3"],
+        optional=True,
+    )
 ]
 
 setup(ext_modules=cythonize(extensions, compiler_directives=directives, annotate=DEBUG))

@@ -21,9 +21,17 @@ from .codec import (
     parse_json,
 )
 from .codec import IMPLEMENTATION as _CODEC_IMPLEMENTATION
+from .sqlite_group import IMPLEMENTATION as _SQLITE_GROUP_IMPLEMENTATION
+from .sqlite_group import GroupWriter
 
 IMPLEMENTATION = (
-    "cython" if _CODEC_IMPLEMENTATION == _assemble_choice.IMPLEMENTATION == _CANONICAL_IMPLEMENTATION == "cython" else "python"
+    "cython"
+    if _CODEC_IMPLEMENTATION
+    == _assemble_choice.IMPLEMENTATION
+    == _CANONICAL_IMPLEMENTATION
+    == _SQLITE_GROUP_IMPLEMENTATION
+    == "cython"
+    else "python"
 )
 
 __all__ = [
@@ -31,6 +39,7 @@ __all__ = [
     "IMPLEMENTATION",
     "CodecError",
     "Datatype",
+    "GroupWriter",
     "assemble_into",
     "canonical_json",
     "check_preprocess",

@@ -1,10 +1,14 @@
 """The one place that picks which implementation of the kernels a process loads.
 
-Each kernel module is compiled (``_codec.pyx``, ``_assemble.pyx``, ``_canonical.pyx``) and has a
-pure-Python twin of the same names (``_codec_py.py``, ``_assemble_py.py``, ``_canonical_py.py``). The compiled one loads, unless
-``LOCKGATE_NO_EXTENSIONS`` is set (not '' or '0') or it was not built (a source checkout); then
-the twin does. ``codec``, ``assemble`` and ``canonical`` re-export what is chosen here; type checkers see the
-compiled modules' ``.pyi`` stubs. Tests compare both twins and assert which one CI loaded.
+Each kernel module is compiled (``_codec.pyx``, ``_assemble.pyx``, ``_canonical.pyx``,
+``_sqlite_group.pyx``) and has a pure-Python twin of the same names (``_codec_py.py``,
+``_assemble_py.py``, ``_canonical_py.py``, ``_sqlite_group_py.py``). The compiled one loads, unless
+``LOCKGATE_NO_EXTENSIONS`` is set (not '' or '0') or it was not built (a source checkout, or a
+machine without SQLite's library to link); then the twin does. The compiled group writer loads
+only when it calls the very SQLite library the ``sqlite3`` module does: two copies of SQLite in one
+process do not see each other's locks on a file. ``codec``, ``assemble``, ``canonical`` and
+``sqlite_group`` re-export what is chosen here; type checkers see the compiled modules' ``.pyi``
+stubs. Tests compare both twins and assert which one CI loaded.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ __all__ = [
     "ASSEMBLE",
     "CANONICAL",
     "CODEC",
+    "SQLITE_GROUP",
+    "GroupWriter",
     "assemble_into",
     "canonical_json",
     "check_preprocess",
@@ -44,14 +50,24 @@ def _load(compiled: str, twin: str) -> tuple[ModuleType, str]:
     return importlib.import_module(f"{__package__}.{twin}"), "python"
 
 
+def _load_sqlite_group() -> tuple[ModuleType, str]:
+    module, chosen = _load("_sqlite_group", "_sqlite_group_py")
+    twin = importlib.import_module(f"{__package__}._sqlite_group_py")
+    if chosen == "cython" and module.library_address() != twin.library_address():
+        return twin, "python"  # another copy of SQLite than the sqlite3 module's: never both in one process
+    return module, chosen
+
+
 if TYPE_CHECKING:
     from ._assemble import assemble_into, check_preprocess
     from ._canonical import canonical_json
     from ._codec import decode_binary, decode_json_data, encode_binary, encode_json_data, parse_json
+    from ._sqlite_group import GroupWriter
 
     CODEC: str  # "cython" or "python": which codec loaded
     ASSEMBLE: str  # the same for batch assembly
     CANONICAL: str  # and for canonical JSON
+    SQLITE_GROUP: str  # and for the SQLite group writer
 else:
     _codec, CODEC = _load("_codec", "_codec_py")
     _assemble, ASSEMBLE = _load("_assemble", "_assemble_py")
@@ -64,3 +80,5 @@ else:
     check_preprocess = _assemble.check_preprocess
     _canonical, CANONICAL = _load("_canonical", "_canonical_py")
     canonical_json = _canonical.canonical_json
+    _sqlite_group, SQLITE_GROUP = _load_sqlite_group()
+    GroupWriter = _sqlite_group.GroupWriter

@@ -18,7 +18,9 @@ from typing import IO, Any
 
 import sqlalchemy as sa
 
-from .._storage import create_tables, make_engine, sqlite_busy, writing
+from lockgate.fastpath.sqlite_group import GroupWriter
+
+from .._storage import SQLITE_BUSY_S, create_tables, make_engine, sqlite_busy, writing
 from ..errors import PruneRefused
 from . import _schema as t
 from ._chain import GENESIS, canonical, checkpoint_mac, prune_mac, record_hash
@@ -139,8 +141,10 @@ class AuditLog:
         self.sink = sink
         self.checkpoint_every = checkpoint_every
         self._sqlite = self.engine.dialect.name == "sqlite"
-        self._raw: Any = None
-        self._raw_now: Any = None  # append_now's connection: SQLite's busy timeout 0
+        self._durable = durable
+        self._file = _sqlite_file(url)  # a plain SQLite file: groups go through a GroupWriter
+        self._raw: Any = None  # the writer's group connection (``_group_connection``)
+        self._raw_now: Any = None  # append_now's: SQLite's busy timeout 0
         self._writer_lock = threading.Lock()
         mark = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
         columns = [c.name for c in t.records.columns]
@@ -198,17 +202,18 @@ class AuditLog:
         """Append ``entries`` (record fields without seq) as one transaction; their seqs.
 
         Every entry has ``at``, ``kind``, ``actor`` and optional ``model``, ``version``,
-        ``request_id``, ``client_id``, ``detail``. The group goes through one DBAPI
-        connection kept by this log, with one executemany: the write path is the sequencer's
-        hot path, and SQLAlchemy's statement layer cost more than the commit itself.
-        ``seal`` is called once the store is locked for the write, just before the entries are
-        read: what changes them after it is not written."""
+        ``request_id``, ``client_id``, ``detail``. The group goes through one connection kept by
+        this log (``_group_connection``), not SQLAlchemy's statement layer, which cost more than
+        the commit itself. ``seal`` is called once the store is locked for the write, just
+        before the entries are read: what changes them after it is not written."""
         with self._writer_lock:
-            connection = self._writer()
             try:
-                return self._append(connection, entries, seal)
+                if self._raw is None:
+                    self._raw = self._group_connection(SQLITE_BUSY_S)
+                return self._append(self._raw, entries, seal)
             except BaseException:
-                self._drop_writer()
+                connection, self._raw = self._raw, None
+                _discard(connection)
                 raise
 
     def append_now(self, entries: list[dict[str, Any]]) -> list[int] | None:
@@ -221,84 +226,71 @@ class AuditLog:
             return None
         try:
             if self._raw_now is None:
-                self._raw_now = self.engine.raw_connection()
-                cur = self._raw_now.cursor()
-                cur.execute("PRAGMA busy_timeout=0")  # a held lock is an answer, not a wait
-                cur.close()
-            try:
-                return self._append(self._raw_now, entries, None)
-            except Exception as e:  # noqa: BLE001 - nothing was committed: the writer thread does it
-                raw = self._raw_now
+                self._raw_now = self._group_connection(0.0)  # a held lock is an answer, not a wait
+            return self._append(self._raw_now, entries, None)
+        except Exception as e:  # noqa: BLE001 - nothing was committed: the writer thread does it
+            connection = self._raw_now
+            if connection is not None and sqlite_busy(e):  # another process's lock keeps the connection
                 try:
-                    raw.rollback()
-                    if not sqlite_busy(e):  # another process's lock keeps the connection; anything else drops it
-                        self._raw_now = None
-                        raw.close()
-                except Exception:  # noqa: BLE001 - a broken connection: dropped
-                    self._raw_now = None
-                    raw.invalidate()
-                return None
+                    connection.rollback()
+                    return None
+                except Exception:  # noqa: BLE001 - a broken connection: dropped below
+                    pass
+            self._raw_now = None
+            _discard(connection)
+            return None
         finally:
             self._writer_lock.release()
 
-    def _writer(self) -> Any:
-        if self._raw is None:
-            self._raw = self.engine.raw_connection()
-        return self._raw
-
-    def _drop_writer(self) -> None:
-        raw, self._raw = self._raw, None
-        if raw is not None:
-            try:
-                raw.rollback()
-            except Exception:  # noqa: BLE001 - the connection is broken: discard it
-                raw.invalidate()
-            finally:
-                raw.close()
+    def _group_connection(self, busy_timeout_s: float) -> Any:
+        """A connection for appending groups: on an SQLite file a ``GroupWriter``
+        (lockgate.fastpath.sqlite_group: compiled, a group's statements let the interpreter lock
+        go once, not once a row), else one of the engine's DBAPI connections behind the same
+        calls. ``busy_timeout_s``: SQLite's wait for another process's write lock."""
+        if self._file is not None:
+            synchronous = "FULL" if self._durable else "NORMAL"
+            return GroupWriter(self._file, synchronous=synchronous, busy_timeout_ms=int(busy_timeout_s * 1000))
+        raw = self.engine.raw_connection()
+        if self._sqlite:
+            cur = raw.cursor()
+            cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
+            cur.close()
+        return _DbapiGroup(raw, sqlite=self._sqlite)
 
     def _append(self, connection: Any, entries: list[dict[str, Any]], seal: Callable[[], None] | None) -> list[int]:
-        cur = connection.cursor()
-        try:
-            if self._sqlite:
-                cur.execute("BEGIN IMMEDIATE")
-            cur.execute(self._sql_head)
-            head_seq, prev, checkpoint_seq = cur.fetchone()
-            if seal is not None:
-                seal()
-            seq = head_seq
-            rows = []
-            for entry in entries:
-                seq += 1
-                body = canonical({"seq": seq, **entry})
-                digest = record_hash(prev, body)
-                rows.append(
-                    (
-                        seq,
-                        entry["at"],
-                        entry["kind"],
-                        entry["actor"],
-                        entry.get("model"),
-                        entry.get("version"),
-                        entry.get("request_id"),
-                        entry.get("client_id"),
-                        body,
-                        prev,
-                        digest,
-                    )
+        head_seq, prev, checkpoint_seq = connection.begin(self._sql_head)
+        if seal is not None:
+            seal()
+        seq = head_seq
+        rows = []
+        for entry in entries:
+            seq += 1
+            body = canonical({"seq": seq, **entry})
+            digest = record_hash(prev, body)
+            rows.append(
+                (
+                    seq,
+                    entry["at"],
+                    entry["kind"],
+                    entry["actor"],
+                    entry.get("model"),
+                    entry.get("version"),
+                    entry.get("request_id"),
+                    entry.get("client_id"),
+                    body,
+                    prev,
+                    digest,
                 )
-                prev = digest
-            cur.executemany(self._sql_insert, rows)
-            if seq - checkpoint_seq >= self.checkpoint_every:
-                # Signed before the commit: the records it names are in this transaction, and a
-                # checkpoint whose transaction failed is caught by verify as a cut tail.
-                now = time.time()
-                self.sink.append(seq, prev, now)
-                cur.execute(self._sql_head_checkpoint, (seq, prev, seq, now))
-            else:
-                cur.execute(self._sql_head_update, (seq, prev))
-            connection.commit() if not self._sqlite else cur.execute("COMMIT")
-        finally:
-            cur.close()
+            )
+            prev = digest
+        if seq - checkpoint_seq >= self.checkpoint_every:
+            # Signed before the commit: the records it names are in this transaction, and a
+            # checkpoint whose transaction failed is caught by verify as a cut tail.
+            now = time.time()
+            self.sink.append(seq, prev, now)
+            connection.write(self._sql_insert, rows, self._sql_head_checkpoint, (seq, prev, seq, now))
+        else:
+            connection.write(self._sql_insert, rows, self._sql_head_update, (seq, prev))
         return [r[0] for r in rows]
 
     def checkpoint(self, *, older_than_s: float = 0.0) -> dict[str, Any] | None:
@@ -503,10 +495,9 @@ class AuditLog:
 
     def close(self) -> None:
         with self._writer_lock:
-            self._drop_writer()
-            raw, self._raw_now = self._raw_now, None
-            if raw is not None:
-                raw.close()
+            connections, self._raw, self._raw_now = (self._raw, self._raw_now), None, None
+            for connection in connections:
+                _discard(connection)
         self.engine.dispose()
 
 
@@ -516,6 +507,68 @@ def _index_changes(c: sa.Connection) -> tuple[list[str], list[sa.Index]]:
     present = {str(ix["name"]) for ix in sa.inspect(c).get_indexes(t.records.name)}
     lacking = sorted((ix for ix in t.records.indexes if ix.name not in present), key=lambda ix: str(ix.name))
     return sorted(present & t.EARLIER_INDEXES), lacking
+
+
+class _DbapiGroup:
+    """``GroupWriter``'s calls on a DBAPI connection of the engine: PostgreSQL (``SELECT ... FOR
+    UPDATE`` locks the head row), and SQLite that is not a plain file."""
+
+    def __init__(self, raw: Any, *, sqlite: bool) -> None:
+        self.raw = raw
+        self.sqlite = sqlite
+
+    def begin(self, select_sql: str) -> tuple[Any, ...] | None:
+        cur = self.raw.cursor()
+        try:
+            if self.sqlite:
+                cur.execute("BEGIN IMMEDIATE")
+            cur.execute(select_sql)
+            row = cur.fetchone()
+            return None if row is None else tuple(row)
+        finally:
+            cur.close()
+
+    def write(self, insert_sql: str, rows: list[tuple[Any, ...]], update_sql: str, update_parameters: tuple[Any, ...]) -> None:
+        cur = self.raw.cursor()
+        try:
+            cur.executemany(insert_sql, rows)
+            cur.execute(update_sql, update_parameters)
+            cur.execute("COMMIT") if self.sqlite else self.raw.commit()
+        finally:
+            cur.close()
+
+    def rollback(self) -> None:
+        self.raw.rollback()
+
+    def close(self) -> None:
+        self.raw.close()
+
+    def invalidate(self) -> None:
+        self.raw.invalidate()
+
+
+def _discard(connection: Any) -> None:
+    """Roll back and close a group connection; one whose rollback fails is broken (a pooled DBAPI
+    connection is invalidated, not handed out again)."""
+    if connection is None:
+        return
+    try:
+        connection.rollback()
+    except Exception:  # noqa: BLE001 - the connection is broken: discard it
+        invalidate = getattr(connection, "invalidate", None)
+        if invalidate is not None:
+            invalidate()
+    finally:
+        connection.close()
+
+
+def _sqlite_file(url: str) -> str | None:
+    """The path of the SQLite file ``url`` names; None for memory databases and URLs with
+    options (those go through the engine's own connections)."""
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.query or not parsed.database or parsed.database == ":memory:":
+        return None
+    return parsed.database
 
 
 def _close(a: Any, b: Any) -> bool:

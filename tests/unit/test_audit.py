@@ -386,6 +386,41 @@ def test_a_failing_store_is_not_taken_for_a_bad_record(make_log):
     sequencer.stop()
 
 
+@pytest.mark.parametrize("durable", [True, False])
+def test_an_sqlite_file_is_appended_through_the_group_writer_synced_as_the_mode_promises(tmp_path, durable):
+    """A plain SQLite file's groups go through lockgate.fastpath's GroupWriter (compiled in CI),
+    with synchronous=FULL in sync mode (a committed record survives a power cut); the writer
+    thread waits for another process's lock, the event loop's lone commit does not."""
+    from lockgate.fastpath.sqlite_group import GroupWriter
+
+    sink = CheckpointSink(tmp_path / "checkpoints.jsonl", load_or_create_key(tmp_path / "audit.key"))
+    log = AuditLog(f"sqlite:///{tmp_path}/audit.db", sink, durable=durable)
+    try:
+        assert log.append([entry(1)]) == [1] and log.append_now([entry(2)]) == [2]
+        for connection in (log._raw, log._raw_now):
+            assert isinstance(connection, GroupWriter)
+            assert connection.pragma("synchronous") == (2 if durable else 1)
+        assert log._raw.pragma("busy_timeout") == 30_000 and log._raw_now.pragma("busy_timeout") == 0
+        assert log.verify().ok
+    finally:
+        log.close()
+    assert log._raw is None and log._raw_now is None
+
+
+def test_other_databases_are_appended_through_the_engines_connections(db_url, tmp_path):
+    from lockgate.fastpath.sqlite_group import GroupWriter
+
+    url = db_url if not db_url.startswith("sqlite") else f"sqlite:///{tmp_path}/audit.db?timeout=30"
+    sink = CheckpointSink(tmp_path / "checkpoints.jsonl", load_or_create_key(tmp_path / "audit.key"))
+    log = AuditLog(url, sink)
+    try:
+        assert log.append([entry(1)]) == [1] and log.append([entry(2)]) == [2]
+        assert log._raw is not None and not isinstance(log._raw, GroupWriter)
+        assert log.verify().ok
+    finally:
+        log.close()
+
+
 def test_a_record_says_the_answer_was_withheld_when_its_future_is_cancelled(make_log):
     """The recorder's timeout cancels a sync waiter's future and the server withholds the answer.
     A record not written yet when the store is locked for it is written withheld; one whose
