@@ -168,6 +168,20 @@ cdef inline int _bind(sqlite3_stmt* st, int index, Cell* cell) noexcept nogil:
     return sqlite3_bind_blob(st, index, cell.p, cell.n, NULL)
 
 
+cdef int _bind_step(sqlite3_stmt* st, Cell* cells, int count) noexcept nogil:
+    """Bind ``count`` cells to ``st`` and run it once: SQLITE_DONE (the statement reset for its
+    next use), or the code that failed."""
+    cdef int c, rc
+    for c in range(count):
+        rc = _bind(st, c + 1, &cells[c])
+        if rc != SQLITE_OK:
+            return rc
+    rc = sqlite3_step(st)
+    if rc == SQLITE_DONE:
+        sqlite3_reset(st)
+    return rc
+
+
 cdef int _fill_row(Cell* cells, object row, int expected, list hold) except -1:
     if not isinstance(row, (tuple, list)):
         raise _sqlite.ProgrammingError("parameters are of unsupported type")
@@ -304,7 +318,7 @@ cdef class GroupWriter:
         keep = rows if isinstance(rows, list) else list(rows)  # the values whose buffers the cells point into
         hold = []
         cdef Py_ssize_t count = len(keep), r
-        cdef int width = insert.parameters, c, rc = SQLITE_OK, failed = 0
+        cdef int width = insert.parameters, rc = SQLITE_DONE, failed = 0
         cdef Cell* cells = <Cell*>malloc(sizeof(Cell) * (count * width + update.parameters + 1))
         cdef char message[MESSAGE]
         if cells == NULL:
@@ -315,35 +329,14 @@ cdef class GroupWriter:
             _fill_row(&cells[count * width], update_parameters, update.parameters, hold)
             with nogil:
                 for r in range(count):
-                    rc = SQLITE_OK
-                    for c in range(width):
-                        rc = _bind(insert.st, c + 1, &cells[r * width + c])
-                        if rc != SQLITE_OK:
-                            break
-                    if rc == SQLITE_OK:
-                        rc = sqlite3_step(insert.st)
+                    rc = _bind_step(insert.st, &cells[r * width], width)
                     if rc != SQLITE_DONE:
-                        failed = 1
                         break
-                    sqlite3_reset(insert.st)
-                if not failed:
-                    rc = SQLITE_OK
-                    for c in range(update.parameters):
-                        rc = _bind(update.st, c + 1, &cells[count * width + c])
-                        if rc != SQLITE_OK:
-                            break
-                    if rc == SQLITE_OK:
-                        rc = sqlite3_step(update.st)
-                    if rc != SQLITE_DONE:
-                        failed = 2
-                    else:
-                        sqlite3_reset(update.st)
-                if not failed:
-                    rc = sqlite3_step(commit.st)
-                    if rc != SQLITE_DONE:
-                        failed = 3
-                    else:
-                        sqlite3_reset(commit.st)
+                if rc == SQLITE_DONE:
+                    rc = _bind_step(update.st, &cells[count * width], update.parameters)
+                if rc == SQLITE_DONE:
+                    rc = _bind_step(commit.st, NULL, 0)
+                failed = rc != SQLITE_DONE
                 if failed:
                     strncpy(message, sqlite3_errmsg(db), MESSAGE - 1)
                     message[MESSAGE - 1] = 0
