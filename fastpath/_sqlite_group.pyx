@@ -227,8 +227,12 @@ cdef class GroupWriter:
             self.close()
             raise error
         sqlite3_busy_timeout(self.db, busy_timeout_ms)
-        self._run(f"PRAGMA synchronous={synchronous}")
-        self._run("PRAGMA foreign_keys=ON")
+        try:
+            self._run(f"PRAGMA synchronous={synchronous}")
+            self._run("PRAGMA foreign_keys=ON")
+        except BaseException:  # not a usable connection: closed now, not when collected
+            self.close()
+            raise
 
     def __dealloc__(self):
         self.statements = None

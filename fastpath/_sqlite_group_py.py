@@ -47,8 +47,12 @@ class GroupWriter:
         self._connection: sqlite3.Connection | None = sqlite3.connect(
             path, timeout=busy_timeout_ms / 1000.0, isolation_level=None, check_same_thread=False
         )
-        self._run(f"PRAGMA synchronous={synchronous}")
-        self._run("PRAGMA foreign_keys=ON")
+        try:
+            self._run(f"PRAGMA synchronous={synchronous}")
+            self._run("PRAGMA foreign_keys=ON")
+        except BaseException:  # not a usable connection: closed now, not when collected
+            self.close()
+            raise
 
     def _open(self) -> sqlite3.Connection:
         if self._connection is None:

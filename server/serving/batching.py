@@ -364,7 +364,7 @@ class Batcher:
         go, which another busy thread of the replica (the audit writer, binding and committing a
         group) stretches: it sent cheap batches to the worker just when the process was busiest."""
         t0 = time.monotonic()
-        c0 = time.thread_time()
+        c0 = time.thread_time() if self._cpu_timed else 0.0
         try:
             if self._assembler is not None:
                 feeds = self._assembler.assemble([p.inputs for p in batch])
@@ -377,7 +377,8 @@ class Batcher:
             return self._run(feeds)
         finally:
             self._last_compute = time.monotonic() - t0
-            self._last_cpu = time.thread_time() - c0
+            if self._cpu_timed:
+                self._last_cpu = time.thread_time() - c0
 
     async def _execute(self, batch: list[_Pending], loop: asyncio.AbstractEventLoop) -> None:
         started = time.monotonic()

@@ -216,6 +216,32 @@ def test_a_path_that_cannot_be_opened_raises_the_sqlite3_error(impl, tmp_path):
         impl.GroupWriter(str(tmp_path / "no" / "such" / "folder" / "x.db"))
 
 
+def _open_descriptors(path: Path) -> int:
+    """This process's file descriptors open on ``path``."""
+    fds = Path("/proc/self/fd")
+    if not fds.is_dir():
+        pytest.skip("no /proc/self/fd here: open descriptors cannot be counted")
+    count = 0
+    for fd in fds.iterdir():
+        try:
+            count += os.readlink(fd) == str(path)
+        except OSError:  # closed meanwhile (the listing's own descriptor)
+            continue
+    return count
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_a_file_that_is_not_a_database_raises_the_sqlite3_error_and_is_closed_at_once(impl, tmp_path):
+    """The settings fail on a file that is not a database: the connection is closed when the
+    error is raised, not when the half-built writer is collected (the traceback still holds it)."""
+    path = tmp_path / "text.db"
+    path.write_bytes(b"not a database, only text that is longer than SQLite's header of a hundred bytes " * 4)
+    with pytest.raises(sqlite3.DatabaseError, match="file is not a database") as raised:
+        impl.GroupWriter(str(path))
+    assert raised.traceback  # the frames, and the writer in them, are alive here
+    assert _open_descriptors(path) == 0
+
+
 def test_a_compiled_writer_that_links_another_sqlite_than_the_sqlite3_module_is_not_loaded(monkeypatch):
     """Two copies of SQLite in one process do not see each other's locks on a file: the twin
     loads instead."""
