@@ -29,6 +29,7 @@ __all__ = [
     "make_engine",
     "sha256_file",
     "sqlite_busy",
+    "sqlite_file",
     "writing",
 ]
 
@@ -45,8 +46,8 @@ def make_engine(url: str, *, durable: bool = False) -> sa.Engine:
     (synchronous=FULL), so a committed transaction survives a power cut, not only a crash;
     PostgreSQL commits are durable by default."""
     if url.startswith("sqlite"):
-        path = sa.make_url(url).database
-        if path and path != ":memory:":
+        path = sqlite_file(url)
+        if path is not None:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             # Owner-only from the first byte (keys' hashes, approvals, the audit log live here);
             # SQLite gives its -wal and -shm files the database file's mode.
@@ -69,6 +70,17 @@ def make_engine(url: str, *, durable: bool = False) -> sa.Engine:
 
         return engine
     return sa.create_engine(url, pool_pre_ping=True)
+
+
+def sqlite_file(url: str, *, plain: bool = False) -> str | None:
+    """The path of the SQLite file ``url`` names; None for another database or a memory one.
+    ``plain``: None also for a URL with options (``?...``), which only the driver reads."""
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return None
+    if plain and parsed.query:
+        return None
+    return parsed.database
 
 
 def _write_ahead_log(dbapi_connection: Any, timeout_s: float = SQLITE_BUSY_S) -> None:

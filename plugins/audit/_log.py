@@ -20,7 +20,7 @@ import sqlalchemy as sa
 
 from lockgate.fastpath.sqlite_group import GroupWriter
 
-from .._storage import SQLITE_BUSY_S, create_tables, make_engine, sqlite_busy, writing
+from .._storage import SQLITE_BUSY_S, create_tables, make_engine, sqlite_busy, sqlite_file, writing
 from ..errors import PruneRefused
 from . import _schema as t
 from ._chain import GENESIS, canonical, checkpoint_mac, prune_mac, record_hash
@@ -142,7 +142,7 @@ class AuditLog:
         self.checkpoint_every = checkpoint_every
         self._sqlite = self.engine.dialect.name == "sqlite"
         self._durable = durable
-        self._file = _sqlite_file(url)  # a plain SQLite file: groups go through a GroupWriter
+        self._file = sqlite_file(url, plain=True)  # a plain SQLite file: groups go through a GroupWriter
         self._raw: Any = None  # the writer's group connection (``_group_connection``)
         self._raw_now: Any = None  # append_now's: SQLite's busy timeout 0
         self._writer_lock = threading.Lock()
@@ -560,15 +560,6 @@ def _discard(connection: Any) -> None:
             invalidate()
     finally:
         connection.close()
-
-
-def _sqlite_file(url: str) -> str | None:
-    """The path of the SQLite file ``url`` names; None for memory databases and URLs with
-    options (those go through the engine's own connections)."""
-    parsed = sa.make_url(url)
-    if parsed.get_backend_name() != "sqlite" or parsed.query or not parsed.database or parsed.database == ":memory:":
-        return None
-    return parsed.database
 
 
 def _close(a: Any, b: Any) -> bool:
