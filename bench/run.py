@@ -20,6 +20,7 @@ import csv
 import json
 import os
 import platform
+import random
 import shutil
 import signal
 import socket
@@ -39,10 +40,40 @@ PY = sys.executable
 MODEL = "mlp"
 
 
-def free_port() -> int:
+# lockgate serve derives HAProxy's stats and metrics ports from --port (+404, +1101).
+_SIDE_OFFSETS = (0, 404, 1101)
+_handed_out: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        try:
+            s.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    """A free port below the range the OS draws outgoing connections' ports from, with the two
+    ports a lockgate server derives from it free too. A port from that range (bind to port 0)
+    can be taken by one of the many connections Ray opens while a server starts, between this
+    check and HAProxy's bind: a run failed so ("cannot bind socket" for the stats port)."""
+    top = _ephemeral_low() - max(_SIDE_OFFSETS) - 1
+    for _ in range(500):
+        port = random.randrange(10000, top)
+        wanted = [port + offset for offset in _SIDE_OFFSETS]
+        if not _handed_out.intersection(wanted) and all(_bindable(p) for p in wanted):
+            _handed_out.update(wanted)
+            return port
+    raise RuntimeError(f"no free port with its side ports between 10000 and {top}")
 
 
 @dataclass
