@@ -130,7 +130,7 @@ def serve(
     from ..serving.config import ModelConfig
     from ..serving.explain import explain_options
     from ..serving.limits import limit_options
-    from ..serving.settings import host_port
+    from ..serving.settings import host_port, replica_options
     from ..tools.reference import import_references
     from ..tools.repository import announce_imports, import_repository
 
@@ -147,6 +147,7 @@ def serve(
         _check_startup(manager, host, insecure, say)
         explain_options(settings.options)
         limit_options(settings.options)
+        replica_options(settings.options)
         registry = manager.registry()
         if repository is not None:
             refused: list[str] = []

@@ -27,7 +27,7 @@ from ..serving.listener import FastServer
 from ..serving.logs import configure as configure_logs
 from ..serving.model_app import ModelApp
 from ..serving.service import ModelService
-from ..serving.settings import LockgateSettings
+from ..serving.settings import LockgateSettings, replica_options, tune_replica
 from ..serving.shadow import shadow_options
 from ..serving.stats import read_statistics
 from . import metrics
@@ -66,6 +66,7 @@ class ModelDeployment:
 
     async def __init__(self, name: str, config: ModelConfig, settings: LockgateSettings) -> None:  # type: ignore[misc]  # Serve awaits an async constructor
         configure_logs(settings.log_format, access=settings.access_log)
+        tune_replica(replica_options(settings.options))  # its garbage collector, before it serves
         tracing.setup()  # OpenTelemetry when LOCKGATE_TRACING says so
         metrics.enable(settings.metrics_dir)  # before any plugin makes a metric
         metrics.replica_started(name)
@@ -158,6 +159,7 @@ class ControlDeployment:
         self, models: list[str], settings: LockgateSettings, pooled: dict[str, str] | None = None
     ) -> None:
         configure_logs(settings.log_format, access=settings.access_log)
+        tune_replica(replica_options(settings.options))  # its garbage collector, before it serves
         tracing.setup()  # OpenTelemetry when LOCKGATE_TRACING says so
         self._settings = settings
         self._pooled = dict(pooled or {})  # model -> its pool's application

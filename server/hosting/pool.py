@@ -30,7 +30,7 @@ from ..serving.limits import limit_options
 from ..serving.logs import configure as configure_logs
 from ..serving.model_app import ModelApp
 from ..serving.service import ModelService
-from ..serving.settings import LockgateSettings
+from ..serving.settings import LockgateSettings, replica_options, tune_replica
 from . import metrics
 from .serve_compat import evict_least_recent, multiplexed_models
 
@@ -116,6 +116,7 @@ class PoolDeployment:
         self, pool: str, models: dict[str, ModelConfig], settings: LockgateSettings, options: PoolConfig
     ) -> None:
         configure_logs(settings.log_format, access=settings.access_log)
+        tune_replica(replica_options(settings.options))  # its garbage collector, before it serves
         tracing.setup()  # OpenTelemetry when LOCKGATE_TRACING says so
         metrics.enable(settings.metrics_dir)
         self._pool, self._configs, self._settings, self._options = pool, models, settings, options

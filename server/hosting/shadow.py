@@ -24,7 +24,7 @@ from ..serving.config import parse_model_config
 from ..serving.limits import limit_options
 from ..serving.logs import configure as configure_logs
 from ..serving.service import ModelService
-from ..serving.settings import LockgateSettings
+from ..serving.settings import LockgateSettings, replica_options, tune_replica
 from ..serving.shadow import Copy, Send, ShadowComparer, shadow_options
 from . import metrics
 from .serve_compat import ReplicaStartFailed, load_failure
@@ -46,6 +46,7 @@ class ShadowDeployment:
 
     async def __init__(self, name: str, version: int, config: Any, settings: LockgateSettings) -> None:  # type: ignore[misc]  # Serve awaits an async constructor
         configure_logs(settings.log_format, access=settings.access_log)
+        tune_replica(replica_options(settings.options))  # its garbage collector, before it serves
         metrics.enable(settings.metrics_dir)
         try:
             registry: Any = settings.manager().registry()

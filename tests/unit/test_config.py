@@ -132,7 +132,7 @@ def test_the_example_server_config_is_valid_and_names_every_option():
     from lockgate.plugins.registry import ObjectStoreOptions, RegistryOptions
     from lockgate.server.serving.explain import ExplainOptions
     from lockgate.server.serving.limits import LimitOptions
-    from lockgate.server.serving.settings import MetricsOptions, load_options
+    from lockgate.server.serving.settings import MetricsOptions, ReplicaOptions, load_options
     from lockgate.server.serving.shadow import ShadowOptions
 
     path = Path(__file__).resolve().parents[2] / "examples" / "lockgate.yaml"
@@ -146,6 +146,7 @@ def test_the_example_server_config_is_valid_and_names_every_option():
     assert MetricsOptions.model_validate(options["metrics"]) == MetricsOptions()
     assert RegistryOptions.model_validate(options["registry"]) == RegistryOptions()
     assert ShadowOptions.model_validate(options["shadow"]) == ShadowOptions()
+    assert ReplicaOptions.model_validate(options["replica"]) == ReplicaOptions()
     text = path.read_text()
     fields = [*GovernanceOptions.model_fields, *Policy.model_fields, *AuditOptions.model_fields, *MonitoringOptions.model_fields]
     for name in [
@@ -158,6 +159,7 @@ def test_the_example_server_config_is_valid_and_names_every_option():
         *RegistryOptions.model_fields,
         *ObjectStoreOptions.model_fields,
         *ShadowOptions.model_fields,
+        *ReplicaOptions.model_fields,
     ]:
         assert f"{name}:" in text, f"examples/lockgate.yaml does not mention {name}"
 
@@ -183,3 +185,26 @@ def test_limit_options_name_what_is_wrong():
         limit_options({"limits": {"max_body_bytes": 10}})
     with pytest.raises(ConfigError, match="max_conections: Extra inputs are not permitted"):
         limit_options({"limits": {"max_conections": 10}})
+
+
+def test_replica_options_set_the_young_generations_threshold_and_name_what_is_wrong():
+    import gc
+
+    from lockgate.server.errors import ConfigError
+    from lockgate.server.serving.settings import ReplicaOptions, replica_options, tune_replica
+
+    assert replica_options({}).gc_threshold == 7000
+    assert replica_options({"replica": {"gc_threshold": 0}}).gc_threshold == 0
+    with pytest.raises(ConfigError, match="gc_threshold: Input should be greater than or equal to 0"):
+        replica_options({"replica": {"gc_threshold": -1}})
+    with pytest.raises(ConfigError, match="gc_treshold: Extra inputs are not permitted"):
+        replica_options({"replica": {"gc_treshold": 10}})
+    before = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 11, 12)
+        tune_replica(ReplicaOptions(gc_threshold=5000))
+        assert gc.get_threshold() == (5000, 11, 12)  # the older generations keep theirs
+        tune_replica(ReplicaOptions(gc_threshold=0))
+        assert gc.get_threshold() == (5000, 11, 12)  # 0: left as it is
+    finally:
+        gc.set_threshold(*before)
