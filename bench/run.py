@@ -23,7 +23,6 @@ import platform
 import random
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -52,25 +51,18 @@ def _ephemeral_low() -> int:
         return 32768
 
 
-def _bindable(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("0.0.0.0", port))
-        except OSError:
-            return False
-    return True
-
-
 def free_port() -> int:
     """A free port below the range the OS draws outgoing connections' ports from, with the two
     ports a lockgate server derives from it free too. A port from that range (bind to port 0)
     can be taken by one of the many connections Ray opens while a server starts, between this
     check and HAProxy's bind: a run failed so ("cannot bind socket" for the stats port)."""
+    from lockgate.server.hosting.runtime import port_or_free  # the server's own test of a port
+
     top = _ephemeral_low() - max(_SIDE_OFFSETS) - 1
     for _ in range(500):
         port = random.randrange(10000, top)
         wanted = [port + offset for offset in _SIDE_OFFSETS]
-        if not _handed_out.intersection(wanted) and all(_bindable(p) for p in wanted):
+        if not _handed_out.intersection(wanted) and all(port_or_free("0.0.0.0", p) == p for p in wanted):
             _handed_out.update(wanted)
             return port
     raise RuntimeError(f"no free port with its side ports between 10000 and {top}")
