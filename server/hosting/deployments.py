@@ -17,22 +17,21 @@ from ray import serve
 from ray.serve import Application
 
 from ..errors import BadRequest, LockgateError, ModelLoadError
-from ..serving import tracing
 from ..serving.config import ModelConfig, parse_model_config
 from ..serving.control_app import ControlApp
 from ..serving.explain import explain_options
 from ..serving.grpc_service import GrpcOverHttp, OipGrpcService, start_grpc_server
 from ..serving.limits import limit_options
 from ..serving.listener import FastServer
-from ..serving.logs import configure as configure_logs
 from ..serving.model_app import ModelApp
 from ..serving.service import ModelService
-from ..serving.settings import LockgateSettings, replica_options, tune_replica
+from ..serving.settings import LockgateSettings
 from ..serving.shadow import shadow_options
 from ..serving.stats import read_statistics
 from . import metrics
 from .autoscaling import ONGOING
 from .grpc_ingress import REGISTER_S, GrpcIngress, replica_host, split_address
+from .replica import start_replica
 from .serve_compat import ReplicaStartFailed, install_listener, load_failure, serve_status
 from .shadow import ShadowFollower, shadow_sender
 
@@ -65,10 +64,7 @@ class ModelDeployment:
     """A replica of one model: its plugin manager, its versions from the registry, its batchers."""
 
     async def __init__(self, name: str, config: ModelConfig, settings: LockgateSettings) -> None:  # type: ignore[misc]  # Serve awaits an async constructor
-        configure_logs(settings.log_format, access=settings.access_log)
-        tune_replica(replica_options(settings.options))  # its garbage collector, before it serves
-        tracing.setup()  # OpenTelemetry when LOCKGATE_TRACING says so
-        metrics.enable(settings.metrics_dir)  # before any plugin makes a metric
+        start_replica(settings)
         metrics.replica_started(name)
         try:
             manager = settings.manager()
@@ -158,14 +154,11 @@ class ControlDeployment:
     async def __init__(  # type: ignore[misc]  # Serve awaits an async constructor
         self, models: list[str], settings: LockgateSettings, pooled: dict[str, str] | None = None
     ) -> None:
-        configure_logs(settings.log_format, access=settings.access_log)
-        tune_replica(replica_options(settings.options))  # its garbage collector, before it serves
-        tracing.setup()  # OpenTelemetry when LOCKGATE_TRACING says so
+        start_replica(settings)
         self._settings = settings
         self._pooled = dict(pooled or {})  # model -> its pool's application
         self._pool_handles: dict[str, Any] = {}
         self._metrics_dir = settings.metrics_dir
-        metrics.enable(self._metrics_dir)
         self._manager = settings.manager()
         self._registry = self._manager.registry()
         self._checked = 0.0

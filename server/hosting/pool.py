@@ -22,16 +22,14 @@ from ray import serve
 from ray.serve import Application
 
 from ..errors import LockgateError
-from ..serving import tracing
 from ..serving.asgi import call_whole
 from ..serving.config import ModelConfig, PoolConfig
 from ..serving.explain import explain_options
 from ..serving.limits import limit_options
-from ..serving.logs import configure as configure_logs
 from ..serving.model_app import ModelApp
 from ..serving.service import ModelService
-from ..serving.settings import LockgateSettings, replica_options, tune_replica
-from . import metrics
+from ..serving.settings import LockgateSettings
+from .replica import start_replica
 from .serve_compat import evict_least_recent, multiplexed_models
 
 __all__ = ["POOL_DEPLOYMENT", "PoolDeployment", "build_pool_app", "pool_app"]
@@ -115,10 +113,7 @@ class PoolDeployment:
     async def __init__(  # type: ignore[misc]  # Serve awaits an async constructor
         self, pool: str, models: dict[str, ModelConfig], settings: LockgateSettings, options: PoolConfig
     ) -> None:
-        configure_logs(settings.log_format, access=settings.access_log)
-        tune_replica(replica_options(settings.options))  # its garbage collector, before it serves
-        tracing.setup()  # OpenTelemetry when LOCKGATE_TRACING says so
-        metrics.enable(settings.metrics_dir)
+        start_replica(settings)
         self._pool, self._configs, self._settings, self._options = pool, models, settings, options
         self._manager = settings.manager()
         self._registry = self._manager.registry()

@@ -22,11 +22,11 @@ from ray.serve import Application
 from ..errors import LockgateError
 from ..serving.config import parse_model_config
 from ..serving.limits import limit_options
-from ..serving.logs import configure as configure_logs
 from ..serving.service import ModelService
-from ..serving.settings import LockgateSettings, replica_options, tune_replica
+from ..serving.settings import LockgateSettings
 from ..serving.shadow import Copy, Send, ShadowComparer, shadow_options
 from . import metrics
+from .replica import start_replica
 from .serve_compat import ReplicaStartFailed, load_failure
 
 __all__ = ["SHADOW_DEPLOYMENT", "ShadowDeployment", "ShadowFollower", "shadow_app", "shadow_sender"]
@@ -45,9 +45,7 @@ class ShadowDeployment:
     """The replica of a shadow run: the shadow version alone, compared with production's answers."""
 
     async def __init__(self, name: str, version: int, config: Any, settings: LockgateSettings) -> None:  # type: ignore[misc]  # Serve awaits an async constructor
-        configure_logs(settings.log_format, access=settings.access_log)
-        tune_replica(replica_options(settings.options))  # its garbage collector, before it serves
-        metrics.enable(settings.metrics_dir)
+        start_replica(settings, traced=False)  # not clients' requests: no spans
         try:
             registry: Any = settings.manager().registry()
             limits = limit_options(settings.options)
