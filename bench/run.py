@@ -39,8 +39,6 @@ PY = sys.executable
 MODEL = "mlp"
 
 
-# lockgate serve derives HAProxy's stats and metrics ports from --port (+404, +1101).
-_SIDE_OFFSETS = (0, 404, 1101)
 _handed_out: set[int] = set()
 
 
@@ -52,16 +50,21 @@ def _ephemeral_low() -> int:
 
 
 def free_port() -> int:
-    """A free port below the range the OS draws outgoing connections' ports from, with the two
-    ports a lockgate server derives from it free too. A port from that range (bind to port 0)
-    can be taken by one of the many connections Ray opens while a server starts, between this
-    check and HAProxy's bind: a run failed so ("cannot bind socket" for the stats port)."""
+    """A free port below the range the OS draws outgoing connections' ports from, with the ports
+    a lockgate server derives from it (HAProxy's stats and metrics: ``haproxy_side_ports``) free
+    too. A port from that range (bind to port 0) can be taken by one of the many connections Ray
+    opens while a server starts, between this check and HAProxy's bind: a run failed so ("cannot
+    bind socket" for the stats port)."""
     from lockgate.server.hosting.runtime import port_or_free  # the server's own test of a port
+    from lockgate.server.hosting.serve_compat import haproxy_side_ports  # the ports it derives
 
-    top = _ephemeral_low() - max(_SIDE_OFFSETS) - 1
+    def derived(port: int) -> list[int]:  # not those the environment sets: the server checks those
+        return [p for _, p, given in haproxy_side_ports(port).values() if not given]
+
+    top = _ephemeral_low() - max(derived(0), default=0) - 1
     for _ in range(500):
         port = random.randrange(10000, top)
-        wanted = [port + offset for offset in _SIDE_OFFSETS]
+        wanted = [port, *derived(port)]
         if not _handed_out.intersection(wanted) and all(port_or_free("0.0.0.0", p) == p for p in wanted):
             _handed_out.update(wanted)
             return port
