@@ -42,33 +42,26 @@ MODEL = "mlp"
 _handed_out: set[int] = set()
 
 
-def _ephemeral_low() -> int:
-    try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
-
-
 def free_port() -> int:
-    """A free port below the range the OS draws outgoing connections' ports from, with the ports
-    a lockgate server derives from it (HAProxy's stats and metrics: ``haproxy_side_ports``) free
-    too. A port from that range (bind to port 0) can be taken by one of the many connections Ray
-    opens while a server starts, between this check and HAProxy's bind: a run failed so ("cannot
-    bind socket" for the stats port)."""
-    from lockgate.server.hosting.runtime import port_or_free  # the server's own test of a port
+    """A free port below the range the OS draws outgoing connections' ports from and outside
+    Ray's own (``runtime.port_or_free`` keeps it), with the ports a lockgate server derives from it
+    (HAProxy's stats and metrics: ``haproxy_side_ports``) as free. A port from that range (bind to
+    port 0) can be taken by one of the many connections Ray opens while a server starts, between
+    this check and HAProxy's bind: a run failed so ("cannot bind socket" for the stats port)."""
+    from lockgate.server.hosting.runtime import outgoing_ports, port_or_free  # the server's own tests
     from lockgate.server.hosting.serve_compat import haproxy_side_ports  # the ports it derives
 
     def derived(port: int) -> list[int]:  # not those the environment sets: the server checks those
         return [p for _, p, given in haproxy_side_ports(port).values() if not given]
 
-    top = _ephemeral_low() - max(derived(0), default=0) - 1
+    top = outgoing_ports().start - max(derived(0), default=0) - 1
     for _ in range(500):
-        port = random.randrange(10000, top)
+        port = random.randrange(20000, top)
         wanted = [port, *derived(port)]
         if not _handed_out.intersection(wanted) and all(port_or_free("0.0.0.0", p) == p for p in wanted):
             _handed_out.update(wanted)
             return port
-    raise RuntimeError(f"no free port with its side ports between 10000 and {top}")
+    raise RuntimeError(f"no free port with its side ports between 20000 and {top}")
 
 
 @dataclass

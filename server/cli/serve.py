@@ -138,7 +138,7 @@ def serve(
         # Anonymous callers (open mode, while no API key exists) only on a loopback-only server,
         # or when the operator said --insecure; the replicas enforce it (Settings.anonymous).
         if grpc_port is None:  # derived, so a second server on another --port needs no flag
-            grpc_port = port_or_free(host, port + 1) if port < 65535 else 0
+            grpc_port = port_or_free(host, port + 1, avoid={port}) if port < 65535 else 0
         grpc_address = None if grpc_port == 0 else host_port(host, grpc_port)
         settings = replace(
             settings_from(registry_url, artifact_dir), anonymous=is_loopback(host) or insecure, grpc_address=grpc_address

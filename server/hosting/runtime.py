@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..errors import ConfigError, StartupError
 from ..serving.config import ModelConfig
@@ -28,9 +29,10 @@ from .serve_compat import (
     orphaned_haproxy_pids,
     prepare_haproxy_dir,
     stop_haproxy,
+    taken_by_ray,
 )
 
-__all__ = ["Runtime", "check_port", "port_or_free"]
+__all__ = ["Runtime", "check_port", "outgoing_ports", "port_or_free", "quiet_ports"]
 
 Progress = Callable[[str], None]
 
@@ -58,14 +60,51 @@ def _bind_error(host: str, port: int, *, reuse: bool) -> OSError | None:
     return None
 
 
-def port_or_free(host: str, port: int) -> int:
-    """``port`` when it can be bound on ``host`` now, else a free port the kernel picks."""
-    if _bind_error(host, port, reuse=True) is None:
+def outgoing_ports() -> range:
+    """The range the kernel draws outgoing connections' local ports (and port 0's) from."""
+    try:
+        low, high = (int(n) for n in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[:2])
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    return range(low, high + 1)
+
+
+# Where a port chosen for a side listener is looked for: from here up to the kernel's outgoing
+# range, above the ports servers and Ray's workers usually take.
+_QUIET_FROM = 28000
+
+
+def port_or_free(host: str, port: int, avoid: Collection[int] = ()) -> int:
+    """``port`` when it can be bound on ``host`` now and lies outside the ports the kernel and Ray
+    hand out on their own; else a free port between 28000 and the kernel's outgoing range that
+    Ray does not use either (``quiet_ports``), the first from a place that depends on ``port``.
+    ``avoid``: ports already chosen for other listeners, not bound yet.
+
+    Such a port is bound later by another process (HAProxy, Serve's fallback proxy). Were it a
+    port of the kernel's outgoing range, one of the many connections Ray's processes open while
+    a server starts could take it in between: a start failed so ("cannot bind socket" for
+    HAProxy's stats port, chosen by the kernel)."""
+    if port not in avoid and not _handed_out_by_others(port) and _bind_error(host, port, reuse=True) is None:
         return port
+    candidates = quiet_ports()
+    start = port % len(candidates) if candidates else 0
+    for candidate in (*candidates[start:], *candidates[:start]):
+        if candidate not in avoid and _bind_error(host, candidate, reuse=True) is None:
+            return candidate
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
+        s.bind((host, 0))  # nothing quiet is free: the kernel's pick, as a last resort
         free: int = s.getsockname()[1]
         return free
+
+
+def quiet_ports() -> list[int]:
+    """Ports from 28000 up to the kernel's outgoing range that Ray does not bind on its own."""
+    top = outgoing_ports().start
+    return [p for p in range(min(_QUIET_FROM, top), top) if not _handed_out_by_others(p)]
+
+
+def _handed_out_by_others(port: int) -> bool:
+    return port in outgoing_ports() or any(port in taken for taken in taken_by_ray())
 
 
 def check_port(host: str, port: int, what: str = "") -> None:
@@ -99,26 +138,27 @@ class Runtime:
 
     def claim_ports(self) -> None:
         """Check the serving ports and choose every other port this server takes (before Ray
-        starts, which reads them from the environment): derived from ``port``, or free where
-        that one is taken; a port set explicitly is checked and refused, named, when taken.
-        ``ports`` says what was chosen."""
+        starts, which reads them from the environment): derived from ``port``, or a free one
+        where that one is taken or is a port the kernel or Ray hand out (``port_or_free``); a
+        port set explicitly is checked and refused, named, when taken. ``ports`` says what was
+        chosen."""
         check_port(self.host, self.port)
         if self.grpc_port:
             check_port(self.host, self.grpc_port, what="gRPC (--grpc-port moves it; 0 turns gRPC off)")
             self.ports["gRPC"] = self.grpc_port
         # HAProxy's own stats and metrics listeners (all interfaces; Ray has no address
-        # setting): derived from --port, or a free port where that one is taken, unless set.
+        # setting): derived from --port, or a quiet free port (``port_or_free``), unless set.
         for what, (var, port, given) in haproxy_side_ports(self.port).items():
             if given:
                 check_port("0.0.0.0", port, what=f"HAProxy's {what} port (set {var} to move it)")
             else:
-                port = port_or_free("0.0.0.0", port)
+                port = port_or_free("0.0.0.0", port, avoid={self.port, *self.ports.values()})
             os.environ[var] = str(port)
             self.ports[f"HAProxy {what}"] = port
         # Serve's fallback proxy binds with SO_REUSEPORT: a port another server's proxy holds
         # would be shared with it, so a taken one is replaced by a free one.
         for var, fallback in fallback_proxy_ports(self.port).items():
-            port = port_or_free(self.host, fallback)
+            port = port_or_free(self.host, fallback, avoid={self.port, *self.ports.values()})
             os.environ[var] = str(port)
             self.ports[f"Serve's fallback proxy ({var.split('_')[-2]})"] = port
 

@@ -6,7 +6,7 @@ lockgate depends on these (ray[serve] is pinned to the range they were checked a
   its own HTTP listener in place of the uvicorn server Serve starts (``install_listener``);
 - the ``RAY_SERVE_*`` environment variables of Serve's HAProxy ingress and fallback proxy,
   read by ``ray.serve._private.constants`` (``INGRESS_ENV``, ``haproxy_env``,
-  ``fallback_proxy_ports``, ``haproxy_side_ports``);
+  ``fallback_proxy_ports``, ``haproxy_side_ports``, ``taken_by_ray``);
 - Serve's HAProxy template writing ``RAY_SERVE_HAPROXY_RETRY_ON`` verbatim after
   ``retry-on`` in its defaults section, so extra lines ride on that value
   (``haproxy_retry_on``; tests/integration/test_ingress_replay.py renders the config);
@@ -64,6 +64,7 @@ __all__ = [
     "prepare_haproxy_dir",
     "serve_status",
     "stop_haproxy",
+    "taken_by_ray",
 ]
 
 log = logging.getLogger("lockgate.server")
@@ -211,6 +212,24 @@ def haproxy_side_ports(port: int) -> dict[str, tuple[str, int, bool]]:
         given = os.environ.get(var)
         out[what] = (var, int(given), True) if given else (var, port + offset, False)
     return out
+
+
+# The direct-ingress ports Serve's replicas bind, by protocol: the variables that move them, and
+# Serve's defaults.
+_DIRECT_INGRESS_PORTS = {
+    "HTTP": ("RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT", 30000, "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT", 31000),
+    "GRPC": ("RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT", 40000, "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT", 41000),
+}
+
+
+def taken_by_ray() -> tuple[range, ...]:
+    """The port ranges Ray's processes bind on their own on a node: its workers' (``ray.init``'s
+    ``min_worker_port``/``max_worker_port`` defaults) and the direct-ingress ports of Serve's
+    replicas, as Serve reads them from the environment."""
+    ranges = [range(10002, 20000)]
+    for low_var, low, high_var, high in _DIRECT_INGRESS_PORTS.values():
+        ranges.append(range(int(os.environ.get(low_var, low)), int(os.environ.get(high_var, high)) + 1))
+    return tuple(ranges)
 
 
 def haproxy_pids(port: int | None = None) -> list[int]:
@@ -422,6 +441,7 @@ def check() -> None:
             *haproxy_env(0),
             *fallback_proxy_ports(0),
             *(var for var, _ in _HAPROXY_SIDE_PORTS.values()),
+            *(var for low, _, high, _ in _DIRECT_INGRESS_PORTS.values() for var in (low, high)),
         ]
         missing = [n for n in names if f'"{n}"' not in source]
         if missing:

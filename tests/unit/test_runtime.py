@@ -9,8 +9,8 @@ import pytest
 
 from lockgate.server.errors import StartupError
 from lockgate.server.hosting import serve_compat
-from lockgate.server.hosting.runtime import Runtime
-from lockgate.server.hosting.serve_compat import fallback_proxy_ports
+from lockgate.server.hosting.runtime import Runtime, outgoing_ports, port_or_free, quiet_ports
+from lockgate.server.hosting.serve_compat import fallback_proxy_ports, taken_by_ray
 
 
 def _held_with_free_port_below() -> socket.socket:
@@ -66,12 +66,18 @@ def test_a_taken_fallback_proxy_port_is_replaced_by_a_free_one_never_shared(monk
         assert runtime.ports["Serve's fallback proxy (HTTP)"] == chosen
 
 
+def _quiet_serving_port() -> int:
+    """A free port whose derived ports (+1, +404, +500, +1101, +1500) are free and quiet too."""
+    for port in quiet_ports():
+        if all(p in quiet_ports() and _free(p) for p in (port + 1, port + 404, port + 500, port + 1101, port + 1500)):
+            return port
+    pytest.skip("no free serving port with quiet derived ports on this machine")
+
+
 def test_every_other_port_is_derived_from_the_serving_port_and_printed(monkeypatch):
     for var in _PORT_VARS:
         monkeypatch.delenv(var, raising=False)
-    port = free_port()
-    while not all(_free(port + d) for d in (404, 500, 1101, 1500)) or port + 1500 > 65535:
-        port = free_port()
+    port = _quiet_serving_port()
     runtime = Runtime(host="127.0.0.1", port=port, progress=lambda line: None, grpc_port=port + 1)
     runtime.claim_ports()
     assert runtime.ports == {
@@ -82,6 +88,37 @@ def test_every_other_port_is_derived_from_the_serving_port_and_printed(monkeypat
         "Serve's fallback proxy (GRPC)": port + 1500,
     }
     assert os.environ["RAY_SERVE_HAPROXY_STATS_PORT"] == str(port + 404)
+
+
+def test_derived_ports_in_the_kernels_outgoing_range_are_chosen_below_it_and_clear_of_ray(monkeypatch):
+    """A serving port high enough that its derived ports fall in the range the kernel hands to
+    outgoing connections: those ports are chosen below the range instead (a connection of
+    Ray's could take one between the check and HAProxy's bind), outside Ray's own ranges."""
+    for var in _PORT_VARS:
+        monkeypatch.delenv(var, raising=False)
+    outgoing = outgoing_ports()
+    port = outgoing.start - 300  # stats at +404, metrics at +1101, fallback at +500 and +1500: all outgoing
+    runtime = Runtime(host="127.0.0.1", port=port, progress=lambda line: None)
+    runtime.claim_ports()
+    chosen = {what: p for what, p in runtime.ports.items() if what != "gRPC"}
+    assert len(chosen) == 4 and len(set(chosen.values())) == 4, chosen
+    for what, p in chosen.items():
+        assert p not in outgoing and p < outgoing.start, (what, p)
+        assert not any(p in taken for taken in taken_by_ray()), (what, p)
+        assert _free(p), (what, p)
+    assert os.environ["RAY_SERVE_HAPROXY_STATS_PORT"] == str(chosen["HAProxy stats"])
+
+
+def test_a_taken_derived_port_is_replaced_by_a_quiet_one_not_the_kernels_pick(monkeypatch):
+    for var in _PORT_VARS:
+        monkeypatch.delenv(var, raising=False)
+    port = _quiet_serving_port()
+    with socket.socket() as held:
+        held.bind(("0.0.0.0", port + 404))
+        held.listen()
+        replaced = port_or_free("0.0.0.0", port + 404)
+        assert replaced != port + 404 and replaced in quiet_ports() and _free(replaced)
+        assert port_or_free("0.0.0.0", port + 1101) == port + 1101  # a free quiet port is kept
 
 
 def test_a_port_set_explicitly_and_taken_is_refused_naming_its_variable(monkeypatch):
