@@ -38,6 +38,96 @@ cdef extern from "Python.h":
     double PyOS_string_to_double(const char* s, char** endptr, PyObject* overflow_exception) except? -1.0
     int Py_DTSF_ADD_DOT_0
 
+cdef extern from *:
+    """
+    #include <math.h>
+    #include <stdint.h>
+    #include <string.h>
+
+    #ifdef __SIZEOF_INT128__
+    /* Powers of ten up to 10^38, the largest under 2^128. */
+    static unsigned __int128 lg_pow10[39];
+    static int lg_pow10_made = 0;
+
+    static void lg_make_pow10(void) {
+        unsigned __int128 r = 1;
+        for (int i = 0; i < 39; i++) {
+            lg_pow10[i] = r;
+            r *= 10;
+        }
+        lg_pow10_made = 1;
+    }
+
+    /* The 17 significant digits of a positive finite float32 f, rounded half to even as
+       printf's "%.16e" writes them: *digits in [10^16, 10^17), *exp10 the power of ten of the
+       first digit. Exact: f is m x 2^e with m < 2^24, and every product and quotient below
+       fits 128 bits for f >= 1e-15. Returns 0 (nothing written) below that, and the caller
+       asks printf. */
+    static int lg_f32_digits17(float f, long long *digits, int *exp10) {
+        uint32_t bits;
+        memcpy(&bits, &f, 4);
+        uint32_t biased = (bits >> 23) & 0xFFu, fraction = bits & 0x7FFFFFu;
+        if (biased == 0xFFu || (bits & 0x80000000u)) return 0;
+        unsigned __int128 m = biased ? (fraction | 0x800000u) : fraction;
+        int e = biased ? (int)biased - 150 : -149;
+        double d = (double)f;
+        if (m == 0 || d < 1e-15) return 0;
+        if (!lg_pow10_made) lg_make_pow10();
+        unsigned __int128 low = lg_pow10[16], high = lg_pow10[17];
+        int x = (int)floor(log10(d));
+        for (int tries = 0; tries < 4; tries++) {
+            int s = 16 - x;
+            unsigned __int128 q, r, half;
+            int odd_half;
+            if (e >= 0 && s >= 0) {  /* an integer below 10^17, times 10^s: exact */
+                q = (m << e) * lg_pow10[s];
+                r = 0;
+                half = 1;
+            } else if (e >= 0) {  /* an integer of 18 digits or more, divided by 10^-s */
+                if (-s > 38) return 0;
+                unsigned __int128 den = lg_pow10[-s], num = m << e;
+                q = num / den;
+                r = num % den;
+                half = den / 2;  /* 10^k is even: r == half is an exact tie */
+            } else {  /* m x 10^s / 2^k */
+                int k = -e;
+                if (s < 0 || s > 31 || k >= 127) return 0;
+                unsigned __int128 num = m * lg_pow10[s];
+                q = num >> k;
+                r = num & ((((unsigned __int128)1) << k) - 1);
+                half = ((unsigned __int128)1) << (k - 1);
+            }
+            odd_half = (r == half) && (q & 1);
+            if (r > half || odd_half) q += 1;
+            if (q >= high) { x += 1; continue; }
+            if (q < low) { x -= 1; continue; }
+            *digits = (long long)q;
+            *exp10 = x;
+            return 1;
+        }
+        return 0;
+    }
+    #else
+    /* A compiler without 128-bit integers: printf writes every float32's digits. */
+    static int lg_f32_digits17(float f, long long *digits, int *exp10) { return 0; }
+    #endif
+
+    /* Decimal digits of n > 0 into text; their count. */
+    static int lg_utoa(long long n, char *text) {
+        char tmp[24];
+        int size = 0;
+        while (n > 0) {
+            tmp[size++] = (char)('0' + n % 10);
+            n /= 10;
+        }
+        for (int i = 0; i < size; i++) text[i] = tmp[size - 1 - i];
+        return size;
+    }
+    """
+    int lg_f32_digits17(float f, long long* digits, int* exp10) noexcept nogil
+    int lg_utoa(long long n, char* text) noexcept nogil
+
+
 __all__ = ["NumberArray", "decode_binary", "decode_json_data", "encode_binary", "encode_json_data", "parse_json"]
 
 cdef enum:
@@ -649,7 +739,8 @@ cdef Py_ssize_t _put_float32(char* buf, Py_ssize_t pos, float f) except -1:
     """The shortest decimal that reads back to ``f`` (float32), written as repr writes a
     float: among the texts of the fewest digits that do, the one nearest to ``f``.
 
-    Candidates come from the 17 correctly rounded digits of ``f``'s exact value: for p =
+    Candidates come from the 17 correctly rounded digits of ``f``'s exact value (computed in
+    128-bit integers, as printf's "%.16e" would write them, in a tenth of its time): for p =
     1, 2, ... digits, the two p-digit neighbours of those digits, nearer first; the first
     that reads back is taken (at most 9 digits: float32's round-trip bound). The twin
     (_codec_py._float32_text) does the same steps."""
@@ -667,11 +758,12 @@ cdef Py_ssize_t _put_float32(char* buf, Py_ssize_t pos, float f) except -1:
         pos = _put(buf, pos, b"-", 1)
         d = -d
         f = -f
-    snprintf(text, 40, "%.16e", d)  # d.dddddddddddddddde[+-]XX
-    n17 = text[0] - 48
-    for i in range(2, 18):
-        n17 = n17 * 10 + (text[i] - 48)
-    x = atoi(text + 19)
+    if not lg_f32_digits17(f, &n17, &x):  # exact, in integers; printf below 1e-15
+        snprintf(text, 40, "%.16e", d)  # d.dddddddddddddddde[+-]XX
+        n17 = text[0] - 48
+        for i in range(2, 18):
+            n17 = n17 * 10 + (text[i] - 48)
+        x = atoi(text + 19)
     for p in range(1, 18):
         t = n17 // scale
         r = n17 % scale
@@ -690,7 +782,7 @@ cdef Py_ssize_t _put_float32(char* buf, Py_ssize_t pos, float f) except -1:
     while chosen % 10 == 0:
         chosen //= 10
         k += 1
-    size = snprintf(text, 40, "%lld", chosen)
+    size = lg_utoa(chosen, text)
     decpt = size + k  # the value is 0.<digits> x 10^decpt
     if decpt <= -4 or decpt > 16:  # repr's switch to an exponent
         pos = _put(buf, pos, text, 1)
