@@ -112,6 +112,60 @@ cdef extern from *:
     static int lg_f32_digits17(float f, long long *digits, int *exp10) { return 0; }
     #endif
 
+    /* Doubles that are exact powers of ten: 10^0 .. 10^22. */
+    static const double lg_exact_pow10[23] = {
+        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11,
+        1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+    };
+
+    /* A JSON number's value (s: its n characters, valid JSON number syntax) when it has at most
+       15 significant digits and a power of ten within 10^-22 .. 10^22 after them: the digits
+       are then an exact double, and one multiply or divide by an exact power of ten rounds
+       correctly (Clinger's fast path), as a correctly rounding parser would. 0 otherwise, and
+       the caller asks the general parser. */
+    static int lg_fast_double(const char *s, int n, double *out) {
+        int i = 0, neg = 0, digits = 0, exp10 = 0;
+        unsigned long long mantissa = 0;
+        if (i < n && s[i] == '-') { neg = 1; i++; }
+        while (i < n && s[i] >= '0' && s[i] <= '9') {
+            if (mantissa || s[i] != '0') {
+                if (++digits > 15) return 0;
+                mantissa = mantissa * 10 + (unsigned)(s[i] - '0');
+            }
+            i++;
+        }
+        if (i < n && s[i] == '.') {
+            i++;
+            while (i < n && s[i] >= '0' && s[i] <= '9') {
+                if (mantissa || s[i] != '0') {
+                    if (++digits > 15) return 0;
+                    mantissa = mantissa * 10 + (unsigned)(s[i] - '0');
+                }
+                exp10--;
+                i++;
+            }
+        }
+        if (i < n && (s[i] == 'e' || s[i] == 'E')) {
+            int negative_exponent = 0, exponent = 0;
+            i++;
+            if (i < n && (s[i] == '+' || s[i] == '-')) { negative_exponent = s[i] == '-'; i++; }
+            while (i < n && s[i] >= '0' && s[i] <= '9') {
+                if (exponent > 1000) return 0;
+                exponent = exponent * 10 + (s[i] - '0');
+                i++;
+            }
+            exp10 += negative_exponent ? -exponent : exponent;
+        }
+        if (i != n) return 0;
+        double d = (double)mantissa;
+        if (mantissa != 0) {
+            if (exp10 < -22 || exp10 > 22) return 0;
+            d = exp10 < 0 ? d / lg_exact_pow10[-exp10] : d * lg_exact_pow10[exp10];
+        }
+        *out = neg ? -d : d;
+        return 1;
+    }
+
     /* Decimal digits of n > 0 into text; their count. */
     static int lg_utoa(long long n, char *text) {
         char tmp[24];
@@ -126,6 +180,7 @@ cdef extern from *:
     """
     int lg_f32_digits17(float f, long long* digits, int* exp10) noexcept nogil
     int lg_utoa(long long n, char* text) noexcept nogil
+    int lg_fast_double(const char* s, int n, double* out) noexcept nogil
 
 
 __all__ = ["NumberArray", "decode_binary", "decode_json_data", "encode_binary", "encode_json_data", "parse_json"]
@@ -550,7 +605,8 @@ cdef int _store_token(_Sink s, Py_ssize_t i, NumberArray a, Py_ssize_t k) except
         raise element_error(s.dt, i, a.value(k))
     if code >= C_FP16 and code <= C_FP64:
         if t.kind == T_INT or t.kind == T_FLOAT:
-            d = PyOS_string_to_double(text, &end, NULL)  # NULL: overflow gives +-HUGE_VAL
+            if not lg_fast_double(text, t.length, &d):  # most numbers: exact in one step
+                d = PyOS_string_to_double(text, &end, NULL)  # NULL: overflow gives +-HUGE_VAL
             if t.kind == T_INT:
                 if d == HUGE_VAL or d == -HUGE_VAL:
                     raise element_error(s.dt, i, a.value(k))  # float(int) overflows in the twin too

@@ -420,3 +420,62 @@ def test_an_integer_python_cannot_convert_is_a_codec_error_in_both_twins(impl, b
 @pytest.mark.parametrize("impl", IMPLS)
 def test_integers_up_to_the_limit_still_parse(impl):
     assert impl.parse_json(b'{"x": -' + b"9" * 4300 + b"}") == {"x": -int("9" * 4300)}
+
+
+# Number texts on both sides of the compiled parser's exact shortcut (at most 15 significant
+# digits, a power of ten within 10^-22 .. 10^22 after them) and of its digit counting.
+_NUMBER_TEXTS = [
+    "0.12573",
+    "-0.132105",
+    "1.304",
+    "0",
+    "-0",
+    "0.0",
+    "-0.0",
+    "0e5",
+    "-0.000e-30",
+    "123456789012345",
+    "1234567890123456",
+    "123456789012345.0",
+    "12345678901234.5",
+    "1.23456789012345",
+    "1.234567890123456",
+    "0.000000000000000123456789012345",
+    "100000000000000000000000",
+    "1e22",
+    "1e23",
+    "1e-22",
+    "1e-23",
+    "9007199254740993",
+    "9007199254740992.0",
+    "4.35e-22",
+    "4.35e-23",
+    "123456789012345e-22",
+    "123456789012345e-23",
+    "1.5e+7",
+    "2E-3",
+    "7.2e308",
+    "2.5e-324",
+    "1e-400",
+    "3.4028235e38",
+    "3.4028236e38",
+    "1.401298464324817e-45",
+    "0.1",
+    "0.2",
+    "0.3",
+    "0.30000000000000004",
+]
+
+
+@pytest.mark.skipif(_codec_c is None, reason="compiled codec not built")
+@pytest.mark.parametrize("datatype", ["FP64", "FP32"])
+def test_number_texts_decode_to_the_correctly_rounded_value_in_both(datatype):
+    body = b'{"data":[' + ",".join(_NUMBER_TEXTS).encode() + b"]}"
+    shape = (len(_NUMBER_TEXTS),)
+    compiled = _codec_c.decode_json_data(_codec_c.parse_json(body)["data"], datatype, shape)
+    twin = _codec_py.decode_json_data(json.loads(body)["data"], datatype, shape)
+    with np.errstate(over="ignore"):
+        wanted = np.array([float(t) if t != "-0" else 0.0 for t in _NUMBER_TEXTS]).astype(compiled.dtype)
+    view = np.uint64 if datatype == "FP64" else np.uint32
+    for text, c, t, w in zip(_NUMBER_TEXTS, compiled.view(view), twin.view(view), wanted.view(view)):
+        assert c == t == w, text
