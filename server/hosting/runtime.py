@@ -84,8 +84,10 @@ def port_or_free(host: str, port: int, avoid: Collection[int] = ()) -> int:
     port of the kernel's outgoing range, one of the many connections Ray's processes open while
     a server starts could take it in between: a start failed so ("cannot bind socket" for
     HAProxy's stats port, chosen by the kernel)."""
-    if port not in avoid and not _handed_out_by_others(port) and _bind_error(host, port, reuse=True) is None:
-        return port
+    ray = taken_by_ray()
+    if port not in avoid and port not in outgoing_ports() and not any(port in r for r in ray):
+        if _bind_error(host, port, reuse=True) is None:
+            return port
     candidates = quiet_ports()
     start = port % len(candidates) if candidates else 0
     for candidate in (*candidates[start:], *candidates[:start]):
@@ -100,11 +102,8 @@ def port_or_free(host: str, port: int, avoid: Collection[int] = ()) -> int:
 def quiet_ports() -> list[int]:
     """Ports from 28000 up to the kernel's outgoing range that Ray does not bind on its own."""
     top = outgoing_ports().start
-    return [p for p in range(min(_QUIET_FROM, top), top) if not _handed_out_by_others(p)]
-
-
-def _handed_out_by_others(port: int) -> bool:
-    return port in outgoing_ports() or any(port in taken for taken in taken_by_ray())
+    ray = taken_by_ray()
+    return [p for p in range(min(_QUIET_FROM, top), top) if not any(p in r for r in ray)]
 
 
 def check_port(host: str, port: int, what: str = "") -> None:

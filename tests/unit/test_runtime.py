@@ -68,8 +68,9 @@ def test_a_taken_fallback_proxy_port_is_replaced_by_a_free_one_never_shared(monk
 
 def _quiet_serving_port() -> int:
     """A free port whose derived ports (+1, +404, +500, +1101, +1500) are free and quiet too."""
-    for port in quiet_ports():
-        if all(p in quiet_ports() and _free(p) for p in (port + 1, port + 404, port + 500, port + 1101, port + 1500)):
+    quiet = set(quiet_ports())
+    for port in sorted(quiet):
+        if all(p in quiet and _free(p) for p in (port, port + 1, port + 404, port + 500, port + 1101, port + 1500)):
             return port
     pytest.skip("no free serving port with quiet derived ports on this machine")
 
