@@ -796,7 +796,7 @@ cdef Py_ssize_t _put_float32(char* buf, Py_ssize_t pos, float f) except -1:
     float: among the texts of the fewest digits that do, the one nearest to ``f``.
 
     Candidates come from the 17 correctly rounded digits of ``f``'s exact value (computed in
-    128-bit integers, as printf's "%.16e" would write them, in a tenth of its time): for p =
+    128-bit integers, the digits printf's "%.16e" writes, without printf): for p =
     1, 2, ... digits, the two p-digit neighbours of those digits, nearer first; the first
     that reads back is taken (at most 9 digits: float32's round-trip bound). The twin
     (_codec_py._float32_text) does the same steps."""
