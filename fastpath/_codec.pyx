@@ -181,6 +181,7 @@ cdef extern from *:
     int lg_f32_digits17(float f, long long* digits, int* exp10) noexcept nogil
     int lg_utoa(long long n, char* text) noexcept nogil
     int lg_fast_double(const char* s, int n, double* out) noexcept nogil
+    const double* lg_exact_pow10  # 10^0 .. 10^22, exact doubles
 
 
 __all__ = ["NumberArray", "decode_binary", "decode_json_data", "encode_binary", "encode_json_data", "parse_json"]
@@ -769,12 +770,6 @@ cdef Py_ssize_t _put_double(char* buf, Py_ssize_t pos, double d) except -1:
     return pos
 
 
-cdef double[23] _EXACT_POW10 = [
-    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11,
-    1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
-]
-
-
 cdef inline bint _reads_back(long long digits, int exp10, float f) noexcept:
     """Whether ``digits`` x 10^``exp10``, read as a double (correctly rounded) and then
     rounded to float32 as JSON readers do, is ``f``. Digits under 2^53 and powers of ten up
@@ -782,9 +777,9 @@ cdef inline bint _reads_back(long long digits, int exp10, float f) noexcept:
     cdef double v
     cdef char text[40]
     if 0 <= exp10 <= 22:
-        v = <double>digits * _EXACT_POW10[exp10]
+        v = <double>digits * lg_exact_pow10[exp10]
     elif -22 <= exp10 < 0:
-        v = <double>digits / _EXACT_POW10[-exp10]
+        v = <double>digits / lg_exact_pow10[-exp10]
     else:
         snprintf(text, 40, "%llde%d", digits, exp10)
         v = strtod(text, NULL)
