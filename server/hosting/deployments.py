@@ -105,7 +105,14 @@ class ModelDeployment:
 
             install_listener(
                 lambda serve_app: FastServer(
-                    self._app, serve_app, prefix, limits, precheck=self._app.precheck, grpc=grpc, announce=announce
+                    self._app,
+                    serve_app,
+                    prefix,
+                    limits,
+                    precheck=self._app.precheck,
+                    grpc=grpc,
+                    announce=announce,
+                    whole=self._app.whole,
                 )
             )
         elif grpc_host is not None:  # Serve's own HTTP server: gRPC on a grpc.aio server of this replica

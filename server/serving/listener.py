@@ -35,6 +35,7 @@ log = logging.getLogger("lockgate.server")
 
 Message = MutableMapping[str, Any]
 ASGIApp = Callable[[Message, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Awaitable[None]]
+Whole = Callable[[Message, bytes], Awaitable[tuple[int, list[tuple[bytes, bytes]], bytes, Callable[[], None] | None]]]
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 _JSON = [(b"content-type", b"application/json")]
 _SWEEP_S = 0.5  # how often connection deadlines are checked
@@ -62,8 +63,12 @@ class FastServer:
         precheck: Callable[[Message], Any] | None = None,
         grpc: Any = None,
         announce: Callable[[int], None] | None = None,
+        whole: Whole | None = None,
     ) -> None:
         self.app = app
+        # ``app``'s entry without ASGI messages (``ModelApp.whole``): the scope and the body in,
+        # the answer out whole, and what to call once it is sent. None: ``app`` as ASGI.
+        self.whole = whole
         # Unary gRPC calls that the gRPC ingress forwards as HTTP/1.1 (``GrpcOverHttp``), and who
         # is told this listener's port once it listens (the gRPC ingress routes to it).
         self.grpc = grpc
@@ -398,6 +403,9 @@ class _Protocol(asyncio.Protocol):
             }
             if checked is not None:
                 scope[PRECHECK] = checked
+            ours = path.startswith(server.prefix)
+            if ours and server.whole is not None:
+                return await self._whole(server.whole, scope, body, keep_alive, method, path)
             sent: dict[str, Any] = {}
             delivered = False
 
@@ -416,7 +424,7 @@ class _Protocol(asyncio.Protocol):
                 elif message["type"] == "http.response.body":
                     sent["body"].append(message.get("body", b""))
 
-            app = server.app if path.startswith(server.prefix) else server.fallback
+            app = server.app if ours else server.fallback
             try:
                 await app(scope, receive, send)
             except Exception:
@@ -434,6 +442,22 @@ class _Protocol(asyncio.Protocol):
             return keep_alive
         finally:
             server.in_flight -= 1
+
+    async def _whole(self, whole: Whole, scope: Message, body: bytes, keep_alive: bool, method: str, path: str) -> bool:
+        """A request of the app's own routes, through its ``whole`` entry: no ASGI messages."""
+        try:
+            status, headers, out, done = await whole(scope, body)
+        except Exception:
+            log.exception("request to %s failed", path)
+            self._write(500, _JSON, b'{"error": "internal error"}', keep_alive, method)
+            return keep_alive
+        self._write(status, headers, out, keep_alive, method)
+        if done is not None:
+            try:
+                done()
+            except Exception:  # observers fail open; the answer is sent
+                log.exception("after the answer to %s", path)
+        return keep_alive
 
     def _head(self, status: int, headers: list[tuple[bytes, bytes]], length: int, keep_alive: bool) -> bytes:
         lines = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Unknown"))]

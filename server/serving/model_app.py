@@ -11,11 +11,14 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
+from typing import cast
 
 from lockgate.plugins import InferenceEvent, RecordFailed
 
-from ..errors import MethodNotAllowed, NotFound, RequestError, Unavailable
+from ..errors import MethodNotAllowed, NotFound, PayloadTooLarge, RequestError, Unavailable
 from . import tracing
 from .asgi import (
     JSON_HEADERS,
@@ -94,17 +97,49 @@ class ModelApp:
         if self.load is not None:
             self.load.enter()
         try:
-            await self._serve(scope, receive, send)
+            start = time.perf_counter()
+            outcome = Outcome()
+            answer = await self._answer(scope, receive, outcome, start)
+            if answer is None:  # the client left before its request was read
+                return
+            status, body, headers = answer
+            await respond(send, status, body, headers)
+            if outcome.action:
+                self._answered(outcome, start, body)
         finally:
             self.in_flight -= 1
             if self.load is not None:
                 self.load.leave()
 
-    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
-        start = time.perf_counter()
-        outcome = Outcome()
+    async def whole(self, scope: Scope, body: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes, Callable[[], None] | None]:
+        """The replica listener's entry for an HTTP request whose body is all in: the answer
+        whole (status, headers without content-length, body), without ASGI's ``receive`` and
+        ``send`` and their messages, and what to call once it is sent (the observers), if
+        anything. What it answers is what ``__call__`` sends for the same request."""
+        self.in_flight += 1
+        if self.load is not None:
+            self.load.enter()
         try:
-            status, body, headers = await self._route(scope, receive, outcome)
+            start = time.perf_counter()
+            outcome = Outcome()
+            answer = await self._answer(scope, body, outcome, start)
+        finally:
+            self.in_flight -= 1
+            if self.load is not None:
+                self.load.leave()
+        if answer is None:  # not from a body in hand; should it happen, the client is told, not left waiting
+            return 499, list(JSON_HEADERS), b'{"error": "the request was not read"}', None
+        status, out, headers = answer
+        return status, headers, out, partial(self._answered, outcome, start, out) if outcome.action else None
+
+    async def _answer(
+        self, scope: Scope, source: Receive | bytes, outcome: Outcome, start: float
+    ) -> tuple[int, bytes, list[tuple[bytes, bytes]]] | None:
+        """The answer to an HTTP request (its body from ``source``: ASGI's ``receive``, or the
+        bytes), recorded when it is an inference; None when the client left before its body
+        was read (recorded as 499, nothing to send)."""
+        try:
+            status, body, headers = await self._route(scope, source, outcome)
         except RequestError as e:
             outcome.status, outcome.error = e.status, e.message
             status, body, headers = e.status, e.body(), error_headers(e)
@@ -114,7 +149,7 @@ class ModelApp:
                 await self._record(self._event(outcome, start, None))
             if outcome.span is not None:
                 outcome.span.end(**{"lockgate.request_id": outcome.request_id, "http.response.status_code": 499})
-            return
+            return None
         except Exception as e:  # a bug of ours: say so, keep the replica up
             log.exception("unhandled error on %s", scope.get("path"))
             error = RequestError(f"internal error: {type(e).__name__}")
@@ -136,9 +171,7 @@ class ModelApp:
                     status, body, headers = withheld.status, withheld.body(), [*error_headers(withheld), headers[-1]]
         if outcome.span is not None:
             headers = [*headers, (b"traceparent", outcome.span.traceparent())]
-        await respond(send, status, body, headers)
-        if outcome.action:
-            self._answered(outcome, start, body)
+        return status, body, headers
 
     def _answered(self, outcome: Outcome, start: float, body: bytes) -> None:
         """After an inference request's answer was sent: its span ends, its access line, its
@@ -261,7 +294,7 @@ class ModelApp:
         return Precheck(outcome.principal, None, (asked, time.time_ns() if asked else 0))
 
     async def _inference(
-        self, scope: Scope, receive: Receive, outcome: Outcome, kind: str, version: str | None
+        self, scope: Scope, source: Receive | bytes, outcome: Outcome, kind: str, version: str | None
     ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         """An /infer or /explain request: gate, version, body, the model's answer."""
         method = scope["method"]
@@ -288,7 +321,13 @@ class ModelApp:
             served = await self.service.version(version)
         outcome.version, outcome.sha256 = served.model.version, served.model.sha256
         self.service.check_serving(served)
-        body = await read_body(receive, self.service.limits.max_body_bytes)
+        limit = self.service.limits.max_body_bytes
+        if type(source) is bytes:
+            if len(source) > limit:
+                raise PayloadTooLarge(f"request body is larger than the limit of {limit} bytes")
+            body = source
+        else:
+            body = await read_body(cast(Receive, source), limit)
         outcome.body = body
         if kind == "explain":
             out, request, outcome.explains = await self.service.explain(served, body, header(scope, _HEADER_LENGTH))
@@ -322,12 +361,14 @@ class ModelApp:
             outcome.decided_by = early.refusal.decided_by
             raise early.refusal
 
-    async def _route(self, scope: Scope, receive: Receive, outcome: Outcome) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    async def _route(
+        self, scope: Scope, source: Receive | bytes, outcome: Outcome
+    ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         path: str = scope["path"]
         method = scope["method"]
         action, version = self._target(scope)
         if action == "/infer" or action == "/explain":
-            return await self._inference(scope, receive, outcome, action[1:], version)
+            return await self._inference(scope, source, outcome, action[1:], version)
         if action in ("", "/ready", "/config", "/stats"):
             self._get_only(method)
             if self.gated:

@@ -42,12 +42,15 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict, bytes]
     return status, headers, body
 
 
-@pytest.fixture
-def serve(demo_registry):
-    """Runs ``scenario(reader, writer, server)`` against a FastServer serving iris."""
+@pytest.fixture(params=["asgi", "whole"])
+def serve(demo_registry, request):
+    """Runs ``scenario(reader, writer, server)`` against a FastServer serving iris: the model
+    app through ASGI, or through its ``whole`` entry as a replica's listener calls it."""
     service = ModelService("iris", ModelConfig.model_validate(demo_registry.model_config("iris")), demo_registry, limits=LIMITS)
+    app = ModelApp(service)
+    whole = app.whole if request.param == "whole" else None
 
-    yield lambda scenario: talk(FastServer(ModelApp(service), fallback, "/v2/models/iris", LIMITS), scenario)
+    yield lambda scenario: talk(FastServer(app, fallback, "/v2/models/iris", LIMITS, whole=whole), scenario)
     service.close()
 
 
@@ -266,9 +269,10 @@ class Gatekeeper:
         self.recorded.append(event)
 
 
-@pytest.fixture
-def gated(demo_registry):
-    """``run(scenario, limits)`` against a FastServer whose model app has a gatekeeper and a recorder."""
+@pytest.fixture(params=["asgi", "whole"])
+def gated(demo_registry, request):
+    """``run(scenario, limits)`` against a FastServer whose model app has a gatekeeper and a
+    recorder, through ASGI or the app's ``whole`` entry."""
     keeper = Gatekeeper()
     manager = PluginManager()
     manager.register(keeper, "keeper")
@@ -279,7 +283,8 @@ def gated(demo_registry):
     app = ModelApp(service)
 
     def run(scenario):
-        return talk(FastServer(app, fallback, "/v2/models/iris", big, precheck=app.precheck), scenario)
+        whole = app.whole if request.param == "whole" else None
+        return talk(FastServer(app, fallback, "/v2/models/iris", big, precheck=app.precheck, whole=whole), scenario)
 
     yield run, keeper
     service.close()
@@ -336,3 +341,76 @@ def test_an_endless_url_or_header_is_cut_at_the_limit_as_it_arrives(gated):
     assert status == 414 and b"longer than the limit of 1024 bytes" in body
     status, _, body = run(endless_header)
     assert status == 431 and b"head (URL and headers) is larger than the limit" in body
+
+
+class Observer:
+    """Counts the inference events observers get, and when they come."""
+
+    LOCKGATE_PLUGIN_API = "1.3"
+
+    def __init__(self) -> None:
+        self.events: list = []
+
+    @hookimpl
+    def lockgate_observe_inference(self, event):
+        self.events.append(event)
+
+
+def test_the_whole_entry_answers_what_asgi_sends_and_observers_come_after(demo_registry):
+    """``ModelApp.whole`` (the listener's entry without ASGI messages) gives each request the
+    status, headers and body the ASGI entry sends: an answer, a client mistake, a body over the
+    model's own limit, a method the route refuses, a metadata route. The observers get the
+    inference only from ``done``, once the listener has sent the answer."""
+    from tests.asgi import call
+
+    observer = Observer()
+    manager = PluginManager()
+    manager.register(observer, "observer")
+    small = LimitOptions(max_body_bytes=1024)
+    service = ModelService(
+        "iris", ModelConfig.model_validate(demo_registry.model_config("iris")), demo_registry, manager=manager, limits=small
+    )
+    app = ModelApp(service)
+    requests = [
+        ("POST", "/infer", IRIS),
+        ("POST", "/infer", b'{"inputs": [{"name": "nope"'),
+        ("POST", "/infer", IRIS + b" " * (1025 - len(IRIS))),
+        ("GET", "/infer", b""),
+        ("GET", "", b""),
+        ("GET", "/ready", b""),
+    ]
+
+    async def both():
+        out = []
+        for method, route, body in requests:
+            path = "/v2/models/iris" + route
+            via_asgi = await call(app, method, path, body, root_path="")
+            scope = {"type": "http", "method": method, "path": path, "raw_path": path.encode(), "root_path": "", "headers": []}
+            seen = len(observer.events)
+            status, headers, answer, done = await app.whole(scope, body)
+            before_done = len(observer.events) - seen
+            if done is not None:
+                done()
+            out.append((via_asgi, (status, dict((k.decode(), v.decode()) for k, v in headers), answer), before_done))
+        return out
+
+    try:
+        results = asyncio.run(both())
+    finally:
+        service.close()
+    statuses = [whole[0] for _, whole, _ in results]
+    assert statuses == [200, 400, 413, 405, 200, 200]
+    for (via_asgi, (status, headers, answer), before_done), (method, route, _) in zip(results, requests):
+        assert status == via_asgi.status, (method, route)
+        expected = {k: v for k, v in via_asgi.headers.items() if k != "content-length"}
+        if "lockgate-request-id" in expected:  # each request gets an id of its own
+            assert len(headers.pop("lockgate-request-id")) == 32
+            expected.pop("lockgate-request-id")
+        assert headers == expected, (method, route)
+        if status == 200 and route == "/infer":
+            assert json.loads(answer)["outputs"] == json.loads(via_asgi.body)["outputs"]
+        else:
+            assert answer == via_asgi.body, (method, route)
+        assert before_done == 0
+    # Each inference request (answered or refused) was observed twice: once per entry.
+    assert [e.status for e in observer.events] == [200, 200, 400, 400, 413, 413, 405, 405]
