@@ -133,7 +133,8 @@ class Harness:
             "iris", ModelConfig.model_validate(registry.model_config("iris")), registry, limits=LimitOptions(max_body_bytes=65536)
         )
         limits = LimitOptions(max_body_bytes=65536, max_header_bytes=8192, max_tensor_elements=4096)
-        self.server = FastServer(ModelApp(self.service), fallback, "/v2/models/iris", limits)
+        app = ModelApp(self.service)  # through ``whole``, as a model replica's listener calls it
+        self.server = FastServer(app, fallback, "/v2/models/iris", limits, whole=app.whole)
         self.loop = asyncio.new_event_loop()
         asyncio.set_event_loop(self.loop)
         self.runs = 0
