@@ -161,11 +161,10 @@ class ControlDeployment:
     async def __init__(  # type: ignore[misc]  # Serve awaits an async constructor
         self, models: list[str], settings: LockgateSettings, pooled: dict[str, str] | None = None
     ) -> None:
-        start_replica(settings)
+        self._metrics_dir = start_replica(settings)
         self._settings = settings
         self._pooled = dict(pooled or {})  # model -> its pool's application
         self._pool_handles: dict[str, Any] = {}
-        self._metrics_dir = settings.metrics_dir
         self._manager = settings.manager()
         self._registry = self._manager.registry()
         self._checked = 0.0
