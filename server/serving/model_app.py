@@ -80,7 +80,7 @@ class ModelApp:
         self.recorded = manager.has("lockgate_record_inference")
         # Requests held, read by autoscaling only (server/hosting/autoscaling.py); no cost without it.
         self.load = LoadMeter() if service.config.autoscaling is not None else None
-        self.in_flight = 0  # requests in _serve now: the recorders' InferenceEvent.in_flight
+        self.in_flight = 0  # requests being answered now: the recorders' InferenceEvent.in_flight
         # Structured logs (lockgate.server.serving.logs): a request's ids on its log lines, and
         # the access log; nothing per request while both are off.
         self.access = ACCESS.isEnabledFor(logging.INFO)
