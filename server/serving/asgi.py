@@ -18,6 +18,7 @@ __all__ = [
     "Receive",
     "Scope",
     "Send",
+    "body_in_hand",
     "error_headers",
     "header",
     "call_whole",
@@ -52,6 +53,18 @@ def server_version() -> str:
         return "0+unknown"
 
 
+def body_in_hand(body: bytes, limit: int) -> bytes:
+    """A request body already read (the replica listener's): PayloadTooLarge past ``limit``
+    bytes, as ``read_body`` says it."""
+    if len(body) > limit:
+        raise _too_large(limit)
+    return body
+
+
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"request body is larger than the limit of {limit} bytes")
+
+
 async def read_body(receive: Receive, limit: int) -> bytes:
     """The whole request body; PayloadTooLarge past ``limit`` bytes, ConnectionAbortedError when
     the client leaves first."""
@@ -65,7 +78,7 @@ async def read_body(receive: Receive, limit: int) -> bytes:
         if chunk:
             size += len(chunk)
             if size > limit:
-                raise PayloadTooLarge(f"request body is larger than the limit of {limit} bytes")
+                raise _too_large(limit)
             chunks.append(chunk)
         if not message.get("more_body", False):
             break

@@ -35,7 +35,7 @@ log = logging.getLogger("lockgate.server")
 
 Message = MutableMapping[str, Any]
 ASGIApp = Callable[[Message, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Awaitable[None]]
-Whole = Callable[[Message, bytes], Awaitable[tuple[int, list[tuple[bytes, bytes]], bytes, Callable[[], None] | None]]]
+Whole = Callable[[Message, bytes], Awaitable[tuple[int, list[tuple[bytes, bytes]], bytes, Callable[[], None] | None] | None]]
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 _JSON = [(b"content-type", b"application/json")]
 _SWEEP_S = 0.5  # how often connection deadlines are checked
@@ -446,11 +446,14 @@ class _Protocol(asyncio.Protocol):
     async def _whole(self, whole: Whole, scope: Message, body: bytes, keep_alive: bool, method: str, path: str) -> bool:
         """A request of the app's own routes, through its ``whole`` entry: no ASGI messages."""
         try:
-            status, headers, out, done = await whole(scope, body)
+            answered = await whole(scope, body)
         except Exception:
             log.exception("request to %s failed", path)
             self._write(500, _JSON, b'{"error": "internal error"}', keep_alive, method)
             return keep_alive
+        if answered is None:  # nothing to answer (a client gone before its body was read)
+            return False
+        status, headers, out, done = answered
         self._write(status, headers, out, keep_alive, method)
         if done is not None:
             try:

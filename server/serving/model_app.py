@@ -18,7 +18,7 @@ from typing import cast
 
 from lockgate.plugins import InferenceEvent, RecordFailed
 
-from ..errors import MethodNotAllowed, NotFound, PayloadTooLarge, RequestError, Unavailable
+from ..errors import MethodNotAllowed, NotFound, RequestError, Unavailable
 from . import tracing
 from .asgi import (
     JSON_HEADERS,
@@ -27,6 +27,7 @@ from .asgi import (
     Receive,
     Scope,
     Send,
+    body_in_hand,
     error_headers,
     header,
     json_body,
@@ -93,42 +94,35 @@ class ModelApp:
             return
         if scope["type"] != "http":
             return
-        self.in_flight += 1
-        if self.load is not None:
-            self.load.enter()
-        try:
-            start = time.perf_counter()
-            outcome = Outcome()
-            answer = await self._answer(scope, receive, outcome, start)
-            if answer is None:  # the client left before its request was read
-                return
-            status, body, headers = answer
-            await respond(send, status, body, headers)
-            if outcome.action:
-                self._answered(outcome, start, body)
-        finally:
-            self.in_flight -= 1
-            if self.load is not None:
-                self.load.leave()
+        answered = await self.whole(scope, receive)
+        if answered is None:  # the client left before its request was read
+            return
+        status, headers, body, done = answered
+        await respond(send, status, body, headers)
+        if done is not None:
+            done()
 
-    async def whole(self, scope: Scope, body: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes, Callable[[], None] | None]:
-        """The replica listener's entry for an HTTP request whose body is all in: the answer
-        whole (status, headers without content-length, body), without ASGI's ``receive`` and
-        ``send`` and their messages, and what to call once it is sent (the observers), if
-        anything. What it answers is what ``__call__`` sends for the same request."""
+    async def whole(
+        self, scope: Scope, source: Receive | bytes
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes, Callable[[], None] | None] | None:
+        """The answer to an HTTP request whole: status, headers without content-length, body,
+        and what to call once it is sent (the observers), if anything. The body comes from
+        ``source``: the bytes, as the replica listener has them once read (no ASGI messages), or
+        ASGI's ``receive`` (``__call__``). None when the client left before its body was read
+        (recorded as 499: nothing to send)."""
         self.in_flight += 1
         if self.load is not None:
             self.load.enter()
         try:
             start = time.perf_counter()
             outcome = Outcome()
-            answer = await self._answer(scope, body, outcome, start)
+            answer = await self._answer(scope, source, outcome, start)
         finally:
             self.in_flight -= 1
             if self.load is not None:
                 self.load.leave()
-        if answer is None:  # not from a body in hand; should it happen, the client is told, not left waiting
-            return 499, list(JSON_HEADERS), b'{"error": "the request was not read"}', None
+        if answer is None:
+            return None
         status, out, headers = answer
         return status, headers, out, partial(self._answered, outcome, start, out) if outcome.action else None
 
@@ -322,12 +316,7 @@ class ModelApp:
         outcome.version, outcome.sha256 = served.model.version, served.model.sha256
         self.service.check_serving(served)
         limit = self.service.limits.max_body_bytes
-        if type(source) is bytes:
-            if len(source) > limit:
-                raise PayloadTooLarge(f"request body is larger than the limit of {limit} bytes")
-            body = source
-        else:
-            body = await read_body(cast(Receive, source), limit)
+        body = body_in_hand(source, limit) if type(source) is bytes else await read_body(cast(Receive, source), limit)
         outcome.body = body
         if kind == "explain":
             out, request, outcome.explains = await self.service.explain(served, body, header(scope, _HEADER_LENGTH))
