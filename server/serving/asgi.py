@@ -87,7 +87,21 @@ async def read_body(receive: Receive, limit: int) -> bytes:
 
 async def call_whole(app: Any, scope: Scope, body: bytes) -> tuple[int, Headers, bytes]:
     """Run ASGI ``app`` in-process on one request whose ``body`` is all there (a gRPC call, a
-    request a pool replica was handed); its answer, whole: status, headers, body."""
+    request a pool replica was handed, a replayed one); its answer, whole: status, headers (a
+    content-length among them), body.
+
+    An app with a ``whole`` entry (``ModelApp``: the replica listener's) answers through it, with
+    no ASGI messages; what it gives to call once the answer is sent (the observers) is called
+    before this returns, as the ASGI entry calls it once its last message is sent."""
+    whole = getattr(app, "whole", None)
+    if whole is not None:
+        answered = await whole(scope, body)
+        if answered is None:  # the client left before its body was read: not with the body in hand
+            return 499, [], b""
+        status, out_headers, out, done = answered
+        if done is not None:
+            done()
+        return status, [*out_headers, (b"content-length", str(len(out)).encode())], out
     sent = False
 
     async def receive() -> dict[str, Any]:

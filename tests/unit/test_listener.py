@@ -414,3 +414,65 @@ def test_the_whole_entry_answers_what_asgi_sends_and_observers_come_after(demo_r
         assert before_done == 0
     # Each inference request (answered or refused) was observed twice: once per entry.
     assert [e.status for e in observer.events] == [200, 200, 400, 400, 413, 413, 405, 405]
+
+
+def test_call_whole_answers_a_model_app_through_its_whole_entry(demo_registry):
+    """``asgi.call_whole`` (gRPC calls, pool replicas, replays) runs a ``ModelApp`` through
+    ``whole``, not its ASGI messages, and answers what the ASGI entry does: status, headers with
+    the body's content-length, body; the observers have the inference when it returns. An app
+    without ``whole`` still answers through ASGI."""
+    from lockgate.server.serving.asgi import call_whole
+
+    observer = Observer()
+    manager = PluginManager()
+    manager.register(observer, "observer")
+    small = LimitOptions(max_body_bytes=1024)
+    service = ModelService(
+        "iris", ModelConfig.model_validate(demo_registry.model_config("iris")), demo_registry, manager=manager, limits=small
+    )
+    app = ModelApp(service)
+    entered = []
+    whole = app.whole
+
+    async def counted(scope, body):
+        entered.append(isinstance(body, bytes))  # the body in hand, or ASGI's receive
+        return await whole(scope, body)
+
+    app.whole = counted
+
+    class AsgiOnly:  # the same app, seen as ASGI alone
+        async def __call__(self, scope, receive, send):
+            await ModelApp.__call__(app, scope, receive, send)
+
+    requests = [("POST", "/infer", IRIS), ("POST", "/infer", b'{"inputs": 1}'), ("POST", "/infer", b"x" * 1025), ("GET", "", b"")]
+
+    async def both():
+        out = []
+        for method, route, body in requests:
+            path = "/v2/models/iris" + route
+            scope = {"type": "http", "method": method, "path": path, "raw_path": path.encode(), "root_path": "", "headers": []}
+            seen = len(observer.events)
+            through_whole = await call_whole(app, dict(scope), body)
+            observed = len(observer.events) - seen
+            out.append((through_whole, await call_whole(AsgiOnly(), dict(scope), body), observed))
+        return out
+
+    try:
+        results = asyncio.run(both())
+    finally:
+        service.close()
+    assert entered == [True, False] * len(requests)  # call_whole handed the bytes; the ASGI entry, its receive
+    assert [r[0][0] for r in results] == [200, 400, 413, 200]
+    for (status, headers, body), (asgi_status, asgi_headers, asgi_body), _ in results:
+        assert status == asgi_status
+        mine, theirs = dict(headers), dict(asgi_headers)
+        assert mine[b"content-length"] == str(len(body)).encode()
+        if b"lockgate-request-id" in theirs:
+            assert len(mine.pop(b"lockgate-request-id")) == 32
+            theirs.pop(b"lockgate-request-id")
+        assert mine == {**theirs, b"content-length": str(len(body)).encode()}
+        if status == 200 and b'"outputs"' in asgi_body:
+            assert json.loads(body)["outputs"] == json.loads(asgi_body)["outputs"]
+        else:
+            assert body == asgi_body
+    assert [observed for _, _, observed in results] == [1, 1, 1, 0]  # inference requests, observed by return
