@@ -17,6 +17,10 @@ Variants, each a `lockgate serve` of its own (monitoring blocked unless named):
                  exported over OTLP/HTTP to a receiver in this process
   default+shadow20%  as shipped, and a shadow run of a second MLP version taking 20% of the
                  traffic (its replica shares this machine's cores with production's)
+
+The core runs first and again last (a name may come more than once in --variants): this
+machine's speed drifts by tens of percent within half an hour, so each ratio is taken against
+the core's runs at both ends together, and the two ends are printed apart to show the drift.
 """
 
 from __future__ import annotations
@@ -119,13 +123,52 @@ def shadow_evidence(cli: list[str], env: dict[str, str], key: str | None) -> str
     return f"{shown['compared']} compared, {shown['dropped']} dropped, {shown['errors']} errors"
 
 
+def report(names: list[str], results: dict[tuple[str, int], list[dict]], ends: dict[int, list[float]]) -> dict:
+    """Print each variant's medians and its ratios to the core (all the core's runs); the ratios."""
+
+    def median(name: str, c: int, field: str) -> float:
+        return float(np.median([r[field] for r in results[(name, c)]]))
+
+    print()
+    if len(ends) > 1:
+        turns = ", ".join(f"turn {t + 1}: {np.median(v):.0f}" for t, v in sorted(ends.items()))
+        print(f"core c=64 req/s at each of its turns ({turns}); ratios below use all of its runs")
+    print(f"{'variant':<14} {'c=1 p50 ms':>10} {'c=1 p99 ms':>10} {'c=64 req/s':>11} {'c=64 p99 ms':>11}")
+    for name in names:
+        if (name, 1) in results and (name, 64) in results:
+            print(
+                f"{name:<14} {median(name, 1, 'p50_us') / 1e3:>10.3f} {median(name, 1, 'p99_us') / 1e3:>10.3f} "
+                f"{median(name, 64, 'rps'):>11.0f} {median(name, 64, 'p99_us') / 1e3:>11.2f}"
+            )
+    summary = {}
+    for name in names:
+        if name == "core" or (name, 64) not in results or ("core", 64) not in results:
+            continue
+        summary[name] = {
+            "c1_p50_added_us": median(name, 1, "p50_us") - median("core", 1, "p50_us"),
+            "c64_throughput_vs_core": median(name, 64, "rps") / median("core", 64, "rps"),
+        }
+        print(
+            f"{name}: c=1 p50 {summary[name]['c1_p50_added_us']:+.0f} us vs core; c=64 throughput {summary[name]['c64_throughput_vs_core']:.2f}x core"
+        )
+    return summary
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of: " + ", ".join(VARIANTS))
+    p.add_argument(
+        "--variants",
+        default=",".join([*VARIANTS, "core"]),
+        help="comma-separated, in order, a name again to measure it again: " + ", ".join(VARIANTS),
+    )
     p.add_argument("--out", type=Path, default=HERE / "results")
     a = p.parse_args()
-    chosen = {name: VARIANTS[name] for name in a.variants.split(",")}
+    order = a.variants.split(",")
+    unknown = [name for name in order if name not in VARIANTS]
+    if unknown:
+        p.error(f"unknown variants: {', '.join(unknown)}")
+    chosen = {name: VARIANTS[name] for name in order}  # each once, in the order first named
     reps, seconds = (1, 5.0) if a.quick else (3, 10.0)
     levels = [1, 64]
     a.out.mkdir(parents=True, exist_ok=True)
@@ -143,8 +186,10 @@ def main() -> int:
     info = machine()
     print(f"machine: {info['cores']} cores, Python {info['python']}, Ray {info['ray']}, load {info['loadavg']}")
     results: dict[tuple[str, int], list[dict]] = {}
-    for name, (extra, mode) in chosen.items():
-        home = work / f"home-{name.replace('+', '-')}"
+    ends: dict[int, list[float]] = {}  # the core's c=64 median at each of its turns
+    for turn, name in enumerate(order):
+        extra, mode = VARIANTS[name]
+        home = work / f"home-{name.replace('+', '-')}-{turn}"
         home.mkdir()
         audited = mode is not None and mode.split("+")[-1] in ("sync", "async")
         if audited:
@@ -160,7 +205,7 @@ def main() -> int:
         authorization = None if key is None else f"Bearer {key}"
         port = free_port()
         url = f"http://127.0.0.1:{port}/v2/models/{MODEL}/infer"
-        print(f"== {name}: starting", flush=True)
+        print(f"== {name}: starting" + (" (again)" if name in order[:turn] else ""), flush=True)
         before = set(haproxy_pids())
         log = open(work / f"{name}.log", "w")
         proc = subprocess.Popen(
@@ -177,6 +222,8 @@ def main() -> int:
                 for rep in range(reps):
                     r = wrk(url, body_path, c, seconds, authorization=authorization)
                     results.setdefault((name, c), []).append(r)
+                    if name == "core" and c == 64:
+                        ends.setdefault(turn, []).append(r["rps"])
                     print(
                         f"   {name} c={c:<3} rep {rep}: {r['rps']:8.0f} req/s  p50 {r['p50_us'] / 1e3:6.3f} ms  p99 {r['p99_us'] / 1e3:7.2f} ms"
                         f"  errors {r['status_errors'] + r['socket_errors']}",
@@ -193,29 +240,9 @@ def main() -> int:
             )
             print(f"   audit: {audit.stdout.strip().splitlines()[0] if audit.stdout else audit.stderr.strip()}", flush=True)
 
-    def median(name: str, c: int, field: str) -> float:
-        return float(np.median([r[field] for r in results[(name, c)]]))
-
-    print()
-    print(f"{'variant':<14} {'c=1 p50 ms':>10} {'c=1 p99 ms':>10} {'c=64 req/s':>11} {'c=64 p99 ms':>11}")
-    for name in chosen:
-        if (name, 1) in results and (name, 64) in results:
-            print(
-                f"{name:<14} {median(name, 1, 'p50_us') / 1e3:>10.3f} {median(name, 1, 'p99_us') / 1e3:>10.3f} "
-                f"{median(name, 64, 'rps'):>11.0f} {median(name, 64, 'p99_us') / 1e3:>11.2f}"
-            )
-    summary = {}
-    for name in chosen:
-        if name == "core" or (name, 64) not in results or ("core", 64) not in results:
-            continue
-        summary[name] = {
-            "c1_p50_added_us": median(name, 1, "p50_us") - median("core", 1, "p50_us"),
-            "c64_throughput_vs_core": median(name, 64, "rps") / median("core", 64, "rps"),
-        }
-        print(
-            f"{name}: c=1 p50 {summary[name]['c1_p50_added_us']:+.0f} us vs core; c=64 throughput {summary[name]['c64_throughput_vs_core']:.2f}x core"
-        )
+    summary = report(list(chosen), results, ends)
     info["loadavg_after"] = os.getloadavg()
+    info["core_c64_by_turn"] = {str(t + 1): float(np.median(v)) for t, v in sorted(ends.items())}
     print(f"load average before {info['loadavg']}, after {info['loadavg_after']}")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path = a.out / f"governance-{'quick' if a.quick else 'full'}-{stamp}.json"
