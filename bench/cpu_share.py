@@ -8,6 +8,9 @@ while wrk loads one URL (user + system time from /proc, divided by the requests 
 On a machine whose cores the load generator shares, throughput is set by the CPU all the
 processes of a request take together, not by one of them: this is the per-stage breakdown that
 says which stage to cut (HAProxy, Serve's HAProxy manager, the replica, the audit writer).
+The machine's own counters (/proc/stat) come last: all its CPU per request, wrk's included, and
+the share of its cores left idle. Idle cores while one process uses a whole core say that this
+process, not the machine, sets the throughput.
 """
 
 from __future__ import annotations
@@ -39,6 +42,13 @@ def processes() -> dict[str, tuple[str, int]]:
     return found
 
 
+def machine() -> tuple[int, int]:
+    """The machine's CPU ticks so far, all cores: (busy, idle); iowait counts as idle."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = values[3] + values[4]
+    return sum(values[:8]) - idle, idle
+
+
 def name(command: str) -> str:
     """A short, stable name for a process (the first words of its command line)."""
     words = command.split()
@@ -64,6 +74,7 @@ def main() -> int:
         env["BENCH_AUTHORIZATION"] = a.authorization
     hz = os.sysconf("SC_CLK_TCK")
     before = processes()
+    busy_before, idle_before = machine()
     threads = 2 if a.connections > 3 else 1
     out = subprocess.run(
         ["wrk", f"-t{threads}", f"-c{a.connections}", f"-d{a.seconds}s", "-s", str(HERE / "wrk_report.lua"), a.url],
@@ -72,6 +83,7 @@ def main() -> int:
         env=env,
     )
     after = processes()
+    busy_after, idle_after = machine()
     lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
     if out.returncode != 0 or not lines:
         print(f"wrk failed: {out.stdout}{out.stderr}", file=sys.stderr)
@@ -90,6 +102,11 @@ def main() -> int:
     for process, ticks in used.most_common(a.top):
         print(f"{ticks / hz / requests * 1e6:8.1f} us/request  {process}")
     print(f"{sum(used.values()) / hz / requests * 1e6:8.1f} us/request  all processes")
+    busy, idle = busy_after - busy_before, idle_after - idle_before
+    print(
+        f"{busy / hz / requests * 1e6:8.1f} us/request  the machine, wrk and the kernel included "
+        f"({idle / max(busy + idle, 1):.0%} of its cores idle)"
+    )
     return 0
 
 
