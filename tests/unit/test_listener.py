@@ -356,13 +356,9 @@ class Observer:
         self.events.append(event)
 
 
-def test_the_whole_entry_answers_what_asgi_sends_and_observers_come_after(demo_registry):
-    """``ModelApp.whole`` (the listener's entry without ASGI messages) gives each request the
-    status, headers and body the ASGI entry sends: an answer, a client mistake, a body over the
-    model's own limit, a method the route refuses, a metadata route. The observers get the
-    inference only from ``done``, once the listener has sent the answer."""
-    from tests.asgi import call
-
+def observed_iris(demo_registry) -> tuple[ModelApp, ModelService, Observer]:
+    """The iris app with an observer plugin and a body limit of 1,024 bytes; its service (to
+    close) and the observer."""
     observer = Observer()
     manager = PluginManager()
     manager.register(observer, "observer")
@@ -370,7 +366,17 @@ def test_the_whole_entry_answers_what_asgi_sends_and_observers_come_after(demo_r
     service = ModelService(
         "iris", ModelConfig.model_validate(demo_registry.model_config("iris")), demo_registry, manager=manager, limits=small
     )
-    app = ModelApp(service)
+    return ModelApp(service), service, observer
+
+
+def test_the_whole_entry_answers_what_asgi_sends_and_observers_come_after(demo_registry):
+    """``ModelApp.whole`` (the listener's entry without ASGI messages) gives each request the
+    status, headers and body the ASGI entry sends: an answer, a client mistake, a body over the
+    model's own limit, a method the route refuses, a metadata route. The observers get the
+    inference only from ``done``, once the listener has sent the answer."""
+    from tests.asgi import call
+
+    app, service, observer = observed_iris(demo_registry)
     requests = [
         ("POST", "/infer", IRIS),
         ("POST", "/infer", b'{"inputs": [{"name": "nope"'),
@@ -423,14 +429,7 @@ def test_call_whole_answers_a_model_app_through_its_whole_entry(demo_registry):
     without ``whole`` still answers through ASGI."""
     from lockgate.server.serving.asgi import call_whole
 
-    observer = Observer()
-    manager = PluginManager()
-    manager.register(observer, "observer")
-    small = LimitOptions(max_body_bytes=1024)
-    service = ModelService(
-        "iris", ModelConfig.model_validate(demo_registry.model_config("iris")), demo_registry, manager=manager, limits=small
-    )
-    app = ModelApp(service)
+    app, service, observer = observed_iris(demo_registry)
     entered = []
     whole = app.whole
 
