@@ -186,7 +186,7 @@ def main() -> int:
     info = machine()
     print(f"machine: {info['cores']} cores, Python {info['python']}, Ray {info['ray']}, load {info['loadavg']}")
     results: dict[tuple[str, int], list[dict]] = {}
-    ends: dict[int, list[float]] = {}  # the core's c=64 median at each of its turns
+    ends: dict[int, list[float]] = {}  # the core's c=64 req/s, run by run, at each of its turns
     for turn, name in enumerate(order):
         extra, mode = VARIANTS[name]
         home = work / f"home-{name.replace('+', '-')}-{turn}"
@@ -207,7 +207,7 @@ def main() -> int:
         url = f"http://127.0.0.1:{port}/v2/models/{MODEL}/infer"
         print(f"== {name}: starting" + (" (again)" if name in order[:turn] else ""), flush=True)
         before = set(haproxy_pids())
-        log = open(work / f"{name}.log", "w")
+        log = open(work / f"{name}-{turn}.log", "w")
         proc = subprocess.Popen(
             [*cli, "serve", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
         )
