@@ -123,16 +123,23 @@ def shadow_evidence(cli: list[str], env: dict[str, str], key: str | None) -> str
     return f"{shown['compared']} compared, {shown['dropped']} dropped, {shown['errors']} errors"
 
 
-def report(names: list[str], results: dict[tuple[str, int], list[dict]], ends: dict[int, list[float]]) -> dict:
+def core_turns(results: dict[tuple[str, int], list[dict]], reps: int) -> list[float]:
+    """The core's c=64 median req/s at each of its turns, in order (its runs are kept in order,
+    ``reps`` a turn)."""
+    runs = [r["rps"] for r in results.get(("core", 64), [])]
+    return [float(np.median(runs[i : i + reps])) for i in range(0, len(runs), reps)]
+
+
+def report(names: list[str], results: dict[tuple[str, int], list[dict]], turns: list[float]) -> dict:
     """Print each variant's medians and its ratios to the core (all the core's runs); the ratios."""
 
     def median(name: str, c: int, field: str) -> float:
         return float(np.median([r[field] for r in results[(name, c)]]))
 
     print()
-    if len(ends) > 1:
-        turns = ", ".join(f"turn {t + 1}: {np.median(v):.0f}" for t, v in sorted(ends.items()))
-        print(f"core c=64 req/s at each of its turns ({turns}); ratios below use all of its runs")
+    if len(turns) > 1:
+        shown = ", ".join(f"turn {t + 1}: {v:.0f}" for t, v in enumerate(turns))
+        print(f"core c=64 req/s at each of its turns ({shown}); ratios below use all of its runs")
     print(f"{'variant':<14} {'c=1 p50 ms':>10} {'c=1 p99 ms':>10} {'c=64 req/s':>11} {'c=64 p99 ms':>11}")
     for name in names:
         if (name, 1) in results and (name, 64) in results:
@@ -168,7 +175,6 @@ def main() -> int:
     unknown = [name for name in order if name not in VARIANTS]
     if unknown:
         p.error(f"unknown variants: {', '.join(unknown)}")
-    chosen = {name: VARIANTS[name] for name in order}  # each once, in the order first named
     reps, seconds = (1, 5.0) if a.quick else (3, 10.0)
     levels = [1, 64]
     a.out.mkdir(parents=True, exist_ok=True)
@@ -186,7 +192,6 @@ def main() -> int:
     info = machine()
     print(f"machine: {info['cores']} cores, Python {info['python']}, Ray {info['ray']}, load {info['loadavg']}")
     results: dict[tuple[str, int], list[dict]] = {}
-    ends: dict[int, list[float]] = {}  # the core's c=64 req/s, run by run, at each of its turns
     for turn, name in enumerate(order):
         extra, mode = VARIANTS[name]
         home = work / f"home-{name.replace('+', '-')}-{turn}"
@@ -222,8 +227,6 @@ def main() -> int:
                 for rep in range(reps):
                     r = wrk(url, body_path, c, seconds, authorization=authorization)
                     results.setdefault((name, c), []).append(r)
-                    if name == "core" and c == 64:
-                        ends.setdefault(turn, []).append(r["rps"])
                     print(
                         f"   {name} c={c:<3} rep {rep}: {r['rps']:8.0f} req/s  p50 {r['p50_us'] / 1e3:6.3f} ms  p99 {r['p99_us'] / 1e3:7.2f} ms"
                         f"  errors {r['status_errors'] + r['socket_errors']}",
@@ -240,9 +243,10 @@ def main() -> int:
             )
             print(f"   audit: {audit.stdout.strip().splitlines()[0] if audit.stdout else audit.stderr.strip()}", flush=True)
 
-    summary = report(list(chosen), results, ends)
+    turns = core_turns(results, reps)
+    summary = report(list(dict.fromkeys(order)), results, turns)
     info["loadavg_after"] = os.getloadavg()
-    info["core_c64_by_turn"] = {str(t + 1): float(np.median(v)) for t, v in sorted(ends.items())}
+    info["core_c64_by_turn"] = turns
     print(f"load average before {info['loadavg']}, after {info['loadavg_after']}")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path = a.out / f"governance-{'quick' if a.quick else 'full'}-{stamp}.json"

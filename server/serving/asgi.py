@@ -18,6 +18,7 @@ __all__ = [
     "Receive",
     "Scope",
     "Send",
+    "WholeAnswer",
     "body_in_hand",
     "error_headers",
     "header",
@@ -28,12 +29,16 @@ __all__ = [
     "respond",
     "respond_error",
     "server_version",
+    "with_length",
 ]
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 Headers = list[tuple[bytes, bytes]]
+# An answer whole (``ModelApp.whole``): status, headers without content-length, body, and what to
+# call once it is sent (the observers), if anything; None when there is nothing to send.
+WholeAnswer = tuple[int, Headers, bytes, Callable[[], None] | None] | None
 
 SERVER_NAME = "lockgate"
 # The scope key under which the replica listener hands the model app the gate's early answer.
@@ -101,7 +106,7 @@ async def call_whole(app: Any, scope: Scope, body: bytes) -> tuple[int, Headers,
         status, out_headers, out, done = answered
         if done is not None:
             done()
-        return status, [*out_headers, (b"content-length", str(len(out)).encode())], out
+        return status, with_length(out_headers, out), out
     sent = False
 
     async def receive() -> dict[str, Any]:
@@ -127,14 +132,13 @@ async def call_whole(app: Any, scope: Scope, body: bytes) -> tuple[int, Headers,
     return status, headers, b"".join(chunks)
 
 
+def with_length(headers: Headers, body: bytes) -> Headers:
+    """``headers`` and the content-length of ``body``."""
+    return [*headers, (b"content-length", str(len(body)).encode())]
+
+
 async def respond(send: Send, status: int, body: bytes, headers: Headers) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [*headers, (b"content-length", str(len(body)).encode())],
-        }
-    )
+    await send({"type": "http.response.start", "status": status, "headers": with_length(headers, body)})
     await send({"type": "http.response.body", "body": body})
 
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import httptools
 
-from .asgi import PRECHECK
+from .asgi import PRECHECK, WholeAnswer
 from .limits import DEFAULT_LIMITS, LimitOptions
 
 __all__ = ["FastServer"]
@@ -35,7 +35,7 @@ log = logging.getLogger("lockgate.server")
 
 Message = MutableMapping[str, Any]
 ASGIApp = Callable[[Message, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Awaitable[None]]
-Whole = Callable[[Message, bytes], Awaitable[tuple[int, list[tuple[bytes, bytes]], bytes, Callable[[], None] | None] | None]]
+Whole = Callable[[Message, bytes], Awaitable[WholeAnswer]]
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 _JSON = [(b"content-type", b"application/json")]
 _SWEEP_S = 0.5  # how often connection deadlines are checked

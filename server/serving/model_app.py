@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import cast
@@ -27,6 +26,7 @@ from .asgi import (
     Receive,
     Scope,
     Send,
+    WholeAnswer,
     body_in_hand,
     error_headers,
     header,
@@ -102,9 +102,7 @@ class ModelApp:
         if done is not None:
             done()
 
-    async def whole(
-        self, scope: Scope, source: Receive | bytes
-    ) -> tuple[int, list[tuple[bytes, bytes]], bytes, Callable[[], None] | None] | None:
+    async def whole(self, scope: Scope, source: Receive | bytes) -> WholeAnswer:
         """The answer to an HTTP request whole: status, headers without content-length, body,
         and what to call once it is sent (the observers), if anything. The body comes from
         ``source``: the bytes, as the replica listener has them once read (no ASGI messages), or
