@@ -59,8 +59,15 @@ def assert_nowhere(paths: list[Path], secrets: dict[str, bytes]) -> int:
     return searched
 
 
-def wait_ready(base: str, proc=None, timeout: float = 180) -> None:
-    """Until ``base``/v2/health/ready answers 200; fails early when ``proc`` (a server process) exits."""
+def wait_ready(base: str, proc=None, timeout: float = 180, log: Path | None = None) -> None:
+    """Until ``base``/v2/health/ready answers 200; fails early when ``proc`` (a server process)
+    exits, with what it printed: its output pipe, or ``log``, the file its output went to."""
+
+    def printed() -> str:
+        if proc is not None and proc.stdout is not None:
+            return str(proc.stdout.read())
+        return log.read_text(errors="replace") if log is not None and log.is_file() else "(its output went elsewhere)"
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -69,9 +76,11 @@ def wait_ready(base: str, proc=None, timeout: float = 180) -> None:
         except requests.RequestException:  # not listening yet, or busy starting
             pass
         if proc is not None and proc.poll() is not None:
-            pytest.fail(f"the server exited with {proc.returncode}: {proc.stdout.read() if proc.stdout else ''}")
+            pytest.fail(f"the server exited with {proc.returncode}:\n{printed()}")
         time.sleep(0.2)
-    pytest.fail(f"lockgate did not become ready in {timeout:.0f} s")
+    pytest.fail(
+        f"lockgate did not become ready in {timeout:.0f} s:\n{printed() if proc is not None and proc.stdout is None else ''}"
+    )
 
 
 @pytest.fixture(scope="session")

@@ -69,7 +69,7 @@ def test_a_weighted_alias_is_a_sticky_canary_audited_and_reported(tmp_path):
         return out
 
     try:
-        wait_ready(base, proc)
+        wait_ready(base, proc, log=tmp_path / "server.log")
         first, second = round_(), round_()
         assert {c: v for c, (v, _) in first.items()} == {c: v for c, (v, _) in second.items()}  # sticky
         shares = Counter(v for v, _ in first.values())

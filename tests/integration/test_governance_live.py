@@ -91,7 +91,7 @@ def gov(tmp_path_factory):
         )
     g.base, g.port = f"http://127.0.0.1:{port}", port
     try:
-        wait_ready(g.base, proc)
+        wait_ready(g.base, proc, log=g.log)
         yield g
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -57,7 +57,7 @@ def test_a_node_with_an_empty_cache_serves_from_object_storage_and_a_tampered_ob
             stderr=subprocess.STDOUT,
         )
     try:
-        wait_ready(f"http://127.0.0.1:{port}", proc)
+        wait_ready(f"http://127.0.0.1:{port}", proc, log=tmp_path / "serve.log")
         r = requests.post(f"http://127.0.0.1:{port}/v2/models/iris/infer", json=IRIS, timeout=30)
         assert r.status_code == 200, r.text
         assert r.json()["model_version"] == "1"

@@ -73,7 +73,7 @@ def test_fifty_models_behind_two_pool_replicas_within_their_budget(tmp_path):
         )
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(base, proc, timeout=300)
+        wait_ready(base, proc, timeout=300, log=tmp_path / "serve.log")
         rng = random.Random(0)
         # mixed traffic: a few hot models and a long tail, so replicas must load and evict
         names = [f"m{rng.choice(range(8)) if rng.random() < 0.5 else rng.randrange(MODELS):02d}" for _ in range(300)]

@@ -70,7 +70,7 @@ def recorded(tmp_path_factory):
     base = f"http://127.0.0.1:{port}"
     sent = {}
     try:
-        wait_ready(base, proc)
+        wait_ready(base, proc, log=root / "server.log")
         for name, body in bodies.items():
             r = requests.post(
                 f"{base}/v2/models/{name}/infer", data=body, headers={"Content-Type": "application/json"}, timeout=30

@@ -82,7 +82,7 @@ def test_a_shadow_run_gives_an_approver_evidence_from_production_traffic(tmp_pat
             assert np.array_equal(np.array(answer["outputs"][0]["data"], dtype=np.float32), direct[0][0])
 
     try:
-        wait_ready(base, proc)
+        wait_ready(base, proc, log=tmp_path / "server.log")
         assert "mlp version 2 shadows production with 100% of its requests, until stopped" in cli(
             "models", "shadow", "mlp", "2", "--share", "1.0"
         )

@@ -72,7 +72,7 @@ def test_spans_reach_an_otlp_collector_under_the_clients_trace(tmp_path):
             text=True,
         )
     try:
-        wait_ready(base, proc)
+        wait_ready(base, proc, log=tmp_path / "server.log")
         for _ in range(20):  # no traceparent: a new trace, sampled at 1%
             assert requests.post(f"{base}/v2/models/iris/infer", json=IRIS, timeout=10).status_code == 200
         r = requests.post(

@@ -51,8 +51,13 @@ def test_two_servers_on_one_machine_need_no_port_settings(tmp_path):
     write_demo_repository(tmp_path / "repo", ["iris"])
     # Nothing set by hand: no port variable this test session's own server put in the environment.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_SERVE_HAPROXY", "RAY_SERVE_FALLBACK_PROXY"))}
+    # The way people pick a second port: 8000, then 8100. Both must be free now: a port 100 above
+    # one free_port hands out may be a side port of this session's own server (its fallback proxy
+    # takes --port + 500), and a server refuses a --port it cannot bind (exit 2, the port named).
     first = free_port()
-    second = first + 100  # the way people pick a second port: 8000, then 8100
+    while not _bindable(first + 100):
+        first = free_port()
+    second = first + 100
     free_before = {p: {q for q in (p + 1, p + 404, p + 1101) if _bindable(q)} for p in (first, second)}
     servers = []
     try:
@@ -68,7 +73,7 @@ def test_two_servers_on_one_machine_need_no_port_settings(tmp_path):
             servers.append((port, proc, log))
         taken = {}
         for port, proc, log in servers:
-            wait_ready(f"http://127.0.0.1:{port}", proc)
+            wait_ready(f"http://127.0.0.1:{port}", proc, log=log)
             text = _said(log, "Ctrl-C stops the server.", proc)
             r = requests.post(f"http://127.0.0.1:{port}/v2/models/iris/infer", json=IRIS, timeout=30)
             assert r.status_code == 200, r.text
