@@ -64,9 +64,11 @@ def wait_ready(base: str, proc=None, timeout: float = 180, log: Path | None = No
     exits, with what it printed: its output pipe, or ``log``, the file its output went to."""
 
     def printed() -> str:
-        if proc is not None and proc.stdout is not None:
+        if log is not None and log.is_file():
+            return log.read_text(errors="replace")
+        if proc is not None and proc.stdout is not None and proc.poll() is not None:  # a live one's pipe would block
             return str(proc.stdout.read())
-        return log.read_text(errors="replace") if log is not None and log.is_file() else "(its output went elsewhere)"
+        return ""
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -78,9 +80,7 @@ def wait_ready(base: str, proc=None, timeout: float = 180, log: Path | None = No
         if proc is not None and proc.poll() is not None:
             pytest.fail(f"the server exited with {proc.returncode}:\n{printed()}")
         time.sleep(0.2)
-    pytest.fail(
-        f"lockgate did not become ready in {timeout:.0f} s:\n{printed() if proc is not None and proc.stdout is None else ''}"
-    )
+    pytest.fail(f"lockgate did not become ready in {timeout:.0f} s:\n{printed()}")
 
 
 @pytest.fixture(scope="session")
