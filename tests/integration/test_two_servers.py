@@ -76,7 +76,7 @@ def test_two_servers_on_one_machine_need_no_port_settings(tmp_path):
             wait_ready(f"http://127.0.0.1:{port}", proc, log=log)
             text = _said(log, "Ctrl-C stops the server.", proc)
             r = requests.post(f"http://127.0.0.1:{port}/v2/models/iris/infer", json=IRIS, timeout=30)
-            assert r.status_code == 200, r.text
+            assert r.status_code == 200, f"{r.text}\n{log.read_text()}"
             grpc = int(re.search(r"and gRPC on 127\.0\.0\.1:(\d+)", text).group(1))
             others = dict(
                 (what.strip(), int(p))
@@ -85,7 +85,9 @@ def test_two_servers_on_one_machine_need_no_port_settings(tmp_path):
             assert grpc == others["gRPC"]
             assert {"HAProxy stats", "HAProxy metrics"} <= set(others), others
             client = InferenceServerClient(f"127.0.0.1:{grpc}")
-            assert client.is_server_ready() and client.is_model_ready("iris")
+            # a deadline, so a call that gets no answer fails here with the server's log, not at the test's timeout
+            ready = client.is_server_ready(client_timeout=30) and client.is_model_ready("iris", client_timeout=30)
+            assert ready, log.read_text()
             client.close()
             taken[port] = {port, *others.values()}
         assert taken[first] & taken[second] == set(), taken
